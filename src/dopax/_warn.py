@@ -1,0 +1,30 @@
+"""One home for user-facing warnings: the stack level points at the user's line."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def find_stack_level() -> int:
+    """Return the stack level of the first frame outside the dopax package."""
+    frame = inspect.currentframe()
+    level = 0
+    try:
+        while frame is not None:
+            filename = os.path.abspath(frame.f_code.co_filename)
+            if not filename.startswith(_PACKAGE_DIR):
+                return level
+            frame = frame.f_back
+            level += 1
+    finally:
+        del frame
+    return level
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """Emit ``message`` so that it points at the user's calling line."""
+    warnings.warn(message, category, stacklevel=find_stack_level())

@@ -1,0 +1,92 @@
+"""Execution settings for streamed calls, gathered in one documented object.
+
+These tune *how* work runs (memory budget, pipeline depth, codecs), never *what*
+is computed: results are identical whatever the settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = ["ExecutionConfig", "get_config", "set_config", "config_context"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionConfig:
+    """Settings that tune streamed execution.
+
+    Attributes:
+        memory_budget_bytes: Target bytes of host memory for one chunk of outputs
+            (all returned sites, all draws in the chunk). The automatic
+            ``batch_size`` is derived from it; peak memory is about
+            ``(pipeline_depth + writer_threads + 2)`` chunks.
+        pipeline_depth: Number of computed chunks that may wait for the writers.
+            Bounds memory; 2 is enough to overlap compute with writing.
+        writer_threads: Threads that compress and write chunks to Zarr.
+        compressor: ``"zstd"``, ``"lz4"``, ``"blosc-lz4"`` or ``None`` (no
+            compression). Measured in ``BENCHMARKS.md``.
+        compression_level: Codec level where the codec takes one.
+        min_batch_rows: Lower bound for the automatic ``batch_size``.
+        max_batch_rows: Upper bound for the automatic ``batch_size``.
+    """
+
+    memory_budget_bytes: int = 192 * 2**20
+    pipeline_depth: int = 2
+    writer_threads: int = 2
+    compressor: str | None = "zstd"
+    compression_level: int = 1
+    min_batch_rows: int = 1
+    max_batch_rows: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if self.memory_budget_bytes <= 0:
+            raise ValueError("`memory_budget_bytes` must be positive.")
+        if self.pipeline_depth < 1:
+            raise ValueError("`pipeline_depth` must be at least 1.")
+        if self.writer_threads < 1:
+            raise ValueError("`writer_threads` must be at least 1.")
+        if self.compressor not in (None, "zstd", "lz4", "blosc-lz4"):
+            raise ValueError(
+                f"`compressor` must be one of None, 'zstd', 'lz4', 'blosc-lz4'; "
+                f"got {self.compressor!r}."
+            )
+        if not 1 <= self.min_batch_rows <= self.max_batch_rows:
+            raise ValueError("Need 1 <= `min_batch_rows` <= `max_batch_rows`.")
+
+
+_CONFIG = ExecutionConfig()
+
+
+def get_config() -> ExecutionConfig:
+    """Return the settings in force."""
+    return _CONFIG
+
+
+def set_config(**changes: Any) -> ExecutionConfig:
+    """Replace some settings globally and return the new settings.
+
+    Args:
+        **changes: Fields of :class:`ExecutionConfig` to change.
+    """
+    global _CONFIG
+    _CONFIG = dataclasses.replace(_CONFIG, **changes)
+    return _CONFIG
+
+
+@contextmanager
+def config_context(**changes: Any) -> Iterator[ExecutionConfig]:
+    """Change settings inside a ``with`` block only.
+
+    Args:
+        **changes: Fields of :class:`ExecutionConfig` to change.
+    """
+    global _CONFIG
+    old = _CONFIG
+    _CONFIG = dataclasses.replace(old, **changes)
+    try:
+        yield _CONFIG
+    finally:
+        _CONFIG = old

@@ -1,0 +1,44 @@
+"""Public error types raised by dopax.
+
+Every error dopax raises on purpose is one of these (or a built-in such as
+``TypeError`` for a wrong argument type), so callers can catch them precisely.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DopaxError",
+    "IncompleteResultError",
+    "KernelValidationError",
+    "NotFittedError",
+    "ScenarioError",
+    "StreamingError",
+]
+
+
+class DopaxError(Exception):
+    """Base class of every dopax-specific error."""
+
+
+class NotFittedError(DopaxError, ValueError, AttributeError):
+    """Raised when a method needs posterior draws or a fitted state that the model lacks.
+
+    The message names the call to make first (``fit``, ``fit_on_batch`` or
+    ``set_posterior_sample``).
+    """
+
+
+class KernelValidationError(DopaxError, ValueError):
+    """Raised when the kernel's signature or body breaks a dopax requirement."""
+
+
+class ScenarioError(DopaxError, ValueError):
+    """Raised when an intervention or scenario specification is invalid."""
+
+
+class StreamingError(DopaxError, RuntimeError):
+    """Raised when a streamed call fails for a reason other than the user's own code."""
+
+
+class IncompleteResultError(DopaxError, OSError):
+    """Raised when a persisted result is opened but was never completed or has been deleted."""

@@ -1,0 +1,1 @@
+"""SVI and MCMC drivers: the only place that tells the two apart."""

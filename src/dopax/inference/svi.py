@@ -1,0 +1,226 @@
+"""SVI driver: compiled update steps, fitting loops, posterior draws from the guide."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.infer import SVI
+from numpyro.infer.autoguide import AutoGuide
+from numpyro.infer.util import Predictive
+
+__all__ = ["SVIRunResult", "SVIDriver"]
+
+logger = logging.getLogger("dopax")
+
+#: Steps per compiled chunk of the automatic full-batch loop.
+_CHUNK = 100
+
+
+class SVIRunResult(NamedTuple):
+    """Parameters and loss history of an SVI fit.
+
+    Attributes:
+        params: The guide's optimised parameters.
+        losses: Loss per step.
+    """
+
+    params: dict[str, Any]
+    losses: np.ndarray
+
+
+def still_falling(losses: np.ndarray, *, window: int | None = None, tol: float = 1e-3) -> bool:
+    """Return whether the loss was still clearly falling at the end of a fit.
+
+    Compares the median loss of the last window with that of the window
+    before: a drop larger than ``tol`` times the loss scale counts as falling.
+
+    Args:
+        losses: Loss per step.
+        window: Window length (default: a tenth of the steps, at least 5).
+        tol: Relative drop that counts as still falling.
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    losses = losses[np.isfinite(losses)]
+    if window is None:
+        window = max(5, len(losses) // 10)
+    if len(losses) < 2 * window:
+        return len(losses) > 0
+    last = np.median(losses[-window:])
+    before = np.median(losses[-2 * window : -window])
+    scale = max(abs(last), np.std(losses[-window:]), 1e-12)
+    return bool(before - last > tol * scale)
+
+
+class SVIDriver:
+    """Runs an :class:`numpyro.infer.SVI` object for a model.
+
+    Args:
+        svi: The user's SVI object (never modified).
+    """
+
+    def __init__(self, svi: SVI) -> None:
+        self.svi = svi
+
+    @functools.cached_property
+    def _update(self) -> Callable[..., Any]:
+        svi = self.svi
+
+        def step(state: Any, static: tuple[tuple[str, Any], ...], args: Mapping[str, Any]) -> Any:
+            return svi.update(state, **args, **dict(static))
+
+        return jax.jit(step, static_argnums=1)
+
+    @functools.cached_property
+    def _run_chunk(self) -> Callable[..., Any]:
+        svi = self.svi
+
+        def chunk(state: Any, static: tuple[tuple[str, Any], ...], args: Mapping[str, Any]) -> Any:
+            def body(s: Any, _: Any) -> Any:
+                s, loss = svi.update(s, **args, **dict(static))
+                return s, loss
+
+            return jax.lax.scan(body, state, None, length=_CHUNK)
+
+        return jax.jit(chunk, static_argnums=1)
+
+    def init(
+        self, key: jax.Array, static: tuple[tuple[str, Any], ...], args: Mapping[str, Any]
+    ) -> Any:
+        """Initialise the SVI state.
+
+        Args:
+            key: PRNG key for initialisation.
+            static: Static kernel arguments.
+            args: Array kernel arguments.
+        """
+        return self.svi.init(key, **args, **dict(static))
+
+    def step(
+        self, state: Any, static: tuple[tuple[str, Any], ...], args: Mapping[str, Any]
+    ) -> tuple[Any, jax.Array]:
+        """Run one compiled update step.
+
+        Args:
+            state: The SVI state.
+            static: Static kernel arguments.
+            args: Array kernel arguments.
+        """
+        return self._update(state, static, args)
+
+    def run_full_batch(
+        self,
+        state: Any,
+        static: tuple[tuple[str, Any], ...],
+        args: Mapping[str, Any],
+        *,
+        num_steps: int | None,
+        min_steps: int = 1000,
+        max_steps: int = 20_000,
+        progress: Callable[[int, float], None] | None = None,
+    ) -> tuple[Any, np.ndarray]:
+        """Run full-batch steps: exactly ``num_steps``, or until converged when ``None``.
+
+        Args:
+            state: The SVI state.
+            static: Static kernel arguments.
+            args: Array kernel arguments.
+            num_steps: Steps to run, or ``None`` to stop once the loss settles
+                (at least ``min_steps``, at most ``max_steps``).
+            min_steps: Least steps of the automatic mode.
+            max_steps: Most steps of the automatic mode.
+            progress: Called with ``(steps_done, last_loss)`` after each chunk.
+        """
+        losses: list[np.ndarray] = []
+        done = 0
+        target = num_steps if num_steps is not None else max_steps
+        while done < target:
+            n = min(_CHUNK, target - done)
+            if n == _CHUNK:
+                state, chunk_losses = self._run_chunk(state, static, args)
+            else:
+                chunk = []
+                for _ in range(n):
+                    state, loss = self._update(state, static, args)
+                    chunk.append(loss)
+                chunk_losses = jnp.stack(chunk)
+            losses.append(np.asarray(chunk_losses))
+            done += n
+            if progress is not None:
+                progress(done, float(losses[-1][-1]))
+            if num_steps is None and done >= min_steps:
+                history = np.concatenate(losses)
+                if not still_falling(history, window=max(_CHUNK, done // 10), tol=1e-4):
+                    break
+        return state, np.concatenate(losses) if losses else np.zeros(0, np.float32)
+
+    def run_epochs(
+        self,
+        state: Any,
+        static: tuple[tuple[str, Any], ...],
+        batches: Callable[[int], Iterable[Mapping[str, Any]]],
+        *,
+        epochs: int,
+        progress: Callable[[int, float], None] | None = None,
+    ) -> tuple[Any, np.ndarray]:
+        """Run mini-batch steps over ``epochs`` passes.
+
+        Args:
+            state: The SVI state.
+            static: Static kernel arguments.
+            batches: ``batches(epoch)`` yields the batches of one epoch.
+            epochs: Number of passes.
+            progress: Called with ``(epoch, mean_loss)`` after each epoch.
+        """
+        losses: list[jax.Array] = []
+        for epoch in range(epochs):
+            start = len(losses)
+            for batch in batches(epoch):
+                state, loss = self._update(state, static, batch)
+                losses.append(loss)
+            if progress is not None and len(losses) > start:
+                progress(epoch + 1, float(jnp.mean(jnp.stack(losses[start:]))))
+        out = np.asarray(jnp.stack(losses)) if losses else np.zeros(0, np.float32)
+        return state, out
+
+    def params(self, state: Any) -> dict[str, Any]:
+        """Return the guide's parameters for a state.
+
+        Args:
+            state: The SVI state.
+        """
+        return self.svi.get_params(state)
+
+    def draw_posterior(
+        self,
+        key: jax.Array,
+        params: Mapping[str, Any],
+        num_samples: int,
+        static: tuple[tuple[str, Any], ...],
+        args: Mapping[str, Any],
+        exclude: Iterable[str] = (),
+    ) -> dict[str, np.ndarray]:
+        """Draw latent values from the guide: the one home of guide sampling.
+
+        Args:
+            key: PRNG key.
+            params: Guide parameters.
+            num_samples: Number of draws.
+            static: Static kernel arguments (for guides that need data).
+            args: Array kernel arguments (for guides that need data).
+            exclude: Site names to drop (the output site, observed sites).
+        """
+        guide = self.svi.guide
+        if isinstance(guide, AutoGuide):
+            draws = guide.sample_posterior(key, dict(params), sample_shape=(num_samples,))
+        else:
+            draws = Predictive(guide, params=dict(params), num_samples=num_samples)(
+                key, **args, **dict(static)
+            )
+        skip = set(exclude)
+        return {k: np.asarray(v) for k, v in draws.items() if k not in skip}

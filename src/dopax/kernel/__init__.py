@@ -1,0 +1,1 @@
+"""Kernel signature binding, tracing into :class:`KernelSpec`, and validation."""

@@ -1,0 +1,1 @@
+"""The :class:`ImpactModel` facade and its fitted-state record."""

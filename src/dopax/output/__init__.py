@@ -1,0 +1,1 @@
+"""Result layout (DataTree schema), builders and reopening of persisted results."""

@@ -1,0 +1,59 @@
+"""The one builder of in-memory result trees."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from dopax.output.schema import base_attrs, site_dims, split_draws
+
+__all__ = ["dataset_from_draws", "build_tree"]
+
+
+def dataset_from_draws(arrays: Mapping[str, Any], num_chains: int) -> xr.Dataset:
+    """Build a Dataset from flat-draw arrays.
+
+    Args:
+        arrays: Variable name to array with a leading flat draw axis
+            (``chains * draws``, chain-major).
+        num_chains: Number of chains in the flat draw axis.
+    """
+    data_vars = {}
+    coords: dict[str, np.ndarray] = {}
+    for name, value in arrays.items():
+        arr = np.asarray(value)
+        chains, draws = split_draws(arr.shape[0], num_chains)
+        arr = arr.reshape(chains, draws, *arr.shape[1:])
+        dims = site_dims(name, arr.ndim - 2)
+        data_vars[name] = (dims, arr)
+        for dim, size in zip(dims, arr.shape, strict=True):
+            coords.setdefault(dim, np.arange(size))
+    return xr.Dataset(data_vars, coords=coords)
+
+
+def build_tree(
+    groups: Mapping[str, Mapping[str, Any]],
+    num_chains: int | Mapping[str, int],
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.DataTree:
+    """Build a result tree from groups of flat-draw arrays.
+
+    Args:
+        groups: Group name to (variable name to flat-draw array). Empty groups
+            are left out.
+        num_chains: Chains of every group, or per group.
+        attrs: Extra root attributes (``created_at`` and ``dopax_version`` are
+            always set).
+    """
+    children = {}
+    for group, arrays in groups.items():
+        if not arrays:
+            continue
+        chains = num_chains if isinstance(num_chains, int) else num_chains[group]
+        children[group] = xr.DataTree(dataset_from_draws(arrays, chains))
+    tree = xr.DataTree(children=children)
+    tree.attrs.update(base_attrs(attrs))
+    return tree

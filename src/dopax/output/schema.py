@@ -1,0 +1,127 @@
+"""The DataTree output schema: group names, dimension names, attributes.
+
+Pure: no file-system work here. Every builder and sink takes its names from
+this module, so the in-memory and persisted results have one layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "GROUPS",
+    "POSTERIOR",
+    "PRIOR_PREDICTIVE",
+    "POSTERIOR_PREDICTIVE",
+    "PREDICTIONS",
+    "LOG_LIKELIHOOD",
+    "SiteLayout",
+    "base_attrs",
+    "site_dims",
+    "split_draws",
+]
+
+POSTERIOR = "posterior"
+PRIOR_PREDICTIVE = "prior_predictive"
+POSTERIOR_PREDICTIVE = "posterior_predictive"
+PREDICTIONS = "predictions"
+LOG_LIKELIHOOD = "log_likelihood"
+
+#: Every group a dopax result may hold (ArviZ's names).
+GROUPS: tuple[str, ...] = (
+    POSTERIOR,
+    PRIOR_PREDICTIVE,
+    POSTERIOR_PREDICTIVE,
+    PREDICTIONS,
+    LOG_LIKELIHOOD,
+)
+
+CHAIN = "chain"
+DRAW = "draw"
+
+
+def site_dims(site: str, ndim: int) -> tuple[str, ...]:
+    """Return the dimension names of a site with ``ndim`` dimensions beyond chain and draw.
+
+    Args:
+        site: The site (variable) name.
+        ndim: Number of dimensions of one draw of the site.
+    """
+    return (CHAIN, DRAW, *(f"{site}_dim_{i}" for i in range(ndim)))
+
+
+def split_draws(num_draws_total: int, num_chains: int) -> tuple[int, int]:
+    """Return ``(chains, draws_per_chain)`` for a flat draw axis of ``num_draws_total``.
+
+    Args:
+        num_draws_total: Length of the flat draw axis (chains times draws).
+        num_chains: Number of chains the flat axis holds, chain-major.
+
+    Raises:
+        ValueError: If the flat length is not a multiple of ``num_chains``.
+    """
+    if num_chains < 1 or num_draws_total % num_chains:
+        raise ValueError(
+            f"{num_draws_total} draws cannot be split into {num_chains} chains of equal length."
+        )
+    return num_chains, num_draws_total // num_chains
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteLayout:
+    """Shape, type and chunking of one variable of a result.
+
+    Attributes:
+        group: The group (one of :data:`GROUPS`).
+        name: The variable (site) name.
+        num_chains: Number of chains.
+        num_draws: Draws per chain.
+        shape: Shape of one draw (the site's own shape).
+        dtype: NumPy dtype string.
+        chunks: Chunk shape over ``(chain, draw, *shape)``.
+    """
+
+    group: str
+    name: str
+    num_chains: int
+    num_draws: int
+    shape: tuple[int, ...]
+    dtype: str
+    chunks: tuple[int, ...]
+
+    @property
+    def full_shape(self) -> tuple[int, ...]:
+        """Shape of the stored array, ``(chain, draw, *shape)``."""
+        return (self.num_chains, self.num_draws, *self.shape)
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        """Dimension names of the stored array."""
+        return site_dims(self.name, len(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole array, uncompressed."""
+        return int(np.prod(self.full_shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def base_attrs(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return the root attributes every result carries.
+
+    Args:
+        extra: Further attributes to merge in (e.g. ``artifact_path``).
+    """
+    from dopax._version import __version__
+
+    attrs: dict[str, Any] = {
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(),
+        "dopax_version": __version__,
+    }
+    if extra:
+        attrs.update(extra)
+    return attrs

@@ -1,0 +1,213 @@
+"""Strict reading of persisted results and :func:`open_result`.
+
+A result store is complete only when its root ``zarr.json`` carries the
+attribute :data:`COMPLETE_ATTR` set to ``True``. Sinks write that attribute
+last, after every chunk and the consolidated metadata, so a store that lacks it
+was never finished (the call failed or is still running).
+
+Reads go through :class:`StrictStore`, which turns a missing chunk into
+:class:`~dopax.exceptions.IncompleteResultError` instead of letting Zarr fill
+the gap with its fill value. Sinks write every chunk (``write_empty_chunks``),
+so a missing chunk always means missing data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncGenerator, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import xarray as xr
+import zarr
+import zarr.errors
+from zarr.abc.store import Store
+from zarr.storage import LocalStore, WrapperStore
+
+from dopax.exceptions import IncompleteResultError
+
+if TYPE_CHECKING:
+    from zarr.abc.store import ByteRequest
+    from zarr.core.buffer import Buffer, BufferPrototype
+
+__all__ = ["COMPLETE_ATTR", "StrictStore", "is_complete", "open_result"]
+
+logger = logging.getLogger("dopax")
+
+#: Root attribute that marks a finished result; written last by the sinks.
+COMPLETE_ATTR = "dopax_complete"
+
+#: File names of Zarr metadata documents (v3 and v2); every other key is data.
+_METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
+
+
+def _is_metadata_key(key: str) -> bool:
+    return key.rsplit("/", 1)[-1] in _METADATA_NAMES
+
+
+class StrictStore(WrapperStore[Store]):
+    """A Zarr store wrapper whose reads of missing chunks raise instead of returning nothing.
+
+    Metadata keys may be missing (Zarr probes for them); a missing data key
+    raises :class:`~dopax.exceptions.IncompleteResultError`. The wrapper also
+    holds a reference to ``keepalive`` so that whatever reads through it (lazy
+    arrays, a DataTree) keeps that object alive.
+
+    Args:
+        store: The store to read from.
+        label: How to name the store in error messages (a folder path);
+            defaults to ``str(store)``.
+        keepalive: Any object to keep referenced while this store is in use.
+    """
+
+    def __init__(
+        self, store: Store, *, label: str | None = None, keepalive: object | None = None
+    ) -> None:
+        super().__init__(store)
+        self.label = label if label is not None else str(store)
+        self.keepalive = keepalive
+
+    def _with_store(self, store: Store) -> StrictStore:
+        return type(self)(store, label=self.label, keepalive=self.keepalive)
+
+    def __repr__(self) -> str:
+        return f"StrictStore({self.label!r})"
+
+    def _missing(self, key: str) -> IncompleteResultError:
+        inner = self._store
+        if isinstance(inner, LocalStore) and not inner.root.exists():
+            return IncompleteResultError(
+                f"The result folder {self.label} no longer exists (it was deleted), so "
+                f"{key!r} cannot be read. Lazy results read from their folder on demand; "
+                "keep the folder, or load the data into memory before removing it."
+            )
+        return IncompleteResultError(
+            f"Chunk {key!r} is missing from the result at {self.label}: the result is "
+            "incomplete or has been modified since it was written."
+        )
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        """Return the value of ``key``; raise if it is a missing data key.
+
+        Args:
+            key: The store key.
+            prototype: Buffer prototype for the returned value.
+            byte_range: Optional part of the value to read.
+
+        Raises:
+            IncompleteResultError: If ``key`` names a chunk that is not in the store.
+        """
+        value = await self._store.get(key, prototype, byte_range)
+        if value is None and not _is_metadata_key(key):
+            raise self._missing(key)
+        return value
+
+    async def get_partial_values(
+        self,
+        prototype: BufferPrototype,
+        key_ranges: Iterable[tuple[str, ByteRequest | None]],
+    ) -> list[Buffer | None]:
+        """Return several (partial) values; raise if a data key is missing.
+
+        Args:
+            prototype: Buffer prototype for the returned values.
+            key_ranges: Pairs of key and optional byte range.
+
+        Raises:
+            IncompleteResultError: If a requested chunk is not in the store.
+        """
+        key_ranges = list(key_ranges)
+        values = await self._store.get_partial_values(prototype, key_ranges)
+        for (key, _), value in zip(key_ranges, values, strict=True):
+            if value is None and not _is_metadata_key(key):
+                raise self._missing(key)
+        return values
+
+    async def _get_many(
+        self, requests: Iterable[tuple[str, BufferPrototype, ByteRequest | None]]
+    ) -> AsyncGenerator[tuple[str, Buffer | None], None]:
+        for key, prototype, byte_range in requests:
+            yield key, await self.get(key, prototype, byte_range)
+
+
+def _as_store(path_or_store: str | os.PathLike[str] | Store) -> tuple[Store, str]:
+    if isinstance(path_or_store, StrictStore):
+        return path_or_store._store, path_or_store.label
+    if isinstance(path_or_store, Store):
+        store = path_or_store
+        if not store.read_only:
+            with contextlib.suppress(NotImplementedError):
+                store = store.with_read_only(True)
+        return store, str(path_or_store)
+    if isinstance(path_or_store, str | os.PathLike):
+        path = Path(path_or_store).expanduser().resolve()
+        if not path.is_dir():
+            raise IncompleteResultError(
+                f"No result at {path}: the folder does not exist (it was never written, "
+                "the call that wrote it did not complete, or it was deleted)."
+            )
+        return LocalStore(path, read_only=True), str(path)
+    raise TypeError(
+        f"`path_or_store` must be a path or a zarr Store; got {type(path_or_store).__name__}."
+    )
+
+
+def is_complete(path_or_store: str | os.PathLike[str] | Store) -> bool:
+    """Return whether a result store carries the completion marker.
+
+    Args:
+        path_or_store: A result folder or a Zarr store.
+    """
+    try:
+        store, _ = _as_store(path_or_store)
+        group = zarr.open_group(store, mode="r", zarr_format=3)
+        return group.attrs.get(COMPLETE_ATTR) is True
+    except (OSError, KeyError, zarr.errors.BaseZarrError):
+        return False
+
+
+def open_result(
+    path_or_store: str | os.PathLike[str] | Store, *, keepalive: object | None = None
+) -> xr.DataTree:
+    """Open a completed result lazily as a :class:`xarray.DataTree`.
+
+    Variables are dask-backed and read on demand through a :class:`StrictStore`,
+    so a chunk that disappears later (or a deleted folder) raises
+    :class:`~dopax.exceptions.IncompleteResultError` when read rather than
+    yielding fill values.
+
+    Args:
+        path_or_store: A result folder or a Zarr store written by a dopax sink.
+        keepalive: An object the returned tree keeps referenced as long as the
+            tree or any of its lazy arrays lives (for example the owner of a
+            temporary folder whose finaliser deletes the folder).
+
+    Returns:
+        The result tree; the completion marker is not repeated in its attributes.
+
+    Raises:
+        IncompleteResultError: If the store does not exist or the call that
+            wrote it did not complete.
+        TypeError: If ``path_or_store`` is neither a path nor a Zarr store.
+    """
+    store, label = _as_store(path_or_store)
+    if not is_complete(store):
+        raise IncompleteResultError(
+            f"The result at {label} is incomplete: the call that wrote it did not "
+            "complete (it failed, was interrupted, or is still running)."
+        )
+    strict = StrictStore(store, label=label, keepalive=keepalive)
+    # xarray's annotations omit zarr stores, which its zarr backend accepts.
+    tree = xr.open_datatree(
+        strict,  # type: ignore[arg-type]
+        engine="zarr",
+        consolidated=True,
+        chunks={},
+    )
+    tree.attrs.pop(COMPLETE_ATTR, None)
+    logger.debug("Opened result at %s", label)
+    return tree

@@ -1,0 +1,1 @@
+"""Device mesh, sharded block functions, and batch planning."""

@@ -1,0 +1,1 @@
+"""The forward sampler, the random-number scheme, planning and argument binding."""

@@ -1,0 +1,172 @@
+"""The pure forward pass: one draw of a kernel on a block of rows.
+
+Every predictive and log-likelihood computation in dopax, in memory or
+streamed, runs :func:`forward_draw` (vmapped over draws). Handlers compose in
+one order: ``do`` innermost (so it sees every site first), then ``substitute``
+with the draw's latent values, then :class:`~dopax.sampling.rng.RowKeySeed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from numpyro import handlers
+
+from dopax.sampling.rng import RowKeySeed, draw_words
+
+__all__ = ["PassSpec", "forward_draw", "forward_block"]
+
+PREDICT = "predict"
+LOG_LIKELIHOOD = "log_likelihood"
+
+
+@dataclasses.dataclass(frozen=True)
+class PassSpec:
+    """The static description of a forward pass (hashable: it keys compilation).
+
+    Attributes:
+        kernel: The NumPyro model function.
+        static: Sorted ``(name, value)`` pairs of non-array kernel arguments.
+        return_sites: Sites to return (predict) or observed sites (log-likelihood).
+        kind: ``"predict"`` or ``"log_likelihood"``.
+        global_latents: Latent sites without a row axis that are not supplied:
+            they are drawn once per draw on the anchor row (row offset 0), so
+            every batch of rows shares them.
+    """
+
+    kernel: Callable[..., Any]
+    static: tuple[tuple[str, Any], ...]
+    return_sites: tuple[str, ...]
+    kind: str = PREDICT
+    global_latents: tuple[str, ...] = ()
+
+
+def _run_trace(
+    spec: PassSpec,
+    words: jax.Array,
+    row_offset: Any,
+    latent: Mapping[str, Any],
+    args: Mapping[str, Any],
+    intervention: Mapping[str, Any],
+) -> dict[str, Any]:
+    model: Callable[..., Any] = spec.kernel
+    if intervention:
+        model = handlers.do(model, data=dict(intervention))
+    if latent:
+        model = handlers.substitute(model, data=dict(latent))
+    model = RowKeySeed(model, words, row_offset)
+    return handlers.trace(model).get_trace(**args, **dict(spec.static))
+
+
+def site_value(trace: Mapping[str, Any], name: str, intervention: Mapping[str, Any]) -> Any:
+    """Return the value a site takes downstream (the intervened value when intervened).
+
+    Args:
+        trace: A trace of the kernel.
+        name: Site name.
+        intervention: The intervention in force.
+    """
+    if name in intervention and f"{name}__CF" in trace:
+        return trace[f"{name}__CF"]["value"]
+    if name not in trace:
+        raise KeyError(name)
+    return trace[name]["value"]
+
+
+def forward_draw(
+    spec: PassSpec,
+    call_key: jax.Array,
+    draw_index: jax.Array,
+    row_offset: jax.Array,
+    latent: Mapping[str, Any],
+    args: Mapping[str, Any],
+    intervention: Mapping[str, Any],
+    anchor_args: Mapping[str, Any],
+    intervention_anchor: Mapping[str, Any],
+) -> dict[str, jax.Array]:
+    """Run the kernel for one posterior draw on one block of rows.
+
+    Args:
+        spec: The static pass description.
+        call_key: The call's PRNG key.
+        draw_index: Global index of the draw.
+        row_offset: Global index of the block's first row.
+        latent: Latent values of this draw to substitute (may be empty).
+        args: Array arguments of the kernel for this block of rows (and
+            replicated array arguments).
+        intervention: Site values to impose with ``numpyro.handlers.do``.
+        anchor_args: ``args`` for the anchor row (the call's first row), used to
+            draw ``spec.global_latents``.
+        intervention_anchor: ``intervention`` for the anchor row.
+
+    Returns:
+        For ``kind="predict"``, each return site's value; for
+        ``kind="log_likelihood"``, each observed site's pointwise log density.
+    """
+    words = draw_words(call_key, draw_index)
+    if spec.global_latents:
+        anchor_trace = _run_trace(spec, words, 0, latent, anchor_args, intervention_anchor)
+        latent = {
+            **latent,
+            **{name: anchor_trace[name]["value"] for name in spec.global_latents},
+        }
+    trace = _run_trace(spec, words, row_offset, latent, args, intervention)
+    if spec.kind == LOG_LIKELIHOOD:
+        return {
+            name: trace[name]["fn"].log_prob(trace[name]["value"]) for name in spec.return_sites
+        }
+    return {name: jnp.asarray(site_value(trace, name, intervention)) for name in spec.return_sites}
+
+
+def forward_block(
+    spec: PassSpec,
+    call_key: jax.Array,
+    draw_indices: jax.Array,
+    row_offset: jax.Array,
+    latent: Mapping[str, Any],
+    row_args: Mapping[str, Any],
+    shared_args: Mapping[str, Any],
+    row_intervention: Mapping[str, Any],
+    shared_intervention: Mapping[str, Any],
+    anchor_args: Mapping[str, Any],
+    anchor_intervention: Mapping[str, Any],
+) -> dict[str, jax.Array]:
+    """Run :func:`forward_draw` for a block of draws (vmapped) on one block of rows.
+
+    Args:
+        spec: The static pass description.
+        call_key: The call's PRNG key.
+        draw_indices: Global indices of the block's draws, shape ``(D,)``.
+        row_offset: Global index of the block's first row.
+        latent: Latent values with a leading draw axis of size ``D``.
+        row_args: Kernel arguments with a leading row axis.
+        shared_args: Array kernel arguments used whole by every row block.
+        row_intervention: Intervention values with a leading row axis.
+        shared_intervention: Intervention values used whole.
+        anchor_args: Row arguments of the anchor row (see :func:`forward_draw`).
+        anchor_intervention: Row intervention values of the anchor row.
+
+    Returns:
+        Each output with a leading draw axis of size ``D``.
+    """
+
+    def one(draw_index: jax.Array, latent_d: Mapping[str, Any]) -> dict[str, jax.Array]:
+        args = {**shared_args, **row_args}
+        intervention = {**shared_intervention, **row_intervention}
+        return forward_draw(
+            spec,
+            call_key,
+            draw_index,
+            row_offset,
+            latent_d,
+            args,
+            intervention,
+            {**shared_args, **anchor_args},
+            {**shared_intervention, **anchor_intervention},
+        )
+
+    return jax.vmap(one)(draw_indices, dict(latent))

@@ -1,0 +1,317 @@
+"""Planning a forward pass: which sites carry rows, and whether rows may be split.
+
+Pure: it runs the kernel on tiny probes, never on the user's full data.
+
+* A site's *row axis* is the one axis whose length follows the number of rows
+  (probed at 2 and 3 rows, so no shape coincidence with the data can fool it).
+* A latent site with a row axis that is also in the posterior is a *per-row
+  latent* (local latent): in-sample predictions need all rows together.
+* Whether splitting rows into batches leaves every value unchanged is then
+  checked directly: the kernel runs on four probe rows at once and split 1 + 3,
+  and the results must agree. Kernels that couple rows (e.g. standardise ``X``
+  inside the model) or whose random sites do not lead with the row axis fail
+  this check and run with all rows together (the draw-axis path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dopax.sampling.forward import LOG_LIKELIHOOD, PassSpec
+from dopax.sampling.prepare import split_intervention
+
+__all__ = ["ForwardPlan", "SiteInfo", "make_plan", "ROWS", "FULL"]
+
+ROWS = "rows"
+FULL = "full"
+
+_PROBE_KEY = 20260101
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteInfo:
+    """Shape facts of one site.
+
+    Attributes:
+        name: Site name.
+        row_axis: Axis of the site's own shape that indexes rows, or ``None``.
+        shape: The site's shape for one draw, with the row axis at full length.
+        dtype: NumPy dtype string.
+    """
+
+    name: str
+    row_axis: int | None
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardPlan:
+    """How a forward pass runs.
+
+    Attributes:
+        path: ``"rows"`` (rows and draws may be split freely) or ``"full"``
+            (all rows in one piece; only draws are split).
+        outputs: Shape facts of each output site, in output order.
+        row_sites: Every site of the kernel that has a row axis.
+        local_latents: Posterior sites with a row axis (per-row latents).
+        global_latents: Latent sites without a row axis that the call does not
+            supply (drawn once per draw on the anchor row).
+        row_intervention_sites: Intervened sites given one value per row.
+        sample_sites: Every sample site of the kernel.
+        reason: Why the ``"full"`` path was chosen, for the user's warning.
+    """
+
+    path: str
+    outputs: tuple[SiteInfo, ...]
+    row_sites: frozenset[str]
+    local_latents: tuple[str, ...]
+    global_latents: tuple[str, ...] = ()
+    row_intervention_sites: tuple[str, ...] = ()
+    sample_sites: tuple[str, ...] = ()
+    reason: str | None = None
+
+
+def _take_rows(value: Any, index: np.ndarray) -> Any:
+    return jnp.asarray(value)[index]
+
+
+def _probe_index(n_rows: int, size: int) -> np.ndarray:
+    return np.minimum(np.arange(size), max(n_rows - 1, 0))
+
+
+def _site_shapes(
+    spec: PassSpec, args: Mapping[str, Any], shared: Mapping[str, Any]
+) -> dict[str, tuple[tuple[int, ...], str]]:
+    from numpyro import handlers
+
+    from dopax.sampling.rng import RowKeySeed
+
+    def run() -> dict[str, jax.Array]:
+        model = RowKeySeed(spec.kernel, jnp.zeros((2,), jnp.uint32), 0)
+        trace = handlers.trace(model).get_trace(**shared, **args, **dict(spec.static))
+        return {
+            name: jnp.asarray(site["value"])
+            for name, site in trace.items()
+            if site["type"] in ("sample", "deterministic")
+        }
+
+    shapes = jax.eval_shape(run)
+    return {name: (tuple(s.shape), str(s.dtype)) for name, s in shapes.items()}
+
+
+def _sample_kinds(
+    spec: PassSpec, args: Mapping[str, Any], shared: Mapping[str, Any]
+) -> dict[str, str]:
+    from numpyro import handlers
+
+    from dopax.sampling.rng import RowKeySeed
+
+    kinds: dict[str, str] = {}
+
+    def run() -> int:
+        model = RowKeySeed(spec.kernel, jnp.zeros((2,), jnp.uint32), 0)
+        trace = handlers.trace(model).get_trace(**shared, **args, **dict(spec.static))
+        for name, site in trace.items():
+            if site["type"] == "sample":
+                kinds[name] = "observed" if site.get("is_observed") else "latent"
+        return 0
+
+    jax.eval_shape(run)
+    return kinds
+
+
+def _row_axis(shape_a: tuple[int, ...], shape_b: tuple[int, ...], a: int, b: int) -> int | None:
+    """Return the row axis given a site's shapes at ``a`` and ``b`` probe rows."""
+    if shape_a == shape_b:
+        return None
+    if len(shape_a) != len(shape_b):
+        return -1
+    changed = [i for i, (x, y) in enumerate(zip(shape_a, shape_b, strict=True)) if x != y]
+    if len(changed) == 1 and shape_a[changed[0]] == a and shape_b[changed[0]] == b:
+        return changed[0]
+    return -1
+
+
+def _agree(x: np.ndarray, y: np.ndarray) -> bool:
+    if x.shape != y.shape:
+        return False
+    if np.issubdtype(x.dtype, np.floating):
+        return bool(np.allclose(x, y, rtol=1e-5, atol=1e-6, equal_nan=True))
+    return bool(np.array_equal(x, y))
+
+
+def make_plan(
+    spec: PassSpec,
+    *,
+    n_rows: int,
+    row_args: Mapping[str, Any],
+    shared_args: Mapping[str, Any],
+    latent: Mapping[str, Any],
+    intervention: Mapping[str, Any] | None,
+    force_full: str | None = None,
+) -> ForwardPlan:
+    """Plan a forward pass by probing the kernel on a few rows.
+
+    Args:
+        spec: The static pass description.
+        n_rows: Number of rows of the call.
+        row_args: Kernel arguments with a leading row axis (full length).
+        shared_args: Array kernel arguments used whole.
+        latent: Latent values to substitute, leading axis draws (may be empty).
+        intervention: Site name to value (validated here), or ``None``.
+        force_full: A reason to take the ``"full"`` path regardless.
+
+    Returns:
+        The plan.
+
+    Raises:
+        ScenarioError: For an invalid intervention.
+        KeyError: For a return site the kernel lacks (message lists the sites).
+    """
+    probe_spec = dataclasses.replace(spec, kind="predict", return_sites=())
+    small = {k: _take_rows(v, _probe_index(n_rows, 2)) for k, v in row_args.items()}
+    large = {k: _take_rows(v, _probe_index(n_rows, 3)) for k, v in row_args.items()}
+    shapes2 = _site_shapes(probe_spec, small, shared_args)
+    shapes3 = _site_shapes(probe_spec, large, shared_args)
+    row_axes: dict[str, int | None] = {}
+    for name, (shape2, _) in shapes2.items():
+        shape3 = shapes3.get(name, (shape2, ""))[0]
+        row_axes[name] = _row_axis(shape2, shape3, 2, 3)
+    row_sites = frozenset(name for name, axis in row_axes.items() if axis is not None)
+    coupled = sorted(name for name, axis in row_axes.items() if axis == -1)
+    local = tuple(name for name in latent if name in row_sites)
+    kinds = _sample_kinds(probe_spec, small, shared_args)
+    global_latents = tuple(
+        name
+        for name, kind in kinds.items()
+        if kind == "latent" and row_axes.get(name) is None and name not in latent
+    )
+    sample_axes = {name: row_axes.get(name) for name in kinds}
+    row_intervention, shared_intervention = split_intervention(
+        intervention, sites=sample_axes, n_rows=n_rows
+    )
+    missing = [name for name in spec.return_sites if name not in shapes2]
+    if missing:
+        raise KeyError(
+            f"Unknown return site(s) {missing}; the kernel's sites are {sorted(shapes2)}."
+        )
+
+    reason = force_full
+    if reason is None and coupled:
+        reason = f"site(s) {coupled} change shape with the number of rows in an irregular way"
+    if reason is None and local:
+        reason = (
+            f"the posterior holds per-row latent site(s) {list(local)}, which tie each "
+            "draw to all rows"
+        )
+    if reason is None:
+        reason = _check_split(
+            dataclasses.replace(spec, global_latents=global_latents),
+            n_rows,
+            row_args,
+            shared_args,
+            latent,
+            row_intervention,
+            shared_intervention,
+        )
+
+    outputs = []
+    for name in spec.return_sites:
+        axis = row_axes.get(name)
+        shape2, dtype = shapes2[name]
+        if spec.kind == LOG_LIKELIHOOD:
+            dtype = "float32"
+        shape = list(shape2)
+        if axis is not None and axis >= 0:
+            shape[axis] = n_rows
+        outputs.append(
+            SiteInfo(
+                name=name, row_axis=axis if axis != -1 else None, shape=tuple(shape), dtype=dtype
+            )
+        )
+    return ForwardPlan(
+        path=ROWS if reason is None else FULL,
+        global_latents=global_latents,
+        row_intervention_sites=tuple(sorted(row_intervention)),
+        sample_sites=tuple(kinds),
+        outputs=tuple(outputs),
+        row_sites=row_sites,
+        local_latents=local,
+        reason=reason,
+    )
+
+
+def _check_split(
+    spec: PassSpec,
+    n_rows: int,
+    row_args: Mapping[str, Any],
+    shared_args: Mapping[str, Any],
+    latent: Mapping[str, Any],
+    row_intervention: Mapping[str, Any],
+    shared_intervention: Mapping[str, Any],
+) -> str | None:
+    """Return ``None`` if splitting four probe rows 1 + 3 changes nothing, else why not."""
+    from numpyro import handlers
+
+    from dopax.sampling.rng import RowKeySeed
+
+    index = _probe_index(n_rows, 4)
+    rows = {k: _take_rows(v, index) for k, v in row_args.items()}
+    row_do = {k: _take_rows(v, index) for k, v in row_intervention.items()}
+    latent0 = {k: jnp.asarray(v)[0] for k, v in latent.items()}
+    words = jnp.asarray([0x9E3779B9, _PROBE_KEY], jnp.uint32)
+
+    def run(block: slice, offset: int) -> dict[str, tuple[np.ndarray, bool]]:
+        intervention = {**shared_intervention, **{k: v[block] for k, v in row_do.items()}}
+        anchor_do = {**shared_intervention, **{k: v[0:1] for k, v in row_do.items()}}
+        latent_d = dict(latent0)
+        if spec.global_latents:
+            anchor = {**shared_args, **{k: v[0:1] for k, v in rows.items()}}
+            anchor_trace = _trace(anchor, anchor_do, latent_d, 0)
+            latent_d.update({n: anchor_trace[n]["value"] for n in spec.global_latents})
+        args = {**shared_args, **{k: v[block] for k, v in rows.items()}}
+        trace = _trace(args, intervention, latent_d, offset)
+        out = {}
+        for name, site in trace.items():
+            if site["type"] not in ("sample", "deterministic"):
+                continue
+            out[name] = (np.asarray(site["value"]), site["type"] == "sample")
+        return out
+
+    def _trace(
+        args: Mapping[str, Any], intervention: Mapping[str, Any], lat: Mapping[str, Any], off: int
+    ) -> Any:
+        model = spec.kernel
+        if intervention:
+            model = handlers.do(model, data=dict(intervention))
+        if lat:
+            model = handlers.substitute(model, data=dict(lat))
+        model = RowKeySeed(model, words, off)
+        return handlers.trace(model).get_trace(**args, **dict(spec.static))
+
+    try:
+        whole = run(slice(0, 4), 0)
+        head = run(slice(0, 1), 0)
+        tail = run(slice(1, 4), 1)
+    except Exception as err:  # a kernel that cannot run on a few rows
+        return f"the kernel could not run on a few rows alone ({type(err).__name__}: {err})"
+    for name, (value, _) in whole.items():
+        if name not in head or name not in tail:
+            return f"site {name!r} appears only for some batch sizes"
+        a, b = head[name][0], tail[name][0]
+        if value.ndim == 0 or value.shape == a.shape == b.shape:
+            if not (_agree(value, a) and _agree(value, b)):
+                return f"the value of site {name!r} depends on which rows share its batch"
+            continue
+        if value.shape[0] != 4 or a.shape[0] != 1 or b.shape[0] != 3:
+            return f"site {name!r} does not lead with the row axis"
+        if not _agree(value, np.concatenate([a, b], axis=0)):
+            return f"the value of site {name!r} depends on which rows share its batch"
+    return None

@@ -1,0 +1,189 @@
+"""Binding a call's inputs to the kernel: row arguments, shared arrays, static values.
+
+Array keyword arguments whose leading length equals the number of rows travel
+with ``X`` (they are split into the same batches); other arrays are passed
+whole to every batch; everything else is a static (hashable) argument.
+Interventions are validated against the kernel's sites and split the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from dopax.exceptions import ScenarioError
+
+__all__ = ["BoundArgs", "bind_args", "split_intervention", "as_array"]
+
+
+def as_array(value: Any, name: str) -> np.ndarray | jax.Array:
+    """Convert an array-like (list, tuple, NumPy, JAX, pandas) to an array.
+
+    Args:
+        value: The value.
+        name: Argument name, for the error message.
+
+    Raises:
+        TypeError: If the value is not numeric array-like.
+    """
+    if isinstance(value, jax.Array):
+        return value
+    try:
+        arr = np.asarray(value)
+    except Exception as err:
+        raise TypeError(f"`{name}` must be array-like; got {type(value).__name__}.") from err
+    if arr.dtype == object or arr.dtype.kind in "USV":
+        raise TypeError(
+            f"`{name}` must hold numbers; got an array of dtype {arr.dtype}. "
+            "Convert it to a numeric array first."
+        )
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32) if not jax.config.read("jax_enable_x64") else arr
+    if arr.dtype == np.int64 and not jax.config.read("jax_enable_x64"):
+        arr = arr.astype(np.int32)
+    return arr
+
+
+def _is_arraylike(value: Any) -> bool:
+    if isinstance(value, np.ndarray | jax.Array):
+        return True
+    if hasattr(value, "__array__") and not isinstance(value, str | bytes):
+        return True
+    if isinstance(value, list | tuple) and value:
+        try:
+            arr = np.asarray(value)
+        except Exception:
+            return False
+        return arr.dtype.kind in "biuf"
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundArgs:
+    """A call's arguments, sorted by how they travel.
+
+    Attributes:
+        n_rows: Number of rows.
+        rows: Arrays with a leading row axis (input, output, row kwargs).
+        shared: Arrays passed whole to every batch.
+        static: Sorted ``(name, value)`` pairs of hashable non-array arguments.
+    """
+
+    n_rows: int
+    rows: dict[str, Any]
+    shared: dict[str, Any]
+    static: tuple[tuple[str, Any], ...]
+
+
+def bind_args(
+    param_input: str,
+    X: Any,
+    param_output: str,
+    y: Any,
+    kwargs: Mapping[str, Any],
+) -> BoundArgs:
+    """Sort the input, output and keyword arguments of a call.
+
+    Args:
+        param_input: Name of the kernel's input argument.
+        X: The input (array-like with a leading row axis).
+        param_output: Name of the kernel's output argument.
+        y: The output or ``None``.
+        kwargs: Further kernel keyword arguments.
+
+    Raises:
+        TypeError: For non-numeric arrays or unhashable non-array arguments.
+        ValueError: For inputs without a row axis or ``y`` of the wrong length.
+    """
+    x_arr = as_array(X, "X")
+    if x_arr.ndim == 0:
+        raise ValueError("`X` must have a leading row axis; got a scalar.")
+    n = int(x_arr.shape[0])
+    rows: dict[str, Any] = {param_input: x_arr}
+    static: dict[str, Any] = {}
+    if y is not None:
+        y_arr = as_array(y, "y")
+        if y_arr.ndim == 0 or y_arr.shape[0] != n:
+            raise ValueError(
+                f"`y` must have one entry per row of `X` ({n}); got shape {tuple(y_arr.shape)}."
+            )
+        rows[param_output] = y_arr
+    else:
+        static[param_output] = None
+    shared: dict[str, Any] = {}
+    for name, value in kwargs.items():
+        if value is not None and _is_arraylike(value):
+            arr = as_array(value, name)
+            if arr.ndim >= 1 and arr.shape[0] == n:
+                rows[name] = arr
+            else:
+                shared[name] = arr
+        else:
+            try:
+                hash(value)
+            except TypeError as err:
+                raise TypeError(
+                    f"Keyword argument {name!r} is neither an array nor hashable "
+                    f"({type(value).__name__}); pass an array or a hashable value."
+                ) from err
+            static[name] = value
+    return BoundArgs(n, rows, shared, tuple(sorted(static.items())))
+
+
+def split_intervention(
+    intervention: Mapping[str, Any] | None,
+    *,
+    sites: Mapping[str, int | None],
+    n_rows: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate an intervention and split it into per-row and shared values.
+
+    Args:
+        intervention: Site name to value, or ``None``.
+        sites: Every sample site of the kernel with its row axis (``None`` if none).
+        n_rows: Number of rows of the call.
+
+    Returns:
+        ``(row_values, shared_values)``.
+
+    Raises:
+        ScenarioError: For an unknown site or a per-row value of the wrong length.
+        TypeError: If ``intervention`` is not a mapping.
+    """
+    if intervention is None:
+        return {}, {}
+    if not isinstance(intervention, Mapping):
+        raise TypeError(
+            "`intervention` must be a dict of site name to value; got "
+            f"{type(intervention).__name__}."
+        )
+    unknown = sorted(set(intervention) - set(sites))
+    if unknown:
+        raise ScenarioError(
+            f"Unknown intervention site(s) {unknown}; the kernel's sample sites are "
+            f"{sorted(sites)}."
+        )
+    row_do: dict[str, Any] = {}
+    shared_do: dict[str, Any] = {}
+    for name, value in intervention.items():
+        arr = as_array(value, f"intervention[{name!r}]")
+        axis = sites[name]
+        if axis is not None and arr.ndim >= 1 and arr.shape[0] > 1:
+            if axis != 0:
+                raise ScenarioError(
+                    f"Per-row values for site {name!r} need the row axis first; its row "
+                    f"axis is {axis}."
+                )
+            if arr.shape[0] != n_rows:
+                raise ScenarioError(
+                    f"intervention[{name!r}] has {arr.shape[0]} entries along its first axis "
+                    f"but the call has {n_rows} rows; pass one value per row or a scalar."
+                )
+            row_do[name] = arr
+        else:
+            shared_do[name] = arr
+    return row_do, shared_do

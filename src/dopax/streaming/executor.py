@@ -1,0 +1,146 @@
+"""Running a planned forward pass block by block.
+
+The executor cuts the (draws x rows) job into blocks, dispatches each block
+to the compiled, sharded block function (JAX dispatch is asynchronous, so the
+next block computes while earlier ones are transferred and written), and hands
+every output block to an ``emit`` callback with its index in the flat
+``(draws, *site_shape)`` layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dopax.parallel.batching import BlockPlan, ceil_to
+from dopax.parallel.sharded import DRAW, OBS, compiled_block, device_count, pad_leading, place
+from dopax.sampling.forward import PassSpec
+from dopax.sampling.plan import FULL, ForwardPlan
+
+__all__ = ["Job", "run_job", "Emit"]
+
+logger = logging.getLogger("dopax")
+
+Emit = Callable[[str, tuple[slice, ...], Any], None]
+
+
+@dataclasses.dataclass
+class Job:
+    """Everything a forward pass needs, ready to run.
+
+    Attributes:
+        spec: The static pass description (with the plan's global latents).
+        plan: The plan of the pass.
+        call_key: The call's PRNG key.
+        latent: Latent values to substitute, leading flat draw axis.
+        n_draws: Number of draws (flat, all chains).
+        n_rows: Number of rows.
+        rows: Kernel arguments with a leading row axis (host or device arrays).
+        shared: Array kernel arguments used whole.
+        intervention: Site name to value (already validated by the plan).
+        shard_axis: ``"obs"`` or ``"draw"``.
+    """
+
+    spec: PassSpec
+    plan: ForwardPlan
+    call_key: jax.Array
+    latent: Mapping[str, Any]
+    n_draws: int
+    n_rows: int
+    rows: Mapping[str, Any]
+    shared: Mapping[str, Any]
+    intervention: Mapping[str, Any]
+    shard_axis: str = OBS
+
+
+def _slice_rows(tree: Mapping[str, Any], start: int, stop: int, size: int) -> dict[str, Any]:
+    return {k: pad_leading(v[start:stop], size) for k, v in tree.items()}
+
+
+def run_job(
+    job: Job,
+    blocks: BlockPlan,
+    emit: Emit,
+    *,
+    on_block: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
+    """Run every block of ``job`` and pass each output block to ``emit``.
+
+    Args:
+        job: The job.
+        blocks: How to cut it into blocks.
+        emit: Called as ``emit(site, index, block)`` for each output block
+            (``block`` a JAX array still being computed, possibly).
+        on_block: Called with ``(rows_done_in_block, draws_in_block)`` after
+            each block is dispatched (for progress bars).
+        should_stop: Polled between blocks; when it returns ``True`` the run
+            stops early (the caller reports why).
+    """
+    n_dev = device_count()
+    full = job.plan.path == FULL
+    shard_axis = job.shard_axis
+    if full or n_dev == 1:
+        shard_axis = DRAW if n_dev > 1 else OBS
+    row_axes = tuple(info.row_axis for info in job.plan.outputs)
+    fn = compiled_block(job.spec, row_axes, shard_axis, n_dev)
+    row_names = set(job.plan.row_intervention_sites)
+    row_do = {k: v for k, v in job.intervention.items() if k in row_names}
+    shared_do = place(
+        {k: jnp.asarray(v) for k, v in job.intervention.items() if k not in row_names}, False
+    )
+    shared = place({k: jnp.asarray(v) for k, v in job.shared.items()}, False)
+    anchor = place({k: jnp.asarray(v[0:1]) for k, v in job.rows.items()}, False)
+    anchor_do = place({k: jnp.asarray(v[0:1]) for k, v in row_do.items()}, False)
+    key = job.call_key
+    infos = job.plan.outputs
+    for d0, d1, r0, r1 in blocks.blocks():
+        if should_stop is not None and should_stop():
+            return
+        nd, nr = d1 - d0, r1 - r0
+        pad_d = ceil_to(nd, n_dev) if shard_axis == DRAW else nd
+        pad_r = ceil_to(nr, n_dev) if (shard_axis == OBS and not full) else nr
+        draws = pad_leading(np.arange(d0, d1, dtype=np.int32), pad_d)
+        latent = {k: pad_leading(v[d0:d1], pad_d) for k, v in job.latent.items()}
+        rows = _slice_rows(job.rows, r0, r1, pad_r)
+        rdo = _slice_rows(row_do, r0, r1, pad_r)
+        shard_rows = shard_axis == OBS and n_dev > 1
+        out = fn(
+            key,
+            place(draws, shard_axis == DRAW and n_dev > 1),
+            jnp.asarray(r0, jnp.uint32),
+            place(latent, shard_axis == DRAW and n_dev > 1),
+            place(rows, shard_rows),
+            shared,
+            place(rdo, shard_rows),
+            shared_do,
+            anchor,
+            anchor_do,
+        )
+        for info in infos:
+            value = out[info.name]
+            if pad_d != nd:
+                value = value[:nd]
+            if info.row_axis is None:
+                if r0 != 0:
+                    continue
+                index: tuple[slice, ...] = (slice(d0, d1),)
+            else:
+                if pad_r != nr:
+                    value = jax.lax.slice_in_dim(value, 0, nr, axis=info.row_axis + 1)
+                index = (
+                    slice(d0, d1),
+                    *(
+                        slice(r0, r1) if axis == info.row_axis else slice(None)
+                        for axis in range(len(info.shape))
+                    ),
+                )
+            emit(info.name, index, value)
+        if on_block is not None:
+            on_block(nr, nd)

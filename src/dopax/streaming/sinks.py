@@ -1,0 +1,568 @@
+"""Sinks: destinations for streamed predictive draws.
+
+A sink receives blocks of draws addressed in the *flat* layout
+``(S, *shape)``, where ``S = num_chains * num_draws`` runs chain-major (flat
+draw ``s`` is chain ``s // num_draws``, draw ``s % num_draws``), and stores
+them in the result layout ``(chain, draw, *shape)`` of
+:mod:`dopax.output.schema`. Every sink follows the same life cycle:
+:meth:`Sink.open`, any number of (thread-safe) :meth:`Sink.write` calls,
+then either :meth:`Sink.close`, which returns the result as an
+:class:`xarray.DataTree`, or :meth:`Sink.abort` on failure.
+
+Zarr stores written here are Zarr format 3 with consolidated metadata. A
+store is complete only once its root attribute
+:data:`~dopax.output.store.COMPLETE_ATTR` is ``True``; :meth:`ZarrSink.close`
+writes it after everything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+import zarr.codecs
+import zarr.errors
+from zarr.abc.codec import BytesBytesCodec
+from zarr.abc.store import Store
+from zarr.core.sync import sync
+from zarr.storage import LocalStore
+
+from dopax.config import ExecutionConfig, get_config
+from dopax.exceptions import StreamingError
+from dopax.output.schema import GROUPS, SiteLayout, site_dims
+from dopax.output.store import COMPLETE_ATTR, open_result
+
+__all__ = ["MemorySink", "Sink", "StaticData", "ZarrSink"]
+
+logger = logging.getLogger("dopax")
+
+#: Small variables written whole at open: ``{group: {name: array}}``, each array
+#: shaped ``(chain, draw, *shape)``.
+StaticData = Mapping[str, Mapping[str, np.ndarray]]
+
+_NUM_LOCK_STRIPES = 64
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Destination of streamed draws.
+
+    ``write`` may be called from several threads at once; ``open``, ``close``
+    and ``abort`` are called from one thread, with no ``write`` in flight.
+    """
+
+    def open(
+        self,
+        layouts: Sequence[SiteLayout],
+        *,
+        static: StaticData | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Declare the streamed variables and write the static groups and root attributes.
+
+        Args:
+            layouts: One layout per streamed variable.
+            static: Small variables written whole, ``{group: {name: array}}``;
+                each array already has chain and draw axes.
+            attrs: Root attributes of the result.
+        """
+        ...
+
+    def write(self, group: str, name: str, index: tuple[slice, ...], block: np.ndarray) -> None:
+        """Store one block of draws.
+
+        Args:
+            group: The variable's group.
+            name: The variable's name.
+            index: Slices into the flat layout ``(S, *shape)``; trailing
+                dimensions left out are taken whole.
+            block: The values, shaped like ``index`` selects.
+        """
+        ...
+
+    def close(self) -> xr.DataTree:
+        """Finalise the result and return it."""
+        ...
+
+    def abort(self) -> None:
+        """Discard the result so that nothing reads as complete."""
+        ...
+
+
+def _compressors(config: ExecutionConfig) -> tuple[BytesBytesCodec, ...]:
+    """Return the Zarr codecs for ``config.compressor``."""
+    if config.compressor is None:
+        return ()
+    if config.compressor == "zstd":
+        return (zarr.codecs.ZstdCodec(level=config.compression_level),)
+    if config.compressor in ("lz4", "blosc-lz4"):
+        return (
+            zarr.codecs.BloscCodec(
+                cname="lz4",
+                clevel=min(max(config.compression_level, 0), 9),
+                shuffle=zarr.codecs.BloscShuffle.shuffle,
+            ),
+        )
+    raise ValueError(f"Unknown compressor {config.compressor!r}.")  # pragma: no cover
+
+
+def _resolve_index(
+    layout: SiteLayout, index: tuple[slice, ...], block_shape: tuple[int, ...]
+) -> list[slice]:
+    """Return ``index`` as unit-step slices over ``(S, *shape)``, checked against the block."""
+    flat_shape = (layout.num_chains * layout.num_draws, *layout.shape)
+    if not isinstance(index, tuple) or not 1 <= len(index) <= len(flat_shape):
+        raise ValueError(
+            f"`index` for {layout.group}/{layout.name} must be a tuple of 1 to "
+            f"{len(flat_shape)} slices; got {index!r}."
+        )
+    full = (*index, *(slice(None),) * (len(flat_shape) - len(index)))
+    resolved = []
+    for sl, n in zip(full, flat_shape, strict=True):
+        if not isinstance(sl, slice):
+            raise TypeError(f"`index` must hold slices only; got {sl!r}.")
+        start, stop, step = sl.indices(n)
+        if step != 1:
+            raise ValueError(f"`index` slices must have step 1; got {sl!r}.")
+        resolved.append(slice(start, max(start, stop)))
+    expected = tuple(sl.stop - sl.start for sl in resolved)
+    if tuple(block_shape) != expected:
+        raise ValueError(
+            f"Block for {layout.group}/{layout.name} has shape {tuple(block_shape)}, but "
+            f"`index` {index!r} selects {expected}."
+        )
+    return resolved
+
+
+def _pieces(
+    layout: SiteLayout, resolved: Sequence[slice]
+) -> Iterator[tuple[tuple[int | slice, ...], slice]]:
+    """Split a flat region at chain boundaries.
+
+    Yields ``(region, rows)``: ``region`` indexes the ``(chain, draw, *shape)``
+    array and ``rows`` selects the matching leading part of the block.
+    """
+    flat, rest = resolved[0], tuple(resolved[1:])
+    s, offset = flat.start, 0
+    while s < flat.stop:
+        chain, d0 = divmod(s, layout.num_draws)
+        n = min(layout.num_draws - d0, flat.stop - s)
+        yield (chain, slice(d0, d0 + n), *rest), slice(offset, offset + n)
+        s += n
+        offset += n
+
+
+def _partial_chunks(
+    region: tuple[int | slice, ...], full_shape: tuple[int, ...], chunks: tuple[int, ...]
+) -> list[tuple[int, ...]]:
+    """Return the chunks that ``region`` covers only in part."""
+    per_axis: list[list[tuple[int, bool]]] = []
+    any_partial = False
+    for sel, length, size in zip(region, full_shape, chunks, strict=True):
+        a, b = (sel, sel + 1) if isinstance(sel, int) else (sel.start, sel.stop)
+        axis = []
+        for k in range(a // size, (b - 1) // size + 1):
+            whole = a <= k * size and b >= min((k + 1) * size, length)
+            any_partial = any_partial or not whole
+            axis.append((k, whole))
+        per_axis.append(axis)
+    if not any_partial:
+        return []
+    return [
+        tuple(k for k, _ in combo)
+        for combo in itertools.product(*per_axis)
+        if not all(whole for _, whole in combo)
+    ]
+
+
+class _LayoutSink:
+    """Shared bookkeeping of the sinks: declared variables, state, index mapping."""
+
+    def __init__(self) -> None:
+        self._layouts: dict[tuple[str, str], SiteLayout] = {}
+        self._static: dict[str, dict[str, np.ndarray]] = {}
+        self._attrs: dict[str, Any] = {}
+        self._state = "new"
+
+    def _declare(
+        self,
+        layouts: Sequence[SiteLayout],
+        static: StaticData | None,
+        attrs: Mapping[str, Any] | None,
+    ) -> None:
+        if self._state != "new":
+            raise StreamingError(f"{type(self).__name__} can be opened once; it is {self._state}.")
+        declared: dict[tuple[str, str], SiteLayout] = {}
+        for layout in layouts:
+            self._check_group(layout.group)
+            key = (layout.group, layout.name)
+            if key in declared:
+                raise ValueError(f"Variable {layout.group}/{layout.name} is declared twice.")
+            if layout.num_chains < 1 or layout.num_draws < 1:
+                raise ValueError(f"{layout.group}/{layout.name}: need at least one chain and draw.")
+            if len(layout.chunks) != len(layout.full_shape) or min(layout.chunks) < 1:
+                raise ValueError(
+                    f"{layout.group}/{layout.name}: `chunks` {layout.chunks} must give a positive "
+                    f"size for each of the {len(layout.full_shape)} dimensions."
+                )
+            np.dtype(layout.dtype)
+            declared[key] = layout
+        static_arrays: dict[str, dict[str, np.ndarray]] = {}
+        for group, variables in (static or {}).items():
+            self._check_group(group)
+            for name, value in variables.items():
+                array = np.asarray(value)
+                if array.ndim < 2:
+                    raise ValueError(
+                        f"Static variable {group}/{name} must have chain and draw axes; "
+                        f"got shape {array.shape}."
+                    )
+                if (group, name) in declared:
+                    raise ValueError(f"Variable {group}/{name} is both streamed and static.")
+                static_arrays.setdefault(group, {})[name] = array
+        self._layouts = declared
+        self._static = static_arrays
+        self._attrs = dict(attrs or {})
+        for group in self._groups():
+            self._dims_of(group)
+
+    @staticmethod
+    def _check_group(group: str) -> None:
+        if group not in GROUPS:
+            raise ValueError(f"Unknown group {group!r}; expected one of {GROUPS}.")
+
+    def _groups(self) -> list[str]:
+        present = {group for group, _ in self._layouts} | set(self._static)
+        return [group for group in GROUPS if group in present]
+
+    def _dims_of(self, group: str) -> dict[str, int]:
+        """Return every dimension of ``group`` with its length, checking they agree."""
+        dims: dict[str, int] = {}
+        names: list[str] = []
+        shapes: list[tuple[tuple[str, ...], tuple[int, ...]]] = []
+        for (g, name), layout in self._layouts.items():
+            if g == group:
+                names.append(name)
+                shapes.append((layout.dims, layout.full_shape))
+        for name, array in self._static.get(group, {}).items():
+            names.append(name)
+            shapes.append((site_dims(name, array.ndim - 2), array.shape))
+        for var_dims, shape in shapes:
+            for dim, size in zip(var_dims, shape, strict=True):
+                if dims.setdefault(dim, size) != size:
+                    raise ValueError(
+                        f"Dimension {dim!r} of group {group!r} has length {size} in one "
+                        f"variable and {dims[dim]} in another."
+                    )
+        clashes = sorted(set(names) & set(dims))
+        if clashes:
+            raise ValueError(f"Variable names {clashes} of group {group!r} clash with dimensions.")
+        return dims
+
+    def _tree(
+        self, make_data: Callable[[SiteLayout], Any], root_attrs: Mapping[str, Any]
+    ) -> xr.DataTree:
+        """Build the result tree, streamed variables given by ``make_data``."""
+        nodes: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=dict(root_attrs))}
+        for group in self._groups():
+            data_vars: dict[str, tuple[tuple[str, ...], Any]] = {}
+            for (g, name), layout in self._layouts.items():
+                if g == group:
+                    data_vars[name] = (layout.dims, make_data(layout))
+            for name, array in self._static.get(group, {}).items():
+                data_vars[name] = (site_dims(name, array.ndim - 2), array)
+            coords = {
+                dim: np.arange(size, dtype=np.int64) for dim, size in self._dims_of(group).items()
+            }
+            nodes[f"/{group}"] = xr.Dataset(data_vars, coords=coords)
+        return xr.DataTree.from_dict(nodes)
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise StreamingError(f"Cannot write to a sink that is {self._state}.")
+
+    def _prepare(
+        self, group: str, name: str, index: tuple[slice, ...], block: np.ndarray
+    ) -> tuple[SiteLayout, np.ndarray, list[slice]]:
+        self._check_open()
+        try:
+            layout = self._layouts[(group, name)]
+        except KeyError:
+            raise KeyError(f"Variable {group}/{name} was not declared at open.") from None
+        array = np.asarray(block)
+        dtype = np.dtype(layout.dtype)
+        if array.dtype != dtype:
+            if not np.can_cast(array.dtype, dtype, casting="same_kind"):
+                raise TypeError(
+                    f"Block for {group}/{name} has dtype {array.dtype}; expected {dtype}."
+                )
+            array = array.astype(dtype)
+        return layout, array, _resolve_index(layout, index, array.shape)
+
+
+class MemorySink(_LayoutSink):
+    """Sink into preallocated NumPy arrays; :meth:`close` returns an in-memory DataTree."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+
+    def open(
+        self,
+        layouts: Sequence[SiteLayout],
+        *,
+        static: StaticData | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Allocate one array per streamed variable.
+
+        Args:
+            layouts: One layout per streamed variable.
+            static: Small variables stored whole, ``{group: {name: array}}``;
+                each array already has chain and draw axes.
+            attrs: Root attributes of the result.
+        """
+        self._declare(layouts, static, attrs)
+        self._arrays = {
+            key: np.zeros(layout.full_shape, dtype=layout.dtype)
+            for key, layout in self._layouts.items()
+        }
+        self._state = "open"
+
+    def write(self, group: str, name: str, index: tuple[slice, ...], block: np.ndarray) -> None:
+        """Copy one block into its variable (thread-safe for disjoint blocks).
+
+        Args:
+            group: The variable's group.
+            name: The variable's name.
+            index: Slices into the flat layout ``(S, *shape)``.
+            block: The values, shaped like ``index`` selects.
+        """
+        layout, array, resolved = self._prepare(group, name, index, block)
+        target = self._arrays[(layout.group, layout.name)]
+        for region, rows in _pieces(layout, resolved):
+            target[region] = array[rows]
+
+    def close(self) -> xr.DataTree:
+        """Return the result as a DataTree of NumPy arrays."""
+        self._check_open()
+        arrays = self._arrays
+        tree = self._tree(lambda layout: arrays[(layout.group, layout.name)], self._attrs)
+        self._arrays = {}
+        self._state = "closed"
+        return tree
+
+    def abort(self) -> None:
+        """Drop the arrays; the sink can no longer be written or closed."""
+        self._arrays = {}
+        if self._state != "closed":
+            self._state = "aborted"
+
+
+class ZarrSink(_LayoutSink):
+    """Sink into a new Zarr (format 3) store: a local folder or a given store.
+
+    :meth:`open` writes the metadata of every variable, the coordinates, the
+    static groups and the root attributes; :meth:`write` then writes blocks
+    straight into the arrays, every chunk stored even when it equals the fill
+    value (a missing chunk therefore always means missing data). Concurrent
+    writes may share a chunk only if they do not overlap; such partial chunk
+    writes are serialised per chunk. :meth:`close` consolidates the metadata,
+    then sets the root attribute :data:`~dopax.output.store.COMPLETE_ATTR`,
+    and returns :func:`~dopax.output.store.open_result` of the store.
+
+    Args:
+        path: A folder to create; it must not exist or be empty. The root
+            attribute ``artifact_path`` records its absolute path.
+        store: A Zarr store to write into instead of a folder (e.g.
+            :class:`zarr.storage.MemoryStore`); it must be empty.
+        config: Execution settings (codec and level); defaults to the settings
+            in force when the sink is created.
+
+    Raises:
+        TypeError: If not exactly one of ``path`` and ``store`` is given.
+        FileExistsError: If ``path`` exists and is not an empty folder.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        store: Store | None = None,
+        config: ExecutionConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if (path is None) == (store is None):
+            raise TypeError("Pass exactly one of `path` and `store`.")
+        self._config = config if config is not None else get_config()
+        self._path = Path(path).expanduser().resolve() if path is not None else None
+        self._store: Store | None = store
+        if self._path is not None:
+            self._check_new_folder(self._path)
+        self._created_folder = False
+        self._owns_target = False
+        self._arrays: dict[tuple[str, str], zarr.Array[Any]] = {}
+        self._stripes = [threading.Lock() for _ in range(_NUM_LOCK_STRIPES)]
+
+    @staticmethod
+    def _check_new_folder(path: Path) -> None:
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise FileExistsError(
+                f"{path} already exists and is not an empty folder; results are written to "
+                "a new folder only."
+            )
+
+    def open(
+        self,
+        layouts: Sequence[SiteLayout],
+        *,
+        static: StaticData | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Create the store: metadata, coordinates, static groups and root attributes.
+
+        Args:
+            layouts: One layout per streamed variable.
+            static: Small variables written whole, ``{group: {name: array}}``;
+                each array already has chain and draw axes.
+            attrs: Root attributes of the result.
+
+        Raises:
+            FileExistsError: If the folder or store is no longer empty.
+        """
+        self._declare(layouts, static, attrs)
+        root_attrs = dict(self._attrs)
+        if self._path is not None:
+            self._check_new_folder(self._path)
+            self._created_folder = not self._path.exists()
+            self._path.mkdir(parents=True, exist_ok=True)
+            self._store = LocalStore(self._path)
+            root_attrs["artifact_path"] = str(self._path)
+        assert self._store is not None
+        if not sync(self._store.is_empty("")):
+            raise FileExistsError(f"Zarr store {self._store} is not empty.")
+        self._owns_target = True
+        self._state = "opening"
+
+        tree = self._tree(
+            lambda layout: da.empty(
+                layout.full_shape,
+                chunks=self._chunks(layout),
+                dtype=layout.dtype,
+            ),
+            root_attrs,
+        )
+        compressors = _compressors(self._config)
+        encoding: dict[str, dict[str, dict[str, Any]]] = {}
+        for group in self._groups():
+            node = tree[group]
+            assert isinstance(node, xr.DataTree)
+            encoding[f"/{group}"] = {
+                str(name): {"compressors": compressors, "_FillValue": None}
+                for name in node.data_vars
+            }
+        for (group, name), layout in self._layouts.items():
+            encoding[f"/{group}"][name]["chunks"] = self._chunks(layout)
+        tree.to_zarr(
+            self._store,
+            mode="w-",
+            encoding=encoding,
+            consolidated=False,
+            compute=False,
+            zarr_format=3,
+            write_empty_chunks=True,
+        )
+        for (group, name), layout in self._layouts.items():
+            array = zarr.open_array(self._store, path=f"{group}/{name}", mode="r+")
+            self._arrays[(group, name)] = array.with_config({"write_empty_chunks": True})
+            if tuple(array.chunks) != self._chunks(layout):  # pragma: no cover - defensive
+                raise StreamingError(f"Unexpected chunks for {group}/{name}: {array.chunks}.")
+        self._state = "open"
+        logger.debug("Opened Zarr sink %s with %d variables", self._store, len(self._layouts))
+
+    @staticmethod
+    def _chunks(layout: SiteLayout) -> tuple[int, ...]:
+        return tuple(
+            max(1, min(c, n)) for c, n in zip(layout.chunks, layout.full_shape, strict=True)
+        )
+
+    def write(self, group: str, name: str, index: tuple[slice, ...], block: np.ndarray) -> None:
+        """Write one block (thread-safe for disjoint blocks).
+
+        Args:
+            group: The variable's group.
+            name: The variable's name.
+            index: Slices into the flat layout ``(S, *shape)``.
+            block: The values, shaped like ``index`` selects.
+        """
+        layout, array, resolved = self._prepare(group, name, index, block)
+        target = self._arrays[(layout.group, layout.name)]
+        chunks = self._chunks(layout)
+        for region, rows in _pieces(layout, resolved):
+            piece = array[rows]
+            if piece.size == 0:
+                continue
+            partial = _partial_chunks(region, layout.full_shape, chunks)
+            stripes = sorted({hash((group, name, chunk)) % _NUM_LOCK_STRIPES for chunk in partial})
+            with contextlib.ExitStack() as held:
+                for stripe in stripes:
+                    held.enter_context(self._stripes[stripe])
+                target[region] = piece
+
+    def close(self) -> xr.DataTree:
+        """Consolidate metadata, mark the store complete and return it opened lazily."""
+        self._check_open()
+        assert self._store is not None
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore",
+                message="Consolidated metadata is currently not part",
+                category=zarr.errors.ZarrUserWarning,
+            )
+            zarr.consolidate_metadata(self._store, zarr_format=3)
+        root = zarr.open_group(self._store, mode="r+", use_consolidated=True)
+        root.attrs[COMPLETE_ATTR] = True
+        self._arrays = {}
+        self._state = "closed"
+        logger.debug("Closed Zarr sink %s", self._store)
+        return open_result(self._path if self._path is not None else self._store)
+
+    def abort(self) -> None:
+        """Remove what was written: the folder (or its contents), or the store's keys.
+
+        Never raises; a failure to clean up is logged. A closed (complete)
+        result is left as it is.
+        """
+        if self._state == "closed":
+            logger.debug("abort() after close() leaves the complete result in place.")
+            return
+        self._state = "aborted"
+        self._arrays = {}
+        if not self._owns_target:
+            return
+        try:
+            if self._path is not None:
+                if self._created_folder:
+                    shutil.rmtree(self._path, ignore_errors=True)
+                else:
+                    for child in self._path.iterdir():
+                        if child.is_dir() and not child.is_symlink():
+                            shutil.rmtree(child, ignore_errors=True)
+                        else:
+                            child.unlink(missing_ok=True)
+            elif self._store is not None:
+                sync(self._store.clear())
+        except Exception:
+            logger.warning("Could not remove the partial result at %s.", self._store, exc_info=True)

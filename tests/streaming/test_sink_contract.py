@@ -1,0 +1,185 @@
+"""One contract suite run against every sink."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from dopax.config import ExecutionConfig
+from dopax.exceptions import StreamingError
+from dopax.output.schema import SiteLayout
+from dopax.streaming.sinks import MemorySink, Sink, ZarrSink
+
+NUM_CHAINS, NUM_DRAWS = 4, 6
+S = NUM_CHAINS * NUM_DRAWS
+
+LAYOUTS = [
+    # shape (rows, 3), chunked over draws and rows
+    SiteLayout("posterior_predictive", "y", NUM_CHAINS, NUM_DRAWS, (5, 3), "float32", (1, 3, 2, 3)),
+    # chunks spanning two chains: blocks inside one chain write partial chunks
+    SiteLayout("posterior_predictive", "mu", NUM_CHAINS, NUM_DRAWS, (5,), "float64", (2, 4, 5)),
+    SiteLayout("posterior_predictive", "count", NUM_CHAINS, NUM_DRAWS, (5,), "int64", (1, 6, 2)),
+    # no row axis
+    SiteLayout("posterior", "sigma", NUM_CHAINS, NUM_DRAWS, (), "float32", (1, 3)),
+    SiteLayout("log_likelihood", "flag", NUM_CHAINS, NUM_DRAWS, (5,), "bool", (1, 6, 5)),
+    SiteLayout("log_likelihood", "zero", NUM_CHAINS, NUM_DRAWS, (5,), "int32", (1, 6, 5)),
+]
+ATTRS = {"model": "toy", "seed": 3}
+FLAT_CUTS = [0, 5, 9, 15, 19, 24]  # crosses the chain boundaries at 6, 12 and 18
+ROW_CUTS = {"y": [0, 2, 5]}
+
+
+def _expected() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    out: dict[str, np.ndarray] = {}
+    for layout in LAYOUTS:
+        shape = layout.full_shape
+        if layout.dtype == "bool":
+            value = rng.random(shape) < 0.5
+        elif layout.name == "zero":
+            value = np.zeros(shape, dtype=layout.dtype)
+        elif np.dtype(layout.dtype).kind == "i":
+            value = rng.integers(-1000, 1000, shape).astype(layout.dtype)
+        else:
+            value = rng.normal(size=shape).astype(layout.dtype)
+            value.flat[0] = np.nan
+        out[layout.name] = value
+    return out
+
+
+EXPECTED = _expected()
+STATIC = {"posterior": {"beta": np.random.default_rng(1).normal(size=(NUM_CHAINS, NUM_DRAWS, 2))}}
+
+
+def _blocks() -> list[tuple[str, str, tuple[slice, ...], np.ndarray]]:
+    blocks = []
+    for layout in LAYOUTS:
+        flat = EXPECTED[layout.name].reshape(S, *layout.shape)
+        row_cuts = ROW_CUTS.get(layout.name)
+        for s0, s1 in itertools.pairwise(FLAT_CUTS):
+            if row_cuts is None:
+                blocks.append((layout.group, layout.name, (slice(s0, s1),), flat[s0:s1]))
+                continue
+            for r0, r1 in itertools.pairwise(row_cuts):
+                index = (slice(s0, s1), slice(r0, r1))
+                blocks.append((layout.group, layout.name, index, flat[index]))
+    order = np.random.default_rng(2).permutation(len(blocks))
+    return [blocks[i] for i in order]
+
+
+@pytest.fixture(params=["memory", "zarr-local", "zarr-memorystore"])
+def sink_case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Sink, Path | None]]:
+    if request.param == "memory":
+        yield MemorySink(), None
+    elif request.param == "zarr-local":
+        path = tmp_path / "result"
+        yield ZarrSink(path), path
+    else:
+        yield ZarrSink(store=zarr.storage.MemoryStore()), None
+
+
+def _write_all(sink: Sink) -> xr.DataTree:
+    sink.open(LAYOUTS, static=STATIC, attrs=ATTRS)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda b: sink.write(*b), _blocks()))
+    return sink.close()
+
+
+def _check_tree(tree: xr.DataTree) -> None:
+    assert set(tree.children) == {"posterior", "posterior_predictive", "log_likelihood"}
+    for layout in LAYOUTS:
+        var = tree[layout.group][layout.name]
+        assert var.dims == layout.dims
+        assert var.dtype == np.dtype(layout.dtype)
+        np.testing.assert_array_equal(var.values, EXPECTED[layout.name], strict=True)
+        for dim, size in zip(layout.dims, layout.full_shape, strict=True):
+            coord = tree[layout.group].coords[dim]
+            np.testing.assert_array_equal(coord.values, np.arange(size))
+            assert coord.dtype.kind == "i"
+    beta = tree["posterior"]["beta"]
+    assert beta.dims == ("chain", "draw", "beta_dim_0")
+    np.testing.assert_array_equal(beta.values, STATIC["posterior"]["beta"], strict=True)
+
+
+def test_round_trip(sink_case: tuple[Sink, Path | None]) -> None:
+    sink, path = sink_case
+    assert isinstance(sink, Sink)
+    tree = _write_all(sink)
+    _check_tree(tree)
+    expected_attrs = dict(ATTRS)
+    if path is not None:
+        expected_attrs["artifact_path"] = str(path.resolve())
+    assert dict(tree.attrs) == expected_attrs
+    lazy = tree["posterior_predictive"]["y"].chunks is not None
+    assert lazy is (not isinstance(sink, MemorySink))
+    if path is not None:
+        with xr.open_datatree(path, engine="zarr") as reopened:
+            _check_tree(reopened)
+            assert reopened.attrs["model"] == "toy"
+
+
+def test_arviz_reads_result(sink_case: tuple[Sink, Path | None]) -> None:
+    az = pytest.importorskip("arviz")
+    sink, _ = sink_case
+    idata = az.from_datatree(_write_all(sink))
+    assert set(idata.groups()) >= {"posterior", "posterior_predictive", "log_likelihood"}
+    np.testing.assert_array_equal(idata.posterior["sigma"].values, EXPECTED["sigma"])
+
+
+def test_write_validation(sink_case: tuple[Sink, Path | None]) -> None:
+    sink, _ = sink_case
+    with pytest.raises(StreamingError):
+        sink.write("posterior", "sigma", (slice(0, 2),), np.zeros(2, "float32"))
+    sink.open(LAYOUTS[:1])
+    with pytest.raises(ValueError, match="shape"):
+        sink.write("posterior_predictive", "y", (slice(0, 2),), np.zeros((3, 5, 3), "float32"))
+    with pytest.raises(KeyError, match="not declared"):
+        sink.write("posterior", "nope", (slice(0, 2),), np.zeros(2, "float32"))
+    with pytest.raises(ValueError, match="step 1"):
+        sink.write("posterior_predictive", "y", (slice(0, 4, 2),), np.zeros((2, 5, 3), "float32"))
+    with pytest.raises(StreamingError):
+        sink.open(LAYOUTS[:1])
+    sink.abort()
+    with pytest.raises(StreamingError):
+        sink.write("posterior_predictive", "y", (slice(0, 1),), np.zeros((1, 5, 3), "float32"))
+
+
+def test_open_validation(sink_case: tuple[Sink, Path | None]) -> None:
+    sink, _ = sink_case
+    bad_group = SiteLayout("nowhere", "x", 1, 1, (), "float32", (1, 1))
+    with pytest.raises(ValueError, match="Unknown group"):
+        sink.open([bad_group])
+    clash = SiteLayout("posterior", "draw", 1, 2, (), "float32", (1, 1))
+    with pytest.raises(ValueError, match="clash"):
+        sink.open([clash])
+
+
+def test_zarr_sink_refuses_non_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "file.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        ZarrSink(tmp_path)
+    assert (tmp_path / "file.txt").read_text() == "keep me"
+    with pytest.raises(TypeError):
+        ZarrSink()
+
+
+@pytest.mark.parametrize("compressor", [None, "zstd", "lz4", "blosc-lz4"])
+def test_zarr_sink_codecs(compressor: str | None) -> None:
+    store = zarr.storage.MemoryStore()
+    sink = ZarrSink(store=store, config=ExecutionConfig(compressor=compressor))
+    layout = LAYOUTS[0]
+    sink.open([layout])
+    flat = EXPECTED["y"].reshape(S, 5, 3)
+    sink.write(layout.group, layout.name, (slice(0, S),), flat)
+    tree = sink.close()
+    np.testing.assert_array_equal(tree["posterior_predictive/y"].values, EXPECTED["y"])
+    codecs = zarr.open_array(store, path="posterior_predictive/y", mode="r").compressors
+    names = [type(codec).__name__ for codec in codecs]
+    assert names == {None: [], "zstd": ["ZstdCodec"]}.get(compressor, ["BloscCodec"])
