@@ -975,6 +975,7 @@ class ImpactModel:
             path = os.path.join(base, f"{desc}-{stamp}-{uuid.uuid4().hex[:8]}.zarr")
             sink = ZarrSink(path)
         attrs = {
+            **schema.base_attrs(),
             **call_attrs,
             "shard_axis": job.shard_axis,
             "batch_size": int(blocks.row_block),
@@ -1289,6 +1290,58 @@ class ImpactModel:
         base = side(output_baseline, args_baseline, "output_baseline")
         inter = side(output_intervention, args_intervention, "output_intervention")
         return contrast_trees(base, inter)
+
+    def compare_scenarios(
+        self,
+        X: Any,
+        scenarios: Mapping[str, Mapping[str, Any]],
+        *,
+        baseline: str,
+        site: str | None = None,
+        by: Any = None,
+        interval: float = 0.94,
+        rng_key: Any = None,
+        batch_size: int | None = None,
+        progress: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Compare scenarios in one streamed pass with shared random numbers.
+
+        Every scenario is evaluated on each chunk of rows with the same random
+        numbers, and only reductions are kept: per draw, each scenario's mean
+        outcome and each contrast against ``baseline`` (absolute and
+        relative), per group of ``by``, and per row the posterior mean and a
+        central interval of each contrast. No (draws x rows) array is stored.
+
+        Args:
+            X: Base input with a leading row axis.
+            scenarios: Scenario name to a dict of kernel inputs to override
+                (e.g. ``{"t": ones}`` or ``{"X": X_new}``) and/or
+                ``"intervention"``: a dict of site values (scalars or one
+                value per row).
+            baseline: Name of the scenario every other one is contrasted with.
+            site: Outcome site (default: the output site).
+            by: One group label per row for conditional effects, or ``None``.
+            interval: Central interval probability of per-row contrasts.
+            rng_key: Key for this call; derived from the model's key if omitted.
+            batch_size: Rows per chunk (automatic from the memory budget if None).
+            progress: Whether to show a progress bar.
+            **kwargs: Base kernel arguments shared by the scenarios.
+
+        Returns:
+            An :class:`~dopax.effects.EffectResult` with ``summary()`` and ``plot()``.
+        """
+        from dopax.effects.engine import run_comparison
+
+        posterior = require_posterior(self._posterior, "compare_scenarios")
+        if batch_size is not None:
+            batch_size = _check_positive_int(batch_size, "batch_size")
+        check_reserved_kwargs(kwargs, self._kernel, self._param_input, self._param_output)
+        return run_comparison(
+            self, posterior, X, scenarios, baseline=baseline, site=site, by=by,
+            interval=interval, rng_key=rng_key, batch_size=batch_size, progress=progress,
+            kwargs=kwargs,
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def cleanup(self) -> None:

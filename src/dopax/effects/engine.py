@@ -1,0 +1,276 @@
+"""Orchestration of :meth:`dopax.ImpactModel.compare_scenarios`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from dopax.config import get_config
+from dopax.effects.result import EffectResult
+from dopax.effects.scenarios import Scenario, group_codes, scenario_block_fn
+from dopax.exceptions import ScenarioError
+from dopax.kernel.signature import kernel_parameters
+from dopax.output.schema import base_attrs
+from dopax.parallel.sharded import pad_leading
+from dopax.sampling.forward import PREDICT, PassSpec
+from dopax.sampling.plan import FULL
+from dopax.sampling.prepare import bind_args
+
+if TYPE_CHECKING:
+    from dopax.model.impact_model import ImpactModel
+    from dopax.model.state import Posterior
+
+__all__ = ["run_comparison"]
+
+_INTERVENTION = "intervention"
+
+
+def _scenario(
+    model: ImpactModel,
+    name: str,
+    spec: Any,
+    X: Any,
+    kwargs: Mapping[str, Any],
+    n_rows: int,
+) -> tuple[dict[str, Any], Any]:
+    if not isinstance(spec, Mapping):
+        raise ScenarioError(
+            f"Scenario {name!r} must be a dict of kernel inputs to override and/or "
+            f"'intervention'; got {type(spec).__name__}."
+        )
+    params = set(kernel_parameters(model.kernel)) - {model.param_output}
+    overrides = {k: v for k, v in spec.items() if k != _INTERVENTION}
+    unknown = sorted(set(overrides) - params - {"X"})
+    if unknown:
+        raise ScenarioError(
+            f"Scenario {name!r} overrides unknown input(s) {unknown}; the kernel's inputs are "
+            f"{sorted(params)}."
+        )
+    X_s = overrides.pop("X", overrides.pop(model.param_input, X))
+    merged = {**kwargs, **overrides}
+    bound = bind_args(model.param_input, X_s, model.param_output, None, merged)
+    if bound.n_rows != n_rows:
+        raise ScenarioError(
+            f"Scenario {name!r} has {bound.n_rows} rows of input but the call has {n_rows}."
+        )
+    for key in overrides:
+        base_is_row = key in kwargs and np.ndim(kwargs[key]) >= 1 and np.shape(kwargs[key])[0] == n_rows
+        if base_is_row and key not in bound.rows:
+            raise ScenarioError(
+                f"Scenario {name!r} gives {key!r} with shape {np.shape(overrides[key])}; it needs "
+                f"one value per row ({n_rows}) like the base call."
+            )
+    return {"bound": bound}, spec.get(_INTERVENTION)
+
+
+def run_comparison(
+    model: ImpactModel,
+    posterior: Posterior,
+    X: Any,
+    scenarios: Mapping[str, Any],
+    *,
+    baseline: str,
+    site: str | None,
+    by: Any,
+    interval: float,
+    rng_key: Any,
+    batch_size: int | None,
+    progress: bool,
+    kwargs: Mapping[str, Any],
+) -> EffectResult:
+    """Evaluate every scenario on each chunk of rows and reduce on the fly.
+
+    Args:
+        model: The fitted model.
+        posterior: Its posterior.
+        X: Base input.
+        scenarios: Scenario name to overrides (see ``compare_scenarios``).
+        baseline: Name of the baseline scenario.
+        site: Outcome site (default: the output site).
+        by: Per-row group labels, or ``None``.
+        interval: Central interval probability of per-row contrasts.
+        rng_key: Key for the call.
+        batch_size: Rows per chunk, or ``None`` for automatic.
+        progress: Whether to show a progress bar.
+        kwargs: Base kernel keyword arguments.
+    """
+    if not isinstance(scenarios, Mapping) or len(scenarios) < 2:
+        raise ScenarioError("`scenarios` must be a dict of at least two named scenarios.")
+    if baseline not in scenarios:
+        raise ScenarioError(
+            f"`baseline` {baseline!r} is not among the scenarios {sorted(scenarios)}."
+        )
+    if not 0.0 < interval < 1.0:
+        raise ValueError(f"`interval` must lie in (0, 1); got {interval!r}.")
+    base = bind_args(model.param_input, X, model.param_output, None, kwargs)
+    n_rows = base.n_rows
+    codes, labels = group_codes(by, n_rows)
+    site = site or model.param_output
+    draws = dict(posterior.draws)
+    names = list(scenarios)
+    prepared = []
+    for name in names:
+        info, intervention = _scenario(model, name, scenarios[name], X, kwargs, n_rows)
+        bound = info["bound"]
+        if bound.static != base.static:
+            raise ScenarioError(
+                f"Scenario {name!r} changes a non-array input; scenario overrides must be arrays."
+            )
+        spec = PassSpec(model.kernel, bound.static, (site,), PREDICT)
+        try:
+            plan = model._plan(spec, bound, draws, intervention, None)
+        except KeyError as err:
+            raise ScenarioError(str(err.args[0])) from err
+        prepared.append((name, bound, intervention, plan))
+    full = any(p.path == FULL for *_, p in prepared)
+    global_latents = prepared[0][3].global_latents
+    spec = PassSpec(model.kernel, base.static, (site,), PREDICT, global_latents)
+    scen_objs = []
+    for name, bound, intervention, plan in prepared:
+        row_names = set(plan.row_intervention_sites)
+        do = {k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype == np.float64 else np.asarray(v)
+              for k, v in (intervention or {}).items()}
+        scen_objs.append(
+            Scenario(
+                name=name,
+                rows=dict(bound.rows),
+                shared={k: jnp.asarray(v) for k, v in bound.shared.items()},
+                row_do={k: v for k, v in do.items() if k in row_names},
+                shared_do={k: jnp.asarray(v) for k, v in do.items() if k not in row_names},
+            )
+        )
+    n_draws = posterior.num_draws
+    n_s = len(names)
+    b_index = names.index(baseline)
+    cfg = get_config()
+    per_row_bytes = n_s * n_draws * 4 * 3
+    if full:
+        row_block = n_rows
+    elif batch_size is not None:
+        row_block = min(batch_size, n_rows)
+    else:
+        row_block = int(max(1, min(n_rows, cfg.memory_budget_bytes // per_row_bytes)))
+    fn = scenario_block_fn(spec, site, n_s, b_index, len(labels), float(interval), True)
+    key = model._key(rng_key)
+    sums = np.zeros((n_s, n_draws), np.float64)
+    group_sums = np.zeros((n_s, n_draws, len(labels)), np.float64)
+    n_c = n_s - 1
+    eff_mean = np.empty((n_c, n_rows), np.float32)
+    eff_lo = np.empty((n_c, n_rows), np.float32)
+    eff_hi = np.empty((n_c, n_rows), np.float32)
+    latent = {k: jnp.asarray(v) for k, v in draws.items()}
+    draw_idx = jnp.arange(n_draws, dtype=jnp.int32)
+    anchors = tuple({k: jnp.asarray(v[0:1]) for k, v in s.rows.items()} for s in scen_objs)
+    anchor_do = tuple({k: jnp.asarray(v[0:1]) for k, v in s.row_do.items()} for s in scen_objs)
+    pending: list[tuple[int, int, dict[str, Any]]] = []
+
+    def collect(r0: int, r1: int, out: dict[str, Any]) -> None:
+        sums[:] += np.asarray(out["sums"], np.float64)
+        group_sums[:] += np.asarray(out["group_sums"], np.float64)
+        eff_mean[:, r0:r1] = np.asarray(out["effect_mean"])[:, : r1 - r0]
+        eff_lo[:, r0:r1] = np.asarray(out["effect_lower"])[:, : r1 - r0]
+        eff_hi[:, r0:r1] = np.asarray(out["effect_upper"])[:, : r1 - r0]
+
+    with tqdm(total=n_rows, disable=not progress, desc="compare_scenarios", leave=False) as bar:
+        for r0 in range(0, n_rows, row_block):
+            r1 = min(r0 + row_block, n_rows)
+            size = row_block
+            mask = np.zeros(size, np.float32)
+            mask[: r1 - r0] = 1.0
+            out = fn(
+                key,
+                draw_idx,
+                jnp.asarray(r0, jnp.uint32),
+                latent,
+                tuple({k: pad_leading(v[r0:r1], size) for k, v in s.rows.items()} for s in scen_objs),
+                tuple(s.shared for s in scen_objs),
+                tuple({k: pad_leading(v[r0:r1], size) for k, v in s.row_do.items()} for s in scen_objs),
+                tuple(s.shared_do for s in scen_objs),
+                anchors,
+                anchor_do,
+                jnp.asarray(pad_leading(codes[r0:r1], size)),
+                jnp.asarray(mask),
+            )
+            pending.append((r0, r1, out))
+            if len(pending) > 1:
+                collect(*pending.pop(0))
+            bar.update(r1 - r0)
+        for item in pending:
+            collect(*item)
+    return EffectResult(
+        _effect_tree(
+            names, b_index, sums, group_sums, codes, labels, by is not None,
+            (eff_mean, eff_lo, eff_hi), posterior.num_chains, n_rows, site, interval,
+        )
+    )
+
+
+def _effect_tree(
+    names: list[str],
+    b_index: int,
+    sums: np.ndarray,
+    group_sums: np.ndarray,
+    codes: np.ndarray,
+    labels: np.ndarray,
+    grouped: bool,
+    per_row: tuple[np.ndarray, np.ndarray, np.ndarray],
+    chains: int,
+    n_rows: int,
+    site: str,
+    interval: float,
+) -> xr.DataTree:
+    n_draws = sums.shape[1]
+    shape = (chains, n_draws // chains)
+    means = (sums / max(n_rows, 1)).T.reshape(*shape, len(names))
+    others = [i for i in range(len(names)) if i != b_index]
+    contrasts = [f"{names[i]} - {names[b_index]}" for i in others]
+    ate = means[..., others] - means[..., [b_index]]
+    relative = ate / means[..., [b_index]]
+    coords = {
+        "chain": np.arange(shape[0]),
+        "draw": np.arange(shape[1]),
+        "scenario": np.asarray(names),
+        "contrast": np.asarray(contrasts),
+    }
+    draws = xr.Dataset(
+        {
+            "mean": (("chain", "draw", "scenario"), means),
+            "ate": (("chain", "draw", "contrast"), ate),
+            "relative": (("chain", "draw", "contrast"), relative),
+        },
+        coords={**coords, "contrast_scenario": ("contrast", np.asarray([names[i] for i in others]))},
+    )
+    children = {"draws": xr.DataTree(draws)}
+    if grouped:
+        counts = np.bincount(codes, minlength=len(labels)).astype(np.float64)
+        g_means = group_sums / np.maximum(counts, 1.0)  # (S, D, G)
+        g_means = np.moveaxis(g_means, 0, 1).reshape(*shape, len(names), len(labels))
+        g_ate = g_means[:, :, others, :] - g_means[:, :, [b_index], :]
+        children["by_group"] = xr.DataTree(
+            xr.Dataset(
+                {
+                    "mean": (("chain", "draw", "scenario", "group"), g_means),
+                    "ate": (("chain", "draw", "contrast", "group"), g_ate),
+                },
+                coords={**coords, "group": labels},
+            )
+        )
+    mean, lo, hi = per_row
+    rows = xr.Dataset(
+        {
+            "effect_mean": (("contrast", "row"), mean),
+            "effect_lower": (("contrast", "row"), lo),
+            "effect_upper": (("contrast", "row"), hi),
+        },
+        coords={"contrast": np.asarray(contrasts), "row": np.arange(n_rows)},
+        attrs={"interval_prob": interval},
+    )
+    children["rows"] = xr.DataTree(rows)
+    tree = xr.DataTree(children=children)
+    tree.attrs.update(base_attrs({"baseline": names[b_index], "site": site}))
+    return tree
