@@ -16,7 +16,6 @@ Run it with ``make demo``. Outputs go to ``examples/output/``.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import jax
@@ -28,13 +27,11 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
 from numpyro.optim import Adam
 
+import dopax
+from data_lalonde import load_lalonde  # the script's own folder is on sys.path
+from dopax import ImpactModel
+
 matplotlib.use("Agg")
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_lalonde import load_lalonde  # noqa: E402
-
-import dopax  # noqa: E402
-from dopax import ImpactModel  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "output"
 COVARIATES = ["age", "educ", "black", "hisp", "marr", "nodegree", "re74", "re75"]
@@ -83,7 +80,10 @@ def main() -> None:
     # One pass over the data: everyone treated versus no one treated.
     result = model.compare_scenarios(
         X,
-        {"treated": {"treat": np.ones(n, np.float32)}, "control": {"treat": np.zeros(n, np.float32)}},
+        {
+            "treated": {"treat": np.ones(n, np.float32)},
+            "control": {"treat": np.zeros(n, np.float32)},
+        },
         baseline="control",
         by=np.where(df["nodegree"].to_numpy() > 0, "no degree", "degree"),
         treat=treat,

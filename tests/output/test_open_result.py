@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import shutil
 import weakref
 from pathlib import Path
@@ -83,7 +84,7 @@ def test_missing_chunk_raises(result: Path) -> None:
 def test_deleted_folder_raises(result: Path) -> None:
     tree = open_result(result)
     shutil.rmtree(result)
-    with pytest.raises(IncompleteResultError, match=str(result.resolve())):
+    with pytest.raises(IncompleteResultError, match=re.escape(str(result.resolve()))):
         tree["posterior_predictive/y"].values  # noqa: B018
     with pytest.raises(IncompleteResultError, match="does not exist"):
         open_result(result)

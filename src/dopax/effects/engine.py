@@ -19,7 +19,7 @@ from dopax.output.schema import base_attrs
 from dopax.parallel.sharded import pad_leading
 from dopax.sampling.forward import PREDICT, PassSpec
 from dopax.sampling.plan import FULL
-from dopax.sampling.prepare import bind_args
+from dopax.sampling.prepare import bind_args, read_rows
 
 if TYPE_CHECKING:
     from dopax.model.impact_model import ImpactModel
@@ -59,7 +59,9 @@ def _scenario(
             f"Scenario {name!r} has {bound.n_rows} rows of input but the call has {n_rows}."
         )
     for key in overrides:
-        base_is_row = key in kwargs and np.ndim(kwargs[key]) >= 1 and np.shape(kwargs[key])[0] == n_rows
+        base_is_row = (
+            key in kwargs and np.ndim(kwargs[key]) >= 1 and np.shape(kwargs[key])[0] == n_rows
+        )
         if base_is_row and key not in bound.rows:
             raise ScenarioError(
                 f"Scenario {name!r} gives {key!r} with shape {np.shape(overrides[key])}; it needs "
@@ -133,8 +135,12 @@ def run_comparison(
     scen_objs = []
     for name, bound, intervention, plan in prepared:
         row_names = set(plan.row_intervention_sites)
-        do = {k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype == np.float64 else np.asarray(v)
-              for k, v in (intervention or {}).items()}
+        do = {
+            k: np.asarray(v, dtype=np.float32)
+            if np.asarray(v).dtype == np.float64
+            else np.asarray(v)
+            for k, v in (intervention or {}).items()
+        }
         scen_objs.append(
             Scenario(
                 name=name,
@@ -165,8 +171,12 @@ def run_comparison(
     eff_hi = np.empty((n_c, n_rows), np.float32)
     latent = {k: jnp.asarray(v) for k, v in draws.items()}
     draw_idx = jnp.arange(n_draws, dtype=jnp.int32)
-    anchors = tuple({k: jnp.asarray(v[0:1]) for k, v in s.rows.items()} for s in scen_objs)
-    anchor_do = tuple({k: jnp.asarray(v[0:1]) for k, v in s.row_do.items()} for s in scen_objs)
+    anchors = tuple(
+        {k: jnp.asarray(read_rows(v, 0, 1)) for k, v in s.rows.items()} for s in scen_objs
+    )
+    anchor_do = tuple(
+        {k: jnp.asarray(read_rows(v, 0, 1)) for k, v in s.row_do.items()} for s in scen_objs
+    )
     pending: list[tuple[int, int, dict[str, Any]]] = []
 
     def collect(r0: int, r1: int, out: dict[str, Any]) -> None:
@@ -187,9 +197,15 @@ def run_comparison(
                 draw_idx,
                 jnp.asarray(r0, jnp.uint32),
                 latent,
-                tuple({k: pad_leading(v[r0:r1], size) for k, v in s.rows.items()} for s in scen_objs),
+                tuple(
+                    {k: pad_leading(read_rows(v, r0, r1), size) for k, v in s.rows.items()}
+                    for s in scen_objs
+                ),
                 tuple(s.shared for s in scen_objs),
-                tuple({k: pad_leading(v[r0:r1], size) for k, v in s.row_do.items()} for s in scen_objs),
+                tuple(
+                    {k: pad_leading(read_rows(v, r0, r1), size) for k, v in s.row_do.items()}
+                    for s in scen_objs
+                ),
                 tuple(s.shared_do for s in scen_objs),
                 anchors,
                 anchor_do,
@@ -204,8 +220,18 @@ def run_comparison(
             collect(*item)
     return EffectResult(
         _effect_tree(
-            names, b_index, sums, group_sums, codes, labels, by is not None,
-            (eff_mean, eff_lo, eff_hi), posterior.num_chains, n_rows, site, interval,
+            names,
+            b_index,
+            sums,
+            group_sums,
+            codes,
+            labels,
+            by is not None,
+            (eff_mean, eff_lo, eff_hi),
+            posterior.num_chains,
+            n_rows,
+            site,
+            interval,
         )
     )
 
@@ -243,7 +269,10 @@ def _effect_tree(
             "ate": (("chain", "draw", "contrast"), ate),
             "relative": (("chain", "draw", "contrast"), relative),
         },
-        coords={**coords, "contrast_scenario": ("contrast", np.asarray([names[i] for i in others]))},
+        coords={
+            **coords,
+            "contrast_scenario": ("contrast", np.asarray([names[i] for i in others])),
+        },
     )
     children = {"draws": xr.DataTree(draws)}
     if grouped:

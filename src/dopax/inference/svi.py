@@ -37,24 +37,32 @@ class SVIRunResult(NamedTuple):
 def still_falling(losses: np.ndarray, *, window: int | None = None, tol: float = 1e-3) -> bool:
     """Return whether the loss was still clearly falling at the end of a fit.
 
-    Compares the median loss of the last window with that of the window
-    before: a drop larger than ``tol`` times the loss scale counts as falling.
+    Fits a least-squares line to the last ``2 * window`` losses and calls the
+    loss falling when the expected drop over one window is both significant
+    (more than 2.5 standard errors, so mini-batch and Monte Carlo noise do
+    not count) and material (more than ``tol`` times the loss magnitude).
 
     Args:
         losses: Loss per step.
-        window: Window length (default: a tenth of the steps, at least 5).
-        tol: Relative drop that counts as still falling.
+        window: Window length (default: a tenth of the steps, or up to half of
+            them, at most 50, for short fits).
+        tol: Relative drop per window that counts as material.
     """
     losses = np.asarray(losses, dtype=np.float64)
     losses = losses[np.isfinite(losses)]
     if window is None:
-        window = max(5, len(losses) // 10)
-    if len(losses) < 2 * window:
+        window = max(len(losses) // 10, min(len(losses) // 2, 50))
+    if window < 3:
         return len(losses) > 0
-    last = np.median(losses[-window:])
-    before = np.median(losses[-2 * window : -window])
-    scale = max(abs(last), np.std(losses[-window:]), 1e-12)
-    return bool(before - last > tol * scale)
+    tail = losses[-2 * window :]
+    t = np.arange(tail.size, dtype=np.float64)
+    t -= t.mean()
+    slope = float(t @ (tail - tail.mean()) / (t @ t))
+    resid = tail - tail.mean() - slope * t
+    se = float(np.sqrt(resid @ resid / max(tail.size - 2, 1) / (t @ t)))
+    drop = -slope * window
+    scale = max(abs(float(np.median(tail[-window:]))), 1e-12)
+    return bool(drop > 2.5 * se * window and drop > tol * scale)
 
 
 class SVIDriver:

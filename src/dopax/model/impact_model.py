@@ -46,12 +46,25 @@ def _typed_key(key: Any, name: str = "rng_key") -> jax.Array:
         return key
     arr = np.asarray(key) if not isinstance(key, jax.Array) else key
     if arr.dtype == np.uint32 and arr.shape == (2,):
+        return jax.random.wrap_key_data(jnp.asarray(arr, jnp.uint32))
+    raise TypeError(
+        f"`{name}` must be a JAX PRNG key such as `jax.random.key(0)`; got {type(key).__name__}."
+    )
+
+
+def _check_key(key: Any, name: str = "rng_key") -> None:
+    """Check a key without device work, warning for a legacy uint32 key."""
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise TypeError(f"`{name}` must be a single key; got a batch of shape {key.shape}.")
+        return
+    if getattr(key, "dtype", None) == np.uint32 and getattr(key, "shape", None) == (2,):
         warn(
-            f"`{name}` is a legacy uint32 key; converting it with `jax.random.wrap_key_data`. "
+            f"`{name}` is a legacy uint32 key; it is converted with `jax.random.wrap_key_data`. "
             "Pass `jax.random.key(seed)` instead.",
             UserWarning,
         )
-        return jax.random.wrap_key_data(jnp.asarray(arr, jnp.uint32))
+        return
     raise TypeError(
         f"`{name}` must be a JAX PRNG key such as `jax.random.key(0)`; got {type(key).__name__}."
     )
@@ -116,10 +129,7 @@ class ImpactModel:
         self._kernel = kernel
         self._rng_key_in = rng_key
         self._rng_key: jax.Array | None = None
-        if not (
-            isinstance(rng_key, jax.Array) and jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key)
-        ):
-            self._rng_key = _typed_key(rng_key)
+        _check_key(rng_key)
         self._inference = inference
         self._param_input = param_input
         self._param_output = param_output
@@ -219,6 +229,7 @@ class ImpactModel:
     # ------------------------------------------------------------------ helpers
     def _key(self, rng_key: Any) -> jax.Array:
         if rng_key is not None:
+            _check_key(rng_key)
             return _typed_key(rng_key)
         return jax.random.fold_in(self.rng_key, next(self._counter))
 
@@ -301,7 +312,10 @@ class ImpactModel:
 
         Args:
             X: Input array-like with a leading row axis, or an
-                :class:`~dopax.data.ArrayLoader` (then ``y`` must be ``None``).
+                :class:`~dopax.data.ArrayLoader` (then ``y`` must be ``None``;
+                its field ``param_input`` binds to the input, the others by
+                name, and its own batch size and shuffling are used, padded
+                rows dropped).
             y: Output array-like, one entry per row.
             num_samples: Posterior draws to take from the guide at the end.
             rng_key: Key for this call; derived from the model's key if omitted.
@@ -322,6 +336,11 @@ class ImpactModel:
         epochs = _check_positive_int(epochs, "epochs")
         if batch_size is not None:
             batch_size = _check_positive_int(batch_size, "batch_size")
+        user_loader = X if isinstance(X, ArrayLoader) else None
+        if user_loader is not None and batch_size is not None:
+            raise ValueError(
+                "`batch_size` is set by the ArrayLoader passed as `X`; leave `batch_size` None."
+            )
         X, y, kwargs = self._unpack_loader(X, y, kwargs)
         bound = self._bind(X, y, kwargs)
         if self._param_output not in bound.rows:
@@ -334,7 +353,7 @@ class ImpactModel:
             self._svi_state = driver.init(k_init, bound.static, args)
         bar = tqdm(disable=not progress, desc="fit", leave=False)
         try:
-            if batch_size is None:
+            if batch_size is None and user_loader is None:
                 bar.total = None
 
                 def show(step: int, loss: float) -> None:
@@ -350,14 +369,22 @@ class ImpactModel:
                     progress=show,
                 )
             else:
-                dataset = ArrayDataset(**{**bound.rows})
-                loader = ArrayLoader(dataset, k_shuffle, batch_size=batch_size, shuffle=shuffle)
+                if user_loader is not None:
+                    loader = user_loader
+                else:
+                    dataset = ArrayDataset(**{**bound.rows})
+                    loader = ArrayLoader(
+                        dataset, k_shuffle, batch_size=batch_size or 1, shuffle=shuffle
+                    )
                 shared = {k: jnp.asarray(v) for k, v in bound.shared.items()}
                 bar.total = epochs
 
                 def batches(epoch: int) -> Iterator[dict[str, Any]]:
-                    for batch, _ in loader:
-                        yield {**shared, **{k: jnp.asarray(v) for k, v in batch.items()}}
+                    for batch, n_pad in loader:
+                        keep = {k: v for k, v in batch.items() if k in bound.rows}
+                        if n_pad:
+                            keep = {k: v[: v.shape[0] - n_pad] for k, v in keep.items()}
+                        yield {**shared, **{k: jnp.asarray(v) for k, v in keep.items()}}
 
                 def show_epoch(epoch: int, loss: float) -> None:
                     bar.update(1)
@@ -509,7 +536,9 @@ class ImpactModel:
         """
         num_samples = _check_positive_int(num_samples, "num_samples")
         key = self._key(rng_key)
-        exclude = {self._param_output}
+        # Latent sites only, like `posterior`: the output and deterministic sites are
+        # predictions (they may hold the training rows), not posterior draws.
+        exclude = {self._param_output, *(self._spec.return_sites if self._spec else ())}
         if isinstance(self._inference, MCMC):
             if self._mcmc is None or self._mcmc.mcmc is None:
                 raise NotFittedError(
@@ -1338,8 +1367,17 @@ class ImpactModel:
             batch_size = _check_positive_int(batch_size, "batch_size")
         check_reserved_kwargs(kwargs, self._kernel, self._param_input, self._param_output)
         return run_comparison(
-            self, posterior, X, scenarios, baseline=baseline, site=site, by=by,
-            interval=interval, rng_key=rng_key, batch_size=batch_size, progress=progress,
+            self,
+            posterior,
+            X,
+            scenarios,
+            baseline=baseline,
+            site=site,
+            by=by,
+            interval=interval,
+            rng_key=rng_key,
+            batch_size=batch_size,
+            progress=progress,
             kwargs=kwargs,
         )
 

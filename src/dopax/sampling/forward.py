@@ -70,11 +70,14 @@ def site_value(trace: Mapping[str, Any], name: str, intervention: Mapping[str, A
         name: Site name.
         intervention: The intervention in force.
     """
-    if name in intervention and f"{name}__CF" in trace:
-        return trace[f"{name}__CF"]["value"]
     if name not in trace:
         raise KeyError(name)
-    return trace[name]["value"]
+    value = trace[name]["value"]
+    if name in intervention:
+        # ``do`` records the draw under ``name``; downstream sites see the imposed value.
+        imposed = jnp.asarray(intervention[name], dtype=jnp.asarray(value).dtype)
+        return jnp.broadcast_to(imposed, jnp.shape(value))
+    return value
 
 
 def forward_draw(

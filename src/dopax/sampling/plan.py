@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dopax.sampling.forward import LOG_LIKELIHOOD, PassSpec
-from dopax.sampling.prepare import split_intervention
+from dopax.sampling.prepare import read_rows, split_intervention
 
 __all__ = ["ForwardPlan", "SiteInfo", "make_plan", "ROWS", "FULL"]
 
@@ -79,7 +79,8 @@ class ForwardPlan:
 
 
 def _take_rows(value: Any, index: np.ndarray) -> Any:
-    return jnp.asarray(value)[index]
+    head = read_rows(value, 0, int(index.max()) + 1)
+    return jnp.asarray(head)[index]
 
 
 def _probe_index(n_rows: int, size: int) -> np.ndarray:

@@ -17,11 +17,94 @@ import numpy as np
 
 from dopax.exceptions import ScenarioError
 
-__all__ = ["BoundArgs", "bind_args", "split_intervention", "as_array"]
+__all__ = ["BoundArgs", "LazyRows", "bind_args", "split_intervention", "as_array", "read_rows"]
 
 
-def as_array(value: Any, name: str) -> np.ndarray | jax.Array:
+def _target_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    if jax.config.read("jax_enable_x64"):
+        return dtype
+    if dtype == np.float64:
+        return np.dtype(np.float32)
+    if dtype == np.int64:
+        return np.dtype(np.int32)
+    return dtype
+
+
+class LazyRows:
+    """An input read block by block: a Zarr or HDF5 array, a dask array, a memmap.
+
+    Only the rows of the block being computed are ever read, so inputs larger
+    than memory stream as well as outputs do.
+
+    Args:
+        source: An object with ``shape``, ``dtype`` and row slicing.
+        name: Argument name, for error messages.
+    """
+
+    def __init__(self, source: Any, name: str) -> None:
+        dtype = np.dtype(source.dtype)
+        if dtype.kind not in "biuf":
+            raise TypeError(f"`{name}` must hold numbers; got dtype {dtype}.")
+        self.source = source
+        self.shape = tuple(int(s) for s in source.shape)
+        self.dtype = _target_dtype(dtype)
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return np.asarray(self.source[index]).astype(self.dtype, copy=False)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+def is_lazy(value: Any) -> bool:
+    """Return whether ``value`` should be read block by block rather than loaded whole.
+
+    Args:
+        value: Any value.
+    """
+    if isinstance(value, LazyRows):
+        return True
+    if isinstance(value, jax.Array) or (
+        isinstance(value, np.ndarray) and not isinstance(value, np.memmap)
+    ):
+        return False
+    return (
+        hasattr(value, "shape")
+        and hasattr(value, "dtype")
+        and hasattr(value, "__getitem__")
+        and len(getattr(value, "shape", ())) >= 1
+        and not hasattr(value, "columns")
+    )
+
+
+def read_rows(value: Any, start: int, stop: int) -> Any:
+    """Return rows ``start:stop`` of an input as an in-memory array.
+
+    Args:
+        value: An in-memory array or a :class:`LazyRows`.
+        start: First row.
+        stop: One past the last row.
+    """
+    block = value[start:stop]
+    if isinstance(block, np.ndarray | jax.Array):
+        return block
+    return np.asarray(block)
+
+
+def as_array(value: Any, name: str) -> np.ndarray | jax.Array | LazyRows:
     """Convert an array-like (list, tuple, NumPy, JAX, pandas) to an array.
+
+    Zarr, HDF5 and dask arrays and memmaps become :class:`LazyRows`, read
+    block by block.
 
     Args:
         value: The value.
@@ -30,8 +113,10 @@ def as_array(value: Any, name: str) -> np.ndarray | jax.Array:
     Raises:
         TypeError: If the value is not numeric array-like.
     """
-    if isinstance(value, jax.Array):
+    if isinstance(value, jax.Array | LazyRows):
         return value
+    if is_lazy(value):
+        return LazyRows(value, name)
     try:
         arr = np.asarray(value)
     except Exception as err:
@@ -41,11 +126,7 @@ def as_array(value: Any, name: str) -> np.ndarray | jax.Array:
             f"`{name}` must hold numbers; got an array of dtype {arr.dtype}. "
             "Convert it to a numeric array first."
         )
-    if arr.dtype == np.float64:
-        arr = arr.astype(np.float32) if not jax.config.read("jax_enable_x64") else arr
-    if arr.dtype == np.int64 and not jax.config.read("jax_enable_x64"):
-        arr = arr.astype(np.int32)
-    return arr
+    return arr.astype(_target_dtype(arr.dtype), copy=False)
 
 
 def _is_arraylike(value: Any) -> bool:

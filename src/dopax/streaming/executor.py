@@ -22,6 +22,7 @@ from dopax.parallel.batching import BlockPlan, ceil_to
 from dopax.parallel.sharded import DRAW, OBS, compiled_block, device_count, pad_leading, place
 from dopax.sampling.forward import PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan
+from dopax.sampling.prepare import read_rows
 
 __all__ = ["Job", "run_job", "Emit"]
 
@@ -60,7 +61,7 @@ class Job:
 
 
 def _slice_rows(tree: Mapping[str, Any], start: int, stop: int, size: int) -> dict[str, Any]:
-    return {k: pad_leading(v[start:stop], size) for k, v in tree.items()}
+    return {k: pad_leading(read_rows(v, start, stop), size) for k, v in tree.items()}
 
 
 def run_job(
@@ -96,8 +97,8 @@ def run_job(
         {k: jnp.asarray(v) for k, v in job.intervention.items() if k not in row_names}, False
     )
     shared = place({k: jnp.asarray(v) for k, v in job.shared.items()}, False)
-    anchor = place({k: jnp.asarray(v[0:1]) for k, v in job.rows.items()}, False)
-    anchor_do = place({k: jnp.asarray(v[0:1]) for k, v in row_do.items()}, False)
+    anchor = place({k: jnp.asarray(read_rows(v, 0, 1)) for k, v in job.rows.items()}, False)
+    anchor_do = place({k: jnp.asarray(read_rows(v, 0, 1)) for k, v in row_do.items()}, False)
     key = job.call_key
     infos = job.plan.outputs
     for d0, d1, r0, r1 in blocks.blocks():
