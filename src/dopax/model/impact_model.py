@@ -685,6 +685,11 @@ class ImpactModel:
         else:
             sites = self._return_sites(return_sites)
         draws: dict[str, Any] = dict(latent.draws) if latent is not None else {}
+        # Only latent sample sites are substituted: deterministic sites are recomputed
+        # (as numpyro's Predictive does by default) and unknown names are ignored.
+        assert self._spec is not None
+        latent_names = set(self._spec.sample_sites)
+        draws = {k: v for k, v in draws.items() if k in latent_names}
         chains = latent.num_chains if latent is not None else 1
         force_full = None
         base = PassSpec(self._kernel, bound.static, sites, kind)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import dask.array as da
+import numcodecs
 import numpy as np
 import xarray as xr
 import zarr
@@ -116,6 +117,20 @@ def _compressors(config: ExecutionConfig) -> tuple[BytesBytesCodec, ...]:
             ),
         )
     raise ValueError(f"Unknown compressor {config.compressor!r}.")  # pragma: no cover
+
+
+def _chunk_encoder(config: ExecutionConfig) -> Callable[[np.ndarray], bytes] | None:
+    """Return a function giving the stored bytes of a chunk for ``config.compressor``.
+
+    Matches :func:`_compressors`: the same codec and settings, so Zarr reads
+    the bytes back unchanged.
+    """
+    if config.compressor is None:
+        return lambda chunk: chunk.tobytes()
+    if config.compressor == "zstd":
+        codec = numcodecs.Zstd(level=config.compression_level)
+        return lambda chunk: bytes(codec.encode(chunk))
+    return None
 
 
 def _resolve_index(
@@ -415,6 +430,7 @@ class ZarrSink(_LayoutSink):
         self._owns_target = False
         self._arrays: dict[tuple[str, str], zarr.Array[Any]] = {}
         self._stripes = [threading.Lock() for _ in range(_NUM_LOCK_STRIPES)]
+        self._encoder = _chunk_encoder(self._config)
 
     @staticmethod
     def _check_new_folder(path: Path) -> None:
@@ -514,12 +530,65 @@ class ZarrSink(_LayoutSink):
             piece = array[rows]
             if piece.size == 0:
                 continue
+            if self._write_whole_chunk(layout, target, region, piece, chunks):
+                continue
             partial = _partial_chunks(region, layout.full_shape, chunks)
             stripes = sorted({hash((group, name, chunk)) % _NUM_LOCK_STRIPES for chunk in partial})
             with contextlib.ExitStack() as held:
                 for stripe in stripes:
                     held.enter_context(self._stripes[stripe])
                 target[region] = piece
+
+    def _write_whole_chunk(
+        self,
+        layout: SiteLayout,
+        target: zarr.Array[Any],
+        region: tuple[int | slice, ...],
+        piece: np.ndarray,
+        chunks: tuple[int, ...],
+    ) -> bool:
+        """Encode and write a block that is exactly one chunk straight to its file.
+
+        The bytes are those Zarr itself would store (the array's codecs applied
+        to the chunk in C order, edge chunks padded to the full chunk shape);
+        encoding runs in the calling writer thread without Zarr's event loop,
+        which is about twice as fast with several writers (``BENCHMARKS.md``).
+        Returns ``False`` (nothing written) for any other block or store.
+        """
+        if self._path is None or self._encoder is None:
+            return False
+        full = layout.full_shape
+        if len(region) != len(full):
+            return False
+        coords = []
+        extent = []
+        for sl, c, n in zip(region, chunks, full, strict=True):
+            if isinstance(sl, int | np.integer):
+                start, stop = int(sl), int(sl) + 1
+            else:
+                start, stop = sl.start or 0, n if sl.stop is None else sl.stop
+            if start % c or not (stop - start == c or (stop == n and stop - start < c)):
+                return False
+            coords.append(start // c)
+            extent.append(stop - start)
+        if piece.size != int(np.prod(extent)):
+            return False
+        data = np.ascontiguousarray(
+            piece.reshape(extent), dtype=np.dtype(layout.dtype).newbyteorder("<")
+        )
+        if data.shape != chunks:
+            padded = np.zeros(chunks, dtype=data.dtype)
+            padded[tuple(slice(0, k) for k in data.shape)] = data
+            data = padded
+        key = target.metadata.chunk_key_encoding.encode_chunk_key(tuple(coords))  # type: ignore[union-attr]
+        encoded = self._encoder(data)
+        path = self._path / layout.group / layout.name / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.partial")
+        with open(tmp, "wb") as f:
+            f.write(encoded)
+        os.replace(tmp, path)
+        return True
 
     def close(self) -> xr.DataTree:
         """Consolidate metadata, mark the store complete and return it opened lazily."""
