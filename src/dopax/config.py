@@ -31,15 +31,19 @@ class ExecutionConfig:
         compression_level: Codec level where the codec takes one.
         min_batch_rows: Lower bound for the automatic ``batch_size``.
         max_batch_rows: Upper bound for the automatic ``batch_size``.
+        trim_memory: Return freed heap memory to the operating system after
+            each written chunk (glibc only), so resident memory stays flat over
+            long calls.
     """
 
-    memory_budget_bytes: int = 192 * 2**20
+    memory_budget_bytes: int = 128 * 2**20
     pipeline_depth: int = 2
     writer_threads: int = 2
     compressor: str | None = "zstd"
     compression_level: int = 1
     min_batch_rows: int = 1
     max_batch_rows: int = 1_000_000
+    trim_memory: bool = True
 
     def __post_init__(self) -> None:
         if self.memory_budget_bytes <= 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -13,13 +15,15 @@ from tqdm.auto import tqdm
 from dopax.config import get_config
 from dopax.effects.result import EffectResult
 from dopax.effects.scenarios import Scenario, group_codes, scenario_block_fn
-from dopax.exceptions import ScenarioError
+from dopax.exceptions import ScenarioError, StreamingError
 from dopax.kernel.signature import kernel_parameters
-from dopax.output.schema import base_attrs
+from dopax.output import schema
+from dopax.output.schema import SiteLayout, base_attrs
 from dopax.parallel.sharded import pad_leading
 from dopax.sampling.forward import PREDICT, PassSpec
 from dopax.sampling.plan import FULL
 from dopax.sampling.prepare import bind_args, read_rows
+from dopax.streaming.pipeline import WriterPool
 
 if TYPE_CHECKING:
     from dopax.model.impact_model import ImpactModel
@@ -84,6 +88,9 @@ def run_comparison(
     batch_size: int | None,
     progress: bool,
     kwargs: Mapping[str, Any],
+    keep_draws: bool = False,
+    store: str = "persistent",
+    output_dir: Any = None,
 ) -> EffectResult:
     """Evaluate every scenario on each chunk of rows and reduce on the fly.
 
@@ -100,6 +107,10 @@ def run_comparison(
         batch_size: Rows per chunk, or ``None`` for automatic.
         progress: Whether to show a progress bar.
         kwargs: Base kernel keyword arguments.
+        keep_draws: Also stream every scenario's draws of ``site`` (group
+            ``predictions``, with a ``scenario`` dimension).
+        store: Where kept draws go: ``"persistent"`` (Zarr) or ``"memory"``.
+        output_dir: Base folder for the kept draws' new sub-folder.
     """
     if not isinstance(scenarios, Mapping) or len(scenarios) < 2:
         raise ScenarioError("`scenarios` must be a dict of at least two named scenarios.")
@@ -161,7 +172,12 @@ def run_comparison(
         row_block = min(batch_size, n_rows)
     else:
         row_block = int(max(1, min(n_rows, cfg.memory_budget_bytes // per_row_bytes)))
-    fn = scenario_block_fn(spec, site, n_s, b_index, len(labels), float(interval), True)
+    fn = scenario_block_fn(spec, site, n_s, b_index, len(labels), float(interval), True, keep_draws)
+    kept = (
+        _KeptDraws(model, posterior, site, names, prepared[0][3], row_block, store, output_dir)
+        if keep_draws
+        else None
+    )
     key = model._key(rng_key)
     sums = np.zeros((n_s, n_draws), np.float64)
     group_sums = np.zeros((n_s, n_draws, len(labels)), np.float64)
@@ -180,45 +196,54 @@ def run_comparison(
     pending: list[tuple[int, int, dict[str, Any]]] = []
 
     def collect(r0: int, r1: int, out: dict[str, Any]) -> None:
+        if kept is not None:
+            kept.write(r0, r1, out["draws"])
         sums[:] += np.asarray(out["sums"], np.float64)
         group_sums[:] += np.asarray(out["group_sums"], np.float64)
         eff_mean[:, r0:r1] = np.asarray(out["effect_mean"])[:, : r1 - r0]
         eff_lo[:, r0:r1] = np.asarray(out["effect_lower"])[:, : r1 - r0]
         eff_hi[:, r0:r1] = np.asarray(out["effect_upper"])[:, : r1 - r0]
 
-    with tqdm(total=n_rows, disable=not progress, desc="compare_scenarios", leave=False) as bar:
-        for r0 in range(0, n_rows, row_block):
-            r1 = min(r0 + row_block, n_rows)
-            size = row_block
-            mask = np.zeros(size, np.float32)
-            mask[: r1 - r0] = 1.0
-            out = fn(
-                key,
-                draw_idx,
-                jnp.asarray(r0, jnp.uint32),
-                latent,
-                tuple(
-                    {k: pad_leading(read_rows(v, r0, r1), size) for k, v in s.rows.items()}
-                    for s in scen_objs
-                ),
-                tuple(s.shared for s in scen_objs),
-                tuple(
-                    {k: pad_leading(read_rows(v, r0, r1), size) for k, v in s.row_do.items()}
-                    for s in scen_objs
-                ),
-                tuple(s.shared_do for s in scen_objs),
-                anchors,
-                anchor_do,
-                jnp.asarray(pad_leading(codes[r0:r1], size)),
-                jnp.asarray(mask),
-            )
-            pending.append((r0, r1, out))
-            if len(pending) > 1:
-                collect(*pending.pop(0))
-            bar.update(r1 - r0)
-        for item in pending:
-            collect(*item)
-    return EffectResult(
+    if kept is not None:
+        kept.open()
+    try:
+        with tqdm(total=n_rows, disable=not progress, desc="compare_scenarios", leave=False) as bar:
+            for r0 in range(0, n_rows, row_block):
+                r1 = min(r0 + row_block, n_rows)
+                size = row_block
+                mask = np.zeros(size, np.float32)
+                mask[: r1 - r0] = 1.0
+                out = fn(
+                    key,
+                    draw_idx,
+                    jnp.asarray(r0, jnp.uint32),
+                    latent,
+                    tuple(
+                        {k: pad_leading(read_rows(v, r0, r1), size) for k, v in s.rows.items()}
+                        for s in scen_objs
+                    ),
+                    tuple(s.shared for s in scen_objs),
+                    tuple(
+                        {k: pad_leading(read_rows(v, r0, r1), size) for k, v in s.row_do.items()}
+                        for s in scen_objs
+                    ),
+                    tuple(s.shared_do for s in scen_objs),
+                    anchors,
+                    anchor_do,
+                    jnp.asarray(pad_leading(codes[r0:r1], size)),
+                    jnp.asarray(mask),
+                )
+                pending.append((r0, r1, out))
+                if len(pending) > 1:
+                    collect(*pending.pop(0))
+                bar.update(r1 - r0)
+            for item in pending:
+                collect(*item)
+    except BaseException:
+        if kept is not None:
+            kept.abort()
+        raise
+    result = EffectResult(
         _effect_tree(
             names,
             b_index,
@@ -234,6 +259,117 @@ def run_comparison(
             interval,
         )
     )
+    if kept is not None:
+        result = EffectResult(_attach(result.tree, kept.close()))
+    return result
+
+
+def _attach(tree: xr.DataTree, draws: xr.DataTree) -> xr.DataTree:
+    children = dict(tree.children)
+    children["scenario_draws"] = draws
+    out = xr.DataTree(children=children)
+    out.attrs.update(tree.attrs)
+    return out
+
+
+class _KeptDraws:
+    """Streams every scenario's draws of the outcome into a sink during the pass."""
+
+    def __init__(
+        self,
+        model: ImpactModel,
+        posterior: Posterior,
+        site: str,
+        names: list[str],
+        plan: Any,
+        row_block: int,
+        store: str,
+        output_dir: Any,
+    ) -> None:
+        from dopax.streaming.sinks import MemorySink, ZarrSink
+
+        info = next(o for o in plan.outputs if o.name == site)
+        if info.row_axis != 0:
+            raise ScenarioError(
+                f"`keep_draws` needs the outcome site {site!r} to lead with its row axis."
+            )
+        self.names = names
+        self.site = site
+        chains = posterior.num_chains
+        per_chain = posterior.num_draws // chains
+        self.layout = SiteLayout(
+            group=schema.PREDICTIONS,
+            name=site,
+            num_chains=chains,
+            num_draws=per_chain,
+            shape=(len(names), *info.shape),
+            dtype=info.dtype,
+            chunks=(1, per_chain, len(names), row_block, *info.shape[1:]),
+        )
+        self.static = {
+            schema.POSTERIOR: {
+                k: np.asarray(v).reshape(chains, per_chain, *np.shape(v)[1:])
+                for k, v in posterior.draws.items()
+            }
+        }
+        self.keep: Any = None
+        self.path: str | None = None
+        self.sink: Any
+        if store == "memory":
+            self.sink = MemorySink()
+        elif store == "persistent":
+            if output_dir is None:
+                self.keep = model._temp_folder()
+                base = self.keep.path
+            else:
+                base = os.fspath(output_dir)
+                os.makedirs(base, exist_ok=True)
+            self.path = os.path.join(base, f"scenarios-{uuid.uuid4().hex[:12]}.zarr")
+            self.sink = ZarrSink(self.path)
+        else:
+            raise ValueError(f"`store` must be 'persistent' or 'memory'; got {store!r}.")
+        self.pool: WriterPool | None = None
+
+    def open(self) -> None:
+        cfg = get_config()
+        attrs = base_attrs({"method": "compare_scenarios", "scenarios": list(self.names)})
+        self.sink.open([self.layout], static=self.static, attrs=attrs)
+        self.pool = WriterPool(
+            self.sink,
+            threads=cfg.writer_threads,
+            depth=cfg.pipeline_depth,
+            trim_memory=cfg.trim_memory,
+        )
+        self.pool.__enter__()
+
+    def write(self, r0: int, r1: int, draws: Any) -> None:
+        assert self.pool is not None
+        index = (slice(0, int(draws.shape[0])), slice(None), slice(r0, r1))
+        self.pool.submit(schema.PREDICTIONS, self.site, index, draws[:, :, : r1 - r0])
+
+    def abort(self) -> None:
+        if self.pool is not None:
+            error = StreamingError("compare_scenarios was interrupted")
+            self.pool.__exit__(StreamingError, error, None)
+        self.sink.abort()
+
+    def close(self) -> xr.DataTree:
+        from dopax.output.store import open_result
+
+        assert self.pool is not None
+        self.pool.__exit__(None, None, None)
+        tree = self.sink.close()
+        if self.path is not None:
+            tree = open_result(self.path, keepalive=self.keep)
+        predictions = tree[schema.PREDICTIONS]
+        assert isinstance(predictions, xr.DataTree)
+        ds = predictions.to_dataset()
+        ds = ds.rename({f"{self.site}_dim_0": "scenario"}).assign_coords(
+            scenario=np.asarray(self.names)
+        )
+        out = xr.DataTree(ds)
+        out.attrs.update(tree.attrs)
+        return out
 
 
 def _effect_tree(

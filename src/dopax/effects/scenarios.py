@@ -55,6 +55,7 @@ def scenario_block_fn(
     n_groups: int,
     interval: float,
     per_row: bool,
+    keep_draws: bool = False,
 ) -> ScenarioBlockFn:
     """Return the jitted per-block reducer of a scenario comparison.
 
@@ -73,6 +74,8 @@ def scenario_block_fn(
         n_groups: Number of groups (1 when there is no grouping).
         interval: Central interval probability for per-row contrasts.
         per_row: Whether to compute per-row contrast summaries.
+        keep_draws: Whether to also return every scenario's draws as
+            ``draws`` with shape ``(D, S, R, ...)``.
     """
     lo_q = (1.0 - interval) / 2.0
     hi_q = 1.0 - lo_q
@@ -92,6 +95,7 @@ def scenario_block_fn(
         row_mask: jax.Array,
     ) -> dict[str, jax.Array]:
         outcomes = []
+        raw = []
         for s in range(n_scenarios):
             out = forward_block(
                 spec,
@@ -106,6 +110,8 @@ def scenario_block_fn(
                 anchor_rows[s],
                 anchor_do[s],
             )[site]
+            if keep_draws:
+                raw.append(out)
             value = out.reshape(out.shape[0], out.shape[1], -1).mean(axis=-1)
             outcomes.append(value.astype(jnp.float32))
         stacked = jnp.stack(outcomes)  # (S, D, R)
@@ -114,6 +120,8 @@ def scenario_block_fn(
         onehot = jax.nn.one_hot(group_ids, n_groups, dtype=jnp.float32) * row_mask[:, None]
         group_sums = jnp.einsum("sdr,rg->sdg", stacked, onehot)
         result = {"sums": sums, "group_sums": group_sums}
+        if keep_draws:
+            result["draws"] = jnp.stack(raw, axis=1)
         if per_row:
             others = [s for s in range(n_scenarios) if s != baseline]
             diffs = jnp.stack([stacked[s] - stacked[baseline] for s in others])  # (C, D, R)

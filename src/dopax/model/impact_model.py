@@ -1334,8 +1334,11 @@ class ImpactModel:
         site: str | None = None,
         by: Any = None,
         interval: float = 0.94,
+        keep_draws: bool = False,
         rng_key: Any = None,
         batch_size: int | None = None,
+        store: str = "persistent",
+        output_dir: Any = None,
         progress: bool = True,
         **kwargs: Any,
     ) -> Any:
@@ -1357,8 +1360,14 @@ class ImpactModel:
             site: Outcome site (default: the output site).
             by: One group label per row for conditional effects, or ``None``.
             interval: Central interval probability of per-row contrasts.
+            keep_draws: Also stream every scenario's draws of ``site`` (a
+                ``scenario_draws`` child of the result, with a ``scenario``
+                dimension).
             rng_key: Key for this call; derived from the model's key if omitted.
             batch_size: Rows per chunk (automatic from the memory budget if None).
+            store: Where kept draws go: ``"persistent"`` (Zarr) or ``"memory"``.
+            output_dir: Base folder for the kept draws' new sub-folder (default:
+                the model's temporary folder).
             progress: Whether to show a progress bar.
             **kwargs: Base kernel arguments shared by the scenarios.
 
@@ -1384,6 +1393,9 @@ class ImpactModel:
             batch_size=batch_size,
             progress=progress,
             kwargs=kwargs,
+            keep_draws=keep_draws,
+            store=store,
+            output_dir=output_dir,
         )
 
     # ------------------------------------------------------------------ lifecycle

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dopax.exceptions import StreamingError
+from dopax.streaming.memory import release_free_memory
 
 if TYPE_CHECKING:
     import jax
@@ -57,17 +58,20 @@ class WriterPool:
         threads: Number of writer threads, named ``dopax-writer-N``.
         depth: Number of submitted blocks that may wait for a writer before
             :meth:`submit` blocks.
+        trim_memory: Return freed heap memory to the operating system after
+            each block (see :mod:`dopax.streaming.memory`).
 
     Raises:
         ValueError: If ``threads`` or ``depth`` is less than 1.
     """
 
-    def __init__(self, sink: Sink, *, threads: int, depth: int) -> None:
+    def __init__(self, sink: Sink, *, threads: int, depth: int, trim_memory: bool = False) -> None:
         if threads < 1:
             raise ValueError("`threads` must be at least 1.")
         if depth < 1:
             raise ValueError("`depth` must be at least 1.")
         self._sink = sink
+        self._trim_memory = trim_memory
         self._num_threads = threads
         self._depth = depth
         self._cond = threading.Condition()
@@ -184,6 +188,9 @@ class WriterPool:
                 return
             try:
                 self._sink.write(item.group, item.name, item.index, np.asarray(item.block))
+                item = None
+                if self._trim_memory:
+                    release_free_memory()
             except BaseException as error:
                 logger.debug("Writer %s failed", threading.current_thread().name, exc_info=True)
                 with self._cond:

@@ -64,7 +64,10 @@ def stream_job(
     started = time.perf_counter()
     try:
         with WriterPool(
-            sink, threads=cfg.writer_threads, depth=cfg.pipeline_depth * max(len(layouts), 1)
+            sink,
+            threads=cfg.writer_threads,
+            depth=cfg.pipeline_depth * max(len(layouts), 1),
+            trim_memory=cfg.trim_memory,
         ) as pool:
 
             def emit(name: str, index: tuple[slice, ...], value: Any) -> None:

@@ -1,0 +1,201 @@
+from typing import Any
+
+import jax
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+import xarray as xr
+from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer.autoguide import AutoNormal
+from numpyro.optim import Adam
+
+from dopax import ImpactModel, open_result
+from dopax.effects import EffectResult
+from dopax.exceptions import ScenarioError
+
+N, D = 60, 40
+
+
+def kernel(X: Any, t: Any, y: Any = None) -> None:
+    alpha = numpyro.sample("alpha", dist.Normal(0.0, 5.0))
+    beta = numpyro.sample("beta", dist.Normal(0.0, 1.0).expand([X.shape[1]]))
+    tau = numpyro.sample("tau", dist.Normal(0.0, 1.0))
+    gamma = numpyro.sample("gamma", dist.Normal(0.0, 1.0))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    with numpyro.plate("rows", X.shape[0]):
+        mu = numpyro.deterministic("mu", alpha + X @ beta + tau * t + gamma * t * X[:, 0])
+        numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+
+@pytest.fixture
+def setup() -> tuple[ImpactModel, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(N, 3)).astype(np.float32)
+    t = (rng.random(N) < 0.5).astype(np.float32)
+    post = {
+        "alpha": rng.normal(size=D).astype(np.float32),
+        "beta": rng.normal(size=(D, 3)).astype(np.float32),
+        "tau": (2.0 + 0.1 * rng.normal(size=D)).astype(np.float32),
+        "gamma": (0.5 + 0.1 * rng.normal(size=D)).astype(np.float32),
+        "sigma": (0.5 + rng.random(D)).astype(np.float32),
+    }
+    model = ImpactModel(
+        kernel, jax.random.key(0), SVI(kernel, AutoNormal(kernel), Adam(0.01), Trace_ELBO())
+    )
+    model.set_posterior_sample(post)
+    return model, X, t, post
+
+
+def scenarios() -> dict[str, dict[str, np.ndarray]]:
+    return {"treated": {"t": np.ones(N, np.float32)}, "control": {"t": np.zeros(N, np.float32)}}
+
+
+def test_shared_random_numbers_cancel_the_noise(setup: Any) -> None:
+    model, X, t, post = setup
+    res = model.compare_scenarios(
+        X, scenarios(), baseline="control", t=t, progress=False, batch_size=7
+    )
+    assert isinstance(res, EffectResult)
+    ate = res.tree["draws"]["ate"].values.reshape(-1)
+    expected = (post["tau"][:, None] + post["gamma"][:, None] * X[:, 0][None]).mean(axis=1)
+    # per-draw ATE equals the mean of mu1 - mu0 to float32 rounding
+    np.testing.assert_allclose(ate, expected, rtol=1e-5, atol=1e-5)
+    rows = res.tree["rows"]
+    per_row = post["tau"][:, None] + post["gamma"][:, None] * X[:, 0][None]
+    np.testing.assert_allclose(rows["effect_mean"].values[0], per_row.mean(0), rtol=1e-5, atol=1e-5)
+    assert (rows["effect_lower"].values <= rows["effect_upper"].values).all()
+
+
+def test_single_pass_matches_two_call_route(setup: Any) -> None:
+    model, X, t, _ = setup
+    key = jax.random.key(5)
+    res = model.compare_scenarios(
+        X, scenarios(), baseline="control", t=t, rng_key=key, progress=False
+    )
+    base = model.predict(X, t=np.zeros(N, np.float32), rng_key=key, progress=False)
+    treat = model.predict(X, t=np.ones(N, np.float32), rng_key=key, progress=False)
+    contrast = model.estimate_effect(output_baseline=base, output_intervention=treat)
+    two_call = contrast["posterior_predictive"]["y"].mean("y_dim_0").values.reshape(-1)
+    np.testing.assert_allclose(
+        res.tree["draws"]["ate"].values.reshape(-1), two_call, rtol=1e-4, atol=1e-4
+    )
+    # estimate_effect computing both sides itself shares the key too
+    own = model.estimate_effect(
+        args_baseline={"X": X, "t": np.zeros(N, np.float32), "rng_key": key},
+        args_intervention={"X": X, "t": np.ones(N, np.float32)},
+        on_batch=True,
+    )
+    np.testing.assert_allclose(
+        own["posterior_predictive"]["y"].mean("y_dim_0").values.reshape(-1),
+        two_call,
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_groups_recover_known_group_effects(setup: Any) -> None:
+    model, X, t, post = setup
+    groups = np.where(X[:, 0] > 0, "high", "low")
+    res = model.compare_scenarios(
+        X, scenarios(), baseline="control", by=groups, t=t, progress=False
+    )
+    by = res.tree["by_group"]["ate"]
+    for g in ("high", "low"):
+        x0 = X[groups == g, 0]
+        expected = (post["tau"][:, None] + post["gamma"][:, None] * x0[None]).mean(1)
+        got = by.sel(group=g, contrast="treated - control").values.reshape(-1)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    table = res.summary()
+    assert ("ate_by_group", "treated - control | high") in table.index
+
+
+def test_intervention_scenarios_and_relative_effect(setup: Any) -> None:
+    model, X, t, post = setup
+    res = model.compare_scenarios(
+        X,
+        {"base": {}, "tau3": {"intervention": {"tau": 3.0}}},
+        baseline="base",
+        t=t,
+        progress=False,
+    )
+    ate = res.tree["draws"]["ate"].values.reshape(-1)
+    expected = ((3.0 - post["tau"])[:, None] * t[None]).mean(1)
+    np.testing.assert_allclose(ate, expected, rtol=1e-5, atol=1e-5)
+    rel = res.tree["draws"]["relative"].values.reshape(-1)
+    base_mean = res.tree["draws"]["mean"].sel(scenario="base").values.reshape(-1)
+    np.testing.assert_allclose(rel, ate / base_mean, rtol=1e-5)
+
+
+@pytest.mark.parametrize("store", ["persistent", "memory"])
+def test_keep_draws_writes_every_scenario(setup: Any, store: str, tmp_path: Any) -> None:
+    model, X, t, _ = setup
+    key = jax.random.key(9)
+    res = model.compare_scenarios(
+        X,
+        scenarios(),
+        baseline="control",
+        t=t,
+        keep_draws=True,
+        store=store,
+        output_dir=tmp_path,
+        rng_key=key,
+        progress=False,
+        batch_size=16,
+    )
+    kept = res.tree["scenario_draws"]["y"]
+    assert list(kept["scenario"].values) == ["treated", "control"]
+    assert kept.shape == (1, D, 2, N)
+    ref = model.predict_on_batch(X, t=np.ones(N, np.float32), rng_key=key)
+    np.testing.assert_allclose(
+        kept.sel(scenario="treated").values,
+        ref["posterior_predictive"]["y"].values,
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    if store == "persistent":
+        path = res.tree["scenario_draws"].attrs["artifact_path"]
+        reopened = open_result(path)
+        assert reopened["predictions"]["y"].shape == (1, D, 2, N)
+
+
+def test_validation_errors(setup: Any) -> None:
+    model, X, t, _ = setup
+    with pytest.raises(ScenarioError, match="baseline"):
+        model.compare_scenarios(X, scenarios(), baseline="nobody", t=t, progress=False)
+    with pytest.raises(ScenarioError, match=r"Unknown intervention site\(s\) \['nope'\]"):
+        model.compare_scenarios(
+            X, {"a": {}, "b": {"intervention": {"nope": 1.0}}}, baseline="a", t=t, progress=False
+        )
+    with pytest.raises(ScenarioError, match="one value per row"):
+        model.compare_scenarios(
+            X, {"a": {}, "b": {"t": np.ones(N - 1, np.float32)}}, baseline="a", t=t, progress=False
+        )
+    with pytest.raises(ScenarioError, match="entries along its first axis"):
+        model.compare_scenarios(
+            X,
+            {"a": {}, "b": {"intervention": {"y": np.ones(N + 3, np.float32)}}},
+            baseline="a",
+            t=t,
+            progress=False,
+        )
+    with pytest.raises(ScenarioError, match=r"unknown input\(s\) \['dose'\]"):
+        model.compare_scenarios(X, {"a": {}, "b": {"dose": 1.0}}, baseline="a", t=t, progress=False)
+    with pytest.raises(ScenarioError, match="at least two"):
+        model.compare_scenarios(X, {"a": {}}, baseline="a", t=t, progress=False)
+    with pytest.raises(ValueError, match="one group label per row"):
+        model.compare_scenarios(X, scenarios(), baseline="control", by=[1, 2], t=t, progress=False)
+
+
+def test_estimate_effect_rejects_mismatched_results(setup: Any) -> None:
+    model, X, t, _ = setup
+    a = model.predict_on_batch(X, t=t)
+    b = model.predict_on_batch(X[:10], t=t[:10])
+    with pytest.raises(ValueError, match="sizes"):
+        model.estimate_effect(output_baseline=a, output_intervention=b)
+    c = model.predict_on_batch(X, t=t, in_sample=False)
+    with pytest.raises(ValueError, match="same kind"):
+        model.estimate_effect(output_baseline=a, output_intervention=c)
+    with pytest.raises(ValueError, match="exactly one"):
+        model.estimate_effect(output_baseline=a, args_baseline={"X": X}, output_intervention=a)
+    assert isinstance(model.estimate_effect(output_baseline=a, output_intervention=a), xr.DataTree)
