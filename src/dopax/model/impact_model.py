@@ -27,7 +27,7 @@ from dopax.model.state import Posterior, TempFolder, require_posterior
 from dopax.output import schema
 from dopax.output.build import build_tree
 from dopax.output.schema import SiteLayout
-from dopax.parallel.batching import BlockPlan, plan_blocks
+from dopax.parallel.batching import BlockPlan
 from dopax.parallel.sharded import DRAW, OBS
 from dopax.sampling.forward import LOG_LIKELIHOOD, PREDICT, PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan, make_plan
@@ -141,6 +141,7 @@ class ImpactModel:
         self._counter = itertools.count()
         self._temp: TempFolder | None = None
         self._plans: dict[Any, ForwardPlan] = {}
+        self._block_cache: dict[object, float] = {}
         ImpactModel._live.add(self)
 
     # ------------------------------------------------------------------ properties
@@ -938,6 +939,7 @@ class ImpactModel:
         from dopax.output.store import open_result
         from dopax.streaming.run import stream_job
         from dopax.streaming.sinks import MemorySink, ZarrSink
+        from dopax.streaming.sizing import size_blocks
 
         if store not in _STORES:
             raise ValueError(f"`store` must be 'persistent' or 'memory'; got {store!r}.")
@@ -945,30 +947,8 @@ class ImpactModel:
             batch_size = _check_positive_int(batch_size, "batch_size")
         cfg = get_config()
         draws_per_chain = job.n_draws // chains
-        per_row = sum(
-            int(
-                np.prod([s for i, s in enumerate(info.shape) if i != info.row_axis], dtype=np.int64)
-            )
-            * np.dtype(info.dtype).itemsize
-            for info in job.plan.outputs
-            if info.row_axis is not None
-        )
-        per_draw = sum(
-            int(np.prod(info.shape, dtype=np.int64)) * np.dtype(info.dtype).itemsize
-            for info in job.plan.outputs
-            if info.row_axis is None
-        )
-        blocks = plan_blocks(
-            n_draws=job.n_draws,
-            draws_per_chain=draws_per_chain,
-            n_rows=job.n_rows,
-            bytes_per_draw_row=max(per_row, 1),
-            bytes_per_draw=per_draw,
-            budget=cfg.memory_budget_bytes,
-            batch_size=batch_size,
-            split_rows=job.plan.path != FULL,
-            min_rows=cfg.min_batch_rows,
-            max_rows=cfg.max_batch_rows,
+        blocks = size_blocks(
+            job, chains=chains, batch_size=batch_size, config=cfg, cache=self._block_cache
         )
         layouts = []
         for info in job.plan.outputs:
@@ -1415,6 +1395,7 @@ class ImpactModel:
         state = self.__dict__.copy()
         state["_temp"] = None
         state["_plans"] = {}
+        state["_block_cache"] = {}
         state.pop("_svi_driver", None)
         state["_counter_value"] = next(self._counter)
         self._counter = itertools.count(state["_counter_value"])

@@ -64,6 +64,84 @@ def _slice_rows(tree: Mapping[str, Any], start: int, stop: int, size: int) -> di
     return {k: pad_leading(read_rows(v, start, stop), size) for k, v in tree.items()}
 
 
+class _Runner:
+    """The compiled block function of a job and its whole-call arguments."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.n_dev = device_count()
+        self.full = job.plan.path == FULL
+        shard_axis = job.shard_axis
+        if self.full or self.n_dev == 1:
+            shard_axis = DRAW if self.n_dev > 1 else OBS
+        self.shard_axis = shard_axis
+        row_axes = tuple(info.row_axis for info in job.plan.outputs)
+        self.fn = compiled_block(job.spec, row_axes, shard_axis, self.n_dev)
+        row_names = set(job.plan.row_intervention_sites)
+        self.row_do = {k: v for k, v in job.intervention.items() if k in row_names}
+        self.shared_do = place(
+            {k: jnp.asarray(v) for k, v in job.intervention.items() if k not in row_names}, False
+        )
+        self.shared = place({k: jnp.asarray(v) for k, v in job.shared.items()}, False)
+        self.anchor = place(
+            {k: jnp.asarray(read_rows(v, 0, 1)) for k, v in job.rows.items()}, False
+        )
+        self.anchor_do = place(
+            {k: jnp.asarray(read_rows(v, 0, 1)) for k, v in self.row_do.items()}, False
+        )
+
+    def padded(self, nd: int, nr: int) -> tuple[int, int]:
+        """Return the block's draw and row counts padded for the device split."""
+        pad_d = ceil_to(nd, self.n_dev) if self.shard_axis == DRAW else nd
+        pad_r = ceil_to(nr, self.n_dev) if (self.shard_axis == OBS and not self.full) else nr
+        return pad_d, pad_r
+
+    def args(self, d0: int, d1: int, r0: int, r1: int) -> tuple[Any, ...]:
+        """Return the block function's arguments for one block."""
+        job = self.job
+        pad_d, pad_r = self.padded(d1 - d0, r1 - r0)
+        draws = pad_leading(np.arange(d0, d1, dtype=np.int32), pad_d)
+        latent = {k: pad_leading(v[d0:d1], pad_d) for k, v in job.latent.items()}
+        rows = _slice_rows(job.rows, r0, r1, pad_r)
+        rdo = _slice_rows(self.row_do, r0, r1, pad_r)
+        split_draws = self.shard_axis == DRAW and self.n_dev > 1
+        split_rows = self.shard_axis == OBS and self.n_dev > 1
+        return (
+            job.call_key,
+            place(draws, split_draws),
+            jnp.asarray(r0, jnp.uint32),
+            place(latent, split_draws),
+            place(rows, split_rows),
+            self.shared,
+            place(rdo, split_rows),
+            self.shared_do,
+            self.anchor,
+            self.anchor_do,
+        )
+
+
+def block_bytes(job: Job, draws: int, rows: int) -> int:
+    """Return the bytes one block of ``draws x rows`` needs inside the compiled program.
+
+    Reads XLA's own memory analysis of the block function at that shape
+    (temporaries plus outputs), so kernels with large intermediate values
+    (e.g. neural-network activations) get smaller blocks than their outputs
+    alone would suggest.
+
+    Args:
+        job: The job.
+        draws: Draws in the probe block.
+        rows: Rows in the probe block.
+    """
+    runner = _Runner(job)
+    args = runner.args(0, min(draws, job.n_draws), 0, min(rows, max(job.n_rows, 1)))
+    compiled: Any = runner.fn
+    stats = compiled.lower(*args).compile().memory_analysis()
+    if stats is None:  # pragma: no cover - backends without memory analysis
+        return 0
+    return int(stats.temp_size_in_bytes + stats.output_size_in_bytes)
+
+
 def run_job(
     job: Job,
     blocks: BlockPlan,
@@ -79,51 +157,19 @@ def run_job(
         blocks: How to cut it into blocks.
         emit: Called as ``emit(site, index, block)`` for each output block
             (``block`` a JAX array still being computed, possibly).
-        on_block: Called with ``(rows_done_in_block, draws_in_block)`` after
-            each block is dispatched (for progress bars).
+        on_block: Called with ``(rows_in_block, draws_in_block)`` after each
+            block is dispatched (for progress bars).
         should_stop: Polled between blocks; when it returns ``True`` the run
             stops early (the caller reports why).
     """
-    n_dev = device_count()
-    full = job.plan.path == FULL
-    shard_axis = job.shard_axis
-    if full or n_dev == 1:
-        shard_axis = DRAW if n_dev > 1 else OBS
-    row_axes = tuple(info.row_axis for info in job.plan.outputs)
-    fn = compiled_block(job.spec, row_axes, shard_axis, n_dev)
-    row_names = set(job.plan.row_intervention_sites)
-    row_do = {k: v for k, v in job.intervention.items() if k in row_names}
-    shared_do = place(
-        {k: jnp.asarray(v) for k, v in job.intervention.items() if k not in row_names}, False
-    )
-    shared = place({k: jnp.asarray(v) for k, v in job.shared.items()}, False)
-    anchor = place({k: jnp.asarray(read_rows(v, 0, 1)) for k, v in job.rows.items()}, False)
-    anchor_do = place({k: jnp.asarray(read_rows(v, 0, 1)) for k, v in row_do.items()}, False)
-    key = job.call_key
+    runner = _Runner(job)
     infos = job.plan.outputs
     for d0, d1, r0, r1 in blocks.blocks():
         if should_stop is not None and should_stop():
             return
         nd, nr = d1 - d0, r1 - r0
-        pad_d = ceil_to(nd, n_dev) if shard_axis == DRAW else nd
-        pad_r = ceil_to(nr, n_dev) if (shard_axis == OBS and not full) else nr
-        draws = pad_leading(np.arange(d0, d1, dtype=np.int32), pad_d)
-        latent = {k: pad_leading(v[d0:d1], pad_d) for k, v in job.latent.items()}
-        rows = _slice_rows(job.rows, r0, r1, pad_r)
-        rdo = _slice_rows(row_do, r0, r1, pad_r)
-        shard_rows = shard_axis == OBS and n_dev > 1
-        out = fn(
-            key,
-            place(draws, shard_axis == DRAW and n_dev > 1),
-            jnp.asarray(r0, jnp.uint32),
-            place(latent, shard_axis == DRAW and n_dev > 1),
-            place(rows, shard_rows),
-            shared,
-            place(rdo, shard_rows),
-            shared_do,
-            anchor,
-            anchor_do,
-        )
+        pad_d, pad_r = runner.padded(nd, nr)
+        out = runner.fn(*runner.args(d0, d1, r0, r1))
         for info in infos:
             value = out[info.name]
             if pad_d != nd:
