@@ -21,6 +21,8 @@ from dopax.sampling.rng import RowKeySeed, draw_words
 __all__ = ["PassSpec", "forward_draw", "forward_block"]
 
 PREDICT = "predict"
+#: Draw-by-row cells computed per sequential step of a block.
+_CELLS_PER_STEP = 1 << 12
 LOG_LIKELIHOOD = "log_likelihood"
 
 
@@ -138,7 +140,11 @@ def forward_block(
     anchor_args: Mapping[str, Any],
     anchor_intervention: Mapping[str, Any],
 ) -> dict[str, jax.Array]:
-    """Run :func:`forward_draw` for a block of draws (vmapped) on one block of rows.
+    """Run :func:`forward_draw` for a block of draws on one block of rows.
+
+    Draws run vmapped in sequential steps sized so that each step covers
+    about 65,536 draw-row cells: one step for small blocks, one draw per
+    step for blocks of 65,536 rows or more.
 
     Args:
         spec: The static pass description.
@@ -172,4 +178,12 @@ def forward_block(
             {**shared_intervention, **anchor_intervention},
         )
 
-    return jax.vmap(one)(draw_indices, dict(latent))
+    n_draws = draw_indices.shape[0]
+    n_rows = max((jnp.shape(v)[0] for v in row_args.values()), default=1)
+    per_step = max(1, min(n_draws, _CELLS_PER_STEP // max(int(n_rows), 1)))
+    if per_step >= n_draws:
+        return jax.vmap(one)(draw_indices, dict(latent))
+    # Draws in sequential steps of ``per_step`` (vmapped within a step): large
+    # row blocks keep their matrix products big, and intermediate values only
+    # ever exist for one step's draws.
+    return jax.lax.map(lambda xs: one(*xs), (draw_indices, dict(latent)), batch_size=per_step)

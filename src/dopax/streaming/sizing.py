@@ -70,15 +70,35 @@ def size_blocks(
     if per_cell is None:
         per_cell = block_bytes(job, probe_draws, probe_rows) / (probe_draws * probe_rows)
         cache[key] = per_cell
-    return plan_blocks(
+    # The probe block runs in one vmapped step, so its per-cell bytes bound the
+    # working memory of a step; a step covers max(rows, CELLS) cells (one draw
+    # per step once a block has CELLS rows), and outputs fill the whole block.
+    budget = config.memory_budget_bytes
+    blocks = plan_blocks(
         n_draws=job.n_draws,
         draws_per_chain=job.n_draws // chains,
         n_rows=job.n_rows,
-        bytes_per_draw_row=max(per_row, int(np.ceil(per_cell)), 1),
+        bytes_per_draw_row=max(per_row, 1),
         bytes_per_draw=per_draw,
-        budget=config.memory_budget_bytes,
+        budget=budget,
         batch_size=batch_size,
         split_rows=not full,
         min_rows=config.min_batch_rows,
         max_rows=config.max_batch_rows,
     )
+    if batch_size is not None or full:
+        return blocks
+    draw_block, row_block = blocks.draw_block, blocks.row_block
+    while row_block > 1:
+        outputs = draw_block * row_block * per_row + draw_block * per_draw
+        working = per_cell * max(row_block, _step_cells())
+        if outputs + working <= budget:
+            break
+        row_block = max(1, row_block // 2)
+    return BlockPlan(draw_block, row_block, blocks.n_draws, blocks.n_rows)
+
+
+def _step_cells() -> int:
+    from dopax.sampling.forward import _CELLS_PER_STEP
+
+    return _CELLS_PER_STEP
