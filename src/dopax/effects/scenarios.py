@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dopax.sampling.forward import PassSpec, forward_block
+from dopax.sampling.forward import CELLS_PER_STEP, PassSpec, forward_draw
 
 __all__ = ["Scenario", "ScenarioBlockFn", "scenario_block_fn"]
 
@@ -94,39 +94,49 @@ def scenario_block_fn(
         group_ids: jax.Array,
         row_mask: jax.Array,
     ) -> dict[str, jax.Array]:
-        outcomes = []
-        raw = []
-        for s in range(n_scenarios):
-            out = forward_block(
-                spec,
-                call_key,
-                draw_indices,
-                row_offset,
-                latent,
-                s_rows[s],
-                s_shared[s],
-                s_row_do[s],
-                s_shared_do[s],
-                anchor_rows[s],
-                anchor_do[s],
-            )[site]
-            if keep_draws:
-                raw.append(out)
-            value = out.reshape(out.shape[0], out.shape[1], -1).mean(axis=-1)
-            outcomes.append(value.astype(jnp.float32))
-        stacked = jnp.stack(outcomes)  # (S, D, R)
-        masked = stacked * row_mask
-        sums = masked.sum(axis=-1)
         onehot = jax.nn.one_hot(group_ids, n_groups, dtype=jnp.float32) * row_mask[:, None]
-        group_sums = jnp.einsum("sdr,rg->sdg", stacked, onehot)
-        result = {"sums": sums, "group_sums": group_sums}
+        others = [s for s in range(n_scenarios) if s != baseline]
+
+        def one(draw_index: jax.Array, latent_d: Mapping[str, Any]) -> dict[str, jax.Array]:
+            # Every scenario of one draw in one place: their random numbers are
+            # the same computation, which XLA evaluates once.
+            values = []
+            raws = []
+            for s in range(n_scenarios):
+                out = forward_draw(
+                    spec,
+                    call_key,
+                    draw_index,
+                    row_offset,
+                    latent_d,
+                    {**s_shared[s], **s_rows[s]},
+                    {**s_shared_do[s], **s_row_do[s]},
+                    {**s_shared[s], **anchor_rows[s]},
+                    {**s_shared_do[s], **anchor_do[s]},
+                )[site]
+                raws.append(out)
+                values.append(out.reshape(out.shape[0], -1).mean(axis=-1).astype(jnp.float32))
+            stacked = jnp.stack(values)  # (S, R)
+            res = {"sums": (stacked * row_mask).sum(axis=-1), "group_sums": stacked @ onehot}
+            if per_row:
+                res["diffs"] = jnp.stack([stacked[s] - stacked[baseline] for s in others])
+            if keep_draws:
+                res["draws"] = jnp.stack(raws)
+            return res
+
+        n_draws = draw_indices.shape[0]
+        per_step = max(1, min(n_draws, CELLS_PER_STEP // max(int(row_mask.shape[0]), 1)))
+        out = jax.lax.map(lambda xs: one(*xs), (draw_indices, dict(latent)), batch_size=per_step)
+        result = {
+            "sums": out["sums"].T,  # (S, D)
+            "group_sums": jnp.moveaxis(out["group_sums"], 0, 1),  # (S, D, G)
+        }
         if keep_draws:
-            result["draws"] = jnp.stack(raw, axis=1)
+            result["draws"] = out["draws"]  # (D, S, R, ...)
         if per_row:
-            others = [s for s in range(n_scenarios) if s != baseline]
-            diffs = jnp.stack([stacked[s] - stacked[baseline] for s in others])  # (C, D, R)
-            result["effect_mean"] = diffs.mean(axis=1)
-            qs = jnp.quantile(diffs, jnp.asarray([lo_q, hi_q]), axis=1)
+            diffs = out["diffs"]  # (D, C, R)
+            result["effect_mean"] = diffs.mean(axis=0)
+            qs = jnp.quantile(diffs, jnp.asarray([lo_q, hi_q]), axis=0)
             result["effect_lower"] = qs[0]
             result["effect_upper"] = qs[1]
         return result

@@ -22,7 +22,7 @@ __all__ = ["PassSpec", "forward_draw", "forward_block"]
 
 PREDICT = "predict"
 #: Draw-by-row cells computed per sequential step of a block.
-_CELLS_PER_STEP = 1 << 12
+CELLS_PER_STEP = 1 << 12
 LOG_LIKELIHOOD = "log_likelihood"
 
 
@@ -180,7 +180,7 @@ def forward_block(
 
     n_draws = draw_indices.shape[0]
     n_rows = max((jnp.shape(v)[0] for v in row_args.values()), default=1)
-    per_step = max(1, min(n_draws, _CELLS_PER_STEP // max(int(n_rows), 1)))
+    per_step = max(1, min(n_draws, CELLS_PER_STEP // max(int(n_rows), 1)))
     if per_step >= n_draws:
         return jax.vmap(one)(draw_indices, dict(latent))
     # Draws in sequential steps of ``per_step`` (vmapped within a step): large

@@ -99,6 +99,6 @@ def size_blocks(
 
 
 def _step_cells() -> int:
-    from dopax.sampling.forward import _CELLS_PER_STEP
+    from dopax.sampling.forward import CELLS_PER_STEP
 
-    return _CELLS_PER_STEP
+    return CELLS_PER_STEP

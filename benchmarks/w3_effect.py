@@ -1,0 +1,357 @@
+"""W3: average treatment effect of an intervention.
+
+Kernel: W1 plus a treatment argument ``t`` (0/1 per row),
+``mu = alpha + X @ beta + tau * t + gamma * t * X[:, 0]``, with
+``tau, gamma ~ Normal(0, 1)``. Fit: SVI, AutoNormal, Adam(1e-2), 500 steps on
+5,000 rows with a random treatment; 1,000 posterior draws. Run: the ATE of
+setting ``t = 1`` versus ``t = 0`` for all ``n`` rows, as a posterior
+distribution over the draws.
+
+Cases (each in its own process):
+    two_call       reference: ``predict(X, t=1)`` and ``predict(X, t=0)`` (same
+                   ``rng_key``, site ``y``, persisted), ``estimate_effect``, then
+                   the mean over rows per draw.
+    single_pass    ``ImpactModel.compare_scenarios`` with scenarios ``treated``
+                   (``t=1``) and ``control`` (``t=0``, the baseline), same
+                   ``rng_key`` (and ``output_dir`` when the method takes one);
+                   per-draw ATE read from ``result.tree["draws"]["ate"]``.
+    aimz_two_call  the reference route with aimz (when importable).
+
+Every case also checks its per-draw ATE against the exact per-draw mean of
+``mu1 - mu0``, which for this kernel is ``tau + gamma * mean(X[:, 0])``.
+
+Usage:
+    python benchmarks/w3_effect.py --n 1000000 --reps 3
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+try:
+    from benchmarks import common
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    import common  # type: ignore[no-redef]
+
+NAME = "w3_effect"
+NUM_FEATURES = 10
+TRAIN_ROWS = 5_000
+FIT_STEPS = 500
+CASES = ("two_call", "single_pass", "aimz_two_call")
+TARGET_SINGLE_VS_TWO = 0.25
+DRAW_BLOCK = 50  # draws per block when reducing a persisted effect over rows
+
+
+def kernel(X, t, y=None):
+    alpha = numpyro.sample("alpha", dist.Normal(0.0, 5.0))
+    beta = numpyro.sample("beta", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    tau = numpyro.sample("tau", dist.Normal(0.0, 1.0))
+    gamma = numpyro.sample("gamma", dist.Normal(0.0, 1.0))
+    with numpyro.plate("obs", X.shape[0]):
+        mu = numpyro.deterministic("mu", alpha + X @ beta + tau * t + gamma * t * X[:, 0])
+        numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+
+def training_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """5,000 rows with a random 0/1 treatment, from fixed true parameters."""
+    X = common.make_X(TRAIN_ROWS, NUM_FEATURES, seed=1)
+    rng = np.random.default_rng(2)
+    beta = rng.standard_normal(NUM_FEATURES).astype(np.float32)
+    t = rng.integers(0, 2, TRAIN_ROWS).astype(np.float32)
+    noise = rng.standard_normal(TRAIN_ROWS).astype(np.float32)
+    y = 1.0 + X @ beta + 1.0 * t + 0.5 * t * X[:, 0] + 0.5 * noise
+    return X, t, y.astype(np.float32)
+
+
+def posterior(num_draws: int) -> dict[str, np.ndarray]:
+    """The W3 posterior draws (fixed keys: identical in every process)."""
+    X, t, y = training_data()
+    return common.fit_autonormal(kernel, X, t, y, num_steps=FIT_STEPS, num_draws=num_draws)
+
+
+def exact_ate(post: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
+    """Per-draw mean over rows of ``mu1 - mu0``: ``tau + gamma * mean(X[:, 0])``."""
+    x0_mean = float(np.mean(X[:, 0], dtype=np.float64))
+    return post["tau"].astype(np.float64) + post["gamma"].astype(np.float64) * x0_mean
+
+
+def per_draw_row_mean(da: Any, block: int = DRAW_BLOCK) -> np.ndarray:
+    """Mean over every non-(chain, draw) dim, block of draws by block; shape (chain * draw,)."""
+    row_dims = [d for d in da.dims if d not in ("chain", "draw")]
+    parts = []
+    for start in range(0, da.sizes["draw"], block):
+        part = da.isel(draw=slice(start, start + block)).astype("float64")
+        parts.append(np.asarray(part.mean(dim=row_dims).transpose("chain", "draw").values))
+    return np.concatenate(parts, axis=1).reshape(-1)
+
+
+def summarize(ate: np.ndarray, exact: np.ndarray) -> dict[str, Any]:
+    """Posterior mean, sd, Monte Carlo error of the mean, and distance to the exact ATE."""
+    ate = np.asarray(ate, dtype=np.float64).reshape(-1)
+    summary: dict[str, Any] = {
+        "ate_mean": float(ate.mean()),
+        "ate_sd": float(ate.std(ddof=1)) if ate.size > 1 else None,
+        "ate_mcse": float(ate.std(ddof=1) / np.sqrt(ate.size)) if ate.size > 1 else None,
+        "exact_ate_mean": float(exact.mean()),
+        "num_draws": int(ate.size),
+    }
+    if ate.shape == exact.shape:
+        summary["max_abs_dev_from_exact"] = float(np.max(np.abs(ate - exact)))
+    return summary
+
+
+# ----------------------------------------------------------------------------
+# Cases (run inside the worker process)
+# ----------------------------------------------------------------------------
+
+
+def _setup(package: str, params: dict[str, Any]) -> tuple[Any, dict[str, Any], np.ndarray]:
+    common.import_impact_model(package)  # skip early, before any work
+    post = posterior(int(params.get("draws", 1000)))
+    X = common.make_X(int(params["n"]), NUM_FEATURES)
+    model = common.new_impact_model(package, kernel, post)
+    return model, post, X
+
+
+def _effect_case(
+    model: Any,
+    route: Any,
+    post: dict[str, np.ndarray],
+    X: np.ndarray,
+    workdir: str | None,
+) -> common.Case:
+    """Time ``route(out_dir) -> per-draw ATE``; afterwards measure and delete its outputs."""
+    exact = exact_ate(post, X)
+    scratch = Path(tempfile.mkdtemp(prefix="w3-bench-", dir=workdir))
+
+    def call() -> tuple[np.ndarray, Path]:
+        out_dir = Path(tempfile.mkdtemp(prefix="effect-", dir=scratch))
+        return route(out_dir), out_dir
+
+    def finish(out: tuple[np.ndarray, Path]) -> dict[str, Any]:
+        ate, out_dir = out
+        extra = {"disk_bytes": common.dir_bytes(out_dir)}
+        temp_dir = getattr(model, "temp_dir", None)
+        if temp_dir is not None and Path(temp_dir).exists():
+            extra["model_temp_dir_bytes"] = common.dir_bytes(temp_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        extra.update(summarize(ate, exact))
+        return extra
+
+    def close() -> None:
+        with contextlib.suppress(Exception):
+            model.cleanup()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    return common.Case(call=call, finish=finish, close=close, info={"input_bytes": int(X.nbytes)})
+
+
+def build_two_call(package: str, params: dict[str, Any]) -> common.Case:
+    import jax
+
+    model, post, X = _setup(package, params)
+    ones = np.ones(len(X), dtype=np.float32)
+    zeros = np.zeros(len(X), dtype=np.float32)
+    key = jax.random.key(2)
+    extra_kwargs: dict[str, Any] = {}
+    if params.get("batch_size") is not None:
+        extra_kwargs["batch_size"] = int(params["batch_size"])
+
+    def route(out_dir: Path) -> np.ndarray:
+        common_kwargs = dict(
+            rng_key=key,
+            output_dir=str(out_dir),
+            progress=False,
+            return_sites=("y",),
+            **extra_kwargs,
+        )
+        treated = model.predict(X, t=ones, **common_kwargs)
+        control = model.predict(X, t=zeros, **common_kwargs)
+        effect = model.estimate_effect(output_baseline=control, output_intervention=treated)
+        _, y_effect = common.find_variable(effect, "y")
+        return per_draw_row_mean(y_effect)
+
+    return _effect_case(model, route, post, X, params.get("workdir"))
+
+
+def named_parameters(fn: Any) -> set[str]:
+    """Names of the explicit parameters of ``fn`` (``**kwargs`` excluded)."""
+    return {
+        name
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    }
+
+
+def build_single_pass(params: dict[str, Any]) -> common.Case:
+    import jax
+
+    model, post, X = _setup("dopax", params)
+    ones = np.ones(len(X), dtype=np.float32)
+    zeros = np.zeros(len(X), dtype=np.float32)
+    # Options go only where compare_scenarios names them: its **kwargs are kernel arguments.
+    accepted = named_parameters(model.compare_scenarios)
+    extra_kwargs: dict[str, Any] = {}
+    if "rng_key" in accepted:
+        extra_kwargs["rng_key"] = jax.random.key(2)
+    if params.get("batch_size") is not None:
+        extra_kwargs["batch_size"] = int(params["batch_size"])
+
+    def route(out_dir: Path) -> np.ndarray:
+        if "output_dir" in accepted:
+            extra_kwargs["output_dir"] = str(out_dir)
+        result = model.compare_scenarios(
+            X,
+            {"treated": {"t": ones}, "control": {"t": zeros}},
+            baseline="control",
+            t=zeros,
+            progress=False,
+            **extra_kwargs,
+        )
+        ate = result.tree["draws"]["ate"]
+        if "contrast" in ate.dims:
+            coords = ate.coords.get("contrast")
+            labels = [] if coords is None else [str(c) for c in coords.values]
+            ate = ate.sel(contrast="treated") if "treated" in labels else ate.isel(contrast=0)
+        return np.asarray(ate.transpose("chain", "draw").values, dtype=np.float64).reshape(-1)
+
+    return _effect_case(model, route, post, X, params.get("workdir"))
+
+
+BUILDERS = {
+    "two_call": lambda params: build_two_call("dopax", params),
+    "single_pass": build_single_pass,
+    "aimz_two_call": lambda params: build_two_call("aimz", params),
+}
+
+
+# ----------------------------------------------------------------------------
+# The parent side
+# ----------------------------------------------------------------------------
+
+
+def run_workload(
+    *,
+    n: int = 1_000_000,
+    reps: int = 3,
+    draws: int = 1000,
+    cases: Sequence[str] = CASES,
+    workdir: str | None = None,
+    batch_size: int | None = None,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Run every case in its own process; return the results payload."""
+    params = {"n": n, "reps": reps, "draws": draws, "workdir": workdir, "batch_size": batch_size}
+    results = {case: common.run_case(NAME, case, timeout=timeout, **params) for case in cases}
+    return {"workload": NAME, "params": params, "results": results}
+
+
+def report(payload: dict[str, Any]) -> str:
+    """Markdown table and target checks for a W3 payload."""
+    results = payload["results"]
+    params = payload["params"]
+    ref = common.seconds_of(results.get("two_call"))
+    rows = []
+    for case, res in results.items():
+        sec = common.seconds_of(res)
+        extra = res.get("extra", {}) if res.get("status") == "ok" else {}
+        disk = extra.get("disk_bytes")
+        rows.append(
+            [
+                case,
+                sec,
+                common.ratio(sec, ref),
+                common.rss_of(res),
+                None if disk is None else disk / common.GB,
+                extra.get("ate_mean"),
+                extra.get("ate_sd"),
+                extra.get("ate_mcse"),
+                extra.get("max_abs_dev_from_exact"),
+                res.get("status"),
+            ]
+        )
+    headers = [
+        "route",
+        "median s",
+        "x two-call",
+        "peak RSS GiB",
+        "disk GB",
+        "ATE mean",
+        "ATE sd",
+        "MC se",
+        "max |ATE - exact|",
+        "status",
+    ]
+    single = results.get("single_pass", {})
+    two = results.get("two_call", {})
+    lines = [
+        f"### W3 effect: n = {params['n']:,} rows, {params['draws']:,} draws, t=1 vs t=0",
+        "",
+        common.markdown_table(headers, rows),
+        *common.status_notes(results),
+        "",
+        "exact = per-draw mean of mu1 - mu0 = tau + gamma * mean(X[:, 0]).",
+        "",
+        "Targets:",
+        common.target_line(
+            "single_pass / two_call",
+            common.ratio(common.seconds_of(single), ref),
+            TARGET_SINGLE_VS_TWO,
+        ),
+    ]
+    if single.get("status") == "ok" and two.get("status") == "ok":
+        diff = abs(single["extra"]["ate_mean"] - two["extra"]["ate_mean"])
+        mcse = two["extra"]["ate_mcse"]
+        verdict = "within" if mcse is not None and diff <= 3 * mcse else "NOT within"
+        lines.append(
+            f"- |mean ATE single - two-call| = {diff:.3g} vs 3 x MC se = "
+            f"{3 * mcse:.3g} ({verdict} Monte Carlo error)"
+        )
+    else:
+        lines.append("- same posterior mean ATE within Monte Carlo error: not measured")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--case" in argv:
+        return common.worker_main(NAME, BUILDERS, argv)
+    parser = common.base_arg_parser(__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000, help="rows")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch_size for dopax")
+    args = parser.parse_args(argv)
+    machine = common.machine_info()
+    payload = run_workload(
+        n=args.n,
+        reps=args.reps,
+        draws=args.draws,
+        cases=[c for c in args.cases.split(",") if c],
+        workdir=args.workdir,
+        batch_size=args.batch_size,
+        timeout=args.timeout,
+    )
+    payload.update(machine=machine, command=" ".join(sys.argv), finished_at=common.timestamp())
+    print(common.describe_machine(machine))
+    print()
+    print(report(payload))
+    if not args.no_save:
+        path = common.save_results(args.name or NAME, payload)
+        print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
