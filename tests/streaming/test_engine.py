@@ -475,3 +475,34 @@ def test_writer_failure_propagates_and_leaves_nothing_complete(
     for folder in tmp_path.iterdir():
         with pytest.raises(IncompleteResultError):
             open_result(folder)
+
+
+def test_full_disk_error_says_what_to_do(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import errno as _errno
+
+    from dopax.streaming import sinks
+
+    model, X, _ = _full_disk_setup()
+    real = sinks.ZarrSink.write
+
+    def full(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(_errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sinks.ZarrSink, "write", full)
+    with pytest.raises(OSError) as info:
+        model.predict(X, output_dir=tmp_path, progress=False)
+    assert info.value.errno == _errno.ENOSPC
+    assert any("disk holding the output is full" in note for note in info.value.__notes__)
+    assert not any(p.name.endswith(".zarr") for p in tmp_path.iterdir())
+    monkeypatch.setattr(sinks.ZarrSink, "write", real)
+
+
+def _full_disk_setup():  # type: ignore[no-untyped-def]
+    def k(X, y=None):  # type: ignore[no-untyped-def]
+        a = numpyro.sample("a", dist.Normal(0.0, 1.0))
+        with numpyro.plate("rows", X.shape[0]):
+            numpyro.sample("y", dist.Normal(a + X[:, 0], 1.0), obs=y)
+
+    model = ImpactModel(k, jax.random.key(0), SVI(k, AutoNormal(k), Adam(0.01), Trace_ELBO()))
+    model.set_posterior_sample({"a": np.zeros(8, np.float32)})
+    return model, np.ones((12, 2), np.float32), None

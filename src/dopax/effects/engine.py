@@ -165,7 +165,7 @@ def run_comparison(
     n_s = len(names)
     b_index = names.index(baseline)
     cfg = get_config()
-    per_row_bytes = n_s * n_draws * 4 * 3
+    per_row_bytes = n_draws * 4 * (2 * n_s + 1)
     if full:
         row_block = n_rows
     elif batch_size is not None:
@@ -200,9 +200,11 @@ def run_comparison(
             kept.write(r0, r1, out["draws"])
         sums[:] += np.asarray(out["sums"], np.float64)
         group_sums[:] += np.asarray(out["group_sums"], np.float64)
-        eff_mean[:, r0:r1] = np.asarray(out["effect_mean"])[:, : r1 - r0]
-        eff_lo[:, r0:r1] = np.asarray(out["effect_lower"])[:, : r1 - r0]
-        eff_hi[:, r0:r1] = np.asarray(out["effect_upper"])[:, : r1 - r0]
+        diffs = np.asarray(out["diffs"])[:, :, : r1 - r0]  # (D, C, R)
+        eff_mean[:, r0:r1] = diffs.mean(axis=0)
+        bounds = np.quantile(diffs, [(1 - interval) / 2, (1 + interval) / 2], axis=0)
+        eff_lo[:, r0:r1] = bounds[0]
+        eff_hi[:, r0:r1] = bounds[1]
 
     if kept is not None:
         kept.open()

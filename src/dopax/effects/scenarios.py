@@ -63,8 +63,8 @@ def scenario_block_fn(
     scenario_rows, scenario_shared, scenario_row_do, scenario_shared_do,
     anchor_rows, anchor_do, group_ids, row_mask)`` where every ``scenario_*``
     argument is a tuple with one mapping per scenario, and returns:
-    ``sums`` (S, D), ``group_sums`` (S, D, G), ``effect_mean`` (C, R),
-    ``effect_lower`` (C, R), ``effect_upper`` (C, R) with C = S - 1 contrasts.
+    ``sums`` (S, D), ``group_sums`` (S, D, G) and, with ``per_row``, ``diffs``
+    (D, C, R): each contrast per draw and row, C = S - 1 contrasts.
 
     Args:
         spec: The pass description (``return_sites`` must be ``(site,)``).
@@ -72,13 +72,12 @@ def scenario_block_fn(
         n_scenarios: Number of scenarios.
         baseline: Index of the baseline scenario.
         n_groups: Number of groups (1 when there is no grouping).
-        interval: Central interval probability for per-row contrasts.
+        interval: Central interval probability for per-row contrasts (part of
+            the cache key only; intervals are computed by the caller).
         per_row: Whether to compute per-row contrast summaries.
         keep_draws: Whether to also return every scenario's draws as
             ``draws`` with shape ``(D, S, R, ...)``.
     """
-    lo_q = (1.0 - interval) / 2.0
-    hi_q = 1.0 - lo_q
 
     def fn(
         call_key: jax.Array,
@@ -134,11 +133,9 @@ def scenario_block_fn(
         if keep_draws:
             result["draws"] = out["draws"]  # (D, S, R, ...)
         if per_row:
-            diffs = out["diffs"]  # (D, C, R)
-            result["effect_mean"] = diffs.mean(axis=0)
-            qs = jnp.quantile(diffs, jnp.asarray([lo_q, hi_q]), axis=0)
-            result["effect_lower"] = qs[0]
-            result["effect_upper"] = qs[1]
+            # (D, C, R): per-row means and intervals are taken on the host, where a
+            # selection (numpy's partition) is ~7x faster than XLA's CPU sort.
+            result["diffs"] = out["diffs"]
         return result
 
     return jax.jit(fn)

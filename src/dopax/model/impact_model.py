@@ -32,6 +32,7 @@ from dopax.parallel.sharded import DRAW, OBS
 from dopax.sampling.forward import LOG_LIKELIHOOD, PREDICT, PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan, make_plan
 from dopax.sampling.prepare import BoundArgs, bind_args
+from dopax.sampling.probe import probe_sites
 from dopax.streaming.executor import Job, run_job
 
 __all__ = ["ImpactModel"]
@@ -241,20 +242,8 @@ class ImpactModel:
     def _ensure_spec(self, bound: BoundArgs, *, fitting: bool) -> KernelSpec:
         if self._spec is not None and (not fitting or self._spec.output_observed):
             return self._spec
-        from numpyro import handlers
-
-        from dopax.sampling.rng import RowKeySeed
-
         small = {k: jnp.asarray(v[:2]) for k, v in bound.rows.items()}
-        traced: dict[str, Any] = {}
-
-        def run() -> int:
-            model = RowKeySeed(self._kernel, jnp.zeros((2,), jnp.uint32), 0)
-            tr = handlers.trace(model).get_trace(**bound.shared, **small, **dict(bound.static))
-            traced.update(tr)
-            return 0
-
-        jax.eval_shape(run)
+        traced = probe_sites(self._kernel, {**bound.shared, **small}, bound.static)
         validate_trace(traced, self._kernel, self._param_output, fitting=fitting)
         spec = build_spec(traced, self._param_output)
         if self._spec is None or fitting:
@@ -748,22 +737,8 @@ class ImpactModel:
         return job, chains
 
     def _observed_sites(self, bound: BoundArgs) -> tuple[str, ...]:
-        from numpyro import handlers
-
-        from dopax.sampling.rng import RowKeySeed
-
         small = {k: jnp.asarray(v[:2]) for k, v in bound.rows.items()}
-        traced: dict[str, Any] = {}
-
-        def run() -> int:
-            model = RowKeySeed(self._kernel, jnp.zeros((2,), jnp.uint32), 0)
-            traced.update(
-                handlers.trace(model).get_trace(**bound.shared, **small, **dict(bound.static))
-            )
-            return 0
-
-        jax.eval_shape(run)
-        return observed_sites(traced)
+        return observed_sites(probe_sites(self._kernel, {**bound.shared, **small}, bound.static))
 
     def _run_in_memory(self, job: Job) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {

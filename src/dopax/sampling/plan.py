@@ -19,12 +19,12 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dopax.sampling.forward import LOG_LIKELIHOOD, PassSpec
 from dopax.sampling.prepare import read_rows, split_intervention
+from dopax.sampling.probe import probe_sites
 
 __all__ = ["ForwardPlan", "SiteInfo", "make_plan", "ROWS", "FULL"]
 
@@ -87,47 +87,6 @@ def _probe_index(n_rows: int, size: int) -> np.ndarray:
     return np.minimum(np.arange(size), max(n_rows - 1, 0))
 
 
-def _site_shapes(
-    spec: PassSpec, args: Mapping[str, Any], shared: Mapping[str, Any]
-) -> dict[str, tuple[tuple[int, ...], str]]:
-    from numpyro import handlers
-
-    from dopax.sampling.rng import RowKeySeed
-
-    def run() -> dict[str, jax.Array]:
-        model = RowKeySeed(spec.kernel, jnp.zeros((2,), jnp.uint32), 0)
-        trace = handlers.trace(model).get_trace(**shared, **args, **dict(spec.static))
-        return {
-            name: jnp.asarray(site["value"])
-            for name, site in trace.items()
-            if site["type"] in ("sample", "deterministic")
-        }
-
-    shapes = jax.eval_shape(run)
-    return {name: (tuple(s.shape), str(s.dtype)) for name, s in shapes.items()}
-
-
-def _sample_kinds(
-    spec: PassSpec, args: Mapping[str, Any], shared: Mapping[str, Any]
-) -> dict[str, str]:
-    from numpyro import handlers
-
-    from dopax.sampling.rng import RowKeySeed
-
-    kinds: dict[str, str] = {}
-
-    def run() -> int:
-        model = RowKeySeed(spec.kernel, jnp.zeros((2,), jnp.uint32), 0)
-        trace = handlers.trace(model).get_trace(**shared, **args, **dict(spec.static))
-        for name, site in trace.items():
-            if site["type"] == "sample":
-                kinds[name] = "observed" if site.get("is_observed") else "latent"
-        return 0
-
-    jax.eval_shape(run)
-    return kinds
-
-
 def _row_axis(shape_a: tuple[int, ...], shape_b: tuple[int, ...], a: int, b: int) -> int | None:
     """Return the row axis given a site's shapes at ``a`` and ``b`` probe rows."""
     if shape_a == shape_b:
@@ -176,11 +135,12 @@ def make_plan(
         ScenarioError: For an invalid intervention.
         KeyError: For a return site the kernel lacks (message lists the sites).
     """
-    probe_spec = dataclasses.replace(spec, kind="predict", return_sites=())
     small = {k: _take_rows(v, _probe_index(n_rows, 2)) for k, v in row_args.items()}
     large = {k: _take_rows(v, _probe_index(n_rows, 3)) for k, v in row_args.items()}
-    shapes2 = _site_shapes(probe_spec, small, shared_args)
-    shapes3 = _site_shapes(probe_spec, large, shared_args)
+    sites2 = probe_sites(spec.kernel, {**shared_args, **small}, spec.static)
+    sites3 = probe_sites(spec.kernel, {**shared_args, **large}, spec.static)
+    shapes2 = {n: (i["shape"], i["dtype"]) for n, i in sites2.items() if "shape" in i}
+    shapes3 = {n: (i["shape"], i["dtype"]) for n, i in sites3.items() if "shape" in i}
     row_axes: dict[str, int | None] = {}
     for name, (shape2, _) in shapes2.items():
         shape3 = shapes3.get(name, (shape2, ""))[0]
@@ -188,7 +148,11 @@ def make_plan(
     row_sites = frozenset(name for name, axis in row_axes.items() if axis is not None)
     coupled = sorted(name for name, axis in row_axes.items() if axis == -1)
     local = tuple(name for name in latent if name in row_sites)
-    kinds = _sample_kinds(probe_spec, small, shared_args)
+    kinds = {
+        name: "observed" if info["is_observed"] else "latent"
+        for name, info in sites2.items()
+        if info["type"] == "sample"
+    }
     global_latents = tuple(
         name
         for name, kind in kinds.items()

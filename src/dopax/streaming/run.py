@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -77,8 +78,13 @@ def stream_job(
                 bar.update(rows * draws)
 
             run_job(job, blocks, emit, on_block=on_block)
-    except BaseException:
+    except BaseException as err:
         sink.abort()
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            err.add_note(
+                "dopax: the disk holding the output is full and the partial result was "
+                "removed. Free space, pass another `output_dir`, or use `store='memory'`."
+            )
         raise
     finally:
         bar.close()
