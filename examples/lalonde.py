@@ -37,14 +37,16 @@ OUT = Path(__file__).resolve().parent / "output"
 COVARIATES = ["age", "educ", "black", "hisp", "marr", "nodegree", "re74", "re75"]
 
 
-def kernel(X, treat, y=None):
-    """Earnings (in $1,000) = intercept + covariates + treatment effect + noise."""
+def kernel(X, treat, nodegree, y=None):
+    """Earnings ($1,000) = intercept + covariates + effect (by degree status) + noise."""
     alpha = numpyro.sample("alpha", dist.Normal(0.0, 10.0))
     beta = numpyro.sample("beta", dist.Normal(0.0, 2.0).expand([X.shape[1]]).to_event(1))
     tau = numpyro.sample("tau", dist.Normal(0.0, 5.0))
+    delta = numpyro.sample("delta", dist.Normal(0.0, 5.0))
     sigma = numpyro.sample("sigma", dist.HalfNormal(10.0))
     with numpyro.plate("person", X.shape[0]):
-        mu = numpyro.deterministic("mu", alpha + X @ beta + tau * treat)
+        effect = tau + delta * nodegree
+        mu = numpyro.deterministic("mu", alpha + X @ beta + effect * treat)
         numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
 
 
@@ -54,6 +56,7 @@ def main() -> None:
     X_raw = df[COVARIATES].to_numpy(np.float32)
     X = (X_raw - X_raw.mean(0)) / X_raw.std(0)
     treat = df["treat"].to_numpy(np.float32)
+    nodegree = df["nodegree"].to_numpy(np.float32)
     y = (df["re78"].to_numpy(np.float32)) / 1000.0
     n = len(df)
     print(f"LaLonde NSW experimental sample: {n} people, {int(treat.sum())} treated.")
@@ -61,13 +64,15 @@ def main() -> None:
     model = ImpactModel(
         kernel,
         rng_key=jax.random.key(0),
-        inference=SVI(kernel, AutoNormal(kernel), Adam(5e-3), Trace_ELBO()),
+        inference=SVI(kernel, AutoNormal(kernel), Adam(0.02), Trace_ELBO()),
     )
-    model.fit(X, y, treat=treat, num_samples=2000, progress=False)
+    model.fit(X, y, treat=treat, nodegree=nodegree, num_samples=2000, progress=False)
     print(f"Fitted with SVI in {len(model.vi_result.losses)} steps.")
 
     # Streamed posterior-predictive draws, persisted as a self-describing Zarr store.
-    predictive = model.predict(X, treat=treat, batch_size=128, output_dir=OUT, progress=False)
+    predictive = model.predict(
+        X, treat=treat, nodegree=nodegree, batch_size=128, output_dir=OUT, progress=False
+    )
     path = predictive.attrs["artifact_path"]
     reopened = dopax.open_result(path)
     y_rep = reopened["posterior_predictive"]["y"]
@@ -85,8 +90,9 @@ def main() -> None:
             "control": {"treat": np.zeros(n, np.float32)},
         },
         baseline="control",
-        by=np.where(df["nodegree"].to_numpy() > 0, "no degree", "degree"),
+        by=np.where(nodegree > 0, "no degree", "degree"),
         treat=treat,
+        nodegree=nodegree,
         progress=False,
     )
     table = result.summary(prob=0.95)
