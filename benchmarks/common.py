@@ -625,3 +625,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def publish(
+    payload: dict[str, Any],
+    machine: dict[str, Any],
+    args: Any,
+    name: str,
+    report: Callable[[dict[str, Any]], str],
+) -> None:
+    """Annotate a workload's payload, print its report and save it unless ``--no-save``."""
+    payload.update(machine=machine, command=" ".join(sys.argv), finished_at=timestamp())
+    print(describe_machine(machine))
+    print()
+    print(report(payload))
+    if not args.no_save:
+        path = save_results(args.name or name, payload)
+        print(f"\nresults: {path}")

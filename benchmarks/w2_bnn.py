@@ -302,13 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         floor_chunk=args.floor_chunk,
         timeout=args.timeout,
     )
-    payload.update(machine=machine, command=" ".join(sys.argv), finished_at=common.timestamp())
-    print(common.describe_machine(machine))
-    print()
-    print(report(payload))
-    if not args.no_save:
-        path = common.save_results(args.name or NAME, payload)
-        print(f"\nresults: {path}")
+    common.publish(payload, machine, args, NAME, report)
     return 0
 
 

@@ -18,7 +18,6 @@ Usage:
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -181,13 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         force=args.force,
         timeout=args.timeout,
     )
-    payload.update(machine=machine, command=" ".join(sys.argv), finished_at=common.timestamp())
-    print(common.describe_machine(machine))
-    print()
-    print(report(payload))
-    if not args.no_save:
-        path = common.save_results(args.name or NAME, payload)
-        print(f"\nresults: {path}")
+    common.publish(payload, machine, args, NAME, report)
     return 0
 
 
