@@ -376,6 +376,10 @@ def worker_main(
     result: dict[str, Any] = {"module": module, "case": args.case, "params": params}
     case: Case | None = None
     try:
+        if params.get("dopax_config"):
+            from dopax.config import set_config
+
+            set_config(**params["dopax_config"])
         start = time.perf_counter()
         case = builders[args.case](params)
         result["setup_seconds"] = time.perf_counter() - start
@@ -423,6 +427,8 @@ def run_case(
     always has ``status`` (``ok``, ``skipped`` or ``failed``); timed cases carry
     ``seconds`` (median), ``times``, ``warmup_seconds`` and ``peak_rss_gib``.
     """
+    if _DOPAX_CONFIG:
+        params = {**params, "dopax_config": dict(_DOPAX_CONFIG)}
     cmd = [sys.executable, "-m", f"benchmarks.{module}", "--case", case, "--json"]
     cmd.append(json.dumps(params))
     print(f"[bench] {module}:{case} {json.dumps(params)}", file=sys.stderr, flush=True)
@@ -610,7 +616,33 @@ def base_arg_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=None, help="seconds per case process")
     parser.add_argument("--name", default=None, help="results file name (without .json)")
     parser.add_argument("--no-save", action="store_true", help="do not write results JSON")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dopax ExecutionConfig setting for the dopax cases, e.g. --set direct_io=false "
+        "(repeatable; values parsed as JSON, else taken as strings; 'none' means None)",
+    )
     return parser
+
+
+#: dopax settings for every case of this run (from ``--set``), sent to workers.
+_DOPAX_CONFIG: dict[str, Any] = {}
+
+
+def use_dopax_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """Record ``KEY=VALUE`` settings that every later :func:`run_case` passes on."""
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            value = None if raw.lower() == "none" else json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        _DOPAX_CONFIG[key.strip()] = value
+    return dict(_DOPAX_CONFIG)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

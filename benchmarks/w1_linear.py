@@ -248,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="dopax codec for this run: zstd, lz4 or none (default: dopax's own default)",
     )
     args = parser.parse_args(argv)
+    common.use_dopax_settings(args.set)
     machine = common.machine_info()
     payload = run_workload(
         n=args.n,

@@ -289,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="draws per vmapped chunk in the floor (default: from a memory budget)",
     )
     args = parser.parse_args(argv)
+    common.use_dopax_settings(args.set)
     machine = common.machine_info()
     payload = run_workload(
         n=args.n,

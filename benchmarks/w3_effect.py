@@ -333,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
     parser.add_argument("--batch-size", type=int, default=None, help="batch_size for dopax")
     args = parser.parse_args(argv)
+    common.use_dopax_settings(args.set)
     machine = common.machine_info()
     payload = run_workload(
         n=args.n,

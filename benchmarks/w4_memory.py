@@ -168,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="predict batch_size")
     parser.add_argument("--force", action="store_true", help="run sizes despite low disk space")
     args = parser.parse_args(argv)
+    common.use_dopax_settings(args.set)
     machine = common.machine_info()
     payload = run_workload(
         sizes=[int(s) for s in args.sizes.split(",") if s],

@@ -26,7 +26,8 @@ class ExecutionConfig:
         pipeline_depth: Number of computed chunks that may wait for the writers.
             Bounds memory; 2 is enough to overlap compute with writing.
         writer_threads: Threads that compress and write chunks to Zarr.
-        compressor: ``"zstd"``, ``"lz4"``, ``"blosc-lz4"`` or ``None`` (no
+        compressor: ``"auto"`` (floating-point variables uncompressed, all
+            others zstd), ``"zstd"``, ``"lz4"``, ``"blosc-lz4"`` or ``None`` (no
             compression). Measured in ``BENCHMARKS.md``.
         compression_level: Codec level where the codec takes one.
         min_batch_rows: Lower bound for the automatic ``batch_size``.
@@ -34,16 +35,21 @@ class ExecutionConfig:
         trim_memory: Return freed heap memory to the operating system after
             each written chunk (glibc only), so resident memory stays flat over
             long calls.
+        direct_io: Write chunk files with ``O_DIRECT`` (Linux), bypassing the
+            page cache, which costs far less CPU per byte on virtual machines
+            (``BENCHMARKS.md``). Filesystems that refuse it fall back to
+            ordinary writes automatically.
     """
 
     memory_budget_bytes: int = 128 * 2**20
     pipeline_depth: int = 2
     writer_threads: int = 2
-    compressor: str | None = "zstd"
+    compressor: str | None = "auto"
     compression_level: int = 1
     min_batch_rows: int = 1
     max_batch_rows: int = 1_000_000
     trim_memory: bool = True
+    direct_io: bool = True
 
     def __post_init__(self) -> None:
         if self.memory_budget_bytes <= 0:
@@ -52,9 +58,9 @@ class ExecutionConfig:
             raise ValueError("`pipeline_depth` must be at least 1.")
         if self.writer_threads < 1:
             raise ValueError("`writer_threads` must be at least 1.")
-        if self.compressor not in (None, "zstd", "lz4", "blosc-lz4"):
+        if self.compressor not in (None, "auto", "zstd", "lz4", "blosc-lz4"):
             raise ValueError(
-                f"`compressor` must be one of None, 'zstd', 'lz4', 'blosc-lz4'; "
+                f"`compressor` must be one of None, 'auto', 'zstd', 'lz4', 'blosc-lz4'; "
                 f"got {self.compressor!r}."
             )
         if not 1 <= self.min_batch_rows <= self.max_batch_rows:

@@ -3,9 +3,10 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from jax.extend import random as jex_random
 from numpyro import handlers
 
-from dopax.sampling.rng import RowKeySeed, draw_words
+from dopax.sampling.rng import RowKeySeed, draw_words, threefry2x32
 
 
 def kernel(n: int) -> None:
@@ -47,3 +48,21 @@ def test_site_keys_follow_names_not_order() -> None:
     words = draw_words(jax.random.key(7), 0)
     alone = handlers.trace(RowKeySeed(one, words, 0)).get_trace(10)["normal"]["value"]
     np.testing.assert_array_equal(np.asarray(alone), run(10, 0)["normal"])
+
+
+def test_threefry_matches_jax_primitive_bit_for_bit() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        k1, k2 = (np.uint32(v) for v in rng.integers(0, 2**32, size=2, dtype=np.uint64))
+        c1 = rng.integers(0, 2**32, size=1000, dtype=np.uint64).astype(np.uint32)
+        c2 = rng.integers(0, 2**32, size=1000, dtype=np.uint64).astype(np.uint32)
+        ours = jax.jit(threefry2x32)(k1, k2, c1, c2)
+        ref = jex_random.threefry2x32_p.bind(
+            jax.numpy.uint32(k1), jax.numpy.uint32(k2), jax.numpy.asarray(c1), jax.numpy.asarray(c2)
+        )
+        np.testing.assert_array_equal(np.asarray(ours[0]), np.asarray(ref[0]))
+        np.testing.assert_array_equal(np.asarray(ours[1]), np.asarray(ref[1]))
+    # the published known-answer vector (Random123, threefry2x32_20, all-ones input)
+    ones = np.uint32(0xFFFFFFFF)
+    y = threefry2x32(ones, ones, np.array([ones]), np.array([ones]))
+    assert (int(y[0][0]), int(y[1][0])) == (0x1CB996FC, 0xBB002BE7)

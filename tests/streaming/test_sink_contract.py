@@ -183,3 +183,26 @@ def test_zarr_sink_codecs(compressor: str | None) -> None:
     codecs = zarr.open_array(store, path="posterior_predictive/y", mode="r").compressors
     names = [type(codec).__name__ for codec in codecs]
     assert names == {None: [], "zstd": ["ZstdCodec"]}.get(compressor, ["BloscCodec"])
+
+
+@pytest.mark.parametrize("direct_io", [True, False])
+def test_auto_codec_stores_floats_raw_and_compresses_the_rest(
+    tmp_path: Path, direct_io: bool
+) -> None:
+    config = ExecutionConfig(compressor="auto", direct_io=direct_io)
+    sink = ZarrSink(tmp_path / "out", config=config)
+    sink.open(LAYOUTS)
+    for layout in LAYOUTS:
+        flat = EXPECTED[layout.name].reshape(S, *layout.shape)
+        sink.write(layout.group, layout.name, (slice(0, S),), flat)
+    tree = sink.close()
+    for layout in LAYOUTS:
+        np.testing.assert_array_equal(
+            tree[f"{layout.group}/{layout.name}"].values, EXPECTED[layout.name]
+        )
+        codecs = zarr.open_array(tmp_path / "out", path=f"{layout.group}/{layout.name}").compressors
+        names = [type(codec).__name__ for codec in codecs]
+        assert names == ([] if np.dtype(layout.dtype).kind == "f" else ["ZstdCodec"]), layout.name
+    # the on-disk chunk of a float variable is its raw little-endian bytes
+    y = tmp_path / "out" / "posterior_predictive" / "y" / "c" / "0" / "0" / "0" / "0"
+    assert y.read_bytes() == np.ascontiguousarray(EXPECTED["y"][0:1, 0:3, 0:2, 0:3]).tobytes()

@@ -6,9 +6,17 @@ implementation defined here. Its key data is three ``uint32`` words
 of the batch. Random bits for an array of shape ``(n, *rest)`` use the Threefry
 counter ``(offset + i, j)`` for element ``(i, j)`` (``j`` the flat index within
 ``rest``), so row ``offset + i`` receives the same bits whatever batch it falls
-in. Generating bits costs one hash per element, exactly as JAX's own
-partitionable Threefry, which is why this scheme costs nothing over plain
-sampling (see ``BENCHMARKS.md``).
+in. Generating bits costs one hash per element, as JAX's own partitionable
+Threefry does.
+
+The hash is Threefry-2x32 with 20 rounds (Salmon et al., 2011), written here
+as plain unrolled integer operations. It gives bit for bit the same output as
+JAX's ``threefry2x32`` primitive (asserted in the tests), but XLA fuses it
+with the code that consumes the bits (e.g. the transform to normal draws)
+into one vectorised loop, whereas the primitive's CPU lowering runs its rounds
+as a loop over whole arrays held in memory. On CPU this makes generating
+normal draws several times faster than ``jax.random.normal``
+(``BENCHMARKS.md``).
 
 Site keys are derived from the draw's key and a hash of the site *name*, so a
 site receives the same random numbers whether or not other sites are
@@ -33,20 +41,50 @@ from jax import lax
 from jax.extend import random as jex_random
 from numpyro.primitives import Messenger
 
-__all__ = ["ROW_KEY_IMPL", "RowKeySeed", "draw_words", "name_tag"]
+__all__ = ["ROW_KEY_IMPL", "RowKeySeed", "draw_words", "name_tag", "threefry2x32"]
 
 _U32 = jnp.uint32
-_THREEFRY = jex_random.threefry2x32_p
 # Counter words reserved for key derivation; bits counters use j < 2**31.
 _TAG_SPLIT = np.uint32(0x80000000)
 _TAG_FOLD = np.uint32(0xFFFFFFFF)
 _TAG_SITE = np.uint32(0xFFFFFFFE)
 
 
-def _hash(k1: jax.Array, k2: jax.Array, c1: Any, c2: Any) -> tuple[jax.Array, jax.Array]:
-    c1, c2 = jnp.broadcast_arrays(jnp.asarray(c1, _U32), jnp.asarray(c2, _U32))
-    y1, y2 = _THREEFRY.bind(k1, k2, c1, c2)
-    return y1, y2
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_PARITY = np.uint32(0x1BD11BDA)
+
+
+def _rotl(x: jax.Array, d: int) -> jax.Array:
+    return (x << np.uint32(d)) | (x >> np.uint32(32 - d))
+
+
+def threefry2x32(k1: Any, k2: Any, c1: Any, c2: Any) -> tuple[jax.Array, jax.Array]:
+    """Threefry-2x32 (20 rounds) of counters ``(c1, c2)`` under key ``(k1, k2)``.
+
+    Equal bit for bit to JAX's ``threefry2x32`` primitive; arguments broadcast.
+
+    Args:
+        k1: First key word (``uint32``).
+        k2: Second key word (``uint32``).
+        c1: First counter words (``uint32`` array).
+        c2: Second counter words (``uint32`` array).
+    """
+    k1 = jnp.asarray(k1, _U32)
+    k2 = jnp.asarray(k2, _U32)
+    x0, x1 = jnp.broadcast_arrays(jnp.asarray(c1, _U32), jnp.asarray(c2, _U32))
+    ks = (k1, k2, k1 ^ k2 ^ _PARITY)
+    x0 = x0 + ks[0]
+    x1 = x1 + ks[1]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = _rotl(x1, r) ^ x0
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x0, x1
+
+
+_hash = threefry2x32
 
 
 def _seed(seed: jax.Array) -> jax.Array:
