@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import uuid
 import weakref
@@ -34,6 +35,8 @@ from dopax.sampling.plan import FULL, ForwardPlan, make_plan
 from dopax.sampling.prepare import BoundArgs, bind_args
 from dopax.sampling.probe import probe_sites
 from dopax.streaming.executor import Job, run_job
+
+logger = logging.getLogger("dopax")
 
 __all__ = ["ImpactModel"]
 
@@ -924,6 +927,13 @@ class ImpactModel:
         draws_per_chain = job.n_draws // chains
         blocks = size_blocks(
             job, chains=chains, batch_size=batch_size, config=cfg, cache=self._block_cache
+        )
+        logger.debug(
+            "%s: blocks of %d draws x %d rows, %d draw-row cells per step",
+            desc,
+            blocks.draw_block,
+            blocks.row_block,
+            blocks.step_cells,
         )
         layouts = []
         for info in job.plan.outputs:

@@ -17,12 +17,16 @@ class BlockPlan:
         row_block: Rows per block (all rows on the draw-axis path).
         n_draws: Total draws (all chains).
         n_rows: Total rows.
+        step_cells: Draw-by-row cells computed per sequential step inside a
+            block (see :func:`dopax.sampling.forward.forward_block`); a block
+            of at most this many cells runs in one vectorised step.
     """
 
     draw_block: int
     row_block: int
     n_draws: int
     n_rows: int
+    step_cells: int = 1 << 12
 
     def blocks(self) -> list[tuple[int, int, int, int]]:
         """Return ``(draw_start, draw_stop, row_start, row_stop)`` for every block, rows outer."""

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dopax.sampling.forward import PassSpec, forward_block
+from dopax.sampling.forward import CELLS_PER_STEP, PassSpec, forward_block
 
 __all__ = ["OBS", "DRAW", "local_mesh", "compiled_block", "BlockFn"]
 
@@ -51,7 +51,11 @@ def _out_spec(row_axis: int | None, shard_axis: str) -> PartitionSpec:
 
 @functools.lru_cache(maxsize=64)
 def compiled_block(
-    spec: PassSpec, row_axes: tuple[int | None, ...], shard_axis: str, n_dev: int
+    spec: PassSpec,
+    row_axes: tuple[int | None, ...],
+    shard_axis: str,
+    n_dev: int,
+    cells_per_step: int = CELLS_PER_STEP,
 ) -> BlockFn:
     """Return the jitted, sharded block function for a pass.
 
@@ -65,6 +69,8 @@ def compiled_block(
         row_axes: Each return site's row axis (``None`` for none).
         shard_axis: ``"obs"`` or ``"draw"``.
         n_dev: Number of devices in the mesh.
+        cells_per_step: Draw-by-row cells per sequential step on each device
+            (see :func:`~dopax.sampling.forward.forward_block`).
     """
     mesh = local_mesh()
 
@@ -95,6 +101,7 @@ def compiled_block(
             shared_do,
             anchor_args,
             anchor_do,
+            cells_per_step,
         )
 
     if n_dev == 1:

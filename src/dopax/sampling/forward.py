@@ -21,7 +21,8 @@ from dopax.sampling.rng import RowKeySeed, draw_words
 __all__ = ["PassSpec", "forward_draw", "forward_block"]
 
 PREDICT = "predict"
-#: Draw-by-row cells computed per sequential step of a block.
+#: Default (and smallest) number of draw-by-row cells computed per sequential
+#: step of a block; streamed calls size steps from the kernel's temporaries.
 CELLS_PER_STEP = 1 << 12
 LOG_LIKELIHOOD = "log_likelihood"
 
@@ -139,12 +140,15 @@ def forward_block(
     shared_intervention: Mapping[str, Any],
     anchor_args: Mapping[str, Any],
     anchor_intervention: Mapping[str, Any],
+    cells_per_step: int = CELLS_PER_STEP,
 ) -> dict[str, jax.Array]:
     """Run :func:`forward_draw` for a block of draws on one block of rows.
 
-    Draws run vmapped in sequential steps sized so that each step covers
-    about 65,536 draw-row cells: one step for small blocks, one draw per
-    step for blocks of 65,536 rows or more.
+    Draws run vmapped in sequential steps of about ``cells_per_step``
+    draw-row cells each: one step (all draws vectorised, which XLA fuses
+    and spreads over all cores) when the block has at most that many cells,
+    one draw per step for blocks of more rows than that. Steps bound the
+    memory of intermediate values (e.g. a neural network's activations).
 
     Args:
         spec: The static pass description.
@@ -158,6 +162,7 @@ def forward_block(
         shared_intervention: Intervention values used whole.
         anchor_args: Row arguments of the anchor row (see :func:`forward_draw`).
         anchor_intervention: Row intervention values of the anchor row.
+        cells_per_step: Draw-by-row cells per sequential step.
 
     Returns:
         Each output with a leading draw axis of size ``D``.
@@ -180,7 +185,7 @@ def forward_block(
 
     n_draws = draw_indices.shape[0]
     n_rows = max((jnp.shape(v)[0] for v in row_args.values()), default=1)
-    per_step = max(1, min(n_draws, CELLS_PER_STEP // max(int(n_rows), 1)))
+    per_step = max(1, min(n_draws, int(cells_per_step) // max(int(n_rows), 1)))
     if per_step >= n_draws:
         return jax.vmap(one)(draw_indices, dict(latent))
     # Draws in sequential steps of ``per_step`` (vmapped within a step): large

@@ -20,7 +20,7 @@ import numpy as np
 
 from dopax.parallel.batching import BlockPlan, ceil_to
 from dopax.parallel.sharded import DRAW, OBS, compiled_block, device_count, pad_leading, place
-from dopax.sampling.forward import PassSpec
+from dopax.sampling.forward import CELLS_PER_STEP, PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan
 from dopax.sampling.prepare import read_rows
 
@@ -67,7 +67,7 @@ def _slice_rows(tree: Mapping[str, Any], start: int, stop: int, size: int) -> di
 class _Runner:
     """The compiled block function of a job and its whole-call arguments."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, cells_per_step: int = CELLS_PER_STEP) -> None:
         self.job = job
         self.n_dev = device_count()
         self.full = job.plan.path == FULL
@@ -76,7 +76,7 @@ class _Runner:
             shard_axis = DRAW if self.n_dev > 1 else OBS
         self.shard_axis = shard_axis
         row_axes = tuple(info.row_axis for info in job.plan.outputs)
-        self.fn = compiled_block(job.spec, row_axes, shard_axis, self.n_dev)
+        self.fn = compiled_block(job.spec, row_axes, shard_axis, self.n_dev, cells_per_step)
         row_names = set(job.plan.row_intervention_sites)
         self.row_do = {k: v for k, v in job.intervention.items() if k in row_names}
         self.shared_do = place(
@@ -120,26 +120,26 @@ class _Runner:
         )
 
 
-def block_bytes(job: Job, draws: int, rows: int) -> int:
-    """Return the bytes one block of ``draws x rows`` needs inside the compiled program.
+def block_bytes(job: Job, draws: int, rows: int) -> tuple[int, int]:
+    """Return ``(temporary, output)`` bytes of one block of ``draws x rows``.
 
-    Reads XLA's own memory analysis of the block function at that shape
-    (temporaries plus outputs), so kernels with large intermediate values
-    (e.g. neural-network activations) get smaller blocks than their outputs
-    alone would suggest.
+    Reads XLA's own memory analysis of the block function compiled at that
+    shape with all draws in one vectorised step, so kernels with large
+    intermediate values (e.g. neural-network activations) get smaller steps
+    and blocks than their outputs alone would suggest.
 
     Args:
         job: The job.
         draws: Draws in the probe block.
         rows: Rows in the probe block.
     """
-    runner = _Runner(job)
+    runner = _Runner(job, cells_per_step=1 << 62)
     args = runner.args(0, min(draws, job.n_draws), 0, min(rows, max(job.n_rows, 1)))
     compiled: Any = runner.fn
     stats = compiled.lower(*args).compile().memory_analysis()
     if stats is None:  # pragma: no cover - backends without memory analysis
-        return 0
-    return int(stats.temp_size_in_bytes + stats.output_size_in_bytes)
+        return 0, 0
+    return int(stats.temp_size_in_bytes), int(stats.output_size_in_bytes)
 
 
 def run_job(
@@ -162,7 +162,7 @@ def run_job(
         should_stop: Polled between blocks; when it returns ``True`` the run
             stops early (the caller reports why).
     """
-    runner = _Runner(job)
+    runner = _Runner(job, blocks.step_cells)
     infos = job.plan.outputs
     for d0, d1, r0, r1 in blocks.blocks():
         if should_stop is not None and should_stop():

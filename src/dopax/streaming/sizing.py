@@ -6,6 +6,7 @@ import numpy as np
 
 from dopax.config import ExecutionConfig
 from dopax.parallel.batching import BlockPlan, plan_blocks
+from dopax.sampling.forward import CELLS_PER_STEP
 from dopax.sampling.plan import FULL
 from dopax.streaming.executor import Job, block_bytes
 
@@ -33,6 +34,47 @@ def output_bytes(job: Job) -> tuple[int, int]:
     return per_row, per_draw
 
 
+def _temp_per_cell(job: Job, cache: dict[object, float]) -> float:
+    """Return the compiled block's temporary bytes per (draw, row) cell.
+
+    Two probe blocks of different sizes are compiled with all draws in one
+    vectorised step, and the slope of XLA's temporary bytes between them is
+    taken, so that fixed-size temporaries (constants, the kernel's small
+    parameters) do not count as if they grew with the block.
+    """
+    full = job.plan.path == FULL
+    n_rows = max(job.n_rows, 1)
+    if full:
+        # Rows cannot be split: vary the draws.
+        small = (min(2, job.n_draws), n_rows)
+        large = (min(_PROBE_DRAWS, job.n_draws), n_rows)
+    else:
+        draws = min(_PROBE_DRAWS, job.n_draws)
+        small = (draws, min(_PROBE_ROWS, n_rows))
+        large = (draws, min(4 * _PROBE_ROWS, n_rows))
+    key = (
+        job.spec,
+        job.plan,
+        small,
+        large,
+        tuple((k, np.shape(v)[1:]) for k, v in sorted(job.rows.items())),
+        tuple((k, np.shape(v)) for k, v in sorted(job.shared.items())),
+    )
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    temp_small, _ = block_bytes(job, *small)
+    cells_small = small[0] * small[1]
+    if large == small:
+        per_cell = temp_small / cells_small
+    else:
+        temp_large, _ = block_bytes(job, *large)
+        slope = (temp_large - temp_small) / (large[0] * large[1] - cells_small)
+        per_cell = max(slope, 0.0)
+    cache[key] = per_cell
+    return per_cell
+
+
 def size_blocks(
     job: Job,
     *,
@@ -41,11 +83,16 @@ def size_blocks(
     config: ExecutionConfig,
     cache: dict[object, float],
 ) -> BlockPlan:
-    """Choose block shapes so one block's working memory stays within the budget.
+    """Choose block and step shapes so one block's working memory stays within the budget.
 
-    The working memory of a block is read from XLA's memory analysis of the
-    compiled block function at a small probe shape and scaled per (draw, row)
-    cell; the outputs alone set the floor.
+    A block's memory is its outputs plus the temporaries of one step of draws
+    inside it. Temporaries per (draw, row) cell are read from XLA's memory
+    analysis of the compiled block function at two probe shapes. Steps get at
+    most half the budget: a kernel whose intermediate values fuse away (a
+    linear predictor and its noise) runs each block as one vectorised step,
+    which XLA spreads over all cores; a neural network runs a few draws per
+    step so that its activations stay bounded. The outputs alone set the
+    floor of the block size.
 
     Args:
         job: The job.
@@ -56,24 +103,10 @@ def size_blocks(
     """
     per_row, per_draw = output_bytes(job)
     full = job.plan.path == FULL
-    probe_draws = min(_PROBE_DRAWS, job.n_draws)
-    probe_rows = max(job.n_rows, 1) if full else min(_PROBE_ROWS, max(job.n_rows, 1))
-    key = (
-        job.spec,
-        job.plan,
-        probe_draws,
-        probe_rows,
-        tuple((k, np.shape(v)[1:]) for k, v in sorted(job.rows.items())),
-        tuple((k, np.shape(v)) for k, v in sorted(job.shared.items())),
-    )
-    per_cell = cache.get(key)
-    if per_cell is None:
-        per_cell = block_bytes(job, probe_draws, probe_rows) / (probe_draws * probe_rows)
-        cache[key] = per_cell
-    # The probe block runs in one vmapped step, so its per-cell bytes bound the
-    # working memory of a step; a step covers max(rows, CELLS) cells (one draw
-    # per step once a block has CELLS rows), and outputs fill the whole block.
+    temp_cell = _temp_per_cell(job, cache)
     budget = config.memory_budget_bytes
+    step_cells = int(min(1 << 40, (budget // 2) / max(temp_cell, 1e-9)))
+    step_cells = max(CELLS_PER_STEP, step_cells)
     blocks = plan_blocks(
         n_draws=job.n_draws,
         draws_per_chain=job.n_draws // chains,
@@ -86,19 +119,12 @@ def size_blocks(
         min_rows=config.min_batch_rows,
         max_rows=config.max_batch_rows,
     )
-    if batch_size is not None or full:
-        return blocks
     draw_block, row_block = blocks.draw_block, blocks.row_block
-    while row_block > 1:
-        outputs = draw_block * row_block * per_row + draw_block * per_draw
-        working = per_cell * max(row_block, _step_cells())
-        if outputs + working <= budget:
-            break
-        row_block = max(1, row_block // 2)
-    return BlockPlan(draw_block, row_block, blocks.n_draws, blocks.n_rows)
-
-
-def _step_cells() -> int:
-    from dopax.sampling.forward import CELLS_PER_STEP
-
-    return CELLS_PER_STEP
+    if batch_size is None and not full:
+        while row_block > 1:
+            outputs = draw_block * row_block * per_row + draw_block * per_draw
+            step = min(draw_block * row_block, max(row_block, step_cells))
+            if outputs + temp_cell * step <= budget:
+                break
+            row_block = max(1, row_block // 2)
+    return BlockPlan(draw_block, row_block, blocks.n_draws, blocks.n_rows, step_cells)
