@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -206,3 +207,35 @@ def test_auto_codec_stores_floats_raw_and_compresses_the_rest(
     # the on-disk chunk of a float variable is its raw little-endian bytes
     y = tmp_path / "out" / "posterior_predictive" / "y" / "c" / "0" / "0" / "0" / "0"
     assert y.read_bytes() == np.ascontiguousarray(EXPECTED["y"][0:1, 0:3, 0:2, 0:3]).tobytes()
+
+
+class FailingStaticSink(ZarrSink):
+    """A Zarr folder whose disk fills while the posterior is written (OS error injected)."""
+
+    def _write_whole_chunk(self, layout, target, region, piece, chunks):  # type: ignore[no-untyped-def]
+        if layout.group == "posterior":
+            raise OSError(28, "No space left on device")
+        return super()._write_whole_chunk(layout, target, region, piece, chunks)
+
+
+def test_static_write_failure_surfaces_at_close_and_removes_the_folder(tmp_path: Path) -> None:
+    sink = FailingStaticSink(tmp_path / "out")
+    sink.open(LAYOUTS[:1], static=STATIC, attrs=ATTRS)
+    layout = LAYOUTS[0]
+    sink.write(layout.group, layout.name, (slice(0, S),), EXPECTED["y"].reshape(S, 5, 3))
+    with pytest.raises(OSError, match="No space left"):
+        sink.close()
+    assert not (tmp_path / "out").exists()
+    assert not [t for t in threading.enumerate() if t.name == "dopax-static-writer"]
+
+
+def test_large_static_variable_is_chunked_by_draws(tmp_path: Path) -> None:
+    big = np.random.default_rng(5).normal(size=(1, 100, 400, 500)).astype("float32")  # 80 MB
+    sink = ZarrSink(tmp_path / "out")
+    sink.open(LAYOUTS[:1], static={"posterior": {"w": big}})
+    layout = LAYOUTS[0]
+    sink.write(layout.group, layout.name, (slice(0, S),), EXPECTED["y"].reshape(S, 5, 3))
+    tree = sink.close()
+    stored = zarr.open_array(tmp_path / "out", path="posterior/w")
+    assert stored.chunks[0] == 1 and stored.chunks[1] < 100
+    np.testing.assert_array_equal(tree["posterior/w"].values, big)

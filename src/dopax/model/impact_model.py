@@ -145,7 +145,7 @@ class ImpactModel:
         self._counter = itertools.count()
         self._temp: TempFolder | None = None
         self._plans: dict[Any, ForwardPlan] = {}
-        self._block_cache: dict[object, float] = {}
+        self._block_cache: dict[object, tuple[float, float]] = {}
         ImpactModel._live.add(self)
 
     # ------------------------------------------------------------------ properties

@@ -120,8 +120,8 @@ class _Runner:
         )
 
 
-def block_bytes(job: Job, draws: int, rows: int) -> tuple[int, int]:
-    """Return ``(temporary, output)`` bytes of one block of ``draws x rows``.
+def block_bytes(job: Job, draws: int, rows: int) -> tuple[int, int, float]:
+    """Return ``(temporary bytes, output bytes, flops)`` of one block of ``draws x rows``.
 
     Reads XLA's own memory analysis of the block function compiled at that
     shape with all draws in one vectorised step, so kernels with large
@@ -136,10 +136,19 @@ def block_bytes(job: Job, draws: int, rows: int) -> tuple[int, int]:
     runner = _Runner(job, cells_per_step=1 << 62)
     args = runner.args(0, min(draws, job.n_draws), 0, min(rows, max(job.n_rows, 1)))
     compiled: Any = runner.fn
-    stats = compiled.lower(*args).compile().memory_analysis()
+    executable = compiled.lower(*args).compile()
+    stats = executable.memory_analysis()
+    flops = 0.0
+    try:
+        cost = executable.cost_analysis()
+        if isinstance(cost, list | tuple):  # older JAX: one dict per program
+            cost = cost[0] if cost else {}
+        flops = float((cost or {}).get("flops", 0.0))
+    except Exception:  # pragma: no cover - backends without cost analysis
+        flops = 0.0
     if stats is None:  # pragma: no cover - backends without memory analysis
-        return 0, 0
-    return int(stats.temp_size_in_bytes), int(stats.output_size_in_bytes)
+        return 0, 0, flops
+    return int(stats.temp_size_in_bytes), int(stats.output_size_in_bytes), flops
 
 
 def run_job(

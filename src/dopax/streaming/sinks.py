@@ -103,6 +103,19 @@ class Sink(Protocol):
         ...
 
 
+#: Largest chunk of a static variable (bytes); chunks split the draws.
+_STATIC_CHUNK_BYTES = 64 * 2**20
+
+
+def _static_layout(group: str, name: str, array: np.ndarray) -> SiteLayout:
+    """Return the layout of a static variable: whole draws per chunk, chunks of at most 64 MB."""
+    chains, draws = int(array.shape[0]), int(array.shape[1])
+    rest = tuple(int(n) for n in array.shape[2:])
+    per_draw = max(int(np.prod(rest, dtype=np.int64)) * array.dtype.itemsize, 1)
+    draw_chunk = max(1, min(draws, _STATIC_CHUNK_BYTES // per_draw))
+    return SiteLayout(group, name, chains, draws, rest, array.dtype.str, (1, draw_chunk, *rest))
+
+
 def codec_for(config: ExecutionConfig, dtype: Any) -> str | None:
     """Return the codec a variable of ``dtype`` is stored with under ``config``.
 
@@ -446,6 +459,9 @@ class ZarrSink(_LayoutSink):
         self._arrays: dict[tuple[str, str], zarr.Array[Any]] = {}
         self._stripes = [threading.Lock() for _ in range(_NUM_LOCK_STRIPES)]
         self._encoders: dict[tuple[str, str], Callable[[np.ndarray], Any] | None] = {}
+        self._pending_static: list[tuple[SiteLayout, np.ndarray]] = []
+        self._static_thread: threading.Thread | None = None
+        self._static_error: BaseException | None = None
         self._files = FileWriter(direct=self._config.direct_io)
 
     @staticmethod
@@ -475,6 +491,17 @@ class ZarrSink(_LayoutSink):
             FileExistsError: If the folder or store is no longer empty.
         """
         self._declare(layouts, static, attrs)
+        # Static variables (the posterior, often the largest of them) are
+        # declared like streamed ones and written by a background thread while
+        # the draws are computed; close() waits for it.
+        self._pending_static = []
+        for group, variables in self._static.items():
+            for name, value in variables.items():
+                static_layout = _static_layout(group, name, value)
+                self._layouts[(group, name)] = static_layout
+                flat = value.reshape(-1, *static_layout.shape)
+                self._pending_static.append((static_layout, flat))
+        self._static = {}
         root_attrs = dict(self._attrs)
         if self._path is not None:
             self._check_new_folder(self._path)
@@ -529,7 +556,28 @@ class ZarrSink(_LayoutSink):
             if tuple(array.chunks) != self._chunks(layout):  # pragma: no cover - defensive
                 raise StreamingError(f"Unexpected chunks for {group}/{name}: {array.chunks}.")
         self._state = "open"
+        if self._pending_static:
+            self._static_thread = threading.Thread(
+                target=self._write_static, name="dopax-static-writer", daemon=True
+            )
+            self._static_thread.start()
         logger.debug("Opened Zarr sink %s with %d variables", self._store, len(self._layouts))
+
+    def _write_static(self) -> None:
+        try:
+            for layout, flat in self._pending_static:
+                if self._state != "open":
+                    return
+                self.write(layout.group, layout.name, (slice(0, flat.shape[0]),), flat)
+        except BaseException as err:  # reported by close()
+            self._static_error = err
+
+    def _join_static(self) -> None:
+        thread = self._static_thread
+        if thread is not None:
+            thread.join()
+            self._static_thread = None
+        self._pending_static = []
 
     @staticmethod
     def _chunks(layout: SiteLayout) -> tuple[int, ...]:
@@ -614,9 +662,21 @@ class ZarrSink(_LayoutSink):
         return True
 
     def close(self) -> xr.DataTree:
-        """Consolidate metadata, mark the store complete and return it opened lazily."""
+        """Wait for the static variables, consolidate metadata, mark the store complete.
+
+        Returns the result opened lazily.
+
+        Raises:
+            BaseException: The error that stopped the writing of the static
+                variables (the partial result is removed first).
+        """
         self._check_open()
         assert self._store is not None
+        self._join_static()
+        if self._static_error is not None:
+            err = self._static_error
+            self.abort()
+            raise err
         with warnings.catch_warnings():
             warnings.filterwarnings(
                 "ignore",
@@ -641,6 +701,7 @@ class ZarrSink(_LayoutSink):
             logger.debug("abort() after close() leaves the complete result in place.")
             return
         self._state = "aborted"
+        self._join_static()
         self._arrays = {}
         if not self._owns_target:
             return

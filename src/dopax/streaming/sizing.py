@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from dopax.config import ExecutionConfig
@@ -14,6 +15,9 @@ __all__ = ["size_blocks"]
 
 _PROBE_DRAWS = 8
 _PROBE_ROWS = 256
+#: Flops per draw-row cell above which a kernel counts as dominated by matrix
+#: products (a linear predictor with noise: tens; W2's network: about 90,000).
+MATMUL_FLOPS_PER_CELL = 2_000.0
 
 
 def output_bytes(job: Job) -> tuple[int, int]:
@@ -34,8 +38,8 @@ def output_bytes(job: Job) -> tuple[int, int]:
     return per_row, per_draw
 
 
-def _temp_per_cell(job: Job, cache: dict[object, float]) -> float:
-    """Return the compiled block's temporary bytes per (draw, row) cell.
+def _per_cell(job: Job, cache: dict[object, tuple[float, float]]) -> tuple[float, float]:
+    """Return the compiled block's ``(temporary bytes, flops)`` per (draw, row) cell.
 
     Two probe blocks of different sizes are compiled with all draws in one
     vectorised step, and the slope of XLA's temporary bytes between them is
@@ -63,14 +67,15 @@ def _temp_per_cell(job: Job, cache: dict[object, float]) -> float:
     cached = cache.get(key)
     if cached is not None:
         return cached
-    temp_small, _ = block_bytes(job, *small)
+    temp_small, _, flops_small = block_bytes(job, *small)
     cells_small = small[0] * small[1]
     if large == small:
-        per_cell = temp_small / cells_small
+        per_cell = (temp_small / cells_small, flops_small / cells_small)
     else:
-        temp_large, _ = block_bytes(job, *large)
-        slope = (temp_large - temp_small) / (large[0] * large[1] - cells_small)
-        per_cell = max(slope, 0.0)
+        temp_large, _, flops_large = block_bytes(job, *large)
+        cells_large = large[0] * large[1]
+        slope = (temp_large - temp_small) / (cells_large - cells_small)
+        per_cell = (max(slope, 0.0), flops_large / cells_large)
     cache[key] = per_cell
     return per_cell
 
@@ -81,7 +86,7 @@ def size_blocks(
     chains: int,
     batch_size: int | None,
     config: ExecutionConfig,
-    cache: dict[object, float],
+    cache: dict[object, tuple[float, float]],
 ) -> BlockPlan:
     """Choose block and step shapes so one block's working memory stays within the budget.
 
@@ -91,8 +96,11 @@ def size_blocks(
     most half the budget: a kernel whose intermediate values fuse away (a
     linear predictor and its noise) runs each block as one vectorised step,
     which XLA spreads over all cores; a neural network runs a few draws per
-    step so that its activations stay bounded. The outputs alone set the
-    floor of the block size.
+    step so that its activations stay bounded. On CPU, kernels dominated by
+    matrix products (over :data:`MATMUL_FLOPS_PER_CELL` flops per cell, from
+    XLA's cost analysis) run one draw per step: XLA's CPU batched matrix
+    products cost about 1.25 x the time of one plain product per draw
+    (``BENCHMARKS.md``, W2). The outputs alone set the floor of the block size.
 
     Args:
         job: The job.
@@ -103,10 +111,11 @@ def size_blocks(
     """
     per_row, per_draw = output_bytes(job)
     full = job.plan.path == FULL
-    temp_cell = _temp_per_cell(job, cache)
+    temp_cell, flops_cell = _per_cell(job, cache)
     budget = config.memory_budget_bytes
     step_cells = int(min(1 << 40, (budget // 2) / max(temp_cell, 1e-9)))
     step_cells = max(CELLS_PER_STEP, step_cells)
+    one_draw_steps = flops_cell >= MATMUL_FLOPS_PER_CELL and jax.default_backend() == "cpu"
     blocks = plan_blocks(
         n_draws=job.n_draws,
         draws_per_chain=job.n_draws // chains,
@@ -119,12 +128,19 @@ def size_blocks(
         min_rows=config.min_batch_rows,
         max_rows=config.max_batch_rows,
     )
+
+    def step_for(row_block: int) -> int:
+        if one_draw_steps:
+            return max(CELLS_PER_STEP, min(step_cells, row_block))
+        return step_cells
+
     draw_block, row_block = blocks.draw_block, blocks.row_block
     if batch_size is None and not full:
         while row_block > 1:
             outputs = draw_block * row_block * per_row + draw_block * per_draw
-            step = min(draw_block * row_block, max(row_block, step_cells))
+            step = min(draw_block * row_block, max(row_block, step_for(row_block)))
             if outputs + temp_cell * step <= budget:
                 break
             row_block = max(1, row_block // 2)
+    step_cells = step_for(row_block)
     return BlockPlan(draw_block, row_block, blocks.n_draws, blocks.n_rows, step_cells)
