@@ -19,10 +19,12 @@ class ExecutionConfig:
     """Settings that tune streamed execution.
 
     Attributes:
-        memory_budget_bytes: Target bytes of host memory for one chunk of outputs
-            (all returned sites, all draws in the chunk). The automatic
-            ``batch_size`` is derived from it; peak memory is about
-            ``(pipeline_depth + writer_threads + 2)`` chunks.
+        memory_budget_bytes: Target bytes of memory a streamed call holds at
+            once on top of the model: every chunk of outputs in flight
+            (``pipeline_depth + writer_threads + 1`` chunks: queued, being
+            written, being computed) plus the kernel's temporaries for the
+            chunk being computed. The automatic ``batch_size`` is derived from
+            it, so peak memory does not depend on the data size.
         pipeline_depth: Number of computed chunks that may wait for the writers.
             Bounds memory; 2 is enough to overlap compute with writing.
         writer_threads: Threads that compress and write chunks to Zarr.
@@ -41,7 +43,7 @@ class ExecutionConfig:
             ordinary writes automatically.
     """
 
-    memory_budget_bytes: int = 128 * 2**20
+    memory_budget_bytes: int = 384 * 2**20
     pipeline_depth: int = 2
     writer_threads: int = 2
     compressor: str | None = "auto"

@@ -171,7 +171,10 @@ def run_comparison(
     elif batch_size is not None:
         row_block = min(batch_size, n_rows)
     else:
-        row_block = int(max(1, min(n_rows, cfg.memory_budget_bytes // per_row_bytes)))
+        # Two blocks are alive at once (one computing, one whose intervals are
+        # taken on the host), each with its differences and their quantile
+        # workspace: a third of the budget per block.
+        row_block = int(max(1, min(n_rows, cfg.memory_budget_bytes // 3 // per_row_bytes)))
     fn = scenario_block_fn(spec, site, n_s, b_index, len(labels), float(interval), True, keep_draws)
     kept = (
         _KeptDraws(model, posterior, site, names, prepared[0][3], row_block, store, output_dir)

@@ -89,6 +89,7 @@ class _Runner:
         self.anchor_do = place(
             {k: jnp.asarray(read_rows(v, 0, 1)) for k, v in self.row_do.items()}, False
         )
+        self._draw_cache: dict[tuple[int, int], tuple[Any, Any]] = {}
 
     def padded(self, nd: int, nr: int) -> tuple[int, int]:
         """Return the block's draw and row counts padded for the device split."""
@@ -96,21 +97,39 @@ class _Runner:
         pad_r = ceil_to(nr, self.n_dev) if (self.shard_axis == OBS and not self.full) else nr
         return pad_d, pad_r
 
+    def _draw_args(self, d0: int, d1: int) -> tuple[Any, Any]:
+        """Return the placed draw indices and latent values of draws ``d0:d1``.
+
+        Blocks iterate rows outer and draws inner, and usually hold every draw,
+        so the latent values (a network's weights: hundreds of MB) are put on
+        the devices once per draw range rather than once per block.
+        """
+        cached = self._draw_cache.get((d0, d1))
+        if cached is None:
+            job = self.job
+            pad_d, _ = self.padded(d1 - d0, 1)
+            split_draws = self.shard_axis == DRAW and self.n_dev > 1
+            draws = pad_leading(np.arange(d0, d1, dtype=np.int32), pad_d)
+            latent = {k: pad_leading(v[d0:d1], pad_d) for k, v in job.latent.items()}
+            cached = (place(draws, split_draws), place(latent, split_draws))
+            if len(self._draw_cache) >= 2:
+                self._draw_cache.clear()
+            self._draw_cache[(d0, d1)] = cached
+        return cached
+
     def args(self, d0: int, d1: int, r0: int, r1: int) -> tuple[Any, ...]:
         """Return the block function's arguments for one block."""
         job = self.job
-        pad_d, pad_r = self.padded(d1 - d0, r1 - r0)
-        draws = pad_leading(np.arange(d0, d1, dtype=np.int32), pad_d)
-        latent = {k: pad_leading(v[d0:d1], pad_d) for k, v in job.latent.items()}
+        _, pad_r = self.padded(d1 - d0, r1 - r0)
+        draws, latent = self._draw_args(d0, d1)
         rows = _slice_rows(job.rows, r0, r1, pad_r)
         rdo = _slice_rows(self.row_do, r0, r1, pad_r)
-        split_draws = self.shard_axis == DRAW and self.n_dev > 1
         split_rows = self.shard_axis == OBS and self.n_dev > 1
         return (
             job.call_key,
-            place(draws, split_draws),
+            draws,
             jnp.asarray(r0, jnp.uint32),
-            place(latent, split_draws),
+            latent,
             place(rows, split_rows),
             self.shared,
             place(rdo, split_rows),

@@ -88,10 +88,15 @@ def size_blocks(
     config: ExecutionConfig,
     cache: dict[object, tuple[float, float]],
 ) -> BlockPlan:
-    """Choose block and step shapes so one block's working memory stays within the budget.
+    """Choose block and step shapes so a call's streaming memory stays within the budget.
 
-    A block's memory is its outputs plus the temporaries of one step of draws
-    inside it. Temporaries per (draw, row) cell are read from XLA's memory
+    The budget covers every block alive at once: up to
+    ``pipeline_depth + writer_threads + 1`` blocks of outputs (queued, being
+    written, being computed) plus the temporaries of one step of draws inside
+    the block being computed. Sizing blocks from the whole pipeline, rather
+    than from one block, makes peak memory the same for a call that fills the
+    pipeline (millions of rows) and one that barely does (``BENCHMARKS.md``,
+    W4). Temporaries per (draw, row) cell are read from XLA's memory
     analysis of the compiled block function at two probe shapes. Steps get at
     most half the budget: a kernel whose intermediate values fuse away (a
     linear predictor and its noise) runs each block as one vectorised step,
@@ -113,6 +118,7 @@ def size_blocks(
     full = job.plan.path == FULL
     temp_cell, flops_cell = _per_cell(job, cache)
     budget = config.memory_budget_bytes
+    alive = config.pipeline_depth + config.writer_threads + 1
     step_cells = int(min(1 << 40, (budget // 2) / max(temp_cell, 1e-9)))
     step_cells = max(CELLS_PER_STEP, step_cells)
     one_draw_steps = flops_cell >= MATMUL_FLOPS_PER_CELL and jax.default_backend() == "cpu"
@@ -122,7 +128,7 @@ def size_blocks(
         n_rows=job.n_rows,
         bytes_per_draw_row=max(per_row, 1),
         bytes_per_draw=per_draw,
-        budget=budget,
+        budget=budget // alive,
         batch_size=batch_size,
         split_rows=not full,
         min_rows=config.min_batch_rows,
@@ -139,7 +145,7 @@ def size_blocks(
         while row_block > 1:
             outputs = draw_block * row_block * per_row + draw_block * per_draw
             step = min(draw_block * row_block, max(row_block, step_for(row_block)))
-            if outputs + temp_cell * step <= budget:
+            if alive * outputs + temp_cell * step <= budget:
                 break
             row_block = max(1, row_block // 2)
     step_cells = step_for(row_block)
