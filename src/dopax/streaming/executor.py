@@ -199,7 +199,10 @@ def run_job(
         pad_d, pad_r = runner.padded(nd, nr)
         out = runner.fn(*runner.args(d0, d1, r0, r1))
         for info in infos:
-            value = out[info.name]
+            # Take each output out of ``out`` and drop it once handed over, so
+            # this loop never keeps a block alive while waiting for the writers
+            # (the memory budget counts one block here).
+            value = out.pop(info.name)
             if pad_d != nd:
                 value = value[:nd]
             if info.row_axis is None:
@@ -217,5 +220,7 @@ def run_job(
                     ),
                 )
             emit(info.name, index, value)
+            del value
+        del out
         if on_block is not None:
             on_block(nr, nd)
