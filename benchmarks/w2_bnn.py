@@ -134,6 +134,10 @@ def build_floor(params: dict[str, Any]) -> common.Case:
             return jnp.sum(y, dtype=jnp.int32)
 
         keys = jax.random.split(key, num_draws)
+        if chunk == 1:
+            # A plain loop over draws; batch_size=1 would vmap each draw by one,
+            # turning its matrix products into slower batched ones on CPU.
+            return jnp.sum(jax.lax.map(one_draw, (post, keys)))
         return jnp.sum(jax.lax.map(one_draw, (post, keys), batch_size=chunk))
 
     key = jax.random.key(2)

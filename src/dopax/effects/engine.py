@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
@@ -175,7 +176,8 @@ def run_comparison(
         # taken on the host), each with its differences and their quantile
         # workspace: a third of the budget per block.
         row_block = int(max(1, min(n_rows, cfg.memory_budget_bytes // 3 // per_row_bytes)))
-    fn = scenario_block_fn(spec, site, n_s, b_index, len(labels), float(interval), True, keep_draws)
+    fn_args = (spec, site, n_s, b_index, len(labels), float(interval), True, keep_draws)
+    fn: Any = None
     kept = (
         _KeptDraws(model, posterior, site, names, prepared[0][3], row_block, store, output_dir)
         if keep_draws
@@ -218,7 +220,7 @@ def run_comparison(
                 size = row_block
                 mask = np.zeros(size, np.float32)
                 mask[: r1 - r0] = 1.0
-                out = fn(
+                args = (
                     key,
                     draw_idx,
                     jnp.asarray(r0, jnp.uint32),
@@ -238,6 +240,9 @@ def run_comparison(
                     jnp.asarray(pad_leading(codes[r0:r1], size)),
                     jnp.asarray(mask),
                 )
+                if fn is None:
+                    fn = _block_program(fn_args, args, n_draws * size, cfg.memory_budget_bytes)
+                out = fn(*args)
                 pending.append((r0, r1, out))
                 if len(pending) > 1:
                     collect(*pending.pop(0))
@@ -444,3 +449,33 @@ def _effect_tree(
     tree = xr.DataTree(children=children)
     tree.attrs.update(base_attrs({"baseline": names[b_index], "site": site}))
     return tree
+
+
+def _block_program(
+    fn_args: tuple[Any, ...], args: tuple[Any, ...], cells: int, budget: int
+) -> Callable[..., dict[str, Any]]:
+    """Return the compiled scenario block program for blocks shaped like ``args``.
+
+    All draws of a block run as one vectorised step when XLA's memory analysis
+    of that program keeps its temporaries within half the budget and, on CPU,
+    the kernel is not dominated by matrix products (see
+    :func:`dopax.streaming.sizing.size_blocks`); otherwise draws run in
+    sequential steps.
+    """
+    from dopax.streaming.sizing import MATMUL_FLOPS_PER_CELL
+
+    whole = scenario_block_fn(*fn_args, cells_per_step=1 << 62)
+    compiled = whole.lower(*args).compile()  # type: ignore[attr-defined]
+    stats = compiled.memory_analysis()
+    temp = 0 if stats is None else int(stats.temp_size_in_bytes)
+    try:
+        cost = compiled.cost_analysis()
+        if isinstance(cost, list | tuple):
+            cost = cost[0] if cost else {}
+        flops = float((cost or {}).get("flops", 0.0))
+    except Exception:  # pragma: no cover - backends without cost analysis
+        flops = 0.0
+    heavy = flops / max(cells, 1) >= MATMUL_FLOPS_PER_CELL and jax.default_backend() == "cpu"
+    if temp <= budget // 2 and not heavy:
+        return compiled  # type: ignore[no-any-return]
+    return scenario_block_fn(*fn_args)

@@ -191,4 +191,8 @@ def forward_block(
     # Draws in sequential steps of ``per_step`` (vmapped within a step): large
     # row blocks keep their matrix products big, and intermediate values only
     # ever exist for one step's draws.
+    if per_step == 1:
+        # A plain loop: ``batch_size=1`` would wrap each draw in a vmap of one,
+        # turning matrix products into batched ones, slower on CPU.
+        return jax.lax.map(lambda xs: one(*xs), (draw_indices, dict(latent)))
     return jax.lax.map(lambda xs: one(*xs), (draw_indices, dict(latent)), batch_size=per_step)

@@ -1,0 +1,144 @@
+"""Micro-measurements behind two engine choices: the fused Threefry and direct I/O.
+
+``python benchmarks/micro.py rng`` times 2**24 random words and normal draws
+from JAX's ``threefry2x32`` primitive / ``jax.random.normal`` against dopax's
+unrolled Threefry (bit-identical output, checked here too).
+
+``python benchmarks/micro.py write [--gib 2] [--folder DIR]`` writes the same
+bytes as 32 MB files through the page cache and with ``O_DIRECT``
+(:class:`dopax.streaming.fileio.FileWriter`) and reports wall and CPU seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def _timed(fn: Callable[[], Any], reps: int = 5) -> tuple[float, float]:
+    """Median wall seconds and mean CPU seconds of ``fn`` over ``reps`` calls."""
+    walls = []
+    c0 = os.times()
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - start)
+    c1 = os.times()
+    cpu = (c1.user + c1.system - c0.user - c0.system) / reps
+    return sorted(walls)[len(walls) // 2], cpu
+
+
+def rng() -> None:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+    from jax.extend import random as jex_random
+
+    from dopax.sampling.rng import threefry2x32
+
+    n = 1 << 24
+    u32 = jnp.uint32
+
+    def counters(off: Any) -> tuple[Any, Any]:
+        return off + lax.iota(u32, n), jnp.zeros(n, u32)
+
+    @jax.jit
+    def primitive_bits(k1: Any, k2: Any, off: Any) -> Any:
+        a, b = jex_random.threefry2x32_p.bind(k1, k2, *counters(off))
+        return a ^ b
+
+    @jax.jit
+    def fused_bits(k1: Any, k2: Any, off: Any) -> Any:
+        a, b = threefry2x32(k1, k2, *counters(off))
+        return a ^ b
+
+    @jax.jit
+    def fused_normal(k1: Any, k2: Any, off: Any) -> Any:
+        bits = fused_bits(k1, k2, off)
+        unit = lax.bitcast_convert_type((bits >> u32(9)) | u32(0x3F800000), jnp.float32) - 1.0
+        lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
+        return np.sqrt(2.0).astype(np.float32) * lax.erf_inv(jnp.maximum(lo, unit * 2 - 1))
+
+    @jax.jit
+    def jax_normal(key: Any) -> Any:
+        return jax.random.normal(key, (n,))
+
+    args = (u32(1), u32(2), u32(5))
+    same = bool(jnp.all(primitive_bits(*args) == fused_bits(*args)))
+    rows = []
+    for name, fn in (
+        ("threefry2x32 primitive, 2**24 words", lambda: primitive_bits(*args)),
+        ("dopax fused Threefry, 2**24 words", lambda: fused_bits(*args)),
+        ("jax.random.normal, 2**24 draws", lambda: jax_normal(jax.random.key(0))),
+        ("dopax fused bits -> normal, 2**24 draws", lambda: fused_normal(*args)),
+    ):
+        jax.block_until_ready(fn())
+        wall, cpu = _timed(lambda fn=fn: jax.block_until_ready(fn()))
+        rows.append((name, wall, cpu))
+    print(f"bit-identical words: {same}")
+    print("| case | median s | CPU s |\n|---|---|---|")
+    for name, wall, cpu in rows:
+        print(f"| {name} | {wall:.4f} | {cpu:.4f} |")
+
+
+def write(gib: float, folder: str | None) -> None:
+    import numpy as np
+
+    from dopax.streaming.fileio import FileWriter
+
+    chunk = np.random.default_rng(0).integers(0, 255, size=32 * 2**20, dtype=np.uint8)
+    count = max(1, int(gib * 2**30 // chunk.size))
+    base = tempfile.mkdtemp(prefix="dopax-write-", dir=folder)
+    print(f"{count} files of 32 MB in {base}")
+    print("| mode | wall s | CPU s | GB/s |\n|---|---|---|---|")
+    try:
+        for label, direct in (("page cache", False), ("O_DIRECT", True)):
+            writer = FileWriter(direct=direct)
+            out = os.path.join(base, label.replace(" ", "_"))
+            os.mkdir(out)
+            c0 = os.times()
+            start = time.perf_counter()
+            for i in range(count):
+                writer.write(_path(out, i), chunk)
+            wall = time.perf_counter() - start
+            c1 = os.times()
+            cpu = c1.user + c1.system - c0.user - c0.system
+            gbs = count * chunk.size / 1e9 / wall
+            print(
+                f"| {label}{'' if writer.direct == direct else ' (fell back)'} | "
+                f"{wall:.2f} | {cpu:.2f} | {gbs:.2f} |"
+            )
+            shutil.rmtree(out)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _path(folder: str, i: int) -> Any:
+    from pathlib import Path
+
+    return Path(folder) / f"chunk{i}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("rng", help="Threefry and normal draws")
+    w = sub.add_parser("write", help="page-cache vs O_DIRECT writes")
+    w.add_argument("--gib", type=float, default=2.0)
+    w.add_argument("--folder", default=None)
+    args = parser.parse_args(argv)
+    if args.what == "rng":
+        rng()
+    else:
+        write(args.gib, args.folder)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
