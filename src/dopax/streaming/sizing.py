@@ -148,5 +148,9 @@ def size_blocks(
             if alive * outputs + temp_cell * step <= budget:
                 break
             row_block = max(1, row_block // 2)
+        # Even blocks: the last block is padded to the block shape (one
+        # compilation), so a ragged split would compute up to a block of padding.
+        n_blocks = -(-max(job.n_rows, 1) // row_block)
+        row_block = -(-max(job.n_rows, 1) // n_blocks)
     step_cells = step_for(row_block)
     return BlockPlan(draw_block, row_block, blocks.n_draws, blocks.n_rows, step_cells)
