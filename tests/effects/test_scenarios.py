@@ -199,3 +199,18 @@ def test_estimate_effect_rejects_mismatched_results(setup: Any) -> None:
     with pytest.raises(ValueError, match="exactly one"):
         model.estimate_effect(output_baseline=a, args_baseline={"X": X}, output_intervention=a)
     assert isinstance(model.estimate_effect(output_baseline=a, output_intervention=a), xr.DataTree)
+
+
+@pytest.mark.parametrize("shape", [(1000, 1, 500), (37, 2, 11), (1, 1, 5), (2, 3, 4)])
+@pytest.mark.parametrize("probs", [(0.025, 0.975), (0.05, 0.95), (0.0, 1.0), (0.5, 0.5)])
+def test_row_quantiles_equal_numpy_quantile(
+    shape: tuple[int, ...], probs: tuple[float, ...]
+) -> None:
+    from dopax.effects.engine import row_quantiles
+
+    d = np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)
+    ref = np.quantile(d, probs, axis=0)
+    got = row_quantiles(d, probs)
+    for i in range(len(probs)):
+        # numpy interpolates in a different order: equal to one float32 rounding
+        np.testing.assert_allclose(got[i], ref[i], rtol=0, atol=4e-7)

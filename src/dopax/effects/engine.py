@@ -5,11 +5,10 @@ from __future__ import annotations
 import collections
 import os
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
@@ -182,8 +181,9 @@ def run_comparison(
         # taken on the host), each with its differences and their quantile
         # workspace: a third of the budget per block.
         row_block = int(max(1, min(n_rows, cfg.memory_budget_bytes // 3 // per_row_bytes)))
-    fn_args = (spec, site, n_s, b_index, len(labels), float(interval), True, keep_draws)
-    fn: Any = None
+    # Draws run one per step (a plain loop): W3's kernel measured faster this
+    # way on CPU than vectorised over draws, and steps bound the temporaries.
+    fn = scenario_block_fn(spec, site, n_s, b_index, len(labels), float(interval), True, keep_draws)
     kept = (
         _KeptDraws(model, posterior, site, names, prepared[0][3], row_block, store, output_dir)
         if keep_draws
@@ -209,9 +209,9 @@ def run_comparison(
     def per_row(r0: int, r1: int, diffs_block: Any) -> None:
         diffs = np.asarray(diffs_block)[:, :, : r1 - r0]  # (D, C, R)
         eff_mean[:, r0:r1] = diffs.mean(axis=0)
-        bounds = np.quantile(diffs, [(1 - interval) / 2, (1 + interval) / 2], axis=0)
-        eff_lo[:, r0:r1] = bounds[0]
-        eff_hi[:, r0:r1] = bounds[1]
+        lo, hi = row_quantiles(diffs, ((1 - interval) / 2, (1 + interval) / 2))
+        eff_lo[:, r0:r1] = lo
+        eff_hi[:, r0:r1] = hi
 
     # Per-row means and intervals (a selection over draws for every row: the
     # largest host cost) run on worker threads, which NumPy lets run in
@@ -257,8 +257,6 @@ def run_comparison(
                     jnp.asarray(pad_leading(codes[r0:r1], size)),
                     jnp.asarray(mask),
                 )
-                if fn is None:
-                    fn = _block_program(fn_args, args, n_draws * size, cfg.memory_budget_bytes)
                 out = fn(*args)
                 pending.append((r0, r1, out))
                 if len(pending) > 1:
@@ -474,31 +472,30 @@ def _effect_tree(
     return tree
 
 
-def _block_program(
-    fn_args: tuple[Any, ...], args: tuple[Any, ...], cells: int, budget: int
-) -> Callable[..., dict[str, Any]]:
-    """Return the compiled scenario block program for blocks shaped like ``args``.
+def row_quantiles(diffs: np.ndarray, probs: tuple[float, ...]) -> list[np.ndarray]:
+    """Return quantiles over the draw axis (0) of ``diffs``, as ``np.quantile`` does.
 
-    All draws of a block run as one vectorised step when XLA's memory analysis
-    of that program keeps its temporaries within half the budget and, on CPU,
-    the kernel is not dominated by matrix products (see
-    :func:`dopax.streaming.sizing.size_blocks`); otherwise draws run in
-    sequential steps.
+    Equal to ``np.quantile(diffs, probs, axis=0)`` (the default linear
+    method), but selects along a contiguous last axis with ``np.partition``,
+    which is faster and releases the GIL, so blocks run in parallel threads.
+
+    Args:
+        diffs: Draws first, ``(D, ...)``.
+        probs: Probabilities in ``[0, 1]``.
     """
-    from dopax.streaming.sizing import MATMUL_FLOPS_PER_CELL
-
-    whole = scenario_block_fn(*fn_args, cells_per_step=1 << 62)
-    compiled = whole.lower(*args).compile()  # type: ignore[attr-defined]
-    stats = compiled.memory_analysis()
-    temp = 0 if stats is None else int(stats.temp_size_in_bytes)
-    try:
-        cost = compiled.cost_analysis()
-        if isinstance(cost, list | tuple):
-            cost = cost[0] if cost else {}
-        flops = float((cost or {}).get("flops", 0.0))
-    except Exception:  # pragma: no cover - backends without cost analysis
-        flops = 0.0
-    heavy = flops / max(cells, 1) >= MATMUL_FLOPS_PER_CELL and jax.default_backend() == "cpu"
-    if temp <= budget // 2 and not heavy:
-        return compiled  # type: ignore[no-any-return]
-    return scenario_block_fn(*fn_args)
+    n = diffs.shape[0]
+    rows = np.ascontiguousarray(np.moveaxis(diffs, 0, -1))
+    positions = [p * (n - 1) for p in probs]
+    below = [int(np.floor(v)) for v in positions]
+    kth = sorted({k for b in below for k in (b, min(b + 1, n - 1))})
+    part = np.partition(rows, kth, axis=-1)
+    out = []
+    for v, b in zip(positions, below, strict=True):
+        a_ = part[..., b]
+        b_ = part[..., min(b + 1, n - 1)]
+        t = np.asarray(v - b, dtype=rows.dtype)
+        diff = b_ - a_
+        # numpy's lerp: from the nearer end, so t = 0 and t = 1 are exact
+        value = a_ + diff * t if t < 0.5 else b_ - diff * (1 - t)
+        out.append(value)
+    return out
