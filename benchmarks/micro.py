@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -105,7 +106,7 @@ def write(gib: float, folder: str | None) -> None:
             c0 = os.times()
             start = time.perf_counter()
             for i in range(count):
-                writer.write(_path(out, i), chunk)
+                writer.write(Path(out) / f"chunk{i}", chunk)
             wall = time.perf_counter() - start
             c1 = os.times()
             cpu = c1.user + c1.system - c0.user - c0.system
@@ -117,12 +118,6 @@ def write(gib: float, folder: str | None) -> None:
             shutil.rmtree(out)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-
-
-def _path(folder: str, i: int) -> Any:
-    from pathlib import Path
-
-    return Path(folder) / f"chunk{i}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

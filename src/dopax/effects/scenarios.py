@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dopax.sampling.forward import CELLS_PER_STEP, PassSpec, forward_draw
+from dopax.sampling.forward import PassSpec, forward_draw, map_draws
 
 __all__ = ["Scenario", "ScenarioBlockFn", "scenario_block_fn"]
 
@@ -56,7 +56,6 @@ def scenario_block_fn(
     interval: float,
     per_row: bool,
     keep_draws: bool = False,
-    cells_per_step: int = CELLS_PER_STEP,
 ) -> ScenarioBlockFn:
     """Return the jitted per-block reducer of a scenario comparison.
 
@@ -78,8 +77,6 @@ def scenario_block_fn(
         per_row: Whether to compute per-row contrast summaries.
         keep_draws: Whether to also return every scenario's draws as
             ``draws`` with shape ``(D, S, R, ...)``.
-        cells_per_step: Draw-by-row cells per sequential step; a block of at
-            most this many cells runs as one vectorised step.
     """
 
     def fn(
@@ -126,16 +123,7 @@ def scenario_block_fn(
                 res["draws"] = jnp.stack(raws)
             return res
 
-        n_draws = draw_indices.shape[0]
-        per_step = max(1, min(n_draws, cells_per_step // max(int(row_mask.shape[0]), 1)))
-        if per_step >= n_draws:
-            out = jax.vmap(one)(draw_indices, dict(latent))
-        elif per_step == 1:
-            out = jax.lax.map(lambda xs: one(*xs), (draw_indices, dict(latent)))
-        else:
-            out = jax.lax.map(
-                lambda xs: one(*xs), (draw_indices, dict(latent)), batch_size=per_step
-            )
+        out = map_draws(one, draw_indices, latent, int(row_mask.shape[0]))
         result = {
             "sums": out["sums"].T,  # (S, D)
             "group_sums": jnp.moveaxis(out["group_sums"], 0, 1),  # (S, D, G)

@@ -183,14 +183,35 @@ def forward_block(
             {**shared_intervention, **anchor_intervention},
         )
 
-    n_draws = draw_indices.shape[0]
     n_rows = max((jnp.shape(v)[0] for v in row_args.values()), default=1)
-    per_step = max(1, min(n_draws, int(cells_per_step) // max(int(n_rows), 1)))
+    return map_draws(one, draw_indices, latent, int(n_rows), cells_per_step)
+
+
+def map_draws(
+    one: Callable[[jax.Array, Mapping[str, Any]], Any],
+    draw_indices: jax.Array,
+    latent: Mapping[str, Any],
+    n_rows: int,
+    cells_per_step: int = CELLS_PER_STEP,
+) -> Any:
+    """Apply ``one(draw_index, latent_d)`` to every draw, in steps of about ``cells_per_step``.
+
+    All draws are vectorised in one step when ``draws x n_rows`` fits;
+    otherwise draws run in sequential steps (vectorised within a step), so
+    large row blocks keep their matrix products big and intermediate values
+    only ever exist for one step's draws. Outputs get a leading draw axis.
+
+    Args:
+        one: The per-draw function.
+        draw_indices: Global indices of the draws, shape ``(D,)``.
+        latent: Latent values with a leading draw axis of size ``D``.
+        n_rows: Rows of the block.
+        cells_per_step: Draw-by-row cells per step.
+    """
+    n_draws = draw_indices.shape[0]
+    per_step = max(1, min(n_draws, int(cells_per_step) // max(n_rows, 1)))
     if per_step >= n_draws:
         return jax.vmap(one)(draw_indices, dict(latent))
-    # Draws in sequential steps of ``per_step`` (vmapped within a step): large
-    # row blocks keep their matrix products big, and intermediate values only
-    # ever exist for one step's draws.
     if per_step == 1:
         # A plain loop: ``batch_size=1`` would wrap each draw in a vmap of one,
         # turning matrix products into batched ones, slower on CPU.

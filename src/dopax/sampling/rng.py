@@ -84,9 +84,6 @@ def threefry2x32(k1: Any, k2: Any, c1: Any, c2: Any) -> tuple[jax.Array, jax.Arr
     return x0, x1
 
 
-_hash = threefry2x32
-
-
 def _seed(seed: jax.Array) -> jax.Array:
     seed = jnp.asarray(seed)
     low = lax.convert_element_type(seed, _U32)
@@ -111,7 +108,7 @@ def _random_bits(key: jax.Array, bit_width: int, shape: tuple[int, ...]) -> jax.
     if size == 0:
         return jnp.zeros(shape, dtype)
     hi, lo = _counters(key[2], shape)
-    y1, y2 = _hash(key[0], key[1], hi, lo)
+    y1, y2 = threefry2x32(key[0], key[1], hi, lo)
     if bit_width == 64:
         out = (y1.astype(jnp.uint64) << 32) | y2.astype(jnp.uint64)
     else:
@@ -123,13 +120,13 @@ def _split(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     size = int(np.prod(shape, dtype=np.int64))
     hi, lo = _counters(key[2], shape if shape else ())
     lo = lo | _TAG_SPLIT
-    y1, y2 = _hash(key[0], key[1], hi[:size], lo[:size])
+    y1, y2 = threefry2x32(key[0], key[1], hi[:size], lo[:size])
     zeros = jnp.zeros_like(y1)
     return jnp.stack([y1, y2, zeros], axis=-1).reshape(*shape, 3)
 
 
 def _fold_in(key: jax.Array, data: jax.Array) -> jax.Array:
-    y1, y2 = _hash(key[0], key[1], _TAG_FOLD, lax.convert_element_type(data, _U32))
+    y1, y2 = threefry2x32(key[0], key[1], _TAG_FOLD, lax.convert_element_type(data, _U32))
     return jnp.stack([y1, y2, key[2]])
 
 
@@ -200,8 +197,8 @@ class RowKeySeed(Messenger):
         name = str(msg.get("name") or msg["type"])
         count = self._seen.get(name, 0)
         self._seen[name] = count + 1
-        w1, w2 = _hash(self.words[0], self.words[1], _TAG_SITE, name_tag(name))
+        w1, w2 = threefry2x32(self.words[0], self.words[1], _TAG_SITE, name_tag(name))
         if count:
-            w1, w2 = _hash(w1, w2, _TAG_FOLD, np.uint32(count))
+            w1, w2 = threefry2x32(w1, w2, _TAG_FOLD, np.uint32(count))
         data = jnp.stack([w1, w2, self.row_offset])
         msg["kwargs"]["rng_key"] = jax.random.wrap_key_data(data, impl=ROW_KEY_IMPL)

@@ -10,7 +10,7 @@ call such as W1 (8 GB persisted) that is the difference between the writes
 costing as much CPU as the sampling itself and costing almost nothing.
 
 ``O_DIRECT`` needs the buffer, the file offset and the length aligned to the
-device's block size. :func:`write_file` copies the data through a small
+device's block size. :meth:`FileWriter.write` copies the data through a small
 page-aligned buffer per thread (a few MB, reused, so resident memory does not
 grow), pads the last piece with zeros and truncates the file to the true
 length afterwards. Filesystems that refuse ``O_DIRECT`` (``tmpfs``, some
