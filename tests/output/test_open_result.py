@@ -10,12 +10,15 @@ import weakref
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import xarray as xr
 import zarr
 
 from dopax.exceptions import IncompleteResultError
-from dopax.output.schema import SiteLayout
+from dopax.output.schema import POSITION_ATTRS, SiteLayout
 from dopax.output.store import COMPLETE_ATTR, StrictStore, is_complete, open_result
+from dopax.streaming import sinks
 from dopax.streaming.sinks import ZarrSink
 
 Y = SiteLayout("posterior_predictive", "y", 2, 4, (3,), "float32", (1, 2, 3))
@@ -164,3 +167,46 @@ def test_strict_store_keeps_keepalive_on_copies(result: Path) -> None:
 def test_open_result_rejects_other_types() -> None:
     with pytest.raises(TypeError):
         open_result(42)  # type: ignore[arg-type]
+
+
+def test_position_coordinates_take_no_memory_and_select(result: Path) -> None:
+    tree = open_result(result)
+    node = tree["posterior_predictive"]
+    for dim, size in (("chain", 2), ("draw", 4), ("y_dim_0", 3)):
+        index = node.indexes[dim]
+        assert isinstance(index, pd.RangeIndex) and len(index) == size
+        assert node.coords[dim].dtype == np.dtype("int64")
+        assert node.coords[dim].attrs == dict(POSITION_ATTRS)
+    picked = node["y"].sel(chain=1, draw=2, y_dim_0=[0, 2]).values
+    np.testing.assert_array_equal(picked, Y_VALUES[6, [0, 2]])
+    # plain xarray reads the same coordinates from the store
+    with xr.open_datatree(result, engine="zarr") as plain:
+        np.testing.assert_array_equal(plain["posterior_predictive"]["y_dim_0"].values, [0, 1, 2])
+
+
+def test_coordinates_are_written_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sinks, "COORD_CHUNK", 2)
+    rows = SiteLayout("posterior_predictive", "y", 1, 3, (5,), "float32", (1, 3, 5))
+    sink = ZarrSink(tmp_path / "out")
+    sink.open([rows])
+    sink.write(rows.group, rows.name, (slice(0, 3),), np.ones((3, 5), "float32"))
+    sink.close()
+    stored = zarr.open_array(tmp_path / "out", path="posterior_predictive/y_dim_0")
+    assert stored.chunks == (2,)
+    assert len(list((tmp_path / "out/posterior_predictive/y_dim_0/c").iterdir())) == 3
+    np.testing.assert_array_equal(stored[:], np.arange(5))
+    # chain (one value, 0, equal to the fill value) is stored too
+    assert (tmp_path / "out/posterior_predictive/chain/c/0").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part")
+def test_labelled_coordinates_keep_their_values(tmp_path: Path) -> None:
+    """A dimension coordinate without the position marker is read, not replaced."""
+    path = tmp_path / "labelled"
+    ds = xr.Dataset({"v": (("g",), np.ones(3))}, coords={"g": [10, 20, 40]})
+    xr.DataTree.from_dict({"/": xr.Dataset(), "/posterior": ds}).to_zarr(path, zarr_format=3)
+    zarr.open_group(path, mode="r+").attrs[COMPLETE_ATTR] = True
+    zarr.consolidate_metadata(path, zarr_format=3)
+    tree = open_result(path)
+    np.testing.assert_array_equal(tree["posterior"].indexes["g"], [10, 20, 40])
+    assert float(tree["posterior"]["v"].sel(g=40)) == 1.0

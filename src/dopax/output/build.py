@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from dopax.output.schema import base_attrs, site_dims, split_draws
+from dopax.output.schema import base_attrs, position_coords, site_dims, split_draws
 
 __all__ = ["dataset_from_draws", "build_tree"]
 
@@ -22,7 +22,7 @@ def dataset_from_draws(arrays: Mapping[str, Any], num_chains: int) -> xr.Dataset
         num_chains: Number of chains in the flat draw axis.
     """
     data_vars = {}
-    coords: dict[str, np.ndarray] = {}
+    sizes: dict[str, int] = {}
     for name, value in arrays.items():
         arr = np.asarray(value)
         chains, draws = split_draws(arr.shape[0], num_chains)
@@ -30,8 +30,8 @@ def dataset_from_draws(arrays: Mapping[str, Any], num_chains: int) -> xr.Dataset
         dims = site_dims(name, arr.ndim - 2)
         data_vars[name] = (dims, arr)
         for dim, size in zip(dims, arr.shape, strict=True):
-            coords.setdefault(dim, np.arange(size))
-    return xr.Dataset(data_vars, coords=coords)
+            sizes.setdefault(dim, size)
+    return xr.Dataset(data_vars, coords=position_coords(sizes))
 
 
 def build_tree(

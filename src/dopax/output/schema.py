@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import xarray as xr
 
 __all__ = [
     "GROUPS",
@@ -20,8 +22,10 @@ __all__ = [
     "POSTERIOR_PREDICTIVE",
     "PREDICTIONS",
     "LOG_LIKELIHOOD",
+    "POSITION_ATTRS",
     "SiteLayout",
     "base_attrs",
+    "position_coords",
     "site_dims",
     "split_draws",
 ]
@@ -43,6 +47,29 @@ GROUPS: tuple[str, ...] = (
 
 CHAIN = "chain"
 DRAW = "draw"
+
+
+#: Attributes of a dimension coordinate that holds the positions ``0 .. n - 1``.
+#: Readers (:func:`dopax.open_result`) index such a coordinate with a
+#: :class:`pandas.RangeIndex`, which takes constant memory whatever ``n``.
+POSITION_ATTRS: Mapping[str, str] = {"dopax_index": "range"}
+
+
+def position_coords(sizes: Mapping[str, int]) -> xr.Coordinates:
+    """Return integer position coordinates ``0 .. n - 1`` for the given dimensions.
+
+    Each is indexed by a :class:`pandas.RangeIndex`, so a coordinate of ten
+    million rows takes no memory until its values are asked for, while label
+    selection (``.sel``) works as with any integer index. The coordinates carry
+    :data:`POSITION_ATTRS`.
+
+    Args:
+        sizes: Dimension name to length.
+    """
+    coords = xr.Coordinates({dim: pd.RangeIndex(size, name=dim) for dim, size in sizes.items()})
+    for dim in sizes:
+        coords[dim].attrs.update(POSITION_ATTRS)
+    return coords
 
 
 def site_dims(site: str, ndim: int) -> tuple[str, ...]:

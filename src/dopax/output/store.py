@@ -27,6 +27,7 @@ from zarr.abc.store import Store
 from zarr.storage import LocalStore, WrapperStore
 
 from dopax.exceptions import IncompleteResultError
+from dopax.output.schema import POSITION_ATTRS, position_coords
 
 if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
@@ -170,6 +171,33 @@ def is_complete(path_or_store: str | os.PathLike[str] | Store) -> bool:
         return False
 
 
+def _with_indexes(tree: xr.DataTree) -> xr.DataTree:
+    """Index every dimension coordinate of ``tree``.
+
+    A coordinate marked with :data:`~dopax.output.schema.POSITION_ATTRS`
+    (positions ``0 .. n - 1``) gets a :class:`pandas.RangeIndex`, in constant
+    memory, and is not read; any other dimension coordinate is loaded into a
+    default index, as ``xarray.open_datatree`` would.
+    """
+    nodes: dict[str, xr.Dataset] = {}
+    for path, node in tree.subtree_with_keys:
+        ds = node.to_dataset(inherit=False)
+        positions = {
+            str(name): ds.sizes[name]
+            for name, var in ds.coords.items()
+            if name in ds.dims
+            and var.ndim == 1
+            and all(var.attrs.get(k) == v for k, v in POSITION_ATTRS.items())
+        }
+        others = [str(name) for name in ds.coords if name in ds.dims and str(name) not in positions]
+        if positions:
+            ds = ds.drop_vars(list(positions)).assign_coords(position_coords(positions))
+        for name in others:
+            ds = ds.set_xindex(name)
+        nodes["/" if path == "." else f"/{path}"] = ds
+    return xr.DataTree.from_dict(nodes)
+
+
 def open_result(
     path_or_store: str | os.PathLike[str] | Store, *, keepalive: object | None = None
 ) -> xr.DataTree:
@@ -202,12 +230,16 @@ def open_result(
         )
     strict = StrictStore(store, label=label, keepalive=keepalive)
     # xarray's annotations omit zarr stores, which its zarr backend accepts.
+    # Default indexes would load every dimension coordinate into memory (80 MB
+    # for ten million rows); indexes are set below instead.
     tree = xr.open_datatree(
         strict,  # type: ignore[arg-type]
         engine="zarr",
         consolidated=True,
         chunks={},
+        create_default_indexes=False,
     )
+    tree = _with_indexes(tree)
     tree.attrs.pop(COMPLETE_ATTR, None)
     logger.debug("Opened result at %s", label)
     return tree

@@ -42,7 +42,13 @@ from zarr.storage import LocalStore
 
 from dopax.config import ExecutionConfig, get_config
 from dopax.exceptions import StreamingError
-from dopax.output.schema import GROUPS, SiteLayout, site_dims
+from dopax.output.schema import (
+    GROUPS,
+    POSITION_ATTRS,
+    SiteLayout,
+    position_coords,
+    site_dims,
+)
 from dopax.output.store import COMPLETE_ATTR, open_result
 from dopax.streaming.fileio import FileWriter
 
@@ -105,6 +111,24 @@ class Sink(Protocol):
 
 #: Largest chunk of a static variable (bytes); chunks split the draws.
 _STATIC_CHUNK_BYTES = 64 * 2**20
+
+
+#: Elements per chunk of a stored dimension coordinate (8 MiB of int64).
+COORD_CHUNK = 1 << 20
+
+
+def _declared_coords(sizes: Mapping[str, int]) -> xr.Coordinates:
+    """Position coordinates as lazy arrays with no index: declared, not computed."""
+    coords = xr.Coordinates(
+        {
+            dim: (dim, da.arange(size, chunks=min(size, COORD_CHUNK), dtype=np.int64))
+            for dim, size in sizes.items()
+        },
+        indexes={},
+    )
+    for dim in sizes:
+        coords[dim].attrs.update(POSITION_ATTRS)
+    return coords
 
 
 def _static_layout(group: str, name: str, array: np.ndarray) -> SiteLayout:
@@ -315,9 +339,16 @@ class _LayoutSink:
         return dims
 
     def _tree(
-        self, make_data: Callable[[SiteLayout], Any], root_attrs: Mapping[str, Any]
+        self,
+        make_data: Callable[[SiteLayout], Any],
+        root_attrs: Mapping[str, Any],
+        make_coords: Callable[[Mapping[str, int]], xr.Coordinates] = position_coords,
     ) -> xr.DataTree:
-        """Build the result tree, streamed variables given by ``make_data``."""
+        """Build the result tree, streamed variables given by ``make_data``.
+
+        ``make_coords`` gives each group's dimension coordinates from the
+        dimension sizes (by default in-memory position coordinates).
+        """
         nodes: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=dict(root_attrs))}
         for group in self._groups():
             data_vars: dict[str, tuple[tuple[str, ...], Any]] = {}
@@ -326,9 +357,7 @@ class _LayoutSink:
                     data_vars[name] = (layout.dims, make_data(layout))
             for name, array in self._static.get(group, {}).items():
                 data_vars[name] = (site_dims(name, array.ndim - 2), array)
-            coords = {
-                dim: np.arange(size, dtype=np.int64) for dim, size in self._dims_of(group).items()
-            }
+            coords = make_coords(self._dims_of(group))
             nodes[f"/{group}"] = xr.Dataset(data_vars, coords=coords)
         return xr.DataTree.from_dict(nodes)
 
@@ -460,6 +489,7 @@ class ZarrSink(_LayoutSink):
         self._stripes = [threading.Lock() for _ in range(_NUM_LOCK_STRIPES)]
         self._encoders: dict[tuple[str, str], Callable[[np.ndarray], Any] | None] = {}
         self._pending_static: list[tuple[SiteLayout, np.ndarray]] = []
+        self._pending_coords: list[tuple[str, int]] = []
         self._static_thread: threading.Thread | None = None
         self._static_error: BaseException | None = None
         self._files = FileWriter(direct=self._config.direct_io)
@@ -522,6 +552,7 @@ class ZarrSink(_LayoutSink):
                 dtype=layout.dtype,
             ),
             root_attrs,
+            _declared_coords,
         )
         level = self._config.compression_level
         encoding: dict[str, dict[str, dict[str, Any]]] = {}
@@ -533,7 +564,7 @@ class ZarrSink(_LayoutSink):
                     "compressors": _compressors(codec_for(self._config, var.dtype), level),
                     "_FillValue": None,
                 }
-                for name, var in node.data_vars.items()
+                for name, var in node.variables.items()
             }
         self._encoders = {
             key: _chunk_encoder(codec_for(self._config, layout.dtype), level)
@@ -541,6 +572,14 @@ class ZarrSink(_LayoutSink):
         }
         for (group, name), layout in self._layouts.items():
             encoding[f"/{group}"][name]["chunks"] = self._chunks(layout)
+        self._pending_coords = []
+        for group in self._groups():
+            for dim, size in self._dims_of(group).items():
+                encoding[f"/{group}"][dim]["chunks"] = (min(size, COORD_CHUNK),)
+                self._pending_coords.append((f"{group}/{dim}", size))
+        # Dimension coordinates are declared lazily (no index), so to_zarr
+        # writes their metadata only; their values are written chunk by chunk
+        # with the static variables, in memory that does not grow with rows.
         tree.to_zarr(
             self._store,
             mode="w-",
@@ -556,7 +595,7 @@ class ZarrSink(_LayoutSink):
             if tuple(array.chunks) != self._chunks(layout):  # pragma: no cover - defensive
                 raise StreamingError(f"Unexpected chunks for {group}/{name}: {array.chunks}.")
         self._state = "open"
-        if self._pending_static:
+        if self._pending_static or self._pending_coords:
             self._static_thread = threading.Thread(
                 target=self._write_static, name="dopax-static-writer", daemon=True
             )
@@ -565,6 +604,15 @@ class ZarrSink(_LayoutSink):
 
     def _write_static(self) -> None:
         try:
+            for path, size in self._pending_coords:
+                array = zarr.open_array(self._store, path=path, mode="r+").with_config(
+                    {"write_empty_chunks": True}
+                )
+                for start in range(0, size, COORD_CHUNK):
+                    if self._state != "open":
+                        return
+                    stop = min(size, start + COORD_CHUNK)
+                    array[start:stop] = np.arange(start, stop, dtype=np.int64)
             for layout, flat in self._pending_static:
                 if self._state != "open":
                     return
@@ -578,6 +626,7 @@ class ZarrSink(_LayoutSink):
             thread.join()
             self._static_thread = None
         self._pending_static = []
+        self._pending_coords = []
 
     @staticmethod
     def _chunks(layout: SiteLayout) -> tuple[int, ...]:
