@@ -26,7 +26,9 @@ class ExecutionConfig:
             chunk being computed. The automatic ``batch_size`` is derived from
             it, so peak memory does not depend on the data size.
         pipeline_depth: Number of computed chunks that may wait for the writers.
-            Bounds memory; 2 is enough to overlap compute with writing.
+            One is enough to keep two writers busy while the next chunk
+            computes (W1 ran as fast with 1 as with 2, in one chunk less
+            memory); more absorbs longer stalls of the disk.
         writer_threads: Threads that compress and write chunks to Zarr.
         compressor: ``"auto"`` (floating-point variables uncompressed, all
             others zstd), ``"zstd"``, ``"lz4"``, ``"blosc-lz4"`` or ``None`` (no
@@ -34,17 +36,19 @@ class ExecutionConfig:
         compression_level: Codec level where the codec takes one.
         min_batch_rows: Lower bound for the automatic ``batch_size``.
         max_batch_rows: Upper bound for the automatic ``batch_size``.
-        trim_memory: Return freed heap memory to the operating system after
-            each written chunk (glibc only), so resident memory stays flat over
-            long calls.
+        trim_memory: Keep resident memory flat over long calls (glibc
+            only): from the first streamed call on, allocations of 4 MiB or
+            more get their own memory mappings, process-wide, so freed chunk
+            buffers go straight back to the operating system; freed heap
+            memory is also returned at the end of each call.
         direct_io: Write chunk files with ``O_DIRECT`` (Linux), bypassing the
             page cache, which costs far less CPU per byte on virtual machines
             (``BENCHMARKS.md``). Filesystems that refuse it fall back to
             ordinary writes automatically.
     """
 
-    memory_budget_bytes: int = 384 * 2**20
-    pipeline_depth: int = 2
+    memory_budget_bytes: int = 256 * 2**20
+    pipeline_depth: int = 1
     writer_threads: int = 2
     compressor: str | None = "auto"
     compression_level: int = 1

@@ -1,10 +1,15 @@
-"""Returning freed heap memory to the operating system between chunks.
+"""Keeping resident memory close to live memory while chunks stream.
 
-Chunk buffers are large and short-lived, and allocators keep freed memory in
-per-thread arenas, so without help a long streamed call's resident memory
-creeps up with the number of chunks even though the live data stays bounded.
-On glibc, ``malloc_trim(0)`` after each chunk gives the free pages back
-(measured in ``BENCHMARKS.md``); elsewhere this is a no-op.
+Chunk buffers are large and short-lived. glibc serves an allocation from its
+heap arenas unless it is at least the mmap threshold, and it raises that
+threshold (up to 32 MiB) each time a mapped block is freed, so buffers of a few
+tens of MiB soon land in arenas that keep their high-water mark resident long
+after the buffers are freed. :func:`map_large_allocations` fixes the threshold
+at :data:`MMAP_THRESHOLD_BYTES`: every buffer at least that large gets its own
+mapping and goes back to the operating system the moment it is freed. That
+keeps memory flat without trimming the heap after every chunk, which cost
+about 0.5 s of CPU per W1 call (``BENCHMARKS.md``). Elsewhere than glibc both
+functions do nothing.
 """
 
 from __future__ import annotations
@@ -12,14 +17,22 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import logging
 import sys
-from collections.abc import Callable
+from typing import Any
 
-__all__ = ["release_free_memory"]
+__all__ = ["MMAP_THRESHOLD_BYTES", "map_large_allocations", "release_free_memory"]
+
+logger = logging.getLogger("dopax")
+
+#: Allocations of at least this many bytes get their own memory mapping.
+MMAP_THRESHOLD_BYTES = 4 << 20
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
 @functools.cache
-def _trim() -> Callable[[int], int] | None:
+def _libc() -> Any | None:
     if not sys.platform.startswith("linux"):
         return None
     name = ctypes.util.find_library("c")
@@ -27,16 +40,32 @@ def _trim() -> Callable[[int], int] | None:
         return None
     try:
         libc = ctypes.CDLL(name)
-        fn = libc.malloc_trim
-    except (OSError, AttributeError):
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.malloc_trim.restype = ctypes.c_int
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.mallopt.restype = ctypes.c_int
+    except (OSError, AttributeError):  # not glibc
         return None
-    fn.argtypes = [ctypes.c_size_t]
-    fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return]
+    return libc
+
+
+@functools.cache
+def map_large_allocations() -> bool:
+    """Serve allocations of :data:`MMAP_THRESHOLD_BYTES` or more from their own mappings.
+
+    Applies to the whole process, once (later calls do nothing), and only on
+    glibc. Returns whether the setting took effect.
+    """
+    libc = _libc()
+    if libc is None:
+        return False
+    ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    logger.debug("mallopt(M_MMAP_THRESHOLD, %d): %s", MMAP_THRESHOLD_BYTES, ok)
+    return ok
 
 
 def release_free_memory() -> None:
     """Give freed heap memory back to the operating system, where the C library allows."""
-    fn = _trim()
-    if fn is not None:
-        fn(0)
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dopax.exceptions import StreamingError
-from dopax.streaming.memory import release_free_memory
+from dopax.streaming.memory import map_large_allocations, release_free_memory
 
 if TYPE_CHECKING:
     import jax
@@ -58,8 +58,10 @@ class WriterPool:
         threads: Number of writer threads, named ``dopax-writer-N``.
         depth: Number of submitted blocks that may wait for a writer before
             :meth:`submit` blocks.
-        trim_memory: Return freed heap memory to the operating system after
-            each block (see :mod:`dopax.streaming.memory`).
+        trim_memory: Keep resident memory close to live memory: large
+            allocations get their own mappings (set once per process) and
+            freed heap memory is returned when the pool closes (see
+            :mod:`dopax.streaming.memory`).
 
     Raises:
         ValueError: If ``threads`` or ``depth`` is less than 1.
@@ -86,6 +88,8 @@ class WriterPool:
         if self._state != "new":
             raise StreamingError("A WriterPool can be entered once.")
         self._state = "running"
+        if self._trim_memory:
+            map_large_allocations()
         try:
             for i in range(self._num_threads):
                 thread = threading.Thread(target=self._work, name=f"dopax-writer-{i}", daemon=True)
@@ -170,6 +174,8 @@ class WriterPool:
     def _join(self) -> None:
         for thread in self._threads:
             thread.join()
+        if self._trim_memory:
+            release_free_memory()
 
     def _next(self) -> _Item | None:
         with self._cond:
@@ -189,8 +195,6 @@ class WriterPool:
             try:
                 self._sink.write(item.group, item.name, item.index, np.asarray(item.block))
                 item = None
-                if self._trim_memory:
-                    release_free_memory()
             except BaseException as error:
                 logger.debug("Writer %s failed", threading.current_thread().name, exc_info=True)
                 with self._cond:
