@@ -18,6 +18,7 @@ from numpyro.optim import Adam
 
 from dopax import ImpactModel
 from dopax.config import config_context
+from dopax.streaming.sizing import MIN_DRAW_BLOCKS
 
 N_DRAWS = 40
 HIDDEN = 256
@@ -94,5 +95,9 @@ def test_wide_kernel_gets_bounded_steps_and_same_draws(
     # a cell's hidden layer alone is HIDDEN float32s; steps keep it within half the budget
     assert step * HIDDEN * 4 <= budget
     assert step < draws * rows
+    if jax.default_backend() == "cpu":
+        # matrix products dominate: one draw per step over every row, draws split
+        assert (draws, rows) == (N_DRAWS // MIN_DRAW_BLOCKS, X.shape[0])
+        assert rows <= step < 2 * rows
     reference = model.predict_on_batch(X, rng_key=jax.random.key(3), return_datatree=False)
     np.testing.assert_array_equal(tree["posterior_predictive/y"].values[0], reference["y"])

@@ -44,7 +44,8 @@ class BlockPlan:
         return out
 
 
-def _largest_divisor_at_most(n: int, limit: int) -> int:
+def largest_divisor_at_most(n: int, limit: int) -> int:
+    """Return the largest divisor of ``n`` that is at most ``limit`` (at least 1)."""
     limit = max(1, min(n, limit))
     for d in range(limit, 0, -1):
         if n % d == 0:
@@ -82,18 +83,18 @@ def plan_blocks(
     n_rows_eff = max(n_rows, 1)
     if not split_rows:
         per_draw = bytes_per_draw_row * n_rows_eff + bytes_per_draw
-        draw_block = _largest_divisor_at_most(draws_per_chain, budget // max(per_draw, 1))
+        draw_block = largest_divisor_at_most(draws_per_chain, budget // max(per_draw, 1))
         return BlockPlan(draw_block, n_rows_eff, n_draws, n_rows)
     if batch_size is not None:
         row_block = min(batch_size, n_rows_eff)
         per_draw = bytes_per_draw_row * row_block + bytes_per_draw
-        draw_block = _largest_divisor_at_most(draws_per_chain, budget // max(per_draw, 1))
+        draw_block = largest_divisor_at_most(draws_per_chain, budget // max(per_draw, 1))
         return BlockPlan(draw_block, row_block, n_draws, n_rows)
     # all draws of a chain per block when that leaves a sensible number of rows
     draw_block = draws_per_chain
     rows = budget // max(bytes_per_draw_row * draw_block, 1)
     if rows < min(256, n_rows_eff):
-        draw_block = _largest_divisor_at_most(
+        draw_block = largest_divisor_at_most(
             draws_per_chain, budget // max(bytes_per_draw_row * min(256, n_rows_eff), 1)
         )
         rows = budget // max(bytes_per_draw_row * draw_block, 1)
