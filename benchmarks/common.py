@@ -474,6 +474,82 @@ def run_case(
     return result
 
 
+def add_rounds_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--rounds`` option of workloads that compare cases (see :func:`run_cases`)."""
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the cases this many times, interleaved, and pool their repetitions",
+    )
+
+
+def run_cases(
+    module: str,
+    cases: Sequence[str],
+    *,
+    rounds: int = 1,
+    timeout: float | None = None,
+    **params: Any,
+) -> dict[str, dict[str, Any]]:
+    """Run every case ``rounds`` times, each time in a fresh process, interleaved.
+
+    Round ``i`` runs the cases in the order rotated by ``i`` (``a b c``, then
+    ``b c a``, ...), so a machine that drifts faster or slower over minutes
+    (a shared virtual machine) affects every case alike rather than whichever
+    ran last. A case's timed repetitions from all rounds are pooled: its
+    ``seconds`` is their median, its peak RSS the largest of the rounds, and
+    ``round_seconds`` keeps each round's median. A case that fails or is
+    skipped in any round is reported as that round reported it.
+    """
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
+    runs: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
+    for i in range(rounds):
+        order = [*cases[i % len(cases) :], *cases[: i % len(cases)]] if cases else []
+        for case in order:
+            runs[case].append(run_case(module, case, timeout=timeout, **params))
+    return {case: _pooled(results) for case, results in runs.items()}
+
+
+def _pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge the results of one case from several rounds (see :func:`run_cases`)."""
+    if len(results) == 1:
+        return results[0]
+    failed = [r for r in results if r.get("status") != "ok"]
+    if failed:
+        return failed[0]
+    merged = dict(results[-1])
+    merged["times"] = [t for r in results for t in r["times"]]
+    merged["cpu_times"] = [t for r in results for t in r["cpu_times"]]
+    merged["seconds"] = statistics.median(merged["times"])
+    merged["cpu_seconds"] = statistics.median(merged["cpu_times"])
+    merged["round_seconds"] = [r["seconds"] for r in results]
+    merged["peak_rss_gib"] = max(r["peak_rss_gib"] for r in results)
+    merged["setup_peak_rss_gib"] = max(r["setup_peak_rss_gib"] for r in results)
+    return merged
+
+
+def round_ratios(
+    results: dict[str, dict[str, Any]], case: str, reference: str
+) -> list[float] | None:
+    """Per-round ratio of ``case`` to ``reference`` (medians of the same round), if pooled."""
+    num = (results.get(case) or {}).get("round_seconds")
+    den = (results.get(reference) or {}).get("round_seconds")
+    if not num or not den or len(num) != len(den):
+        return None
+    return [a / b for a, b in zip(num, den, strict=True)]
+
+
+def round_notes(results: dict[str, dict[str, Any]], case: str, reference: str) -> list[str]:
+    """A line with each round's ratio of ``case`` to ``reference``, when rounds were run."""
+    ratios = round_ratios(results, case, reference)
+    if not ratios:
+        return []
+    listed = ", ".join(f"{r:.3f}" for r in ratios)
+    return [f"- {case} / {reference} in each round (medians of that round): {listed}"]
+
+
 def machine_info() -> dict[str, Any]:
     """Machine, versions and JAX devices, collected in a child process."""
     info: dict[str, Any] = {

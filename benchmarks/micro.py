@@ -1,4 +1,4 @@
-"""Micro-measurements behind two engine choices: the fused Threefry and direct I/O.
+"""Micro-measurements behind three engine choices: fused Threefry, direct I/O, codecs.
 
 ``python benchmarks/micro.py rng`` times 2**24 random words and normal draws
 from JAX's ``threefry2x32`` primitive / ``jax.random.normal`` against dopax's
@@ -7,11 +7,17 @@ unrolled Threefry (bit-identical output, checked here too).
 ``python benchmarks/micro.py write [--gib 2] [--folder DIR]`` writes the same
 bytes as 32 MB files through the page cache and with ``O_DIRECT``
 (:class:`dopax.streaming.fileio.FileWriter`) and reports wall and CPU seconds.
+
+``python benchmarks/micro.py codec`` encodes chunks of integer and boolean draws
+(10,000,000 values each: Bernoulli, Poisson, categorical) with every codec
+``ExecutionConfig.compressor`` offers, through the encoders the writer threads
+use, and reports nanoseconds per value and the stored fraction of the raw bytes.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import tempfile
@@ -120,6 +126,35 @@ def write(gib: float, folder: str | None) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def codec(values: int) -> None:
+    import numpy as np
+
+    from dopax.config import ExecutionConfig
+    from dopax.streaming.sinks import _chunk_encoder, codec_for
+
+    rng = np.random.default_rng(0)
+    shape = (1, 500, max(1, values // 500))
+    data: dict[str, np.ndarray] = {
+        "Bernoulli(0.3), int32": (rng.random(shape) < 0.3).astype(np.int32),
+        "Poisson(2), int64": rng.poisson(2.0, shape).astype(np.int64),
+        "Poisson(20), int32": rng.poisson(20.0, shape).astype(np.int32),
+        "categorical(10), int32": rng.integers(0, 10, shape).astype(np.int32),
+        "Bernoulli(0.3), bool": rng.random(shape) < 0.3,
+    }
+    level = ExecutionConfig().compression_level
+    print(f"chunks of {int(np.prod(shape)):,} values; compression_level={level}")
+    print("| draws | codec | ns per value | stored / raw |\n|---|---|---|---|")
+    for label, array in data.items():
+        auto = codec_for(ExecutionConfig(), array.dtype)
+        for name in ("zstd", "lz4", "bitshuffle-lz4"):
+            encode = _chunk_encoder(name, level, array.dtype)
+            encode(array)  # warm up
+            wall, _ = _timed(functools.partial(encode, array))
+            ratio = len(encode(array)) / array.nbytes
+            mark = " (auto)" if name == auto else ""
+            print(f"| {label} | {name}{mark} | {wall * 1e9 / array.size:.2f} | {ratio:.3f} |")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -127,9 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     w = sub.add_parser("write", help="page-cache vs O_DIRECT writes")
     w.add_argument("--gib", type=float, default=2.0)
     w.add_argument("--folder", default=None)
+    c = sub.add_parser("codec", help="codecs on integer and boolean draws")
+    c.add_argument("--values", type=int, default=10_000_000)
     args = parser.parse_args(argv)
     if args.what == "rng":
         rng()
+    elif args.what == "codec":
+        codec(args.values)
     else:
         write(args.gib, args.folder)
     return 0

@@ -171,13 +171,14 @@ def run_workload(
     batch_size: int | None = None,
     compressor: str | None = None,
     timeout: float | None = None,
+    rounds: int = 1,
 ) -> dict[str, Any]:
-    """Run every case in its own process; return the results payload."""
+    """Run every case in its own process (``rounds`` interleaved times); return the payload."""
     params = {"n": n, "reps": reps, "draws": draws, "workdir": workdir, "batch_size": batch_size}
     if compressor is not None:
         params["compressor"] = compressor
-    results = {case: common.run_case(NAME, case, timeout=timeout, **params) for case in cases}
-    return {"workload": NAME, "params": params, "results": results}
+    results = common.run_cases(NAME, cases, rounds=rounds, timeout=timeout, **params)
+    return {"workload": NAME, "params": {**params, "rounds": rounds}, "results": results}
 
 
 def report(payload: dict[str, Any]) -> str:
@@ -225,6 +226,7 @@ def report(payload: dict[str, Any]) -> str:
         "",
         common.markdown_table(headers, rows),
         *common.status_notes(results),
+        *common.round_notes(results, "dopax", "predictive"),
         "",
         "Targets:",
         common.target_line("dopax / predictive", common.ratio(dopax_s, ref), TARGET_VS_PREDICTIVE),
@@ -247,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="dopax codec for this run: zstd, lz4 or none (default: dopax's own default)",
     )
+    common.add_rounds_argument(parser)
     args = parser.parse_args(argv)
     common.use_dopax_settings(args.set)
     machine = common.machine_info()
@@ -258,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir=args.workdir,
         batch_size=args.batch_size,
         timeout=args.timeout,
+        rounds=args.rounds,
         compressor=args.compressor,
     )
     common.publish(payload, machine, args, NAME, report)

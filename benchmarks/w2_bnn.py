@@ -208,8 +208,9 @@ def run_workload(
     batch_size: int | None = None,
     floor_chunk: int | None = None,
     timeout: float | None = None,
+    rounds: int = 1,
 ) -> dict[str, Any]:
-    """Run every case in its own process; return the results payload."""
+    """Run every case in its own process (``rounds`` interleaved times); return the payload."""
     params = {
         "n": n,
         "reps": reps,
@@ -220,8 +221,8 @@ def run_workload(
         "batch_size": batch_size,
         "floor_chunk": floor_chunk,
     }
-    results = {case: common.run_case(NAME, case, timeout=timeout, **params) for case in cases}
-    return {"workload": NAME, "params": params, "results": results}
+    results = common.run_cases(NAME, cases, rounds=rounds, timeout=timeout, **params)
+    return {"workload": NAME, "params": {**params, "rounds": rounds}, "results": results}
 
 
 def report(payload: dict[str, Any]) -> str:
@@ -268,6 +269,7 @@ def report(payload: dict[str, Any]) -> str:
         "",
         common.markdown_table(headers, rows),
         *common.status_notes(results),
+        *common.round_notes(results, "dopax", "floor"),
         "",
         "Targets:",
         common.target_line("dopax / floor", common.ratio(dopax_s, floor), TARGET_VS_FLOOR),
@@ -292,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="draws per vmapped chunk in the floor (default: from a memory budget)",
     )
+    common.add_rounds_argument(parser)
     args = parser.parse_args(argv)
     common.use_dopax_settings(args.set)
     machine = common.machine_info()
@@ -306,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         floor_chunk=args.floor_chunk,
         timeout=args.timeout,
+        rounds=args.rounds,
     )
     common.publish(payload, machine, args, NAME, report)
     return 0

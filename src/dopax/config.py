@@ -13,6 +13,9 @@ from typing import Any
 
 __all__ = ["ExecutionConfig", "get_config", "set_config", "config_context"]
 
+#: Accepted values of :attr:`ExecutionConfig.compressor`.
+COMPRESSORS = (None, "auto", "zstd", "lz4", "blosc-lz4", "bitshuffle-lz4")
+
 
 @dataclasses.dataclass(frozen=True)
 class ExecutionConfig:
@@ -31,8 +34,10 @@ class ExecutionConfig:
             memory); more absorbs longer stalls of the disk.
         writer_threads: Threads that compress and write chunks to Zarr.
         compressor: ``"auto"`` (floating-point variables uncompressed, all
-            others zstd), ``"zstd"``, ``"lz4"``, ``"blosc-lz4"`` or ``None`` (no
-            compression). Measured in ``BENCHMARKS.md``.
+            others ``"bitshuffle-lz4"``), ``"zstd"``, ``"lz4"`` (Blosc LZ4
+            after a byte shuffle; ``"blosc-lz4"`` is the same),
+            ``"bitshuffle-lz4"`` (Blosc LZ4 after a bit shuffle) or ``None``
+            (no compression). Measured in ``BENCHMARKS.md``.
         compression_level: Codec level where the codec takes one.
         min_batch_rows: Lower bound for the automatic ``batch_size``.
         max_batch_rows: Upper bound for the automatic ``batch_size``.
@@ -64,9 +69,9 @@ class ExecutionConfig:
             raise ValueError("`pipeline_depth` must be at least 1.")
         if self.writer_threads < 1:
             raise ValueError("`writer_threads` must be at least 1.")
-        if self.compressor not in (None, "auto", "zstd", "lz4", "blosc-lz4"):
+        if self.compressor not in COMPRESSORS:
             raise ValueError(
-                f"`compressor` must be one of None, 'auto', 'zstd', 'lz4', 'blosc-lz4'; "
+                f"`compressor` must be one of {', '.join(map(repr, COMPRESSORS))}; "
                 f"got {self.compressor!r}."
             )
         if not 1 <= self.min_batch_rows <= self.max_batch_rows:

@@ -356,7 +356,7 @@ class _KeptDraws:
                 base = os.fspath(output_dir)
                 os.makedirs(base, exist_ok=True)
             self.path = os.path.join(base, f"scenarios-{uuid.uuid4().hex[:12]}.zarr")
-            self.sink = ZarrSink(self.path)
+            self.sink = ZarrSink(self.path, keepalive=self.keep)
         else:
             raise ValueError(f"`store` must be 'persistent' or 'memory'; got {store!r}.")
         self.pool: WriterPool | None = None
@@ -385,13 +385,9 @@ class _KeptDraws:
         self.sink.abort()
 
     def close(self) -> xr.DataTree:
-        from dopax.output.store import open_result
-
         assert self.pool is not None
         self.pool.__exit__(None, None, None)
         tree = self.sink.close()
-        if self.path is not None:
-            tree = open_result(self.path, keepalive=self.keep)
         predictions = tree[schema.PREDICTIONS]
         assert isinstance(predictions, xr.DataTree)
         ds = predictions.to_dataset()

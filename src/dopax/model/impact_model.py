@@ -914,7 +914,6 @@ class ImpactModel:
         desc: str,
         call_attrs: Mapping[str, Any],
     ) -> xr.DataTree:
-        from dopax.output.store import open_result
         from dopax.streaming.run import stream_job
         from dopax.streaming.sinks import MemorySink, ZarrSink
         from dopax.streaming.sizing import size_blocks
@@ -959,7 +958,6 @@ class ImpactModel:
             if static_groups
             else None
         )
-        path = None
         keep: Any = None
         if store == "memory":
             sink: Any = MemorySink()
@@ -972,7 +970,7 @@ class ImpactModel:
                 os.makedirs(base, exist_ok=True)
             stamp = np.datetime64("now").astype(str).replace(":", "").replace("-", "")
             path = os.path.join(base, f"{desc}-{stamp}-{uuid.uuid4().hex[:8]}.zarr")
-            sink = ZarrSink(path)
+            sink = ZarrSink(path, keepalive=keep)
         attrs = {
             **schema.base_attrs(),
             **call_attrs,
@@ -980,7 +978,7 @@ class ImpactModel:
             "batch_size": int(blocks.row_block),
             "path": job.plan.path,
         }
-        tree = stream_job(
+        return stream_job(
             job,
             blocks,
             sink,
@@ -991,9 +989,6 @@ class ImpactModel:
             progress=progress,
             desc=desc,
         )
-        if path is not None:
-            tree = open_result(path, keepalive=keep)
-        return tree
 
     def _static_posterior(self, posterior: Posterior) -> dict[str, tuple[dict[str, Any], int]]:
         return {schema.POSTERIOR: (posterior.draws, posterior.num_chains)}

@@ -53,7 +53,6 @@ def stream_job(
         desc: Progress bar label.
     """
     cfg = get_config()
-    sink.open(layouts, static=static, attrs=attrs)
     bar = tqdm(
         total=job.n_rows * job.n_draws,
         desc=desc,
@@ -62,6 +61,14 @@ def stream_job(
         disable=not progress,
         leave=False,
     )
+    opened = False
+
+    def open_sink() -> None:
+        nonlocal opened
+        if not opened:
+            opened = True
+            sink.open(layouts, static=static, attrs=attrs)
+
     started = time.perf_counter()
     try:
         with WriterPool(
@@ -72,14 +79,20 @@ def stream_job(
         ) as pool:
 
             def emit(name: str, index: tuple[slice, ...], value: Any) -> None:
+                # The sink is opened once the first block has been dispatched:
+                # creating the store (metadata, coordinates, the posterior's
+                # writer) then overlaps that block's computation.
+                open_sink()
                 pool.submit(group, name, index, value)
 
             def on_block(rows: int, draws: int) -> None:
                 bar.update(rows * draws)
 
             run_job(job, blocks, emit, on_block=on_block)
+            open_sink()  # a job with no blocks still gets its (empty) store
     except BaseException as err:
-        sink.abort()
+        if opened:
+            sink.abort()
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
             err.add_note(
                 "dopax: the disk holding the output is full and the partial result was "
