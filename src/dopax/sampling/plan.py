@@ -232,6 +232,7 @@ def _check_split(
     row_do = {k: _take_rows(v, index) for k, v in row_intervention.items()}
     latent0 = {k: jnp.asarray(v)[0] for k, v in latent.items()}
     words = jnp.asarray([0x9E3779B9, _PROBE_KEY], jnp.uint32)
+    default_key_sites: set[str] = set()
 
     def run(block: slice, offset: int) -> dict[str, tuple[np.ndarray, bool]]:
         intervention = {**shared_intervention, **{k: v[block] for k, v in row_do.items()}}
@@ -258,8 +259,19 @@ def _check_split(
             model = handlers.do(model, data=dict(intervention))
         if lat:
             model = handlers.substitute(model, data=dict(lat))
-        model = RowKeySeed(model, words, off)
-        return handlers.trace(model).get_trace(**args, **dict(spec.static))
+        seeded = RowKeySeed(model, words, off)
+        trace = handlers.trace(seeded).get_trace(**args, **dict(spec.static))
+        default_key_sites.update(seeded.default_key_sites)
+        return trace
+
+    def depends(name: str) -> str:
+        why = f"the value of site {name!r} depends on which rows share its batch"
+        if name in default_key_sites:
+            why += (
+                " (its sampler, e.g. `jax.random.poisson`, accepts only JAX's default key "
+                "type, so it cannot draw each row from its own random stream)"
+            )
+        return why
 
     try:
         whole = run(slice(0, 4), 0)
@@ -273,10 +285,10 @@ def _check_split(
         a, b = head[name][0], tail[name][0]
         if value.ndim == 0 or value.shape == a.shape == b.shape:
             if not (_agree(value, a) and _agree(value, b)):
-                return f"the value of site {name!r} depends on which rows share its batch"
+                return depends(name)
             continue
         if value.shape[0] != 4 or a.shape[0] != 1 or b.shape[0] != 3:
             return f"site {name!r} does not lead with the row axis"
         if not _agree(value, np.concatenate([a, b], axis=0)):
-            return f"the value of site {name!r} depends on which rows share its batch"
+            return depends(name)
     return None

@@ -48,6 +48,7 @@ _U32 = jnp.uint32
 _TAG_SPLIT = np.uint32(0x80000000)
 _TAG_FOLD = np.uint32(0xFFFFFFFF)
 _TAG_SITE = np.uint32(0xFFFFFFFE)
+_TAG_DEFAULT_KEY = np.uint32(0xFFFFFFFD)
 
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -170,6 +171,15 @@ class RowKeySeed(Messenger):
     A name met twice in one pass (e.g. inside ``scan``) gets a fresh key each
     time.
 
+    A few JAX samplers accept only JAX's default (Threefry) key type; today
+    that is ``jax.random.poisson``, used by ``Poisson``, ``GammaPoisson``
+    (``NegativeBinomial2``) and ``ZeroInflatedPoisson``. A site whose sampler
+    refuses a row-offset key gets a default-type key derived from the same
+    words instead, and its name is added to :attr:`default_key_sites`. Such a
+    site's draws then depend on which rows share a batch, which the planner
+    detects (:mod:`dopax.sampling.plan`): the kernel runs with all rows in one
+    piece, with a warning.
+
     Args:
         fn: The model to run.
         words: The draw's two key words (see :func:`draw_words`).
@@ -180,6 +190,8 @@ class RowKeySeed(Messenger):
         self.words = words
         self.row_offset = jnp.asarray(row_offset, _U32)
         self._seen: dict[str, int] = {}
+        #: Sites that were given a default-type key (see the class docstring).
+        self.default_key_sites: set[str] = set()
         super().__init__(fn)
 
     def __enter__(self) -> Any:
@@ -201,4 +213,22 @@ class RowKeySeed(Messenger):
         if count:
             w1, w2 = threefry2x32(w1, w2, _TAG_FOLD, np.uint32(count))
         data = jnp.stack([w1, w2, self.row_offset])
-        msg["kwargs"]["rng_key"] = jax.random.wrap_key_data(data, impl=ROW_KEY_IMPL)
+        key = jax.random.wrap_key_data(data, impl=ROW_KEY_IMPL)
+        if msg["type"] == "sample" and not _samples_with(msg, key):
+            d1, d2 = threefry2x32(w1, w2, _TAG_DEFAULT_KEY, self.row_offset)
+            key = jax.random.wrap_key_data(jnp.stack([d1, d2]), impl="threefry2x32")
+            self.default_key_sites.add(name)
+        msg["kwargs"]["rng_key"] = key
+
+
+def _samples_with(msg: dict[str, Any], key: jax.Array) -> bool:
+    """Whether the sampler of site ``msg`` accepts ``key`` (traced abstractly, not run)."""
+
+    def draw(k: jax.Array) -> Any:
+        return msg["fn"](*msg["args"], **{**msg["kwargs"], "rng_key": k})
+
+    try:
+        jax.eval_shape(draw, key)
+    except NotImplementedError:
+        return False
+    return True
