@@ -126,6 +126,19 @@ def writer_threads() -> list[threading.Thread]:
 KEY = 7
 
 
+def on_batch_and_streamed(
+    model: ImpactModel, X: np.ndarray, tmp_path: Path
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``predict_on_batch`` and a streamed ``predict`` (7-row batches), both warning
+    that rows are processed together."""
+    key = jax.random.key(KEY)
+    with pytest.warns(UserWarning, match="rows are processed together"):
+        ref = values(model.predict_on_batch(X, rng_key=key))  # type: ignore[arg-type]
+    with pytest.warns(UserWarning, match="rows are processed together"):
+        tree = model.predict(X, rng_key=key, batch_size=7, output_dir=tmp_path, progress=False)
+    return ref, values(tree)
+
+
 # --------------------------------------------------------------------------- 1. batch shapes
 
 
@@ -250,11 +263,8 @@ def test_per_row_latent_in_sample_and_fresh(tmp_path: Path) -> None:
     model = make_model(latent_kernel).set_posterior_sample(post)
     X = make_x()
     key = jax.random.key(KEY)
-    with pytest.warns(UserWarning, match="rows are processed together"):
-        ref = values(model.predict_on_batch(X, rng_key=key))  # type: ignore[arg-type]
-    with pytest.warns(UserWarning, match="rows are processed together"):
-        tree = model.predict(X, rng_key=key, batch_size=7, output_dir=tmp_path, progress=False)
-    assert_same(values(tree), ref)
+    ref, streamed = on_batch_and_streamed(model, X, tmp_path)
+    assert_same(streamed, ref)
     # the posterior z is used: mean of y - X beta is z (noise sd 0.5, 50 draws)
     resid = ref["y"][0] - post["beta"] @ X.T
     assert np.corrcoef(resid.ravel(), post["z"].ravel())[0, 1] > 0.8
@@ -375,13 +385,8 @@ def test_distributions_built_on_poisson_stream(tmp_path: Path, likelihood: Any) 
             numpyro.sample("y", likelihood(jnp.exp(0.3 * (X @ beta))), obs=y)
 
     model = make_model(kernel).set_posterior_sample(make_posterior(sigma=False))
-    X = make_x()
-    key = jax.random.key(KEY)
-    with pytest.warns(UserWarning, match="rows are processed together"):
-        ref = values(model.predict_on_batch(X, rng_key=key))  # type: ignore[arg-type]
-    with pytest.warns(UserWarning, match="rows are processed together"):
-        tree = model.predict(X, rng_key=key, batch_size=7, output_dir=tmp_path, progress=False)
-    assert_same(values(tree), ref, exact=True)
+    ref, streamed = on_batch_and_streamed(model, make_x(), tmp_path)
+    assert_same(streamed, ref, exact=True)
     assert ref["y"].min() >= 0 and ref["y"].max() > 0
 
 
