@@ -130,7 +130,7 @@ def codec(values: int) -> None:
     import numpy as np
 
     from dopax.config import ExecutionConfig
-    from dopax.streaming.sinks import _chunk_encoder, codec_for
+    from dopax.streaming.sinks import _chunk_encoder, _compressors, codec_for
 
     rng = np.random.default_rng(0)
     shape = (1, 500, max(1, values // 500))
@@ -147,7 +147,7 @@ def codec(values: int) -> None:
     for label, array in data.items():
         auto = codec_for(ExecutionConfig(), array.dtype)
         for name in ("zstd", "lz4", "bitshuffle-lz4"):
-            encode = _chunk_encoder(name, level, array.dtype)
+            encode = _chunk_encoder(_compressors(name, level, array.dtype))
             encode(array)  # warm up
             wall, _ = _timed(functools.partial(encode, array))
             ratio = len(encode(array)) / array.nbytes

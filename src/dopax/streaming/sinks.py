@@ -44,8 +44,8 @@ from dopax.config import ExecutionConfig, get_config
 from dopax.exceptions import StreamingError
 from dopax.output.schema import (
     GROUPS,
-    POSITION_ATTRS,
     SiteLayout,
+    mark_positions,
     position_coords,
     site_dims,
 )
@@ -119,16 +119,15 @@ COORD_CHUNK = 1 << 20
 
 def _declared_coords(sizes: Mapping[str, int]) -> xr.Coordinates:
     """Position coordinates as lazy arrays with no index: declared, not computed."""
-    coords = xr.Coordinates(
-        {
-            dim: (dim, da.arange(size, chunks=min(size, COORD_CHUNK), dtype=np.int64))
-            for dim, size in sizes.items()
-        },
-        indexes={},
+    return mark_positions(
+        xr.Coordinates(
+            {
+                dim: (dim, da.arange(size, chunks=min(size, COORD_CHUNK), dtype=np.int64))
+                for dim, size in sizes.items()
+            },
+            indexes={},
+        )
     )
-    for dim in sizes:
-        coords[dim].attrs.update(POSITION_ATTRS)
-    return coords
 
 
 def _static_layout(group: str, name: str, array: np.ndarray) -> SiteLayout:
@@ -145,10 +144,6 @@ _BLOSC_SHUFFLE = {
     "lz4": zarr.codecs.BloscShuffle.shuffle,
     "blosc-lz4": zarr.codecs.BloscShuffle.shuffle,
     "bitshuffle-lz4": zarr.codecs.BloscShuffle.bitshuffle,
-}
-_NUMCODECS_SHUFFLE = {
-    zarr.codecs.BloscShuffle.shuffle: numcodecs.Blosc.SHUFFLE,
-    zarr.codecs.BloscShuffle.bitshuffle: numcodecs.Blosc.BITSHUFFLE,
 }
 
 
@@ -168,10 +163,6 @@ def codec_for(config: ExecutionConfig, dtype: Any) -> str | None:
     return config.compressor
 
 
-def _blosc_level(level: int) -> int:
-    return min(max(level, 0), 9)
-
-
 def _compressors(codec: str | None, level: int, dtype: Any) -> tuple[BytesBytesCodec, ...]:
     """Return the Zarr codecs for ``codec`` on variables of ``dtype``."""
     if codec is None:
@@ -183,33 +174,40 @@ def _compressors(codec: str | None, level: int, dtype: Any) -> tuple[BytesBytesC
             zarr.codecs.BloscCodec(
                 typesize=np.dtype(dtype).itemsize,
                 cname="lz4",
-                clevel=_blosc_level(level),
+                clevel=min(max(level, 0), 9),
                 shuffle=_BLOSC_SHUFFLE[codec],
             ),
         )
     raise ValueError(f"Unknown compressor {codec!r}.")  # pragma: no cover
 
 
-def _chunk_encoder(codec: str | None, level: int, dtype: Any) -> Callable[[np.ndarray], Any]:
-    """Return a function giving the stored bytes of a chunk for ``codec``.
+def _chunk_encoder(compressors: Sequence[BytesBytesCodec]) -> Callable[[np.ndarray], Any]:
+    """Return a function giving the stored bytes of a chunk under ``compressors``.
 
-    Matches :func:`_compressors`: the same codec and settings, so the bytes
-    are those Zarr itself stores (asserted in the tests).
+    The encoder is built from the Zarr codec's own settings, so the bytes are
+    those Zarr itself stores (asserted in the tests).
     """
-    if codec is None:
+    if not compressors:
         return lambda chunk: chunk
-    if codec == "zstd":
-        zstd = numcodecs.Zstd(level=level)
+    (codec,) = compressors
+    if isinstance(codec, zarr.codecs.ZstdCodec):
+        zstd = numcodecs.Zstd(level=codec.level)
         return lambda chunk: zstd.encode(chunk)
-    if codec in _BLOSC_SHUFFLE:
+    if isinstance(codec, zarr.codecs.BloscCodec):
+        shuffle = {
+            zarr.codecs.BloscShuffle.noshuffle: numcodecs.Blosc.NOSHUFFLE,
+            zarr.codecs.BloscShuffle.shuffle: numcodecs.Blosc.SHUFFLE,
+            zarr.codecs.BloscShuffle.bitshuffle: numcodecs.Blosc.BITSHUFFLE,
+        }[codec.shuffle]
         blosc = numcodecs.Blosc(
-            cname="lz4",
-            clevel=_blosc_level(level),
-            shuffle=_NUMCODECS_SHUFFLE[_BLOSC_SHUFFLE[codec]],
-            typesize=np.dtype(dtype).itemsize,
+            cname=codec.cname.value,
+            clevel=codec.clevel,
+            shuffle=shuffle,
+            blocksize=codec.blocksize,
+            typesize=codec.typesize,
         )
         return lambda chunk: blosc.encode(chunk)
-    raise ValueError(f"Unknown compressor {codec!r}.")  # pragma: no cover
+    raise ValueError(f"No chunk encoder for {codec!r}.")  # pragma: no cover
 
 
 def _resolve_index(
@@ -518,7 +516,7 @@ class ZarrSink(_LayoutSink):
         self._owns_target = False
         self._arrays: dict[tuple[str, str], zarr.Array[Any]] = {}
         self._stripes = [threading.Lock() for _ in range(_NUM_LOCK_STRIPES)]
-        self._encoders: dict[tuple[str, str], Callable[[np.ndarray], Any] | None] = {}
+        self._encoders: dict[tuple[str, str], Callable[[np.ndarray], Any]] = {}
         self._pending_static: list[tuple[SiteLayout, np.ndarray]] = []
         self._pending_coords: list[tuple[str, int]] = []
         self._static_thread: threading.Thread | None = None
@@ -599,12 +597,11 @@ class ZarrSink(_LayoutSink):
                 }
                 for name, var in node.variables.items()
             }
-        self._encoders = {
-            key: _chunk_encoder(codec_for(self._config, layout.dtype), level, layout.dtype)
-            for key, layout in self._layouts.items()
-        }
+        self._encoders = {}
         for (group, name), layout in self._layouts.items():
-            encoding[f"/{group}"][name]["chunks"] = self._chunks(layout)
+            var_encoding = encoding[f"/{group}"][name]
+            var_encoding["chunks"] = self._chunks(layout)
+            self._encoders[(group, name)] = _chunk_encoder(var_encoding["compressors"])
         self._pending_coords = []
         for group in self._groups():
             for dim, size in self._dims_of(group).items():

@@ -155,10 +155,7 @@ def size_blocks(
             if alive * outputs + temp_cell * step <= budget:
                 break
             row_block = max(1, row_block // 2)
-        # Even blocks: the last block is padded to the block shape (one
-        # compilation), so a ragged split would compute up to a block of padding.
-        n_blocks = -(-max(job.n_rows, 1) // row_block)
-        row_block = -(-max(job.n_rows, 1) // n_blocks)
+        row_block = _even_rows(job.n_rows, row_block)
     step_cells = step_for(row_block)
     return BlockPlan(draw_block, row_block, blocks.n_draws, blocks.n_rows, step_cells)
 
@@ -183,9 +180,7 @@ def _draw_blocks(
     measured slower (W2: 8 blocks of 125 draws 8.46 s, 2 of 500 draws 7.97 s).
     Returns ``None`` when one draw of the rows does not fit the budget.
     """
-    n_rows = max(job.n_rows, 1)
-    n_blocks = -(-n_rows // max(1, min(n_rows, config.max_batch_rows)))
-    rows = -(-n_rows // n_blocks)
+    rows = _even_rows(job.n_rows, config.max_batch_rows)
     step_temp = temp_cell * rows
     room = config.memory_budget_bytes - step_temp
     one_draw = rows * per_row + per_draw
@@ -195,3 +190,14 @@ def _draw_blocks(
     limit = min(int(room // (alive * one_draw)), max(1, draws_per_chain // MIN_DRAW_BLOCKS))
     draw_block = largest_divisor_at_most(draws_per_chain, limit)
     return BlockPlan(draw_block, rows, job.n_draws, job.n_rows, max(CELLS_PER_STEP, rows))
+
+
+def _even_rows(n_rows: int, cap: int) -> int:
+    """Rows per block when ``n_rows`` is cut into equal blocks of at most ``cap`` rows.
+
+    The last block is padded to the block shape (one compilation), so a ragged
+    split would compute up to a block of padding.
+    """
+    n_rows = max(n_rows, 1)
+    n_blocks = -(-n_rows // max(1, min(n_rows, cap)))
+    return -(-n_rows // n_blocks)
