@@ -199,6 +199,34 @@ def test_draw_of_a_row_depends_only_on_key_draw_and_row() -> None:
     np.testing.assert_allclose(sub["y"], full["y"][:, :, :13], rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("source", ["zarr", "dask"])
+def test_inputs_read_block_by_block_give_the_same_draws(source: str, tmp_path: Path) -> None:
+    # X read from a chunked Zarr array (chunks of 13 rows: blocks of 7 rows
+    # straddle them) or an unevenly chunked dask array gives the draws of the
+    # same X in memory.
+    import dask.array as da
+    import zarr
+
+    model = make_model(linear_kernel).set_posterior_sample(make_posterior())
+    X = make_x()
+    key = jax.random.key(KEY)
+    if source == "zarr":
+        lazy: Any = zarr.create_array(
+            tmp_path / "X.zarr", shape=X.shape, chunks=(13, N_FEATURES), dtype=X.dtype
+        )
+        lazy[:] = X
+    else:
+        lazy = da.from_array(X, chunks=((5, 20, 15), N_FEATURES))
+    ref = values(model.predict(X, rng_key=key, batch_size=7, store="memory", progress=False))
+    for batch_size in (7, None):
+        got = values(
+            model.predict(
+                lazy, rng_key=key, batch_size=batch_size, output_dir=tmp_path, progress=False
+            )
+        )
+        assert_same(got, ref)
+
+
 # --------------------------------------------------------------------------- 2. device counts
 
 _SUBPROCESS = """

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import dopax.streaming.memory as memory
+import dopax.streaming.pipeline as pipeline
 from dopax.exceptions import StreamingError
 from dopax.output.schema import SiteLayout
 from dopax.streaming.pipeline import WriterPool
@@ -155,6 +157,35 @@ def test_keyboard_interrupt_stops_writers() -> None:
     assert time.monotonic() - start < 2
     assert not _writer_threads()
     assert sink.calls < 5  # queued blocks were dropped
+
+
+@pytest.mark.parametrize("trim", [True, False])
+def test_freed_memory_is_returned_as_blocks_are_written(
+    trim: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each block is 2 x 4 float32 = 32 bytes; with a 64-byte period, 10 blocks
+    # return freed memory 5 times while writing, and once more at the end.
+    calls: list[str] = []
+
+    def release() -> None:
+        calls.append(threading.current_thread().name)
+        memory.release_free_memory()
+
+    monkeypatch.setattr(pipeline, "TRIM_EVERY_BYTES", 64)
+    monkeypatch.setattr(pipeline, "release_free_memory", release)
+    sink = MemorySink()
+    sink.open([LAYOUT])
+    with WriterPool(sink, threads=2, depth=2, trim_memory=trim) as pool:
+        for s0 in range(0, 20, 2):
+            pool.submit(LAYOUT.group, LAYOUT.name, (slice(s0, s0 + 2),), FLAT[s0 : s0 + 2])
+    if trim:
+        assert len(calls) == 6
+        assert sum(name.startswith("dopax-writer-") for name in calls) == 5
+    else:
+        assert calls == []
+    np.testing.assert_array_equal(
+        sink.close()["posterior_predictive/y"].values, FLAT.reshape(2, 10, 4)
+    )
 
 
 def test_invalid_arguments() -> None:

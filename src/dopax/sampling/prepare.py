@@ -9,6 +9,7 @@ Interventions are validated against the kernel's sites and split the same way.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,11 +31,43 @@ def _target_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return dtype
 
 
+#: Most bytes of whole source chunks a :class:`LazyRows` keeps between reads.
+WINDOW_BYTES = 64 << 20
+
+
+def _row_chunk_starts(source: Any, n_rows: int) -> np.ndarray | None:
+    """Return the first row of every chunk of ``source`` along rows, and ``n_rows``.
+
+    Reads the ``chunks`` attribute of Zarr and HDF5 arrays (a tuple of chunk
+    lengths) and of dask arrays and dask-backed xarray objects (a tuple of
+    per-axis tuples). Returns ``None`` when the source is not chunked.
+    """
+    chunks = getattr(source, "chunks", None)
+    if not chunks or n_rows <= 0:
+        return None
+    first = chunks[0]
+    try:
+        if isinstance(first, int | np.integer):
+            step = int(first)
+            if step <= 0:
+                return None
+            return np.append(np.arange(0, n_rows, step, dtype=np.int64), n_rows)
+        sizes = np.asarray(first, dtype=np.int64)
+    except (TypeError, ValueError):
+        return None
+    if sizes.ndim != 1 or sizes.size == 0 or (sizes <= 0).any() or sizes.sum() != n_rows:
+        return None
+    return np.concatenate([[0], np.cumsum(sizes)])
+
+
 class LazyRows:
     """An input read block by block: a Zarr or HDF5 array, a dask array, a memmap.
 
     Only the rows of the block being computed are ever read, so inputs larger
-    than memory stream as well as outputs do.
+    than memory stream as well as outputs do. :meth:`rows` reads whole chunks
+    of a chunked source and keeps the last span read (up to
+    :data:`WINDOW_BYTES`), so blocks smaller than the source's chunks
+    decompress each chunk once rather than once per block.
 
     Args:
         source: An object with ``shape``, ``dtype`` and row slicing.
@@ -48,6 +81,34 @@ class LazyRows:
         self.source = source
         self.shape = tuple(int(s) for s in source.shape)
         self.dtype = _target_dtype(dtype)
+        self._starts = _row_chunk_starts(source, self.shape[0]) if self.shape else None
+        self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._window: tuple[int, int, np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Return rows ``start:stop``, reading whole source chunks where they are small enough.
+
+        Args:
+            start: First row.
+            stop: One past the last row.
+        """
+        with self._lock:
+            window = self._window
+            if window is not None and window[0] <= start and stop <= window[1]:
+                return window[2][start - window[0] : stop - window[0]]
+            if self._starts is None or stop <= start:
+                return self[start:stop]
+            starts = self._starts
+            first = int(starts[np.searchsorted(starts, start, side="right") - 1])
+            last = int(starts[np.searchsorted(starts, stop, side="left")])
+            if (last - first) * self._row_bytes > WINDOW_BYTES:
+                self._window = None
+                return self[start:stop]
+            self._window = None  # drop the old span before reading the new one
+            data = self[first:last]
+            self._window = (first, last, data)
+            return data[start - first : stop - first]
 
     @property
     def ndim(self) -> int:
@@ -94,6 +155,8 @@ def read_rows(value: Any, start: int, stop: int) -> Any:
         start: First row.
         stop: One past the last row.
     """
+    if isinstance(value, LazyRows):
+        return value.rows(start, stop)
     block = value[start:stop]
     if isinstance(block, np.ndarray | jax.Array):
         return block

@@ -8,8 +8,12 @@ after the buffers are freed. :func:`map_large_allocations` fixes the threshold
 at :data:`MMAP_THRESHOLD_BYTES`: every buffer at least that large gets its own
 mapping and goes back to the operating system the moment it is freed. That
 keeps memory flat without trimming the heap after every chunk, which cost
-about 0.5 s of CPU per W1 call (``BENCHMARKS.md``). Elsewhere than glibc both
-functions do nothing.
+about 0.5 s of CPU per W1 call (``BENCHMARKS.md``). The threshold is 1 MiB so
+that the buffers of a few MB that codecs and input reads allocate in their
+own threads' arenas are mapped too: with 4 MiB those arenas held about 40 MB
+more at the peak of a 10M-row call (W4). What is left in the arenas is
+returned every so many bytes written (:class:`~dopax.streaming.pipeline.WriterPool`).
+Elsewhere than glibc both functions do nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ __all__ = ["MMAP_THRESHOLD_BYTES", "map_large_allocations", "release_free_memory
 logger = logging.getLogger("dopax")
 
 #: Allocations of at least this many bytes get their own memory mapping.
-MMAP_THRESHOLD_BYTES = 4 << 20
+MMAP_THRESHOLD_BYTES = 1 << 20
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 

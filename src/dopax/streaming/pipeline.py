@@ -24,6 +24,10 @@ import numpy as np
 from dopax.exceptions import StreamingError
 from dopax.streaming.memory import map_large_allocations, release_free_memory
 
+#: Bytes of blocks written between two returns of freed heap memory to the
+#: system when memory is trimmed (see :class:`WriterPool`).
+TRIM_EVERY_BYTES = 1 << 30
+
 if TYPE_CHECKING:
     import jax
 
@@ -59,9 +63,10 @@ class WriterPool:
         depth: Number of submitted blocks that may wait for a writer before
             :meth:`submit` blocks.
         trim_memory: Keep resident memory close to live memory: large
-            allocations get their own mappings (set once per process) and
-            freed heap memory is returned when the pool closes (see
-            :mod:`dopax.streaming.memory`).
+            allocations get their own mappings (set once per process), and
+            freed heap memory is returned to the system after every
+            :data:`TRIM_EVERY_BYTES` bytes of blocks written and when the
+            pool closes (see :mod:`dopax.streaming.memory`).
 
     Raises:
         ValueError: If ``threads`` or ``depth`` is less than 1.
@@ -83,6 +88,7 @@ class WriterPool:
         self._draining = False
         self._stopped = False
         self._state = "new"
+        self._unreleased = 0  # bytes written since freed memory was last returned
 
     def __enter__(self) -> WriterPool:
         if self._state != "new":
@@ -187,14 +193,38 @@ class WriterPool:
             self._cond.notify_all()
             return item
 
+    def _write(self, item: _Item) -> int:
+        """Write one block to the sink and return its size in bytes."""
+        array = np.asarray(item.block)
+        self._sink.write(item.group, item.name, item.index, array)
+        return int(array.nbytes)
+
+    def _count_written(self, nbytes: int) -> bool:
+        """Add ``nbytes`` written; return whether freed memory is due to be returned.
+
+        Threads' heap arenas keep the high-water mark of their small
+        allocations (the codecs', the kernel runtime's), and over thousands of
+        blocks those marks add up to tens of MB (``BENCHMARKS.md``, W4).
+        Returning freed memory every :data:`TRIM_EVERY_BYTES` costs a few
+        milliseconds per GB written.
+        """
+        with self._cond:
+            self._unreleased += nbytes
+            if self._unreleased < TRIM_EVERY_BYTES:
+                return False
+            self._unreleased = 0
+            return True
+
     def _work(self) -> None:
         while True:
             item = self._next()
             if item is None:
                 return
             try:
-                self._sink.write(item.group, item.name, item.index, np.asarray(item.block))
+                nbytes = self._write(item)
                 item = None
+                if self._trim_memory and self._count_written(nbytes):
+                    release_free_memory()
             except BaseException as error:
                 logger.debug("Writer %s failed", threading.current_thread().name, exc_info=True)
                 with self._cond:
