@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -278,3 +279,106 @@ def test_large_static_variable_is_chunked_by_draws(tmp_path: Path) -> None:
     stored = zarr.open_array(tmp_path / "out", path="posterior/w")
     assert stored.chunks[0] == 1 and stored.chunks[1] < 100
     np.testing.assert_array_equal(tree["posterior/w"].values, big)
+
+
+async def _metadata(store: zarr.abc.store.Store) -> dict[str, object]:
+    prototype = zarr.core.buffer.default_buffer_prototype()
+    docs: dict[str, object] = {}
+    async for key in store.list():
+        if key.endswith("zarr.json"):
+            buffer = await store.get(key, prototype)
+            assert buffer is not None
+            docs[key] = json.loads(buffer.to_bytes())
+    return docs
+
+
+@pytest.mark.parametrize("compressor", ["auto", "zstd"])
+def test_declared_metadata_equals_what_xarray_writes(compressor: str) -> None:
+    """The store the sink declares is the one ``to_zarr`` writes for the same tree."""
+    import dask.array as da
+
+    from dopax.output.schema import POSITION_ATTRS, site_dims
+    from dopax.streaming.sinks import COORD_CHUNK, _compressors, codec_for
+
+    layouts = [
+        SiteLayout("posterior_predictive", "y", 2, 5, (7,), "float32", (1, 5, 4)),
+        SiteLayout("posterior_predictive", "k", 2, 5, (7, 3), "int32", (1, 2, 7, 3)),
+        SiteLayout("posterior_predictive", "flag", 2, 5, (7,), "bool", (1, 5, 7)),
+        SiteLayout("log_likelihood", "y", 2, 5, (7,), "float64", (1, 5, 7)),
+    ]
+    static = {
+        "posterior": {
+            "beta": np.zeros((2, 5, 3), np.float32),
+            "sigma": np.ones((2, 5), np.float32),
+            "n": np.ones((2, 5), np.int64),
+        }
+    }
+    attrs = {
+        "method": "predict",
+        "in_sample": np.int64(1),
+        "scale": np.float32(0.5),
+        "sites": ("y", "k"),
+        "weights": np.arange(3),
+        "complete": False,
+    }
+    config = ExecutionConfig(compressor=compressor)
+    store = zarr.storage.MemoryStore()
+    sink = ZarrSink(store=store, config=config)
+    sink.open(layouts, static=static, attrs=attrs)
+    declared = zarr.core.sync.sync(_metadata(store))
+    final_layouts = dict(sink._layouts)
+    chunks = {key: sink._chunks(layout) for key, layout in final_layouts.items()}
+    sink.abort()
+
+    nodes: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=attrs)}
+    encoding: dict[str, dict[str, dict[str, object]]] = {}
+    for group in ("posterior", "log_likelihood", "posterior_predictive"):
+        data_vars = {}
+        enc: dict[str, dict[str, object]] = {}
+        sizes: dict[str, int] = {}
+        for (g, name), layout in final_layouts.items():
+            if g != group:
+                continue
+            dims = site_dims(name, len(layout.shape))
+            data_vars[name] = (dims, da.empty(layout.full_shape, dtype=layout.dtype))
+            sizes.update(zip(dims, layout.full_shape, strict=True))
+            dtype = np.dtype(layout.dtype)
+            enc[name] = {
+                "compressors": _compressors(
+                    codec_for(config, dtype), config.compression_level, dtype
+                ),
+                "_FillValue": None,
+                "chunks": chunks[(g, name)],
+            }
+        coords = xr.Coordinates(
+            {
+                dim: (dim, da.arange(n, dtype=np.int64), dict(POSITION_ATTRS))
+                for dim, n in sizes.items()
+            },
+            indexes={},
+        )
+        for dim, n in sizes.items():
+            dtype = np.dtype(np.int64)
+            enc[dim] = {
+                "compressors": _compressors(
+                    codec_for(config, dtype), config.compression_level, dtype
+                ),
+                "_FillValue": None,
+                "chunks": (min(n, COORD_CHUNK),),
+            }
+        nodes[f"/{group}"] = xr.Dataset(data_vars, coords=coords)
+        encoding[f"/{group}"] = enc
+    reference = zarr.storage.MemoryStore()
+    xr.DataTree.from_dict(nodes).to_zarr(
+        reference,
+        mode="w-",
+        encoding=encoding,
+        consolidated=False,
+        compute=False,
+        zarr_format=3,
+        write_empty_chunks=True,
+    )
+    expected = zarr.core.sync.sync(_metadata(reference))
+    assert sorted(declared) == sorted(expected)
+    for key, doc in expected.items():
+        assert declared[key] == doc, key

@@ -17,7 +17,9 @@ writes it after everything else.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -28,7 +30,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import dask.array as da
 import numcodecs
 import numpy as np
 import xarray as xr
@@ -44,8 +45,8 @@ from dopax.config import ExecutionConfig, get_config
 from dopax.exceptions import StreamingError
 from dopax.output.schema import (
     GROUPS,
+    POSITION_ATTRS,
     SiteLayout,
-    mark_positions,
     position_coords,
     site_dims,
 )
@@ -117,15 +118,65 @@ _STATIC_CHUNK_BYTES = 64 * 2**20
 COORD_CHUNK = 1 << 20
 
 
-def _declared_coords(sizes: Mapping[str, int]) -> xr.Coordinates:
-    """Position coordinates as lazy arrays with no index: declared, not computed."""
-    return mark_positions(
-        xr.Coordinates(
-            {
-                dim: (dim, da.arange(size, chunks=min(size, COORD_CHUNK), dtype=np.int64))
-                for dim, size in sizes.items()
-            },
-            indexes={},
+@dataclasses.dataclass(frozen=True)
+class _ArraySpec:
+    """One Zarr array of a result, as ``ZarrSink.open`` declares it."""
+
+    group: str
+    name: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: np.dtype[Any]
+    dims: tuple[str, ...]
+    compressors: tuple[BytesBytesCodec, ...]
+    attributes: Mapping[str, Any]
+
+
+def _attr_value(value: Any) -> Any:
+    """A JSON-ready attribute value (NumPy arrays and scalars become Python ones)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+async def _create_nodes(
+    store: Store,
+    root_attrs: Mapping[str, Any],
+    groups: Sequence[str],
+    arrays: Sequence[_ArraySpec],
+) -> list[zarr.AsyncArray[Any]]:
+    """Create the root group, its child groups and their arrays, concurrently.
+
+    The metadata is what ``xarray``'s ``to_zarr`` writes for the same tree
+    (asserted in the tests): dimension names, floating-point variables with
+    a NaN fill value and the others with Zarr's default, and no other
+    attributes than the variables' own.
+    """
+    root = await zarr.api.asynchronous.create_group(
+        store=store,
+        zarr_format=3,
+        attributes={k: _attr_value(v) for k, v in root_attrs.items()},
+    )
+    made = await asyncio.gather(*(root.create_group(group) for group in groups))
+    nodes = dict(zip(groups, made, strict=True))
+    return list(
+        await asyncio.gather(
+            *(
+                nodes[spec.group].create_array(
+                    spec.name,
+                    shape=spec.shape,
+                    chunks=spec.chunks,
+                    dtype=spec.dtype,
+                    compressors=spec.compressors,
+                    dimension_names=spec.dims,
+                    attributes=dict(spec.attributes),
+                    config={"write_empty_chunks": True},
+                    **({"fill_value": np.nan} if spec.dtype.kind == "f" else {}),
+                )
+                for spec in arrays
+            )
         )
     )
 
@@ -518,7 +569,7 @@ class ZarrSink(_LayoutSink):
         self._stripes = [threading.Lock() for _ in range(_NUM_LOCK_STRIPES)]
         self._encoders: dict[tuple[str, str], Callable[[np.ndarray], Any]] = {}
         self._pending_static: list[tuple[SiteLayout, np.ndarray]] = []
-        self._pending_coords: list[tuple[str, int]] = []
+        self._pending_coords: list[tuple[zarr.Array[Any], int]] = []
         self._static_thread: threading.Thread | None = None
         self._static_error: BaseException | None = None
         self._files = FileWriter(direct=self._config.direct_io)
@@ -574,56 +625,52 @@ class ZarrSink(_LayoutSink):
         self._owns_target = True
         self._state = "opening"
 
-        tree = self._tree(
-            lambda layout: da.empty(
-                layout.full_shape,
-                chunks=self._chunks(layout),
-                dtype=layout.dtype,
-            ),
-            root_attrs,
-            _declared_coords,
-        )
         level = self._config.compression_level
-        encoding: dict[str, dict[str, dict[str, Any]]] = {}
-        for group in self._groups():
-            node = tree[group]
-            assert isinstance(node, xr.DataTree)
-            encoding[f"/{group}"] = {
-                str(name): {
-                    "compressors": _compressors(
-                        codec_for(self._config, var.dtype), level, var.dtype
-                    ),
-                    "_FillValue": None,
-                }
-                for name, var in node.variables.items()
-            }
+        specs: list[_ArraySpec] = []
+        coords: list[tuple[_ArraySpec, int]] = []
+        groups = self._groups()
+        for group in groups:
+            for dim, size in self._dims_of(group).items():
+                dtype = np.dtype(np.int64)
+                spec = _ArraySpec(
+                    group,
+                    dim,
+                    (size,),
+                    (min(size, COORD_CHUNK),),
+                    dtype,
+                    (dim,),
+                    _compressors(codec_for(self._config, dtype), level, dtype),
+                    POSITION_ATTRS,
+                )
+                coords.append((spec, size))
         self._encoders = {}
         for (group, name), layout in self._layouts.items():
-            var_encoding = encoding[f"/{group}"][name]
-            var_encoding["chunks"] = self._chunks(layout)
-            self._encoders[(group, name)] = _chunk_encoder(var_encoding["compressors"])
-        self._pending_coords = []
-        for group in self._groups():
-            for dim, size in self._dims_of(group).items():
-                encoding[f"/{group}"][dim]["chunks"] = (min(size, COORD_CHUNK),)
-                self._pending_coords.append((f"{group}/{dim}", size))
-        # Dimension coordinates are declared lazily (no index), so to_zarr
-        # writes their metadata only; their values are written chunk by chunk
-        # with the static variables, in memory that does not grow with rows.
-        tree.to_zarr(
-            self._store,
-            mode="w-",
-            encoding=encoding,
-            consolidated=False,
-            compute=False,
-            zarr_format=3,
-            write_empty_chunks=True,
+            dtype = np.dtype(layout.dtype)
+            spec = _ArraySpec(
+                group,
+                name,
+                layout.full_shape,
+                self._chunks(layout),
+                dtype,
+                layout.dims,
+                _compressors(codec_for(self._config, dtype), level, dtype),
+                {},
+            )
+            specs.append(spec)
+            self._encoders[(group, name)] = _chunk_encoder(spec.compressors)
+        # Every group and array is created in one trip to Zarr's event loop.
+        # Dimension coordinates are declared only; their values are written
+        # chunk by chunk with the static variables, in memory that does not
+        # grow with rows.
+        made = sync(
+            _create_nodes(self._store, root_attrs, groups, [*specs, *(c for c, _ in coords)])
         )
-        for (group, name), layout in self._layouts.items():
-            array = zarr.open_array(self._store, path=f"{group}/{name}", mode="r+")
-            self._arrays[(group, name)] = array.with_config({"write_empty_chunks": True})
-            if tuple(array.chunks) != self._chunks(layout):  # pragma: no cover - defensive
-                raise StreamingError(f"Unexpected chunks for {group}/{name}: {array.chunks}.")
+        arrays = [zarr.Array(a) for a in made]
+        for spec, array in zip(specs, arrays, strict=False):
+            self._arrays[(spec.group, spec.name)] = array
+        self._pending_coords = [
+            (array, size) for (_, size), array in zip(coords, arrays[len(specs) :], strict=True)
+        ]
         self._state = "open"
         if self._pending_static or self._pending_coords:
             self._static_thread = threading.Thread(
@@ -634,10 +681,7 @@ class ZarrSink(_LayoutSink):
 
     def _write_static(self) -> None:
         try:
-            for path, size in self._pending_coords:
-                array = zarr.open_array(self._store, path=path, mode="r+").with_config(
-                    {"write_empty_chunks": True}
-                )
+            for array, size in self._pending_coords:
                 for start in range(0, size, COORD_CHUNK):
                     if self._state != "open":
                         return
