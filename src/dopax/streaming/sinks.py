@@ -141,6 +141,11 @@ def _attr_value(value: Any) -> Any:
     return value
 
 
+def _fill_value(dtype: np.dtype[Any]) -> dict[str, Any]:
+    """``fill_value`` as xarray sets it: NaN for floating point, Zarr's default otherwise."""
+    return {"fill_value": np.nan} if dtype.kind == "f" else {}
+
+
 async def _create_nodes(
     store: Store,
     root_attrs: Mapping[str, Any],
@@ -173,7 +178,7 @@ async def _create_nodes(
                     dimension_names=spec.dims,
                     attributes=dict(spec.attributes),
                     config={"write_empty_chunks": True},
-                    **({"fill_value": np.nan} if spec.dtype.kind == "f" else {}),
+                    **_fill_value(spec.dtype),
                 )
                 for spec in arrays
             )
