@@ -202,8 +202,8 @@ class WriterPool:
     def _count_written(self, nbytes: int) -> bool:
         """Add ``nbytes`` written; return whether freed memory is due to be returned.
 
-        Threads' heap arenas keep the high-water mark of their small
-        allocations (the codecs', the kernel runtime's), and over thousands of
+        The heap arenas of the process's threads keep the high-water mark of
+        their allocations below the mmap threshold, and over hundreds of
         blocks those marks add up to tens of MB (``BENCHMARKS.md``, W4).
         Returning freed memory every :data:`TRIM_EVERY_BYTES` costs a few
         milliseconds per GB written.
