@@ -423,13 +423,8 @@ class _LayoutSink:
         self,
         make_data: Callable[[SiteLayout], Any],
         root_attrs: Mapping[str, Any],
-        make_coords: Callable[[Mapping[str, int]], xr.Coordinates] = position_coords,
     ) -> xr.DataTree:
-        """Build the result tree, streamed variables given by ``make_data``.
-
-        ``make_coords`` gives each group's dimension coordinates from the
-        dimension sizes (by default in-memory position coordinates).
-        """
+        """Build the result tree in memory, streamed variables given by ``make_data``."""
         nodes: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=dict(root_attrs))}
         for group in self._groups():
             data_vars: dict[str, tuple[tuple[str, ...], Any]] = {}
@@ -438,7 +433,7 @@ class _LayoutSink:
                     data_vars[name] = (layout.dims, make_data(layout))
             for name, array in self._static.get(group, {}).items():
                 data_vars[name] = (site_dims(name, array.ndim - 2), array)
-            coords = make_coords(self._dims_of(group))
+            coords = position_coords(self._dims_of(group))
             nodes[f"/{group}"] = xr.Dataset(data_vars, coords=coords)
         return xr.DataTree.from_dict(nodes)
 
