@@ -128,16 +128,18 @@ def make_X_zarr(n: int, d: int, folder: str) -> Any:
 
 def build_zarr_input(params: dict[str, Any]) -> common.Case:
     """dopax with the input read block by block from a Zarr array on disk."""
+    import shutil
     import tempfile
 
     common.import_impact_model("dopax")
     sites = tuple(params.get("return_sites", SITES))
     post = posterior(int(params.get("draws", 1000)))
-    X = make_X_zarr(int(params["n"]), NUM_FEATURES, tempfile.mkdtemp(dir=params.get("workdir")))
+    folder = tempfile.mkdtemp(prefix="dopax-bench-input-", dir=params.get("workdir"))
+    X = make_X_zarr(int(params["n"]), NUM_FEATURES, folder)
     predict_kwargs: dict[str, Any] = {"return_sites": sites}
     if params.get("batch_size") is not None:
         predict_kwargs["batch_size"] = int(params["batch_size"])
-    return common.persisted_predict_case(
+    case = common.persisted_predict_case(
         "dopax",
         kernel,
         post,
@@ -146,6 +148,15 @@ def build_zarr_input(params: dict[str, Any]) -> common.Case:
         workdir=params.get("workdir"),
         predict_kwargs=predict_kwargs,
     )
+    close = case.close
+
+    def close_and_remove_input() -> None:
+        if close is not None:
+            close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    case.close = close_and_remove_input
+    return case
 
 
 BUILDERS = {

@@ -214,3 +214,36 @@ def test_row_quantiles_equal_numpy_quantile(
     for i in range(len(probs)):
         # numpy interpolates in a different order: equal to one float32 rounding
         np.testing.assert_allclose(got[i], ref[i], rtol=0, atol=4e-7)
+
+
+def test_automatic_blocks_hold_a_multiple_of_eight_rows(setup: Any, tmp_path: Any) -> None:
+    # 40 draws x 4 bytes x (2 x 2 scenarios + 1) = 800 bytes per row; a budget of
+    # 3 x 13 rows gives 13 rows per block, rounded up to 16 (the last block of
+    # the 60 rows is padded). The draws are those of an unpadded call.
+    import zarr
+
+    from dopax.config import config_context
+
+    model, X, t, _ = setup
+    key = jax.random.key(9)
+    with config_context(memory_budget_bytes=3 * 13 * 800):
+        res = model.compare_scenarios(
+            X,
+            scenarios(),
+            baseline="control",
+            t=t,
+            keep_draws=True,
+            output_dir=tmp_path,
+            rng_key=key,
+            progress=False,
+        )
+    path = res.tree["scenario_draws"].attrs["artifact_path"]
+    chunks = zarr.open_array(path, path="predictions/y", mode="r").chunks
+    assert chunks[3] == 16
+    ref = model.predict_on_batch(X, t=np.ones(N, np.float32), rng_key=key)
+    np.testing.assert_allclose(
+        res.tree["scenario_draws"]["y"].sel(scenario="treated").values,
+        ref["posterior_predictive"]["y"].values,
+        rtol=1e-5,
+        atol=1e-5,
+    )

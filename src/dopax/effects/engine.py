@@ -21,6 +21,7 @@ from dopax.exceptions import ScenarioError, StreamingError
 from dopax.kernel.signature import kernel_parameters
 from dopax.output import schema
 from dopax.output.schema import SiteLayout, base_attrs
+from dopax.parallel.batching import ceil_to
 from dopax.parallel.sharded import pad_leading
 from dopax.sampling.forward import PREDICT, PassSpec
 from dopax.sampling.plan import FULL
@@ -38,6 +39,11 @@ _INTERVENTION = "intervention"
 
 #: Threads taking per-row effect summaries on the host.
 _HOST_THREADS = 2
+#: Automatic scenario blocks hold a multiple of this many rows (the last block
+#: is padded). XLA's CPU code for a W3 block took twice as long on an odd row
+#: count: 4,473 rows per block ran 200,000 rows in 23 s, against 11 s with
+#: 4,472, 4,476 or 4,480 (``BENCHMARKS.md``, W3).
+ROW_MULTIPLE = 8
 
 
 def _scenario(
@@ -181,6 +187,7 @@ def run_comparison(
         # taken on the host), each with its differences and their quantile
         # workspace: a third of the budget per block.
         row_block = int(max(1, min(n_rows, cfg.memory_budget_bytes // 3 // per_row_bytes)))
+        row_block = ceil_to(row_block, ROW_MULTIPLE)
     # Draws run one per step (a plain loop): W3's kernel measured faster this
     # way on CPU than vectorised over draws, and steps bound the temporaries.
     fn = scenario_block_fn(spec, site, n_s, b_index, len(labels), float(interval), True, keep_draws)
