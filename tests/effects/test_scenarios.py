@@ -127,8 +127,8 @@ def test_intervention_scenarios_and_relative_effect(setup: Any) -> None:
     np.testing.assert_allclose(rel, ate / base_mean, rtol=1e-5)
 
 
-@pytest.mark.parametrize("store", ["persistent", "memory"])
-def test_keep_draws_writes_every_scenario(setup: Any, store: str, tmp_path: Any) -> None:
+def _kept_draws(setup: Any, tmp_path: Any, **kwargs: Any) -> EffectResult:
+    """``compare_scenarios`` keeping draws; asserts the treated draws are ``predict``'s."""
     model, X, t, _ = setup
     key = jax.random.key(9)
     res = model.compare_scenarios(
@@ -137,22 +137,27 @@ def test_keep_draws_writes_every_scenario(setup: Any, store: str, tmp_path: Any)
         baseline="control",
         t=t,
         keep_draws=True,
-        store=store,
         output_dir=tmp_path,
         rng_key=key,
         progress=False,
-        batch_size=16,
+        **kwargs,
     )
-    kept = res.tree["scenario_draws"]["y"]
-    assert list(kept["scenario"].values) == ["treated", "control"]
-    assert kept.shape == (1, D, 2, N)
     ref = model.predict_on_batch(X, t=np.ones(N, np.float32), rng_key=key)
     np.testing.assert_allclose(
-        kept.sel(scenario="treated").values,
+        res.tree["scenario_draws"]["y"].sel(scenario="treated").values,
         ref["posterior_predictive"]["y"].values,
         rtol=1e-5,
         atol=1e-5,
     )
+    return res
+
+
+@pytest.mark.parametrize("store", ["persistent", "memory"])
+def test_keep_draws_writes_every_scenario(setup: Any, store: str, tmp_path: Any) -> None:
+    res = _kept_draws(setup, tmp_path, store=store, batch_size=16)
+    kept = res.tree["scenario_draws"]["y"]
+    assert list(kept["scenario"].values) == ["treated", "control"]
+    assert kept.shape == (1, D, 2, N)
     if store == "persistent":
         path = res.tree["scenario_draws"].attrs["artifact_path"]
         reopened = open_result(path)
@@ -224,26 +229,8 @@ def test_automatic_blocks_hold_a_multiple_of_eight_rows(setup: Any, tmp_path: An
 
     from dopax.config import config_context
 
-    model, X, t, _ = setup
-    key = jax.random.key(9)
     with config_context(memory_budget_bytes=3 * 13 * 800):
-        res = model.compare_scenarios(
-            X,
-            scenarios(),
-            baseline="control",
-            t=t,
-            keep_draws=True,
-            output_dir=tmp_path,
-            rng_key=key,
-            progress=False,
-        )
+        res = _kept_draws(setup, tmp_path)
     path = res.tree["scenario_draws"].attrs["artifact_path"]
     chunks = zarr.open_array(path, path="predictions/y", mode="r").chunks
     assert chunks[3] == 16
-    ref = model.predict_on_batch(X, t=np.ones(N, np.float32), rng_key=key)
-    np.testing.assert_allclose(
-        res.tree["scenario_draws"]["y"].sel(scenario="treated").values,
-        ref["posterior_predictive"]["y"].values,
-        rtol=1e-5,
-        atol=1e-5,
-    )

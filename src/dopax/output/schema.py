@@ -25,7 +25,6 @@ __all__ = [
     "POSITION_ATTRS",
     "SiteLayout",
     "base_attrs",
-    "mark_positions",
     "position_coords",
     "site_dims",
     "split_draws",
@@ -67,14 +66,8 @@ def position_coords(sizes: Mapping[str, int]) -> xr.Coordinates:
     Args:
         sizes: Dimension name to length.
     """
-    return mark_positions(
-        xr.Coordinates({dim: pd.RangeIndex(size, name=dim) for dim, size in sizes.items()})
-    )
-
-
-def mark_positions(coords: xr.Coordinates) -> xr.Coordinates:
-    """Give every coordinate in ``coords`` :data:`POSITION_ATTRS`; return ``coords``."""
-    for dim in coords:
+    coords = xr.Coordinates({dim: pd.RangeIndex(size, name=dim) for dim, size in sizes.items()})
+    for dim in sizes:
         coords[dim].attrs.update(POSITION_ATTRS)
     return coords
 

@@ -97,15 +97,14 @@ class LazyRows:
             window = self._window
             if window is not None and window[0] <= start and stop <= window[1]:
                 return window[2][start - window[0] : stop - window[0]]
+            self._window = None  # drop the old span before reading anything new
             if self._starts is None or stop <= start:
                 return self[start:stop]
             starts = self._starts
             first = int(starts[np.searchsorted(starts, start, side="right") - 1])
             last = int(starts[np.searchsorted(starts, stop, side="left")])
             if (last - first) * self._row_bytes > WINDOW_BYTES:
-                self._window = None
                 return self[start:stop]
-            self._window = None  # drop the old span before reading the new one
             data = self[first:last]
             self._window = (first, last, data)
             return data[start - first : stop - first]

@@ -629,17 +629,18 @@ class ZarrSink(_LayoutSink):
         specs: list[_ArraySpec] = []
         coords: list[tuple[_ArraySpec, int]] = []
         groups = self._groups()
+        coord_dtype = np.dtype(np.int64)
+        coord_codecs = _compressors(codec_for(self._config, coord_dtype), level, coord_dtype)
         for group in groups:
             for dim, size in self._dims_of(group).items():
-                dtype = np.dtype(np.int64)
                 spec = _ArraySpec(
                     group,
                     dim,
                     (size,),
                     (min(size, COORD_CHUNK),),
-                    dtype,
+                    coord_dtype,
                     (dim,),
-                    _compressors(codec_for(self._config, dtype), level, dtype),
+                    coord_codecs,
                     POSITION_ATTRS,
                 )
                 coords.append((spec, size))
