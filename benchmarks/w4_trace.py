@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import jax
 
-    import dopax.streaming.run as run_module
+    import dopax.execution.engine as run_module
 
     work = tempfile.mkdtemp(prefix="dopax-w4trace-", dir=args.workdir)
     try:
@@ -136,14 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         sampler = _Sampler(args.period)
         peaks: list[tuple[int, float]] = []
-        original = run_module.run_job
+        original = run_module.run_blocks
 
-        def traced(job: Any, blocks: Any, emit: Any, **kwargs: Any) -> None:
+        def traced(job: Any, blocks: Any, consume: Any, **kwargs: Any) -> None:
             inner = kwargs.pop("on_block", None)
 
-            def emit_tracked(name: str, index: Any, value: Any) -> None:
-                sampler.track(value)
-                emit(name, index, value)
+            def consume_tracked(block: Any, outputs: dict[str, Any]) -> None:
+                for value in outputs.values():
+                    sampler.track(value)
+                consume(block, outputs)
 
             def on_block(rows: int, draws: int) -> None:
                 sampler.block += 1
@@ -151,9 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if inner is not None:
                     inner(rows, draws)
 
-            original(job, blocks, emit_tracked, on_block=on_block, **kwargs)
+            original(job, blocks, consume_tracked, on_block=on_block, **kwargs)
 
-        run_module.run_job = traced
+        run_module.run_blocks = traced  # type: ignore[assignment]
         before_rss = _rss_mib()
         before_map = _mappings()
         before_peak = _max_mib()

@@ -50,6 +50,41 @@ class ExecutionConfig:
             page cache, which costs far less CPU per byte on virtual machines
             (``BENCHMARKS.md``). Filesystems that refuse it fall back to
             ordinary writes automatically.
+        min_cells_per_step: Fewest draw-by-row cells computed per sequential
+            step inside a block (steps bound the kernel's temporaries; the
+            sizing policy raises this from XLA's memory analysis).
+        sizing_probe_draws: Draws in the two probe blocks whose compiled
+            memory analysis gives the kernel's temporaries per cell.
+        sizing_probe_rows: Rows in the smaller probe block (the larger has
+            four times as many).
+        matmul_flops_per_cell: XLA-estimated flops per draw-row cell above
+            which a kernel counts as dominated by matrix products and runs one
+            draw per step on CPU (a linear predictor with noise: tens; W2's
+            network: about 90,000).
+        min_draw_blocks: Fewest blocks the draws are split into when blocks
+            keep whole rows (one-draw steps), so writers overlap compute.
+        row_multiple: Automatic scenario blocks hold a multiple of this many
+            rows: XLA's CPU code for a W3 block ran at half speed on an odd
+            row count (``BENCHMARKS.md``, W3).
+        host_threads: Host threads taking per-row effect summaries of
+            ``compare_scenarios`` (a selection over draws for every row).
+        static_chunk_bytes: Largest chunk of a variable written whole at open
+            (the posterior); chunks split the draws.
+        coord_chunk: Elements per chunk of a stored dimension coordinate.
+        lock_stripes: Locks that serialise partial-chunk writes of
+            concurrent writers (chunks hash onto them).
+        trim_every_bytes: With ``trim_memory``, freed heap memory is returned
+            to the system after every this many bytes of blocks written.
+        mmap_threshold_bytes: With ``trim_memory``, allocations of at least
+            this size get their own memory mappings (glibc's
+            ``M_MMAP_THRESHOLD``), fixed once per process at the first call.
+        input_window_bytes: Bytes of a chunked input (Zarr, HDF5, dask) read
+            at once and kept for the next block, so each source chunk is
+            decompressed once even when blocks are smaller than chunks.
+        direct_io_piece_bytes: Size of the aligned buffer through which
+            ``O_DIRECT`` writes pass.
+        svi_steps_per_chunk: SVI steps run in one compiled ``scan`` between
+            progress updates and convergence checks.
     """
 
     memory_budget_bytes: int = 256 * 2**20
@@ -61,6 +96,21 @@ class ExecutionConfig:
     max_batch_rows: int = 1_000_000
     trim_memory: bool = True
     direct_io: bool = True
+    min_cells_per_step: int = 1 << 12
+    sizing_probe_draws: int = 8
+    sizing_probe_rows: int = 256
+    matmul_flops_per_cell: float = 2_000.0
+    min_draw_blocks: int = 2
+    row_multiple: int = 8
+    host_threads: int = 2
+    static_chunk_bytes: int = 64 * 2**20
+    coord_chunk: int = 1 << 20
+    lock_stripes: int = 64
+    trim_every_bytes: int = 1 << 30
+    mmap_threshold_bytes: int = 1 << 20
+    input_window_bytes: int = 64 << 20
+    direct_io_piece_bytes: int = 8 * 2**20
+    svi_steps_per_chunk: int = 100
 
     def __post_init__(self) -> None:
         if self.memory_budget_bytes <= 0:
@@ -76,6 +126,29 @@ class ExecutionConfig:
             )
         if not 1 <= self.min_batch_rows <= self.max_batch_rows:
             raise ValueError("Need 1 <= `min_batch_rows` <= `max_batch_rows`.")
+        positive = (
+            "min_cells_per_step",
+            "sizing_probe_draws",
+            "sizing_probe_rows",
+            "min_draw_blocks",
+            "row_multiple",
+            "host_threads",
+            "static_chunk_bytes",
+            "coord_chunk",
+            "lock_stripes",
+            "trim_every_bytes",
+            "mmap_threshold_bytes",
+            "input_window_bytes",
+            "svi_steps_per_chunk",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
+        if self.matmul_flops_per_cell <= 0:
+            raise ValueError("`matmul_flops_per_cell` must be positive.")
+        if self.direct_io_piece_bytes < 4096 or self.direct_io_piece_bytes % 4096:
+            raise ValueError("`direct_io_piece_bytes` must be a positive multiple of 4096.")
 
 
 _CONFIG = ExecutionConfig()

@@ -211,7 +211,7 @@ def test_estimate_effect_rejects_mismatched_results(setup: Any) -> None:
 def test_row_quantiles_equal_numpy_quantile(
     shape: tuple[int, ...], probs: tuple[float, ...]
 ) -> None:
-    from dopax.effects.engine import row_quantiles
+    from dopax.effects.reduce import row_quantiles
 
     d = np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)
     ref = np.quantile(d, probs, axis=0)

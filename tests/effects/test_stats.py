@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from dopax.effects import hdi, summarize_draws
-from dopax.effects.stats import RunningMoments
 
 Z_94 = 1.8807936081512509  # standard normal quantile at 0.97
 
@@ -94,63 +93,3 @@ class TestSummarizeDraws:
             summarize_draws(np.array([]))
         with pytest.raises(ValueError, match="prob"):
             summarize_draws(np.arange(3.0), prob=1.2)
-
-
-class TestRunningMoments:
-    def test_batches_match_numpy(self) -> None:
-        rng = np.random.default_rng(4)
-        data = rng.normal(3.0, 2.0, size=(103, 7))
-        moments = RunningMoments()
-        for start, stop in [(0, 1), (1, 1), (1, 40), (40, 41), (41, 103)]:
-            moments.update(data[start:stop])
-        assert moments.count == 103
-        np.testing.assert_allclose(moments.mean, data.mean(axis=0), rtol=1e-13)
-        np.testing.assert_allclose(moments.variance, data.var(axis=0, ddof=1), rtol=1e-12)
-        np.testing.assert_allclose(moments.sd, data.std(axis=0, ddof=1), rtol=1e-12)
-
-    def test_merge_is_exact(self) -> None:
-        rng = np.random.default_rng(5)
-        data = rng.normal(size=(250, 4))
-        left, right = RunningMoments(ddof=0), RunningMoments(ddof=0)
-        left.update(data[:17]).update(data[17:90])
-        right.update(data[90:])
-        merged = left.merge(right)
-        assert merged is left
-        assert merged.count == 250
-        np.testing.assert_allclose(merged.mean, data.mean(axis=0), rtol=1e-13)
-        np.testing.assert_allclose(merged.variance, data.var(axis=0), rtol=1e-12)
-        assert right.count == 160
-
-    def test_merge_with_empty(self) -> None:
-        data = np.arange(12.0).reshape(4, 3)
-        filled = RunningMoments().update(data)
-        np.testing.assert_array_equal(filled.merge(RunningMoments()).mean, data.mean(axis=0))
-        empty = RunningMoments().merge(filled)
-        assert empty.count == 4
-        np.testing.assert_allclose(empty.variance, data.var(axis=0, ddof=1))
-
-    def test_axis(self) -> None:
-        rng = np.random.default_rng(6)
-        data = rng.normal(size=(5, 60))
-        moments = RunningMoments().update(data[:, :25], axis=1).update(data[:, 25:], axis=1)
-        np.testing.assert_allclose(moments.mean, data.mean(axis=1), rtol=1e-13)
-
-    def test_large_offset_is_stable(self) -> None:
-        rng = np.random.default_rng(7)
-        data = 1e9 + rng.normal(size=10_000)
-        moments = RunningMoments()
-        for block in np.array_split(data, 13):
-            moments.update(block)
-        np.testing.assert_allclose(moments.variance, data.var(ddof=1), rtol=1e-6)
-
-    def test_errors_and_edge_cases(self) -> None:
-        moments = RunningMoments()
-        with pytest.raises(ValueError, match="no data"):
-            _ = moments.mean
-        moments.update(np.ones((1, 2)))
-        assert np.all(np.isnan(moments.variance))
-        with pytest.raises(ValueError, match="Shape mismatch"):
-            moments.update(np.ones((3, 4)))
-        with pytest.raises(ValueError, match="ddof"):
-            RunningMoments(ddof=-1)
-        assert "count=1" in repr(moments)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import itertools
 from collections.abc import Callable
@@ -325,9 +326,13 @@ class TestMCMC:
         assert tree["posterior_predictive"].sizes["chain"] == 4
         assert tree["posterior_predictive"]["y"].shape == (4, 20, 20)
 
-        # Chains are laid out as the sampler's own chains, draw for draw.
-        assert model._mcmc is not None and model._mcmc.mcmc is not None
-        by_chain = model._mcmc.mcmc.get_samples(group_by_chain=True)
+        # Chains are laid out as the sampler's own chains, draw for draw: the same
+        # sampler run by NumPyro itself with the same key gives the same draws.
+        model.fit_on_batch(X, y, rng_key=jax.random.key(3), progress=False)
+        tree = model.predict_on_batch(X)
+        reference = copy.deepcopy(mcmc)
+        reference.run(jax.random.key(3), X=jnp.asarray(X), y=jnp.asarray(y))
+        by_chain = reference.get_samples(group_by_chain=True)
         np.testing.assert_array_equal(tree["posterior"]["alpha"].values, by_chain["alpha"])
         np.testing.assert_array_equal(tree["posterior"]["beta"].values, by_chain["beta"])
         assert "mu" not in tree["posterior"]
@@ -369,7 +374,9 @@ class TestCompileOnce:
             losses.append(float(loss))
         assert len(counter) == after_first
         assert np.all(np.isfinite(losses))
-        assert state is model._svi_state
+        # The state is the user's SVI object's state: its parameters are the guide's.
+        params = model.inference.get_params(state)
+        assert params and all(k.endswith(("_auto_loc", "_auto_scale")) for k in params)
         assert losses[-1] < losses[0]
 
     def test_predict_intervention_traces_once(self, small: tuple[np.ndarray, np.ndarray]) -> None:

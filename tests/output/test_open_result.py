@@ -15,10 +15,10 @@ import pytest
 import xarray as xr
 import zarr
 
+from dopax.config import ExecutionConfig
 from dopax.exceptions import IncompleteResultError
 from dopax.output.schema import POSITION_ATTRS, SiteLayout
 from dopax.output.store import COMPLETE_ATTR, StrictStore, is_complete, open_result
-from dopax.streaming import sinks
 from dopax.streaming.sinks import ZarrSink
 
 Y = SiteLayout("posterior_predictive", "y", 2, 4, (3,), "float32", (1, 2, 3))
@@ -184,10 +184,9 @@ def test_position_coordinates_take_no_memory_and_select(result: Path) -> None:
         np.testing.assert_array_equal(plain["posterior_predictive"]["y_dim_0"].values, [0, 1, 2])
 
 
-def test_coordinates_are_written_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sinks, "COORD_CHUNK", 2)
+def test_coordinates_are_written_in_chunks(tmp_path: Path) -> None:
     rows = SiteLayout("posterior_predictive", "y", 1, 3, (5,), "float32", (1, 3, 5))
-    sink = ZarrSink(tmp_path / "out")
+    sink = ZarrSink(tmp_path / "out", config=ExecutionConfig(coord_chunk=2))
     sink.open([rows])
     sink.write(rows.group, rows.name, (slice(0, 3),), np.ones((3, 5), "float32"))
     sink.close()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-import dopax.sampling.prepare as prepare
+from dopax.config import config_context
 from dopax.sampling.prepare import LazyRows, read_rows
 
 X = np.random.default_rng(0).standard_normal((1000, 3)).astype(np.float32)
@@ -23,7 +23,7 @@ class CountingSource:
         self.array = array
         self.shape = array.shape
         self.dtype = array.dtype
-        self.chunks = array.chunks
+        self.chunks = getattr(array, "chunks", None)
         self.reads: list[tuple[int, int]] = []
 
     def __getitem__(self, index: slice) -> np.ndarray:
@@ -70,14 +70,12 @@ def test_uneven_dask_chunks(tmp_path: Path) -> None:
         np.testing.assert_array_equal(read_rows(lazy, start, stop), X[start:stop])
 
 
-def test_chunks_larger_than_the_window_are_read_row_by_block(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_chunks_larger_than_the_window_are_read_row_by_block(tmp_path: Path) -> None:
     # 128 rows x 3 float32 = 1536 bytes per chunk; a 1 KB window cannot hold one,
     # so each block is read as asked and nothing is kept.
-    monkeypatch.setattr(prepare, "WINDOW_BYTES", 1024)
     source = CountingSource(_zarr(tmp_path, 128))
-    lazy = LazyRows(source, "X")
+    with config_context(input_window_bytes=1024):
+        lazy = LazyRows(source, "X")
     for start, stop in _blocks(1000, 7):
         np.testing.assert_array_equal(read_rows(lazy, start, stop), X[start:stop])
     assert source.reads == _blocks(1000, 7)
@@ -86,6 +84,7 @@ def test_chunks_larger_than_the_window_are_read_row_by_block(
 def test_unchunked_sources_are_read_as_asked(tmp_path: Path) -> None:
     mm = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype="f4", shape=X.shape)
     mm[:] = X
-    lazy = LazyRows(mm, "X")
-    assert lazy._starts is None
+    source = CountingSource(mm)
+    lazy = LazyRows(source, "X")
     np.testing.assert_array_equal(read_rows(lazy, 10, 17), X[10:17])
+    assert source.reads == [(10, 17)]

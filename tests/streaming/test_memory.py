@@ -19,7 +19,7 @@ _PROBE = textwrap.dedent(
             return int(f.read().split()[1]) * 4096 / 2**20
 
     if sys.argv[1] == "mapped":
-        assert map_large_allocations()
+        assert map_large_allocations(1 << 20)
     # A freed 30 MiB mapping raises glibc's dynamic mmap threshold to 30 MiB, so
     # later 16 MiB buffers come from the heap unless the threshold is fixed.
     big = np.ones(30 * 2**18, dtype=np.float32)

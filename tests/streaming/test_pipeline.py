@@ -171,11 +171,10 @@ def test_freed_memory_is_returned_as_blocks_are_written(
         calls.append(threading.current_thread().name)
         memory.release_free_memory()
 
-    monkeypatch.setattr(pipeline, "TRIM_EVERY_BYTES", 64)
     monkeypatch.setattr(pipeline, "release_free_memory", release)
     sink = MemorySink()
     sink.open([LAYOUT])
-    with WriterPool(sink, threads=2, depth=2, trim_memory=trim) as pool:
+    with WriterPool(sink, threads=2, depth=2, trim_memory=trim, trim_every_bytes=64) as pool:
         for s0 in range(0, 20, 2):
             pool.submit(LAYOUT.group, LAYOUT.name, (slice(s0, s0 + 2),), FLAT[s0 : s0 + 2])
     if trim:

@@ -298,7 +298,7 @@ def test_declared_metadata_equals_what_xarray_writes(compressor: str) -> None:
     import dask.array as da
 
     from dopax.output.schema import POSITION_ATTRS, site_dims
-    from dopax.streaming.sinks import COORD_CHUNK, _compressors, codec_for
+    from dopax.streaming.sinks import codec_for, compressors_for
 
     layouts = [
         SiteLayout("posterior_predictive", "y", 2, 5, (7,), "float32", (1, 5, 4)),
@@ -326,8 +326,13 @@ def test_declared_metadata_equals_what_xarray_writes(compressor: str) -> None:
     sink = ZarrSink(store=store, config=config)
     sink.open(layouts, static=static, attrs=attrs)
     declared = zarr.core.sync.sync(_metadata(store))
-    final_layouts = dict(sink._layouts)
-    chunks = {key: sink._chunks(layout) for key, layout in final_layouts.items()}
+    # Every variable as the sink declared it (read back through zarr's public API).
+    root = zarr.open_group(store, mode="r")
+    final: dict[tuple[str, str], tuple[tuple[int, ...], np.dtype, tuple[int, ...]]] = {}
+    for group_name, group_node in root.groups():
+        for name, array in group_node.arrays():
+            if array.metadata.dimension_names != (name,):
+                final[(group_name, name)] = (array.shape, array.dtype, array.chunks)
     sink.abort()
 
     nodes: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=attrs)}
@@ -336,19 +341,19 @@ def test_declared_metadata_equals_what_xarray_writes(compressor: str) -> None:
         data_vars = {}
         enc: dict[str, dict[str, object]] = {}
         sizes: dict[str, int] = {}
-        for (g, name), layout in final_layouts.items():
+        for (g, name), (shape, stored_dtype, stored_chunks) in sorted(final.items()):
             if g != group:
                 continue
-            dims = site_dims(name, len(layout.shape))
-            data_vars[name] = (dims, da.empty(layout.full_shape, dtype=layout.dtype))
-            sizes.update(zip(dims, layout.full_shape, strict=True))
-            dtype = np.dtype(layout.dtype)
+            dims = site_dims(name, len(shape) - 2)
+            data_vars[name] = (dims, da.empty(shape, dtype=stored_dtype))
+            sizes.update(zip(dims, shape, strict=True))
+            dtype = np.dtype(stored_dtype)
             enc[name] = {
-                "compressors": _compressors(
+                "compressors": compressors_for(
                     codec_for(config, dtype), config.compression_level, dtype
                 ),
                 "_FillValue": None,
-                "chunks": chunks[(g, name)],
+                "chunks": stored_chunks,
             }
         coords = xr.Coordinates(
             {
@@ -360,11 +365,11 @@ def test_declared_metadata_equals_what_xarray_writes(compressor: str) -> None:
         for dim, n in sizes.items():
             dtype = np.dtype(np.int64)
             enc[dim] = {
-                "compressors": _compressors(
+                "compressors": compressors_for(
                     codec_for(config, dtype), config.compression_level, dtype
                 ),
                 "_FillValue": None,
-                "chunks": (min(n, COORD_CHUNK),),
+                "chunks": (min(n, config.coord_chunk),),
             }
         nodes[f"/{group}"] = xr.Dataset(data_vars, coords=coords)
         encoding[f"/{group}"] = enc

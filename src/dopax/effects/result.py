@@ -30,6 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from dopax.effects.stats import _check_prob, _summary_arrays
+from dopax.output import schema
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -37,14 +38,14 @@ if TYPE_CHECKING:
 
 __all__ = ["EffectResult"]
 
-DRAWS = "draws"
-BY_GROUP = "by_group"
-ROWS = "rows"
-CHAIN = "chain"
-DRAW = "draw"
-SCENARIO = "scenario"
-CONTRAST = "contrast"
-GROUP = "group"
+DRAWS = schema.EFFECT_DRAWS
+BY_GROUP = schema.EFFECT_BY_GROUP
+ROWS = schema.EFFECT_ROWS
+CHAIN = schema.CHAIN
+DRAW = schema.DRAW
+SCENARIO = schema.SCENARIO
+CONTRAST = schema.CONTRAST
+GROUP = schema.GROUP
 
 DEFAULT_HDI_PROB = 0.94
 SUMMARY_COLUMNS: tuple[str, ...] = ("mean", "sd", "hdi_low", "hdi_high", "p_positive")

@@ -1,4 +1,4 @@
-"""The single-pass scenario engine: every scenario on every chunk, shared random numbers.
+"""Scenario arithmetic: every scenario on every block, shared random numbers.
 
 For each block of rows, the kernel runs once per scenario with the *same*
 call key, so the scenarios share their random numbers (common random
@@ -11,17 +11,17 @@ and a central interval of each contrast.
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dopax.parallel.sharded import OutputAxes
 from dopax.sampling.forward import PassSpec, forward_draw, map_draws
 
-__all__ = ["Scenario", "ScenarioBlockFn", "scenario_block_fn"]
+__all__ = ["Scenario", "ScenarioProgram", "group_codes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,100 +43,109 @@ class Scenario:
     shared_do: dict[str, Any]
 
 
-ScenarioBlockFn = Callable[..., dict[str, jax.Array]]
+@dataclasses.dataclass(frozen=True)
+class ScenarioProgram:
+    """The block program of a scenario comparison, run by the engine's block runner.
 
+    Its block arguments: ``rows = {"scenarios": (rows_0, ...), "codes": group
+    ids}``, ``shared = {"scenarios": (shared_0, ...), "n_rows": total rows}``,
+    and ``row_do``, ``shared_do``, ``anchor``, ``anchor_do`` one mapping per
+    scenario. Outputs: ``sums`` (S, D), ``group_sums`` (S, D, G), ``diffs``
+    (D, C, R): each contrast per draw and row, C = S - 1, and with
+    ``keep_draws`` every scenario's draws of the site as ``draws`` (D, S, R,
+    ...). Rows past ``n_rows`` (padding) count in no sum.
 
-@functools.lru_cache(maxsize=32)
-def scenario_block_fn(
-    spec: PassSpec,
-    site: str,
-    n_scenarios: int,
-    baseline: int,
-    n_groups: int,
-    interval: float,
-    per_row: bool,
-    keep_draws: bool = False,
-) -> ScenarioBlockFn:
-    """Return the jitted per-block reducer of a scenario comparison.
-
-    The returned function takes ``(call_key, draw_indices, row_offset, latent,
-    scenario_rows, scenario_shared, scenario_row_do, scenario_shared_do,
-    anchor_rows, anchor_do, group_ids, row_mask)`` where every ``scenario_*``
-    argument is a tuple with one mapping per scenario, and returns:
-    ``sums`` (S, D), ``group_sums`` (S, D, G) and, with ``per_row``, ``diffs``
-    (D, C, R): each contrast per draw and row, C = S - 1 contrasts.
-
-    Args:
+    Attributes:
         spec: The pass description (``return_sites`` must be ``(site,)``).
         site: The outcome site.
         n_scenarios: Number of scenarios.
         baseline: Index of the baseline scenario.
         n_groups: Number of groups (1 when there is no grouping).
-        interval: Central interval probability for per-row contrasts (part of
-            the cache key only; intervals are computed by the caller).
-        per_row: Whether to compute per-row contrast summaries.
-        keep_draws: Whether to also return every scenario's draws as
-            ``draws`` with shape ``(D, S, R, ...)``.
+        keep_draws: Whether to also return every scenario's draws.
+        cells_per_step: Draw-by-row cells per sequential step.
     """
 
-    def fn(
+    spec: PassSpec
+    site: str
+    n_scenarios: int
+    baseline: int
+    n_groups: int
+    keep_draws: bool
+    cells_per_step: int
+
+    @property
+    def outputs(self) -> tuple[OutputAxes, ...]:
+        """The reductions (summed over rows), the per-row contrasts, the kept draws."""
+        out = (
+            OutputAxes("sums", 1, None, summed_over_rows=True),
+            OutputAxes("group_sums", 1, None, summed_over_rows=True),
+            OutputAxes("diffs", 0, 2),
+        )
+        return (*out, OutputAxes("draws", 0, 2)) if self.keep_draws else out
+
+    def local(
+        self,
         call_key: jax.Array,
         draw_indices: jax.Array,
         row_offset: jax.Array,
         latent: Mapping[str, Any],
-        s_rows: tuple[Mapping[str, Any], ...],
-        s_shared: tuple[Mapping[str, Any], ...],
-        s_row_do: tuple[Mapping[str, Any], ...],
-        s_shared_do: tuple[Mapping[str, Any], ...],
-        anchor_rows: tuple[Mapping[str, Any], ...],
+        rows: Mapping[str, Any],
+        shared: Mapping[str, Any],
+        row_do: tuple[Mapping[str, Any], ...],
+        shared_do: tuple[Mapping[str, Any], ...],
+        anchor: tuple[Mapping[str, Any], ...],
         anchor_do: tuple[Mapping[str, Any], ...],
-        group_ids: jax.Array,
-        row_mask: jax.Array,
     ) -> dict[str, jax.Array]:
-        onehot = jax.nn.one_hot(group_ids, n_groups, dtype=jnp.float32) * row_mask[:, None]
-        others = [s for s in range(n_scenarios) if s != baseline]
+        """Evaluate every scenario on one block and reduce (see the class docstring)."""
+        s_rows, codes = rows["scenarios"], rows["codes"]
+        s_shared = shared["scenarios"]
+        n_block = int(codes.shape[0])
+        row_ids = row_offset + jnp.arange(n_block, dtype=jnp.uint32)
+        row_mask = (row_ids < shared["n_rows"].astype(jnp.uint32)).astype(jnp.float32)
+        onehot = jax.nn.one_hot(codes, self.n_groups, dtype=jnp.float32) * row_mask[:, None]
+        n_s, baseline, site = self.n_scenarios, self.baseline, self.site
+        others = [s for s in range(n_s) if s != baseline]
 
         def one(draw_index: jax.Array, latent_d: Mapping[str, Any]) -> dict[str, jax.Array]:
             # Every scenario of one draw in one place: their random numbers are
             # the same computation, which XLA evaluates once.
             values = []
             raws = []
-            for s in range(n_scenarios):
+            for s in range(n_s):
                 out = forward_draw(
-                    spec,
+                    self.spec,
                     call_key,
                     draw_index,
                     row_offset,
                     latent_d,
                     {**s_shared[s], **s_rows[s]},
-                    {**s_shared_do[s], **s_row_do[s]},
-                    {**s_shared[s], **anchor_rows[s]},
-                    {**s_shared_do[s], **anchor_do[s]},
+                    {**shared_do[s], **row_do[s]},
+                    {**s_shared[s], **anchor[s]},
+                    {**shared_do[s], **anchor_do[s]},
                 )[site]
                 raws.append(out)
                 values.append(out.reshape(out.shape[0], -1).mean(axis=-1).astype(jnp.float32))
             stacked = jnp.stack(values)  # (S, R)
-            res = {"sums": (stacked * row_mask).sum(axis=-1), "group_sums": stacked @ onehot}
-            if per_row:
-                res["diffs"] = jnp.stack([stacked[s] - stacked[baseline] for s in others])
-            if keep_draws:
+            res = {
+                "sums": (stacked * row_mask).sum(axis=-1),
+                "group_sums": stacked @ onehot,
+                "diffs": jnp.stack([stacked[s] - stacked[baseline] for s in others]),
+            }
+            if self.keep_draws:
                 res["draws"] = jnp.stack(raws)
             return res
 
-        out = map_draws(one, draw_indices, latent, int(row_mask.shape[0]))
+        out = map_draws(one, draw_indices, latent, n_block, self.cells_per_step)
         result = {
             "sums": out["sums"].T,  # (S, D)
             "group_sums": jnp.moveaxis(out["group_sums"], 0, 1),  # (S, D, G)
-        }
-        if keep_draws:
-            result["draws"] = out["draws"]  # (D, S, R, ...)
-        if per_row:
             # (D, C, R): per-row means and intervals are taken on the host, where a
             # selection (numpy's partition) is ~7x faster than XLA's CPU sort.
-            result["diffs"] = out["diffs"]
+            "diffs": out["diffs"],
+        }
+        if self.keep_draws:
+            result["draws"] = out["draws"]  # (D, S, R, ...)
         return result
-
-    return jax.jit(fn)
 
 
 def group_codes(by: Any, n_rows: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,9 +18,6 @@ __all__ = ["SVIRunResult", "SVIDriver"]
 
 logger = logging.getLogger("dopax")
 
-#: Steps per compiled chunk of the automatic full-batch loop.
-_CHUNK = 100
-
 
 class SVIRunResult(NamedTuple):
     """Parameters and loss history of an SVI fit.
@@ -70,10 +67,13 @@ class SVIDriver:
 
     Args:
         svi: The user's SVI object (never modified).
+        steps_per_chunk: Steps run in one compiled ``scan`` of the automatic
+            full-batch loop (``ExecutionConfig.svi_steps_per_chunk``).
     """
 
-    def __init__(self, svi: SVI) -> None:
+    def __init__(self, svi: SVI, steps_per_chunk: int = 100) -> None:
         self.svi = svi
+        self.steps_per_chunk = int(steps_per_chunk)
 
     @functools.cached_property
     def _update(self) -> Callable[..., Any]:
@@ -87,13 +87,14 @@ class SVIDriver:
     @functools.cached_property
     def _run_chunk(self) -> Callable[..., Any]:
         svi = self.svi
+        length = self.steps_per_chunk
 
         def chunk(state: Any, static: tuple[tuple[str, Any], ...], args: Mapping[str, Any]) -> Any:
             def body(s: Any, _: Any) -> Any:
                 s, loss = svi.update(s, **args, **dict(static))
                 return s, loss
 
-            return jax.lax.scan(body, state, None, length=_CHUNK)
+            return jax.lax.scan(body, state, None, length=length)
 
         return jax.jit(chunk, static_argnums=1)
 
@@ -148,8 +149,8 @@ class SVIDriver:
         done = 0
         target = num_steps if num_steps is not None else max_steps
         while done < target:
-            n = min(_CHUNK, target - done)
-            if n == _CHUNK:
+            n = min(self.steps_per_chunk, target - done)
+            if n == self.steps_per_chunk:
                 state, chunk_losses = self._run_chunk(state, static, args)
             else:
                 chunk = []
@@ -163,7 +164,9 @@ class SVIDriver:
                 progress(done, float(losses[-1][-1]))
             if num_steps is None and done >= min_steps:
                 history = np.concatenate(losses)
-                if not still_falling(history, window=max(_CHUNK, done // 10), tol=1e-4):
+                if not still_falling(
+                    history, window=max(self.steps_per_chunk, done // 10), tol=1e-4
+                ):
                     break
         return state, np.concatenate(losses) if losses else np.zeros(0, np.float32)
 

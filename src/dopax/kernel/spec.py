@@ -6,45 +6,34 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-from numpyro import handlers
-
 from dopax.exceptions import KernelValidationError
 from dopax.kernel.signature import kernel_parameters
 
-__all__ = ["KernelSpec", "trace_kernel", "build_spec", "validate_trace"]
+__all__ = ["KernelSpec", "build_spec", "observed_sites", "validate_trace"]
 
 
 @dataclasses.dataclass(frozen=True)
 class KernelSpec:
     """What the first trace of a kernel revealed.
 
+    A spec exists only once the kernel has been traced; :attr:`traced` is
+    kept for the aimz API and is always ``True``.
+
     Attributes:
-        traced: Always ``True`` for a spec built from a trace.
         sample_sites: Names of the latent (unobserved) sample sites, in trace order.
         return_sites: The output site first, then every deterministic site.
         output_observed: Whether the output site was observed in the trace
             (``True`` when traced with data for the output).
     """
 
-    traced: bool
     sample_sites: tuple[str, ...]
     return_sites: tuple[str, ...]
     output_observed: bool
 
-
-def trace_kernel(
-    kernel: Callable[..., Any], args: Mapping[str, Any], rng_key: jax.Array
-) -> dict[str, Any]:
-    """Run ``kernel`` once under ``seed`` and return its trace.
-
-    Args:
-        kernel: The NumPyro model function.
-        args: Keyword arguments to call it with.
-        rng_key: Key for the sample sites.
-    """
-    return handlers.trace(handlers.seed(kernel, rng_key)).get_trace(**args)
+    @property
+    def traced(self) -> bool:
+        """Whether the kernel has been traced (always ``True`` for a spec)."""
+        return True
 
 
 def validate_trace(
@@ -107,7 +96,6 @@ def build_spec(trace: Mapping[str, Any], param_output: str) -> KernelSpec:
     deterministic = tuple(name for name, site in trace.items() if site["type"] == "deterministic")
     out = trace[param_output]
     return KernelSpec(
-        traced=True,
         sample_sites=sample_sites,
         return_sites=(param_output, *deterministic),
         output_observed=bool(out.get("is_observed")),
@@ -125,12 +113,3 @@ def observed_sites(trace: Mapping[str, Any]) -> tuple[str, ...]:
         for name, site in trace.items()
         if site["type"] == "sample" and site.get("is_observed") and not name.endswith("__CF")
     )
-
-
-def is_array(value: Any) -> bool:
-    """Return whether ``value`` is an array (NumPy, JAX) rather than a Python object.
-
-    Args:
-        value: Any value.
-    """
-    return isinstance(value, jax.Array | jnp.ndarray) or hasattr(value, "__array__")

@@ -3,34 +3,83 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
-import weakref
+import itertools
 from typing import Any
 
-import numpy as np
+import jax
+import jax.numpy as jnp
 
 from dopax.exceptions import NotFittedError
+from dopax.execution.context import ModelContext
+from dopax.inference.driver import Driver
+from dopax.inference.posterior import Posterior
+from dopax.sampling.keys import check_key, typed_key
 
-__all__ = ["Posterior", "TempFolder", "require_posterior"]
+__all__ = ["FittedState", "Posterior", "require_posterior"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Posterior:
-    """Posterior draws, flat over chains (chain-major).
+@dataclasses.dataclass(eq=False)
+class FittedState:
+    """Everything a model holds besides its constructor arguments.
 
     Attributes:
-        draws: Site name to array with a leading flat draw axis.
-        num_chains: Number of chains the draws hold.
+        ctx: The engine's view of the model (kernel, spec, caches, temp folder).
+        driver: The fit driver (SVI or MCMC) with its fit state.
+        key_in: The key given at construction (converted on first use).
+        posterior: Posterior draws, or ``None`` before a fit.
     """
 
-    draws: dict[str, np.ndarray]
-    num_chains: int = 1
+    ctx: ModelContext
+    driver: Driver
+    key_in: Any
+    posterior: Posterior | None = None
+    _key: jax.Array | None = None
+    _counter: Any = dataclasses.field(default_factory=itertools.count)
 
     @property
-    def num_draws(self) -> int:
-        """Total number of draws (all chains)."""
-        return int(next(iter(self.draws.values())).shape[0])
+    def key(self) -> jax.Array:
+        """The model's typed key."""
+        if self._key is None:
+            self._key = typed_key(self.key_in)
+        return self._key
+
+    def call_key(self, rng_key: Any) -> jax.Array:
+        """Return a call's key: ``rng_key`` checked, or one derived from the model's key.
+
+        Derived keys fold a call counter into the model's key, so a script
+        re-run gives the same results.
+
+        Args:
+            rng_key: The call's ``rng_key`` argument, or ``None``.
+        """
+        if rng_key is not None:
+            check_key(rng_key)
+            return typed_key(rng_key)
+        return jax.random.fold_in(self.key, next(self._counter))
+
+    def __getstate__(self) -> dict[str, Any]:
+        count = next(self._counter)
+        self._counter = itertools.count(count)
+        key = self.key
+        return {
+            "ctx": self.ctx,
+            "driver": self.driver,
+            "posterior": self.posterior,
+            "key_data": jax.random.key_data(key),
+            "key_impl": str(jax.random.key_impl(key)),
+            "count": count,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        key = jax.random.wrap_key_data(jnp.asarray(state["key_data"]), impl=state["key_impl"])
+        self.__init__(  # type: ignore[misc]
+            ctx=state["ctx"],
+            driver=state["driver"],
+            key_in=key,
+            posterior=state["posterior"],
+            _key=key,
+            _counter=itertools.count(state["count"]),
+        )
 
 
 def require_posterior(posterior: Posterior | None, method: str) -> Posterior:
@@ -46,27 +95,3 @@ def require_posterior(posterior: Posterior | None, method: str) -> Posterior:
             "`fit_on_batch` or `set_posterior_sample` first."
         )
     return posterior
-
-
-class TempFolder:
-    """A temporary folder removed when no model or result references it any more.
-
-    Results read lazily from inside it keep a reference, so the folder outlives
-    the model for as long as a result needs it; :meth:`remove` deletes it at once.
-    """
-
-    def __init__(self) -> None:
-        self.path = tempfile.mkdtemp(prefix="dopax-")
-        self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
-
-    def remove(self) -> None:
-        """Delete the folder now."""
-        self._finalizer()
-
-    @property
-    def alive(self) -> bool:
-        """Whether the folder has not been removed."""
-        return self._finalizer.alive
-
-    def __reduce__(self) -> Any:
-        raise TypeError("A temporary output folder cannot be pickled.")

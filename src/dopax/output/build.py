@@ -10,7 +10,7 @@ import xarray as xr
 
 from dopax.output.schema import base_attrs, position_coords, site_dims, split_draws
 
-__all__ = ["dataset_from_draws", "build_tree"]
+__all__ = ["dataset_from_draws", "build_tree", "tree_from_nodes"]
 
 
 def dataset_from_draws(arrays: Mapping[str, Any], num_chains: int) -> xr.Dataset:
@@ -48,12 +48,31 @@ def build_tree(
         attrs: Extra root attributes (``created_at`` and ``dopax_version`` are
             always set).
     """
-    children = {}
+    nodes = {}
     for group, arrays in groups.items():
         if not arrays:
             continue
         chains = num_chains if isinstance(num_chains, int) else num_chains[group]
-        children[group] = xr.DataTree(dataset_from_draws(arrays, chains))
+        nodes[group] = dataset_from_draws(arrays, chains)
+    return tree_from_nodes(nodes, base_attrs(attrs))
+
+
+def tree_from_nodes(
+    nodes: Mapping[str, xr.Dataset | xr.DataTree], attrs: Mapping[str, Any] | None = None
+) -> xr.DataTree:
+    """Assemble a tree from its child groups and root attributes.
+
+    Every result tree dopax returns (predictive results, effect results,
+    contrasts, sinks' trees) is put together here.
+
+    Args:
+        nodes: Child name to its Dataset (or a whole subtree).
+        attrs: Root attributes, taken as given.
+    """
+    children = {
+        name: node if isinstance(node, xr.DataTree) else xr.DataTree(node)
+        for name, node in nodes.items()
+    }
     tree = xr.DataTree(children=children)
-    tree.attrs.update(base_attrs(attrs))
+    tree.attrs.update(dict(attrs or {}))
     return tree

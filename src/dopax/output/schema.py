@@ -11,7 +11,6 @@ import datetime as _dt
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import xarray as xr
 
@@ -23,6 +22,8 @@ __all__ = [
     "PREDICTIONS",
     "LOG_LIKELIHOOD",
     "POSITION_ATTRS",
+    "DEVICES_ATTR",
+    "SHARD_AXIS_ATTR",
     "SiteLayout",
     "base_attrs",
     "position_coords",
@@ -47,6 +48,25 @@ GROUPS: tuple[str, ...] = (
 
 CHAIN = "chain"
 DRAW = "draw"
+
+# Effect results (``compare_scenarios``): child groups and dimensions.
+#: Per-draw scenario means and contrasts.
+EFFECT_DRAWS = "draws"
+#: Per-draw means and contrasts by group of ``by``.
+EFFECT_BY_GROUP = "by_group"
+#: Per-row contrast summaries.
+EFFECT_ROWS = "rows"
+#: Every scenario's kept draws of the outcome (``keep_draws=True``).
+SCENARIO_DRAWS = "scenario_draws"
+SCENARIO = "scenario"
+CONTRAST = "contrast"
+GROUP = "group"
+ROW = "row"
+
+#: Root attribute: how many devices a call ran on.
+DEVICES_ATTR = "dopax_devices"
+#: Root attribute: the axis (``"obs"`` or ``"draw"``) a call split across devices.
+SHARD_AXIS_ATTR = "dopax_shard_axis"
 
 
 #: Attributes of a dimension coordinate that holds the positions ``0 .. n - 1``.
@@ -131,11 +151,6 @@ class SiteLayout:
         """Dimension names of the stored array."""
         return site_dims(self.name, len(self.shape))
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the whole array, uncompressed."""
-        return int(np.prod(self.full_shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
-
 
 def base_attrs(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Return the root attributes every result carries.
@@ -143,11 +158,18 @@ def base_attrs(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     Args:
         extra: Further attributes to merge in (e.g. ``artifact_path``).
     """
+    import numpyro
+
     from dopax._version import __version__
 
     attrs: dict[str, Any] = {
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(),
         "dopax_version": __version__,
+        # ArviZ 1.0's provenance attributes.
+        "creation_library": "dopax",
+        "creation_library_version": __version__,
+        "inference_library": "numpyro",
+        "inference_library_version": numpyro.__version__,
     }
     if extra:
         attrs.update(extra)

@@ -3,31 +3,83 @@
 A block is ``D`` draws by ``R`` rows. With ``shard_axis="obs"`` each device
 takes ``R / n_dev`` consecutive rows (and computes their global row offset
 itself) while the draws are replicated; with ``"draw"`` each device takes
-``D / n_dev`` draws and all rows. Either way no device talks to another, and
-since random numbers depend only on (key, draw, row), the split changes
-nothing in the results.
+``D / n_dev`` draws and all rows. Outputs reduced over rows (scenario sums)
+are summed across devices. Since random numbers depend only on (key, draw,
+row), the split changes no draw.
+
+What a block computes is a :class:`BlockProgram`: the forward pass of
+``predict`` and ``log_likelihood`` (:mod:`dopax.sampling.forward`) and the
+scenario reducer of ``compare_scenarios`` (:mod:`dopax.effects.scenarios`)
+are two such programs, run by one runner (:mod:`dopax.execution.runner`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dopax.sampling.forward import CELLS_PER_STEP, PassSpec, forward_block
-
-__all__ = ["OBS", "DRAW", "local_mesh", "compiled_block", "BlockFn"]
+__all__ = [
+    "OBS",
+    "DRAW",
+    "BlockFn",
+    "BlockProgram",
+    "OutputAxes",
+    "compiled_block",
+    "device_count",
+    "local_mesh",
+    "pad_leading",
+    "place",
+]
 
 OBS = "obs"
 DRAW = "draw"
 _AXIS = "devices"
 
 BlockFn = Callable[..., dict[str, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputAxes:
+    """Where one output of a block program keeps its draws and rows.
+
+    Attributes:
+        name: Output name.
+        draw_axis: Axis of the output indexed by the block's draws, or ``None``.
+        row_axis: Axis indexed by the block's rows, or ``None``.
+        summed_over_rows: Whether the output is a sum over the block's rows
+            (summed across devices when rows are split).
+    """
+
+    name: str
+    draw_axis: int | None
+    row_axis: int | None
+    summed_over_rows: bool = False
+
+
+class BlockProgram(Hashable, Protocol):
+    """A hashable description of what one block computes (it keys compilation).
+
+    ``local`` takes ``(call_key, draw_indices, row_offset, latent, rows,
+    shared, row_do, shared_do, anchor, anchor_do)``: ``latent`` and
+    ``draw_indices`` lead with the block's draws, ``rows`` and ``row_do`` are
+    pytrees whose leaves lead with the block's rows, the others are used
+    whole. It returns a dict of the outputs named in ``outputs``.
+    """
+
+    @property
+    def outputs(self) -> tuple[OutputAxes, ...]:
+        """The program's outputs."""
+        ...
+
+    def local(self, *args: Any) -> dict[str, jax.Array]:
+        """Compute one block (or one device's share of it)."""
+        ...
 
 
 @functools.cache
@@ -41,68 +93,56 @@ def device_count() -> int:
     return len(jax.local_devices())
 
 
-def _out_spec(row_axis: int | None, shard_axis: str) -> PartitionSpec:
-    if shard_axis == DRAW:
-        return PartitionSpec(_AXIS)
-    if row_axis is None:
+def _out_spec(axes: OutputAxes, shard_axis: str) -> PartitionSpec:
+    axis = axes.draw_axis if shard_axis == DRAW else axes.row_axis
+    if shard_axis == OBS and axes.summed_over_rows:
+        axis = None
+    if axis is None:
         return PartitionSpec()
-    return PartitionSpec(None, *([None] * row_axis), _AXIS)
+    return PartitionSpec(*([None] * axis), _AXIS)
+
+
+def _first_leaf_rows(tree: Any) -> int:
+    leaves = jax.tree.leaves(tree)
+    return int(leaves[0].shape[0]) if leaves else 0
 
 
 @functools.lru_cache(maxsize=64)
-def compiled_block(
-    spec: PassSpec,
-    row_axes: tuple[int | None, ...],
-    shard_axis: str,
-    n_dev: int,
-    cells_per_step: int = CELLS_PER_STEP,
-) -> BlockFn:
-    """Return the jitted, sharded block function for a pass.
+def compiled_block(program: BlockProgram, shard_axis: str, n_dev: int) -> BlockFn:
+    """Return the jitted, sharded block function of ``program``.
 
-    The function takes ``(call_key, draw_indices, row_offset, latent, row_args,
-    shared_args, row_intervention, shared_intervention, anchor_args,
-    anchor_intervention)`` and returns each return site with a leading draw
-    axis. Shapes must divide by ``n_dev`` along the sharded axis.
+    Shapes must divide by ``n_dev`` along the sharded axis.
 
     Args:
-        spec: The static pass description.
-        row_axes: Each return site's row axis (``None`` for none).
+        program: What a block computes.
         shard_axis: ``"obs"`` or ``"draw"``.
         n_dev: Number of devices in the mesh.
-        cells_per_step: Draw-by-row cells per sequential step on each device
-            (see :func:`~dopax.sampling.forward.forward_block`).
     """
-    mesh = local_mesh()
+    sharded_rows = shard_axis == OBS and n_dev > 1
+    summed = [a.name for a in program.outputs if a.summed_over_rows]
 
     def local(
         call_key: jax.Array,
         draw_indices: jax.Array,
         row_offset: jax.Array,
-        latent: Mapping[str, Any],
-        row_args: Mapping[str, Any],
-        shared_args: Mapping[str, Any],
-        row_do: Mapping[str, Any],
-        shared_do: Mapping[str, Any],
-        anchor_args: Mapping[str, Any],
-        anchor_do: Mapping[str, Any],
+        latent: Any,
+        rows: Any,
+        shared: Any,
+        row_do: Any,
+        shared_do: Any,
+        anchor: Any,
+        anchor_do: Any,
     ) -> dict[str, jax.Array]:
-        if shard_axis == OBS and n_dev > 1:
-            rows_here = next(iter(row_args.values())).shape[0] if row_args else 0
-            row_offset = row_offset + jax.lax.axis_index(_AXIS) * rows_here
-        return forward_block(
-            spec,
-            call_key,
-            draw_indices,
-            row_offset,
-            latent,
-            row_args,
-            shared_args,
-            row_do,
-            shared_do,
-            anchor_args,
+        if sharded_rows:
+            row_offset = row_offset + jax.lax.axis_index(_AXIS) * _first_leaf_rows(rows)
+        out = program.local(
+            call_key, draw_indices, row_offset, latent, rows, shared, row_do, shared_do, anchor,
             anchor_do,
-            cells_per_step,
-        )
+        )  # fmt: skip
+        if sharded_rows:
+            for name in summed:
+                out[name] = jax.lax.psum(out[name], _AXIS)
+        return out
 
     if n_dev == 1:
         return jax.jit(local)
@@ -113,12 +153,9 @@ def compiled_block(
         in_specs = (rep, rep, rep, rep, split, rep, split, rep, rep, rep)
     else:
         in_specs = (rep, split, rep, split, rep, rep, rep, rep, rep, rep)
-    out_specs = {
-        name: _out_spec(axis, shard_axis)
-        for name, axis in zip(spec.return_sites, row_axes, strict=True)
-    }
+    out_specs = {axes.name: _out_spec(axes, shard_axis) for axes in program.outputs}
     mapped = jax.shard_map(
-        local, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
+        local, mesh=local_mesh(), in_specs=in_specs, out_specs=out_specs, check_vma=False
     )
     return jax.jit(mapped)
 
@@ -149,4 +186,6 @@ def pad_leading(value: Any, size: int) -> Any:
         return value
     if isinstance(value, np.ndarray):
         return np.concatenate([value, np.repeat(value[-1:], size - n, axis=0)], axis=0)
+    import jax.numpy as jnp
+
     return jnp.concatenate([value, jnp.repeat(value[-1:], size - n, axis=0)], axis=0)

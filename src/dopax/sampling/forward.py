@@ -16,14 +16,12 @@ import jax
 import jax.numpy as jnp
 from numpyro import handlers
 
+from dopax.parallel.sharded import OutputAxes
 from dopax.sampling.rng import RowKeySeed, draw_words
 
-__all__ = ["PassSpec", "forward_draw", "forward_block"]
+__all__ = ["ForwardProgram", "PassSpec", "forward_block", "forward_draw", "map_draws"]
 
 PREDICT = "predict"
-#: Default (and smallest) number of draw-by-row cells computed per sequential
-#: step of a block; streamed calls size steps from the kernel's temporaries.
-CELLS_PER_STEP = 1 << 12
 LOG_LIKELIHOOD = "log_likelihood"
 
 
@@ -140,7 +138,7 @@ def forward_block(
     shared_intervention: Mapping[str, Any],
     anchor_args: Mapping[str, Any],
     anchor_intervention: Mapping[str, Any],
-    cells_per_step: int = CELLS_PER_STEP,
+    cells_per_step: int,
 ) -> dict[str, jax.Array]:
     """Run :func:`forward_draw` for a block of draws on one block of rows.
 
@@ -192,7 +190,7 @@ def map_draws(
     draw_indices: jax.Array,
     latent: Mapping[str, Any],
     n_rows: int,
-    cells_per_step: int = CELLS_PER_STEP,
+    cells_per_step: int,
 ) -> Any:
     """Apply ``one(draw_index, latent_d)`` to every draw, in steps of about ``cells_per_step``.
 
@@ -217,3 +215,55 @@ def map_draws(
         # turning matrix products into batched ones, slower on CPU.
         return jax.lax.map(lambda xs: one(*xs), (draw_indices, dict(latent)))
     return jax.lax.map(lambda xs: one(*xs), (draw_indices, dict(latent)), batch_size=per_step)
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardProgram:
+    """The block program of a forward pass (``predict``, ``log_likelihood``).
+
+    Attributes:
+        spec: The static pass description.
+        row_axes: Each return site's row axis within its own shape, or ``None``.
+        cells_per_step: Draw-by-row cells per sequential step.
+    """
+
+    spec: PassSpec
+    row_axes: tuple[int | None, ...]
+    cells_per_step: int
+
+    @property
+    def outputs(self) -> tuple[OutputAxes, ...]:
+        """Every return site: draws first, then the site's own axes."""
+        return tuple(
+            OutputAxes(name, 0, None if axis is None else axis + 1)
+            for name, axis in zip(self.spec.return_sites, self.row_axes, strict=True)
+        )
+
+    def local(
+        self,
+        call_key: jax.Array,
+        draw_indices: jax.Array,
+        row_offset: jax.Array,
+        latent: Mapping[str, Any],
+        rows: Mapping[str, Any],
+        shared: Mapping[str, Any],
+        row_do: Mapping[str, Any],
+        shared_do: Mapping[str, Any],
+        anchor: Mapping[str, Any],
+        anchor_do: Mapping[str, Any],
+    ) -> dict[str, jax.Array]:
+        """Run :func:`forward_block` on one block (see :class:`BlockProgram`)."""
+        return forward_block(
+            self.spec,
+            call_key,
+            draw_indices,
+            row_offset,
+            latent,
+            rows,
+            shared,
+            row_do,
+            shared_do,
+            anchor,
+            anchor_do,
+            self.cells_per_step,
+        )

@@ -115,7 +115,6 @@ def make_plan(
     shared_args: Mapping[str, Any],
     latent: Mapping[str, Any],
     intervention: Mapping[str, Any] | None,
-    force_full: str | None = None,
 ) -> ForwardPlan:
     """Plan a forward pass by probing the kernel on a few rows.
 
@@ -126,7 +125,6 @@ def make_plan(
         shared_args: Array kernel arguments used whole.
         latent: Latent values to substitute, leading axis draws (may be empty).
         intervention: Site name to value (validated here), or ``None``.
-        force_full: A reason to take the ``"full"`` path regardless.
 
     Returns:
         The plan.
@@ -168,8 +166,8 @@ def make_plan(
             f"Unknown return site(s) {missing}; the kernel's sites are {sorted(shapes2)}."
         )
 
-    reason = force_full
-    if reason is None and coupled:
+    reason = None
+    if coupled:
         reason = f"site(s) {coupled} change shape with the number of rows in an irregular way"
     if reason is None and local:
         reason = (

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from dopax.config import get_config
 from dopax.exceptions import ScenarioError
 
 __all__ = ["BoundArgs", "LazyRows", "bind_args", "split_intervention", "as_array", "read_rows"]
@@ -29,10 +30,6 @@ def _target_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     if dtype == np.int64:
         return np.dtype(np.int32)
     return dtype
-
-
-#: Most bytes of whole source chunks a :class:`LazyRows` keeps between reads.
-WINDOW_BYTES = 64 << 20
 
 
 def _row_chunk_starts(source: Any, n_rows: int) -> np.ndarray | None:
@@ -66,8 +63,9 @@ class LazyRows:
     Only the rows of the block being computed are ever read, so inputs larger
     than memory stream as well as outputs do. :meth:`rows` reads whole chunks
     of a chunked source and keeps the last span read (up to
-    :data:`WINDOW_BYTES`), so blocks smaller than the source's chunks
-    decompress each chunk once rather than once per block.
+    ``ExecutionConfig.input_window_bytes``, read when the input is bound), so
+    blocks smaller than the source's chunks decompress each chunk once rather
+    than once per block.
 
     Args:
         source: An object with ``shape``, ``dtype`` and row slicing.
@@ -84,6 +82,7 @@ class LazyRows:
         self._starts = _row_chunk_starts(source, self.shape[0]) if self.shape else None
         self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         self._window: tuple[int, int, np.ndarray] | None = None
+        self._window_bytes = get_config().input_window_bytes
         self._lock = threading.Lock()
 
     def rows(self, start: int, stop: int) -> np.ndarray:
@@ -103,7 +102,7 @@ class LazyRows:
             starts = self._starts
             first = int(starts[np.searchsorted(starts, start, side="right") - 1])
             last = int(starts[np.searchsorted(starts, stop, side="left")])
-            if (last - first) * self._row_bytes > WINDOW_BYTES:
+            if (last - first) * self._row_bytes > self._window_bytes:
                 return self[start:stop]
             data = self[first:last]
             self._window = (first, last, data)

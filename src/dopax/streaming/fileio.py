@@ -37,8 +37,6 @@ logger = logging.getLogger("dopax")
 #: Alignment of buffer, offsets and lengths for direct writes (covers 512-byte
 #: and 4 KiB logical blocks).
 _ALIGN = 4096
-#: Bytes copied and written per direct write call.
-_PIECE = 8 * 2**20
 
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 
@@ -51,10 +49,13 @@ class FileWriter:
     Args:
         direct: Try ``O_DIRECT`` writes (Linux); falls back to buffered writes
             for good at the first refusal.
+        piece_bytes: Size of the aligned buffer each direct write goes
+            through (a multiple of 4096).
     """
 
-    def __init__(self, direct: bool = True) -> None:
+    def __init__(self, direct: bool = True, piece_bytes: int = 8 * 2**20) -> None:
         self._direct = bool(direct and _O_DIRECT)
+        self._piece = int(piece_bytes)
         self._local = threading.local()
         self._lock = threading.Lock()
 
@@ -94,7 +95,7 @@ class FileWriter:
         buf = getattr(self._local, "buf", None)
         if buf is None:
             # An anonymous map is page aligned, which satisfies the alignment.
-            raw = mmap.mmap(-1, _PIECE)
+            raw = mmap.mmap(-1, self._piece)
             buf = np.frombuffer(raw, dtype=np.uint8)
             self._local.raw = raw
             self._local.buf = buf
@@ -108,7 +109,7 @@ class FileWriter:
         try:
             offset = 0
             while offset < total:
-                n = min(_PIECE, total - offset)
+                n = min(self._piece, total - offset)
                 buf[:n] = src[offset : offset + n]
                 padded = -(-n // _ALIGN) * _ALIGN
                 if padded != n:

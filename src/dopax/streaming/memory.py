@@ -5,7 +5,7 @@ heap arenas unless it is at least the mmap threshold, and it raises that
 threshold (up to 32 MiB) each time a mapped block is freed, so buffers of a few
 tens of MiB soon land in arenas that keep their high-water mark resident long
 after the buffers are freed. :func:`map_large_allocations` fixes the threshold
-at :data:`MMAP_THRESHOLD_BYTES`: every buffer at least that large gets its own
+at ``ExecutionConfig.mmap_threshold_bytes``: every buffer at least that large gets its own
 mapping and goes back to the operating system the moment it is freed. That
 keeps memory flat without trimming the heap after every chunk, which cost
 about 0.5 s of CPU per W1 call (``BENCHMARKS.md``). The threshold is 1 MiB so
@@ -25,12 +25,9 @@ import logging
 import sys
 from typing import Any
 
-__all__ = ["MMAP_THRESHOLD_BYTES", "map_large_allocations", "release_free_memory"]
+__all__ = ["map_large_allocations", "release_free_memory"]
 
 logger = logging.getLogger("dopax")
-
-#: Allocations of at least this many bytes get their own memory mapping.
-MMAP_THRESHOLD_BYTES = 1 << 20
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
@@ -53,18 +50,28 @@ def _libc() -> Any | None:
     return libc
 
 
-@functools.cache
-def map_large_allocations() -> bool:
-    """Serve allocations of :data:`MMAP_THRESHOLD_BYTES` or more from their own mappings.
+_MAPPED: list[bool] = []
 
-    Applies to the whole process, once (later calls do nothing), and only on
-    glibc. Returns whether the setting took effect.
+
+def map_large_allocations(threshold: int) -> bool:
+    """Serve allocations of ``threshold`` bytes or more from their own mappings.
+
+    Applies to the whole process, once (later calls do nothing, whatever
+    their threshold), and only on glibc. Returns whether the setting took
+    effect.
+
+    Args:
+        threshold: The mmap threshold in bytes.
     """
+    if _MAPPED:
+        return _MAPPED[0]
     libc = _libc()
     if libc is None:
+        _MAPPED.append(False)
         return False
-    ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-    logger.debug("mallopt(M_MMAP_THRESHOLD, %d): %s", MMAP_THRESHOLD_BYTES, ok)
+    ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    logger.debug("mallopt(M_MMAP_THRESHOLD, %d): %s", threshold, ok)
+    _MAPPED.append(ok)
     return ok
 
 

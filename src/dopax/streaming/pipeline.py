@@ -24,10 +24,6 @@ import numpy as np
 from dopax.exceptions import StreamingError
 from dopax.streaming.memory import map_large_allocations, release_free_memory
 
-#: Bytes of blocks written between two returns of freed heap memory to the
-#: system when memory is trimmed (see :class:`WriterPool`).
-TRIM_EVERY_BYTES = 1 << 30
-
 if TYPE_CHECKING:
     import jax
 
@@ -65,20 +61,35 @@ class WriterPool:
         trim_memory: Keep resident memory close to live memory: large
             allocations get their own mappings (set once per process), and
             freed heap memory is returned to the system after every
-            :data:`TRIM_EVERY_BYTES` bytes of blocks written and when the
+            ``trim_every_bytes`` bytes of blocks written and when the
             pool closes (see :mod:`dopax.streaming.memory`).
+        trim_every_bytes: Bytes of blocks written between two returns of
+            freed heap memory (``ExecutionConfig.trim_every_bytes``).
+        mmap_threshold_bytes: Allocations of at least this size get their own
+            mappings (``ExecutionConfig.mmap_threshold_bytes``).
 
     Raises:
         ValueError: If ``threads`` or ``depth`` is less than 1.
     """
 
-    def __init__(self, sink: Sink, *, threads: int, depth: int, trim_memory: bool = False) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        threads: int,
+        depth: int,
+        trim_memory: bool = False,
+        trim_every_bytes: int = 1 << 30,
+        mmap_threshold_bytes: int = 1 << 20,
+    ) -> None:
         if threads < 1:
             raise ValueError("`threads` must be at least 1.")
         if depth < 1:
             raise ValueError("`depth` must be at least 1.")
         self._sink = sink
         self._trim_memory = trim_memory
+        self._trim_every = int(trim_every_bytes)
+        self._mmap_threshold = int(mmap_threshold_bytes)
         self._num_threads = threads
         self._depth = depth
         self._cond = threading.Condition()
@@ -95,7 +106,7 @@ class WriterPool:
             raise StreamingError("A WriterPool can be entered once.")
         self._state = "running"
         if self._trim_memory:
-            map_large_allocations()
+            map_large_allocations(self._mmap_threshold)
         try:
             for i in range(self._num_threads):
                 thread = threading.Thread(target=self._work, name=f"dopax-writer-{i}", daemon=True)
@@ -205,12 +216,12 @@ class WriterPool:
         The heap arenas of the process's threads keep the high-water mark of
         their allocations below the mmap threshold, and over hundreds of
         blocks those marks add up to tens of MB (``BENCHMARKS.md``, W4).
-        Returning freed memory every :data:`TRIM_EVERY_BYTES` costs a few
+        Returning freed memory every ``trim_every_bytes`` costs a few
         milliseconds per GB written.
         """
         with self._cond:
             self._unreleased += nbytes
-            if self._unreleased < TRIM_EVERY_BYTES:
+            if self._unreleased < self._trim_every:
                 return False
             self._unreleased = 0
             return True

@@ -233,7 +233,8 @@ _SUBPROCESS = """
 import json, sys
 import jax, numpy as np
 sys.path.insert(0, {tests!r})
-from streaming.test_engine import make_model, make_posterior, make_x, linear_kernel, values, KEY
+from execution.test_engine import (make_model, make_posterior, make_x, linear_kernel, values,
+    KEY, scenarios_of)
 assert jax.device_count() == 4, jax.devices()
 model = make_model(linear_kernel).set_posterior_sample(make_posterior())
 X = make_x()
@@ -241,10 +242,23 @@ out = {{}}
 for axis in ("obs", "draw"):
     tree = model.predict(X, rng_key=jax.random.key(KEY), batch_size=7, shard_axis=axis,
                          output_dir={out_dir!r}, progress=False)
+    assert tree.attrs["dopax_devices"] == 4, tree.attrs
+    assert tree.attrs["dopax_shard_axis"] == axis, tree.attrs
     for k, v in values(tree).items():
         out[axis + "__" + k] = v
+effect = model.compare_scenarios(
+    X, scenarios_of(X), baseline="base", rng_key=jax.random.key(KEY), batch_size=8,
+    keep_draws=True, store="memory", progress=False)
+out["effect__devices"] = np.asarray(effect.tree.attrs["dopax_devices"])
+out["effect__draws"] = effect.tree["scenario_draws"]["y"].values
+out["effect__ate"] = effect.tree["draws"]["ate"].values
+out["effect__rows"] = effect.tree["rows"]["effect_mean"].values
 np.savez({npz!r}, **out)
 """
+
+
+def scenarios_of(X: np.ndarray) -> dict[str, dict[str, Any]]:
+    return {"base": {}, "shift": {"X": X + 1.0}}
 
 
 def test_four_devices_match_one_device(tmp_path: Path) -> None:
@@ -277,6 +291,19 @@ def test_four_devices_match_one_device(tmp_path: Path) -> None:
         assert_same(one, ref)
         got = {k.split("__", 1)[1]: four[k] for k in four.files if k.startswith(axis + "__")}
         assert_same(got, one)
+    # compare_scenarios shards too: on 4 devices it records them, and its draws are
+    # those of one device (sums over rows differ only in float32 rounding order).
+    effect = model.compare_scenarios(
+        X, scenarios_of(X), baseline="base", rng_key=key, batch_size=8, keep_draws=True,
+        store="memory", progress=False,
+    )  # fmt: skip
+    assert int(four["effect__devices"]) == 4
+    assert effect.tree.attrs["dopax_devices"] == 1
+    assert_same({"y": four["effect__draws"]}, {"y": effect.tree["scenario_draws"]["y"].values})
+    np.testing.assert_allclose(four["effect__ate"], effect.tree["draws"]["ate"].values, rtol=1e-5)
+    np.testing.assert_allclose(
+        four["effect__rows"], effect.tree["rows"]["effect_mean"].values, rtol=1e-5, atol=1e-6
+    )
 
 
 # --------------------------------------------------------------------------- 3. per-row latents

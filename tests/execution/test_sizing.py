@@ -17,8 +17,7 @@ from numpyro.infer.autoguide import AutoNormal
 from numpyro.optim import Adam
 
 from dopax import ImpactModel
-from dopax.config import config_context
-from dopax.streaming.sizing import MIN_DRAW_BLOCKS
+from dopax.config import config_context, get_config
 
 N_DRAWS = 40
 HIDDEN = 256
@@ -97,7 +96,7 @@ def test_wide_kernel_gets_bounded_steps_and_same_draws(
     assert step < draws * rows
     if jax.default_backend() == "cpu":
         # matrix products dominate: one draw per step over every row, draws split
-        assert (draws, rows) == (N_DRAWS // MIN_DRAW_BLOCKS, X.shape[0])
+        assert (draws, rows) == (N_DRAWS // get_config().min_draw_blocks, X.shape[0])
         assert rows <= step < 2 * rows
     reference = model.predict_on_batch(X, rng_key=jax.random.key(3), return_datatree=False)
     np.testing.assert_array_equal(tree["posterior_predictive/y"].values[0], reference["y"])

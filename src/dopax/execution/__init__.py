@@ -1,0 +1,1 @@
+"""The execution engine: requests become jobs, jobs run block by block into sinks."""

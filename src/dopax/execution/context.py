@@ -1,0 +1,128 @@
+"""What the engine keeps per model: the kernel, its spec, and caches."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+from dopax.data import ArrayLoader
+from dopax.kernel.signature import check_reserved_kwargs
+from dopax.kernel.spec import KernelSpec, build_spec, validate_trace
+from dopax.sampling.prepare import BoundArgs, bind_args
+from dopax.sampling.probe import probe_sites
+from dopax.streaming.targets import TempFolder
+
+__all__ = ["ModelContext"]
+
+#: Most entries a per-model cache keeps before it is cleared.
+_CACHE_ENTRIES = 256
+
+
+@dataclasses.dataclass(eq=False)
+class ModelContext:
+    """The engine's view of one model: kernel, names, spec, caches, temporary folder.
+
+    Attributes:
+        kernel: The NumPyro model function.
+        param_input: Name of the kernel's input argument.
+        param_output: Name of the kernel's output argument and site.
+        spec: What the first trace revealed, or ``None`` before it.
+        plans: Forward plans by pass and input signature.
+        sizes: Sizing probe results by program and shapes.
+    """
+
+    kernel: Callable[..., Any]
+    param_input: str
+    param_output: str
+    spec: KernelSpec | None = None
+    plans: dict[Any, Any] = dataclasses.field(default_factory=dict)
+    sizes: dict[Any, Any] = dataclasses.field(default_factory=dict)
+    _temp: TempFolder | None = None
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def temp_folder(self) -> TempFolder:
+        """Return the model's temporary folder, creating it once (thread-safe)."""
+        with self._lock:
+            if self._temp is None or not self._temp.alive:
+                self._temp = TempFolder()
+            return self._temp
+
+    @property
+    def temp_path(self) -> str | None:
+        """The temporary folder's path, or ``None`` if there is none."""
+        temp = self._temp
+        return None if temp is None or not temp.alive else temp.path
+
+    def remove_temp(self) -> None:
+        """Delete the temporary folder now."""
+        with self._lock:
+            if self._temp is not None:
+                self._temp.remove()
+                self._temp = None
+
+    def remember(self, cache: dict[Any, Any], key: Any, value: Any) -> Any:
+        """Store ``value`` in one of the caches (bounded) and return it."""
+        if len(cache) > _CACHE_ENTRIES:
+            cache.clear()
+        cache[key] = value
+        return value
+
+    def unpack_loader(
+        self, X: Any, y: Any, kwargs: Mapping[str, Any]
+    ) -> tuple[Any, Any, dict[str, Any]]:
+        """Take ``X``, ``y`` and further arguments out of an :class:`ArrayLoader` given as ``X``."""
+        if not isinstance(X, ArrayLoader):
+            return X, y, dict(kwargs)
+        if y is not None:
+            raise ValueError("When `X` is an ArrayLoader, `y` must be None (the loader holds it).")
+        arrays = dict(X.dataset.arrays)
+        if self.param_input not in arrays:
+            raise ValueError(
+                f"The ArrayLoader has no field {self.param_input!r} (`param_input`); "
+                f"its fields are {sorted(arrays)}."
+            )
+        X_arr = arrays.pop(self.param_input)
+        y_arr = arrays.pop(self.param_output, None)
+        return X_arr, y_arr, {**arrays, **kwargs}
+
+    def bind(self, X: Any, y: Any, kwargs: Mapping[str, Any]) -> BoundArgs:
+        """Bind a call's inputs to the kernel's arguments."""
+        X, y, kwargs = self.unpack_loader(X, y, kwargs)
+        check_reserved_kwargs(kwargs, self.kernel, self.param_input, self.param_output)
+        return bind_args(self.param_input, X, self.param_output, y, kwargs)
+
+    def probe(self, bound: BoundArgs) -> dict[str, dict[str, Any]]:
+        """Describe every site of the kernel on the call's first two rows (abstractly)."""
+        small = {k: jnp.asarray(v[:2]) for k, v in bound.rows.items()}
+        return probe_sites(self.kernel, {**bound.shared, **small}, bound.static)
+
+    def ensure_spec(self, bound: BoundArgs, *, fitting: bool) -> KernelSpec:
+        """Return the kernel's spec, tracing it first when needed.
+
+        Args:
+            bound: The call's bound inputs.
+            fitting: Whether the call fits (the output must then be observed).
+        """
+        if self.spec is not None and (not fitting or self.spec.output_observed):
+            return self.spec
+        traced = self.probe(bound)
+        validate_trace(traced, self.kernel, self.param_output, fitting=fitting)
+        spec = build_spec(traced, self.param_output)
+        if self.spec is None or fitting:
+            self.spec = spec
+        return spec
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "kernel": self.kernel,
+            "param_input": self.param_input,
+            "param_output": self.param_output,
+            "spec": self.spec,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]

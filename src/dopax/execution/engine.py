@@ -1,0 +1,195 @@
+"""The engine: one entry point per request, every call on the same runner and sizing policy."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from dopax.config import get_config
+from dopax.execution.context import ModelContext
+from dopax.execution.job import ForwardJob, forward_job
+from dopax.execution.request import LOG_LIKELIHOOD, PRIOR, PredictiveRequest
+from dopax.execution.runner import Block, run_blocks, sharding_of
+from dopax.execution.sizing import Footprint, size_blocks
+from dopax.output import schema
+from dopax.output.schema import SiteLayout
+from dopax.parallel.batching import BlockPlan
+from dopax.parallel.sharded import OutputAxes
+from dopax.streaming.sinks import MemorySink, Sink
+from dopax.streaming.stream import Submit, stream_into
+from dopax.streaming.targets import sink_for_call
+
+__all__ = ["result_attrs", "run_predictive"]
+
+logger = logging.getLogger("dopax")
+
+
+def result_attrs(job: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    """Return a result's root attributes, with where it ran (devices, shard axis).
+
+    Args:
+        job: The block job.
+        extra: The call's own attributes.
+    """
+    shard_axis, n_dev = sharding_of(job)
+    return schema.base_attrs(
+        {**extra, schema.DEVICES_ATTR: n_dev, schema.SHARD_AXIS_ATTR: shard_axis}
+    )
+
+
+def _group(request: PredictiveRequest) -> str:
+    if request.kind == PRIOR:
+        return schema.PRIOR_PREDICTIVE
+    if request.kind == LOG_LIKELIHOOD:
+        return schema.LOG_LIKELIHOOD
+    return schema.POSTERIOR_PREDICTIVE if request.in_sample else schema.PREDICTIONS
+
+
+def _footprint(fj: ForwardJob, in_one_block: bool) -> Footprint:
+    per_row = 0
+    per_draw = 0
+    for info in fj.plan.outputs:
+        itemsize = np.dtype(info.dtype).itemsize
+        if info.row_axis is None:
+            per_draw += int(np.prod(info.shape, dtype=np.int64)) * itemsize
+        else:
+            rest = [s for i, s in enumerate(info.shape) if i != info.row_axis]
+            per_row += int(np.prod(rest, dtype=np.int64)) * itemsize
+    cfg = get_config()
+    return Footprint(
+        per_row=per_row,
+        per_draw=per_draw,
+        alive=cfg.pipeline_depth + cfg.writer_threads + 1,
+        in_one_block=in_one_block,
+    )
+
+
+def _index(ax: OutputAxes, block: Block) -> tuple[slice, ...] | None:
+    """Return a forward output block's index in the flat ``(draws, *shape)`` layout."""
+    if ax.row_axis is None:
+        return (slice(block.d0, block.d1),) if block.r0 == 0 else None
+    return tuple(
+        slice(block.d0, block.d1)
+        if axis == 0
+        else slice(block.r0, block.r1)
+        if axis == ax.row_axis
+        else slice(None)
+        for axis in range(ax.row_axis + 1)
+    )
+
+
+def _layouts(fj: ForwardJob, group: str, blocks: BlockPlan) -> list[SiteLayout]:
+    layouts = []
+    for info in fj.plan.outputs:
+        chunks = [1, blocks.draw_block, *info.shape]
+        if info.row_axis is not None:
+            chunks[2 + info.row_axis] = min(blocks.row_block, info.shape[info.row_axis]) or 1
+        layouts.append(
+            SiteLayout(
+                group=group,
+                name=info.name,
+                num_chains=fj.chains,
+                num_draws=fj.job.n_draws // fj.chains,
+                shape=tuple(info.shape),
+                dtype=info.dtype,
+                chunks=tuple(max(c, 1) for c in chunks),
+            )
+        )
+    return layouts
+
+
+def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree | dict[str, Any]:
+    """Run a prior, posterior-predictive or log-likelihood request.
+
+    In-memory requests (``*_on_batch``) run as one block into a
+    :class:`MemorySink`; streamed ones run in blocks sized by the budget into
+    the sink their ``store`` and ``output_dir`` choose.
+
+    Args:
+        ctx: The model's context.
+        request: The request.
+    """
+    fj = forward_job(ctx, request)
+    job = fj.job
+    out = request.output
+    cfg = get_config()
+    blocks = size_blocks(
+        job,
+        _footprint(fj, out.in_memory),
+        chains=fj.chains,
+        batch_size=out.batch_size,
+        config=cfg,
+        cache=ctx.sizes,
+    )
+    # the step size chosen with the blocks
+    job.program = dataclasses.replace(job.program, cells_per_step=blocks.step_cells)  # type: ignore[type-var]
+    logger.debug(
+        "%s: blocks of %d draws x %d rows, %d draw-row cells per step",
+        request.method,
+        blocks.draw_block,
+        blocks.row_block,
+        blocks.step_cells,
+    )
+    group = _group(request)
+    layouts = _layouts(fj, group, blocks)
+    static = None
+    if request.posterior is not None:
+        static = {schema.POSTERIOR: request.posterior.by_chain()}
+    attrs = result_attrs(job, {"method": request.method, **_call_attrs(request, blocks, fj)})
+    sink: Sink
+    if out.in_memory:
+        sink = MemorySink()
+    else:
+        sink = sink_for_call(out.store, out.output_dir, _label(request), ctx.temp_folder)
+    axes = job.program.outputs
+
+    def run(submit: Submit, advance: Any) -> None:
+        def consume(block: Block, outputs: dict[str, Any]) -> None:
+            for ax in axes:
+                value = outputs.pop(ax.name)
+                index = _index(ax, block)
+                if index is not None:
+                    submit(group, ax.name, index, value)
+                del value
+
+        run_blocks(job, blocks, consume, on_block=lambda rows, draws: advance(rows * draws))
+
+    tree = stream_into(
+        sink,
+        run,
+        layouts=layouts,
+        static=static,
+        attrs=attrs,
+        total=job.n_rows * job.n_draws,
+        progress=out.progress and not out.in_memory,
+        desc=_label(request),
+    )
+    if out.in_memory and not out.return_datatree:
+        ds = tree[group].to_dataset()
+        return {
+            str(name): np.asarray(ds[name].values).reshape(-1, *ds[name].shape[2:])
+            for name in ds.data_vars
+        }
+    return tree
+
+
+def _label(request: PredictiveRequest) -> str:
+    return {PRIOR: "prior_predictive", LOG_LIKELIHOOD: "log_likelihood"}.get(
+        request.kind, "predict"
+    )
+
+
+def _call_attrs(request: PredictiveRequest, blocks: BlockPlan, fj: ForwardJob) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "shard_axis": request.shard_axis,
+        "batch_size": int(blocks.row_block),
+        "path": fj.plan.path,
+    }
+    if request.kind not in (PRIOR, LOG_LIKELIHOOD):
+        attrs["in_sample"] = int(request.in_sample)
+        attrs["intervention"] = repr(sorted((request.intervention or {}).keys()))
+    return attrs

@@ -1,0 +1,204 @@
+"""From a forward request to a job: bound inputs, the plan (cached), the per-row latent policy."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dopax._warn import warn
+from dopax.config import get_config
+from dopax.execution.context import ModelContext
+from dopax.execution.request import LOG_LIKELIHOOD, PredictiveRequest
+from dopax.execution.runner import BlockJob
+from dopax.kernel.spec import observed_sites
+from dopax.parallel.sharded import DRAW, OBS
+from dopax.sampling import forward
+from dopax.sampling.forward import ForwardProgram, PassSpec
+from dopax.sampling.plan import FULL, ForwardPlan, make_plan
+from dopax.sampling.prepare import BoundArgs, read_rows
+
+__all__ = ["ForwardJob", "forward_job", "plan_pass", "return_sites"]
+
+
+@dataclasses.dataclass
+class ForwardJob:
+    """A forward request made ready: the block job, its plan, its chains.
+
+    Attributes:
+        job: The block job.
+        plan: The pass's plan (output shapes, path).
+        chains: Number of chains of the draws.
+    """
+
+    job: BlockJob
+    plan: ForwardPlan
+    chains: int
+
+
+def plan_pass(
+    ctx: ModelContext,
+    spec: PassSpec,
+    bound: BoundArgs,
+    latent: Mapping[str, Any],
+    intervention: Any,
+) -> ForwardPlan:
+    """Return the plan of a pass, from the model's cache when the inputs' shapes were seen.
+
+    Args:
+        ctx: The model's context.
+        spec: The static pass description.
+        bound: The call's bound inputs.
+        latent: Latent values to substitute (leading draw axis).
+        intervention: Site name to value, or ``None``.
+    """
+    signature = (
+        spec,
+        bound.n_rows,
+        tuple((k, v.shape[1:], str(v.dtype)) for k, v in sorted(bound.rows.items())),
+        tuple((k, v.shape, str(v.dtype)) for k, v in sorted(bound.shared.items())),
+        tuple((k, np.shape(v)[1:]) for k, v in sorted(latent.items())),
+        None
+        if intervention is None
+        else tuple((k, np.shape(v)) for k, v in sorted(dict(intervention).items())),
+    )
+    plan = ctx.plans.get(signature)
+    if plan is None:
+        plan = make_plan(
+            spec,
+            n_rows=bound.n_rows,
+            row_args=bound.rows,
+            shared_args=bound.shared,
+            latent=latent,
+            intervention=intervention,
+        )
+        ctx.remember(ctx.plans, signature, plan)
+    return plan  # type: ignore[no-any-return]
+
+
+def return_sites(ctx: ModelContext, names: Any) -> tuple[str, ...]:
+    """Return the sites a call asks for (the spec's return sites by default).
+
+    Args:
+        ctx: The model's context (its spec is set).
+        names: A site name, a sequence of names, or ``None``.
+    """
+    if names is None:
+        assert ctx.spec is not None
+        return ctx.spec.return_sites
+    sites = (names,) if isinstance(names, str) else tuple(names)
+    if not sites or not all(isinstance(n, str) for n in sites):
+        raise TypeError("`return_sites` must be a site name or a sequence of site names.")
+    return sites
+
+
+def _float32(values: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in values.items():
+        arr = jnp.asarray(v) if isinstance(v, jax.Array) else np.asarray(v)
+        out[k] = arr.astype(np.float32) if arr.dtype == np.float64 else arr
+    return out
+
+
+def _latent_policy(
+    ctx: ModelContext,
+    request: PredictiveRequest,
+    bound: BoundArgs,
+    base: PassSpec,
+    draws: dict[str, Any],
+) -> tuple[ForwardPlan, dict[str, Any]]:
+    """Plan the pass, deciding what to do with per-row latent sites of the posterior.
+
+    In-sample calls keep them (all rows then run together, with a warning);
+    out-of-sample calls draw them fresh for the new rows.
+    """
+    plan = plan_pass(ctx, base, bound, draws, request.intervention)
+    if plan.local_latents:
+        if request.in_sample:
+            for name in plan.local_latents:
+                post_shape = np.shape(draws[name])[1:]
+                if len(post_shape) == 0 or bound.n_rows not in post_shape:
+                    raise ValueError(
+                        f"Per-row latent site {name!r} has posterior shape "
+                        f"{np.shape(draws[name])}, which does not fit {bound.n_rows} rows. "
+                        "In-sample calls need the training rows; pass `in_sample=False` to "
+                        "draw fresh per-row latents for new rows."
+                    )
+            warn(
+                f"{plan.reason}: all rows are processed together and only draws are split "
+                "across batches and devices.",
+                UserWarning,
+            )
+        else:
+            draws = {k: v for k, v in draws.items() if k not in plan.local_latents}
+            plan = plan_pass(ctx, base, bound, draws, request.intervention)
+    elif plan.path == FULL:
+        warn(
+            f"{plan.reason}: rows are processed together and only draws are split across "
+            "batches and devices.",
+            UserWarning,
+        )
+    return plan, draws
+
+
+def forward_job(ctx: ModelContext, request: PredictiveRequest) -> ForwardJob:
+    """Turn a forward request into a block job.
+
+    Args:
+        ctx: The model's context.
+        request: The request.
+    """
+    if request.shard_axis not in (OBS, DRAW):
+        raise ValueError(f"`shard_axis` must be 'obs' or 'draw'; got {request.shard_axis!r}.")
+    bound = ctx.bind(request.X, request.y, request.kwargs)
+    ctx.ensure_spec(bound, fitting=False)
+    assert ctx.spec is not None
+    if request.kind == LOG_LIKELIHOOD:
+        if ctx.param_output not in bound.rows:
+            raise ValueError("`log_likelihood` needs the observed output `y`.")
+        sites = observed_sites(ctx.probe(bound))
+        kind = forward.LOG_LIKELIHOOD
+    else:
+        sites = return_sites(ctx, request.return_sites)
+        kind = forward.PREDICT
+    posterior = request.posterior
+    # Only latent sample sites are substituted: deterministic sites are recomputed
+    # (as numpyro's Predictive does by default) and unknown names are ignored.
+    latent_names = set(ctx.spec.sample_sites)
+    draws = {k: v for k, v in (posterior.draws if posterior else {}).items() if k in latent_names}
+    base = PassSpec(ctx.kernel, bound.static, sites, kind)
+    plan, draws = _latent_policy(ctx, request, bound, base, draws)
+    spec = PassSpec(ctx.kernel, bound.static, sites, kind, plan.global_latents)
+    if request.num_samples is not None:
+        n_draws = request.num_samples
+    else:
+        n_draws = next(iter(draws.values())).shape[0] if draws else 1
+    intervention = _float32(request.intervention or {})
+    row_names = set(plan.row_intervention_sites)
+    row_do = {k: v for k, v in intervention.items() if k in row_names}
+    program = ForwardProgram(
+        spec,
+        tuple(info.row_axis for info in plan.outputs),
+        get_config().min_cells_per_step,
+    )
+    job = BlockJob(
+        program=program,
+        call_key=request.key,
+        latent=draws,
+        n_draws=n_draws,
+        n_rows=bound.n_rows,
+        rows=dict(bound.rows),
+        row_do=row_do,
+        shared=dict(bound.shared),
+        shared_do={k: v for k, v in intervention.items() if k not in row_names},
+        anchor={k: read_rows(v, 0, 1) for k, v in bound.rows.items()},
+        anchor_do={k: read_rows(v, 0, 1) for k, v in row_do.items()},
+        split_rows=plan.path != FULL,
+        shard_axis=request.shard_axis,
+    )
+    chains = posterior.num_chains if posterior is not None else 1
+    return ForwardJob(job, plan, chains)

@@ -1,0 +1,110 @@
+"""Frozen requests: everything one public call asks the engine for.
+
+The facade checks arguments, resolves the call's key and builds one request;
+the engine (:mod:`dopax.execution.engine`) does the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+
+from dopax.inference.posterior import Posterior
+
+__all__ = ["PREDICT", "PRIOR", "LOG_LIKELIHOOD", "Output", "PredictiveRequest", "ScenarioRequest"]
+
+#: Request kinds.
+PREDICT = "predict"
+PRIOR = "prior_predictive"
+LOG_LIKELIHOOD = "log_likelihood"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Output:
+    """Where and how a call's draws go.
+
+    Attributes:
+        in_memory: Compute in one piece and return in memory (the
+            ``*_on_batch`` methods); otherwise stream block by block.
+        return_datatree: For in-memory calls, a DataTree (else a dict).
+        batch_size: Rows per block, or ``None`` for the sizing policy.
+        store: ``"persistent"`` (Zarr) or ``"memory"``.
+        output_dir: Base folder for the call's new sub-folder, or ``None``.
+        progress: Whether to show a progress bar.
+    """
+
+    in_memory: bool = False
+    return_datatree: bool = True
+    batch_size: int | None = None
+    store: str = "persistent"
+    output_dir: Any = None
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PredictiveRequest:
+    """A forward pass: prior or posterior predictive draws, or the log-likelihood.
+
+    Attributes:
+        kind: :data:`PREDICT`, :data:`PRIOR` or :data:`LOG_LIKELIHOOD`.
+        method: The public method's name (attributes, progress label).
+        key: The call's typed PRNG key.
+        X: The input.
+        y: The observed output (log-likelihood) or ``None``.
+        kwargs: Further kernel arguments.
+        posterior: Posterior draws to substitute (``None`` for the prior).
+        intervention: Site values imposed with ``numpyro.handlers.do``.
+        return_sites: Sites asked for, or ``None`` for the defaults.
+        in_sample: Whether the rows are the training rows.
+        num_samples: Draws of a prior call.
+        shard_axis: ``"obs"`` or ``"draw"``.
+        output: Where the draws go.
+    """
+
+    kind: str
+    method: str
+    key: jax.Array
+    X: Any
+    y: Any = None
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    posterior: Posterior | None = None
+    intervention: Mapping[str, Any] | None = None
+    return_sites: Any = None
+    in_sample: bool = True
+    num_samples: int | None = None
+    shard_axis: str = "obs"
+    output: Output = dataclasses.field(default_factory=Output)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScenarioRequest:
+    """A single-pass comparison of scenarios (``compare_scenarios``).
+
+    Attributes:
+        key: The call's typed PRNG key.
+        X: The base input.
+        scenarios: Scenario name to overrides.
+        baseline: Name of the baseline scenario.
+        site: Outcome site, or ``None`` for the output site.
+        by: Per-row group labels, or ``None``.
+        interval: Central interval probability of per-row contrasts.
+        keep_draws: Also stream every scenario's draws of the site.
+        kwargs: Base kernel arguments.
+        posterior: The posterior.
+        output: Where kept draws go (and the block size, progress).
+    """
+
+    key: jax.Array
+    X: Any
+    scenarios: Mapping[str, Mapping[str, Any]]
+    baseline: str
+    site: str | None
+    by: Any
+    interval: float
+    keep_draws: bool
+    kwargs: Mapping[str, Any]
+    posterior: Posterior
+    output: Output = dataclasses.field(default_factory=Output)

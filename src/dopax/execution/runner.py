@@ -1,0 +1,238 @@
+"""The block runner: every call's (draws x rows) job, block by block, on all devices.
+
+A :class:`BlockJob` pairs a block program (the forward pass, or the scenario
+reducer) with the call's inputs. :func:`run_blocks` cuts it into blocks,
+slices and pads each block's rows, places them on the devices (split by rows
+or by draws), dispatches the compiled, sharded program (JAX dispatch is
+asynchronous, so the next block computes while earlier ones are consumed),
+trims the padding and hands each block's outputs to a consumer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dopax.parallel.batching import BlockPlan, ceil_to
+from dopax.parallel.sharded import (
+    DRAW,
+    OBS,
+    BlockProgram,
+    compiled_block,
+    device_count,
+    pad_leading,
+    place,
+)
+from dopax.sampling.prepare import read_rows
+
+__all__ = ["Block", "BlockJob", "Consume", "block_costs", "run_blocks", "sharding_of"]
+
+logger = logging.getLogger("dopax")
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """One block: draws ``d0:d1`` by rows ``r0:r1``."""
+
+    d0: int
+    d1: int
+    r0: int
+    r1: int
+
+
+#: Called with each block and its outputs (padding trimmed, possibly still computing).
+Consume = Callable[[Block, dict[str, Any]], None]
+
+
+@dataclasses.dataclass
+class BlockJob:
+    """Everything a call's blocks need, ready to run.
+
+    Attributes:
+        program: What a block computes.
+        call_key: The call's PRNG key.
+        latent: Latent values to substitute, leading flat draw axis.
+        n_draws: Number of draws (flat, all chains).
+        n_rows: Number of rows.
+        rows: Pytree of full-length row inputs (host, lazy or device arrays).
+        row_do: Pytree of full-length row intervention values.
+        shared: Pytree of inputs used whole by every block.
+        shared_do: Pytree of intervention values used whole.
+        anchor: Pytree of the anchor row's inputs (row 0).
+        anchor_do: Pytree of the anchor row's intervention values.
+        split_rows: Whether rows may be split into blocks (else every block
+            holds all rows and only draws are split).
+        shard_axis: ``"obs"`` or ``"draw"``, as asked.
+    """
+
+    program: BlockProgram
+    call_key: jax.Array
+    latent: Mapping[str, Any]
+    n_draws: int
+    n_rows: int
+    rows: Any
+    row_do: Any
+    shared: Any
+    shared_do: Any
+    anchor: Any
+    anchor_do: Any
+    split_rows: bool = True
+    shard_axis: str = OBS
+
+
+def sharding_of(job: BlockJob) -> tuple[str, int]:
+    """Return ``(shard axis, devices)`` a job actually runs with.
+
+    Rows that cannot be split are never split across devices: such jobs
+    split draws instead.
+    """
+    n_dev = device_count()
+    if n_dev == 1:
+        return OBS if job.split_rows else DRAW, 1
+    return (job.shard_axis if job.split_rows else DRAW), n_dev
+
+
+def _to_device(tree: Any) -> Any:
+    return place(jax.tree.map(jnp.asarray, tree), False)
+
+
+def _slice(tree: Any, start: int, stop: int, size: int) -> Any:
+    return jax.tree.map(lambda v: pad_leading(read_rows(v, start, stop), size), tree)
+
+
+class _Runner:
+    """The compiled block function of a job and its whole-call arguments."""
+
+    def __init__(self, job: BlockJob, program: BlockProgram | None = None) -> None:
+        self.job = job
+        self.shard_axis, self.n_dev = sharding_of(job)
+        self.program = program if program is not None else job.program
+        self.fn = compiled_block(self.program, self.shard_axis, self.n_dev)
+        self.shared = _to_device(job.shared)
+        self.shared_do = _to_device(job.shared_do)
+        self.anchor = _to_device(job.anchor)
+        self.anchor_do = _to_device(job.anchor_do)
+        self._draw_cache: dict[tuple[int, int], tuple[Any, Any]] = {}
+
+    def padded(self, nd: int, nr: int) -> tuple[int, int]:
+        """Return the block's draw and row counts padded for the device split."""
+        pad_d = ceil_to(nd, self.n_dev) if self.shard_axis == DRAW else nd
+        pad_r = ceil_to(nr, self.n_dev) if self.shard_axis == OBS else nr
+        return pad_d, pad_r
+
+    def _draw_args(self, d0: int, d1: int) -> tuple[Any, Any]:
+        """Return the placed draw indices and latent values of draws ``d0:d1``.
+
+        Blocks iterate rows outer and draws inner, and usually hold every draw,
+        so the latent values (a network's weights: hundreds of MB) are put on
+        the devices once per draw range rather than once per block.
+        """
+        cached = self._draw_cache.get((d0, d1))
+        if cached is None:
+            pad_d, _ = self.padded(d1 - d0, 1)
+            split_draws = self.shard_axis == DRAW and self.n_dev > 1
+            draws = pad_leading(np.arange(d0, d1, dtype=np.int32), pad_d)
+            latent = {k: pad_leading(v[d0:d1], pad_d) for k, v in self.job.latent.items()}
+            cached = (place(draws, split_draws), place(latent, split_draws))
+            if len(self._draw_cache) >= 2:
+                self._draw_cache.clear()
+            self._draw_cache[(d0, d1)] = cached
+        return cached
+
+    def args(self, d0: int, d1: int, r0: int, r1: int) -> tuple[Any, ...]:
+        """Return the block function's arguments for one block."""
+        _, pad_r = self.padded(d1 - d0, r1 - r0)
+        draws, latent = self._draw_args(d0, d1)
+        split_rows = self.shard_axis == OBS and self.n_dev > 1
+        return (
+            self.job.call_key,
+            draws,
+            jnp.asarray(r0, jnp.uint32),
+            latent,
+            place(_slice(self.job.rows, r0, r1, pad_r), split_rows),
+            self.shared,
+            place(_slice(self.job.row_do, r0, r1, pad_r), split_rows),
+            self.shared_do,
+            self.anchor,
+            self.anchor_do,
+        )
+
+
+def block_costs(job: BlockJob, program: BlockProgram, draws: int, rows: int) -> tuple[int, float]:
+    """Return ``(temporary bytes, flops)`` of ``program`` on one block of ``draws x rows``.
+
+    Reads XLA's own memory and cost analyses of the program compiled at that
+    shape, so kernels with large intermediate values (e.g. neural-network
+    activations) get smaller steps and blocks than their outputs alone
+    would suggest.
+
+    Args:
+        job: The job.
+        program: The program to analyse (the job's, usually with one step).
+        draws: Draws in the probe block.
+        rows: Rows in the probe block.
+    """
+    runner = _Runner(job, program)
+    args = runner.args(0, min(draws, job.n_draws), 0, min(rows, max(job.n_rows, 1)))
+    compiled: Any = runner.fn
+    executable = compiled.lower(*args).compile()
+    stats = executable.memory_analysis()
+    flops = 0.0
+    try:
+        cost = executable.cost_analysis()
+        if isinstance(cost, list | tuple):  # older JAX: one dict per program
+            cost = cost[0] if cost else {}
+        flops = float((cost or {}).get("flops", 0.0))
+    except Exception:  # pragma: no cover - backends without cost analysis
+        flops = 0.0
+    if stats is None:  # pragma: no cover - backends without memory analysis
+        return 0, flops
+    return int(stats.temp_size_in_bytes), flops
+
+
+def run_blocks(
+    job: BlockJob,
+    blocks: BlockPlan,
+    consume: Consume,
+    *,
+    on_block: Callable[[int, int], None] | None = None,
+) -> None:
+    """Run every block of ``job`` and pass each block's outputs to ``consume``.
+
+    Each output is taken out of the program's result as it is trimmed, and
+    the runner keeps no reference once ``consume`` returns, so the loop never
+    holds a block alive while the consumer's writers catch up.
+
+    Args:
+        job: The job.
+        blocks: How to cut it into blocks.
+        consume: Called as ``consume(block, outputs)``.
+        on_block: Called with ``(rows_in_block, draws_in_block)`` after each
+            block is dispatched (for progress bars).
+    """
+    runner = _Runner(job)
+    axes = runner.program.outputs
+    for d0, d1, r0, r1 in blocks.blocks():
+        nd, nr = d1 - d0, r1 - r0
+        pad_d, pad_r = runner.padded(nd, nr)
+        raw = runner.fn(*runner.args(d0, d1, r0, r1))
+        out: dict[str, Any] = {}
+        for ax in axes:
+            value = raw.pop(ax.name)
+            if pad_d != nd and ax.draw_axis is not None:
+                value = jax.lax.slice_in_dim(value, 0, nd, axis=ax.draw_axis)
+            if pad_r != nr and ax.row_axis is not None and not ax.summed_over_rows:
+                value = jax.lax.slice_in_dim(value, 0, nr, axis=ax.row_axis)
+            out[ax.name] = value
+            del value
+        del raw
+        consume(Block(d0, d1, r0, r1), out)
+        del out
+        if on_block is not None:
+            on_block(nr, nd)

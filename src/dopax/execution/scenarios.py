@@ -1,0 +1,277 @@
+"""``compare_scenarios`` on the engine: every scenario on each block, reduced on the fly.
+
+The comparison is a block job like any forward pass: the scenario reducer
+(:class:`~dopax.effects.scenarios.ScenarioProgram`) runs on the same runner,
+with blocks from the same sizing policy, split across every local device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from dopax.config import get_config
+from dopax.effects.reduce import EffectAccumulator
+from dopax.effects.result import EffectResult
+from dopax.effects.scenarios import Scenario, ScenarioProgram, group_codes
+from dopax.effects.tree import effect_tree
+from dopax.exceptions import ScenarioError
+from dopax.execution.context import ModelContext
+from dopax.execution.engine import result_attrs
+from dopax.execution.job import plan_pass
+from dopax.execution.request import ScenarioRequest
+from dopax.execution.runner import Block, BlockJob, run_blocks
+from dopax.execution.sizing import Footprint, size_blocks
+from dopax.kernel.signature import kernel_parameters
+from dopax.output import schema
+from dopax.output.build import tree_from_nodes
+from dopax.output.schema import SiteLayout
+from dopax.parallel.sharded import OBS
+from dopax.sampling.forward import PREDICT, PassSpec
+from dopax.sampling.plan import FULL, ForwardPlan
+from dopax.sampling.prepare import BoundArgs, read_rows
+from dopax.streaming.stream import Submit, stream_into
+from dopax.streaming.targets import sink_for_call
+
+__all__ = ["run_scenarios"]
+
+_INTERVENTION = "intervention"
+
+
+def _bind_scenario(
+    ctx: ModelContext, name: str, spec: Any, request: ScenarioRequest, n_rows: int
+) -> tuple[BoundArgs, Any]:
+    if not isinstance(spec, Mapping):
+        raise ScenarioError(
+            f"Scenario {name!r} must be a dict of kernel inputs to override and/or "
+            f"'intervention'; got {type(spec).__name__}."
+        )
+    params = set(kernel_parameters(ctx.kernel)) - {ctx.param_output}
+    overrides = {k: v for k, v in spec.items() if k != _INTERVENTION}
+    unknown = sorted(set(overrides) - params - {"X"})
+    if unknown:
+        raise ScenarioError(
+            f"Scenario {name!r} overrides unknown input(s) {unknown}; the kernel's inputs are "
+            f"{sorted(params)}."
+        )
+    X_s = overrides.pop("X", overrides.pop(ctx.param_input, request.X))
+    kwargs = request.kwargs
+    bound = ctx.bind(X_s, None, {**kwargs, **overrides})
+    if bound.n_rows != n_rows:
+        raise ScenarioError(
+            f"Scenario {name!r} has {bound.n_rows} rows of input but the call has {n_rows}."
+        )
+    for key in overrides:
+        base_is_row = (
+            key in kwargs and np.ndim(kwargs[key]) >= 1 and np.shape(kwargs[key])[0] == n_rows
+        )
+        if base_is_row and key not in bound.rows:
+            raise ScenarioError(
+                f"Scenario {name!r} gives {key!r} with shape {np.shape(overrides[key])}; it needs "
+                f"one value per row ({n_rows}) like the base call."
+            )
+    return bound, spec.get(_INTERVENTION)
+
+
+def _scenarios(
+    ctx: ModelContext, request: ScenarioRequest, base: BoundArgs, site: str
+) -> tuple[list[Scenario], list[ForwardPlan]]:
+    draws = dict(request.posterior.draws)
+    scenarios, plans = [], []
+    for name, spec_in in request.scenarios.items():
+        bound, intervention = _bind_scenario(ctx, name, spec_in, request, base.n_rows)
+        if bound.static != base.static:
+            raise ScenarioError(
+                f"Scenario {name!r} changes a non-array input; scenario overrides must be arrays."
+            )
+        spec = PassSpec(ctx.kernel, bound.static, (site,), PREDICT)
+        try:
+            plan = plan_pass(ctx, spec, bound, draws, intervention)
+        except KeyError as err:
+            raise ScenarioError(str(err.args[0])) from err
+        row_names = set(plan.row_intervention_sites)
+        do = {}
+        for k, v in (intervention or {}).items():
+            arr = np.asarray(v)
+            do[k] = arr.astype(np.float32) if arr.dtype == np.float64 else arr
+        scenarios.append(
+            Scenario(
+                name=name,
+                rows=dict(bound.rows),
+                shared=dict(bound.shared),
+                row_do={k: v for k, v in do.items() if k in row_names},
+                shared_do={k: v for k, v in do.items() if k not in row_names},
+            )
+        )
+        plans.append(plan)
+    return scenarios, plans
+
+
+def _check(request: ScenarioRequest) -> None:
+    if not isinstance(request.scenarios, Mapping) or len(request.scenarios) < 2:
+        raise ScenarioError("`scenarios` must be a dict of at least two named scenarios.")
+    if request.baseline not in request.scenarios:
+        raise ScenarioError(
+            f"`baseline` {request.baseline!r} is not among the scenarios "
+            f"{sorted(request.scenarios)}."
+        )
+    if not 0.0 < request.interval < 1.0:
+        raise ValueError(f"`interval` must lie in (0, 1); got {request.interval!r}.")
+
+
+def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
+    """Evaluate every scenario on each block of rows and reduce on the fly.
+
+    Args:
+        ctx: The model's context.
+        request: The request.
+    """
+    _check(request)
+    base = ctx.bind(request.X, None, request.kwargs)
+    ctx.ensure_spec(base, fitting=False)
+    n_rows = base.n_rows
+    codes, labels = group_codes(request.by, n_rows)
+    site = request.site or ctx.param_output
+    scenarios, plans = _scenarios(ctx, request, base, site)
+    names = [s.name for s in scenarios]
+    b_index = names.index(request.baseline)
+    posterior = request.posterior
+    cfg = get_config()
+    program = ScenarioProgram(
+        PassSpec(ctx.kernel, base.static, (site,), PREDICT, plans[0].global_latents),
+        site,
+        len(names),
+        b_index,
+        len(labels),
+        request.keep_draws,
+        cfg.min_cells_per_step,
+    )
+    job = BlockJob(
+        program=program,
+        call_key=request.key,
+        latent=dict(posterior.draws),
+        n_draws=posterior.num_draws,
+        n_rows=n_rows,
+        rows={"scenarios": tuple(s.rows for s in scenarios), "codes": codes},
+        row_do=tuple(s.row_do for s in scenarios),
+        shared={
+            "scenarios": tuple(s.shared for s in scenarios),
+            "n_rows": np.asarray(n_rows, np.int64),
+        },
+        shared_do=tuple(s.shared_do for s in scenarios),
+        anchor=tuple({k: read_rows(v, 0, 1) for k, v in s.rows.items()} for s in scenarios),
+        anchor_do=tuple({k: read_rows(v, 0, 1) for k, v in s.row_do.items()} for s in scenarios),
+        split_rows=not any(p.path == FULL for p in plans),
+        shard_axis=OBS,
+    )
+    info = next(o for o in plans[0].outputs if o.name == site)
+    kept_bytes = 0
+    if request.keep_draws:
+        if info.row_axis != 0:
+            raise ScenarioError(
+                f"`keep_draws` needs the outcome site {site!r} to lead with its row axis."
+            )
+        rest = int(np.prod(info.shape[1:], dtype=np.int64))
+        kept_bytes = len(names) * rest * np.dtype(info.dtype).itemsize
+    footprint = Footprint(
+        per_row=4 * (2 * len(names) + 1) + kept_bytes,
+        per_draw=0,
+        alive=cfg.host_threads + 1,
+        whole_draws=True,
+        one_draw_steps=True,
+        probe=False,
+    )
+    out = request.output
+    blocks = size_blocks(
+        job,
+        footprint,
+        chains=posterior.num_chains,
+        batch_size=out.batch_size,
+        config=cfg,
+        cache=ctx.sizes,
+    )
+    job.program = dataclasses.replace(program, cells_per_step=blocks.step_cells)
+    acc = EffectAccumulator(
+        len(names), posterior.num_draws, len(labels), n_rows, request.interval, cfg.host_threads
+    )
+    attrs = result_attrs(job, {"baseline": request.baseline, "site": site})
+
+    def run(submit: Submit | None, advance: Any) -> None:
+        def consume(block: Block, outputs: dict[str, Any]) -> None:
+            if submit is not None:
+                index = (slice(block.d0, block.d1), slice(None), slice(block.r0, block.r1))
+                submit(schema.PREDICTIONS, site, index, outputs.pop("draws"))
+            acc.add(block.r0, block.r1, outputs)
+
+        try:
+            run_blocks(job, blocks, consume, on_block=lambda rows, draws: advance(rows))
+            acc.finish()
+        except BaseException:
+            acc.abort()
+            raise
+
+    kept: xr.DataTree | None = None
+    if request.keep_draws:
+        chains = posterior.num_chains
+        per_chain = posterior.num_draws // chains
+        layout = SiteLayout(
+            group=schema.PREDICTIONS,
+            name=site,
+            num_chains=chains,
+            num_draws=per_chain,
+            shape=(len(names), *info.shape),
+            dtype=info.dtype,
+            chunks=(1, per_chain, len(names), blocks.row_block, *info.shape[1:]),
+        )
+        sink = sink_for_call(out.store, out.output_dir, "scenarios", ctx.temp_folder)
+        kept = stream_into(
+            sink,
+            run,
+            layouts=[layout],
+            static={schema.POSTERIOR: posterior.by_chain()},
+            attrs={**attrs, "method": "compare_scenarios", "scenarios": list(names)},
+            total=n_rows,
+            progress=out.progress,
+            desc="compare_scenarios",
+        )
+    else:
+        from tqdm.auto import tqdm
+
+        with tqdm(
+            total=n_rows, disable=not out.progress, desc="compare_scenarios", leave=False
+        ) as bar:
+            run(None, bar.update)
+    tree = effect_tree(
+        acc,
+        names,
+        b_index,
+        codes,
+        labels,
+        request.by is not None,
+        posterior.num_chains,
+        n_rows,
+        attrs,
+    )
+    if kept is not None:
+        tree = _attach(tree, kept, site, names)
+    return EffectResult(tree)
+
+
+def _attach(tree: xr.DataTree, kept: xr.DataTree, site: str, names: list[str]) -> xr.DataTree:
+    """Add the kept draws as the ``scenario_draws`` child, with a ``scenario`` dimension."""
+    predictions = kept[schema.PREDICTIONS]
+    assert isinstance(predictions, xr.DataTree)
+    ds = predictions.to_dataset()
+    ds = ds.rename({f"{site}_dim_0": schema.SCENARIO}).assign_coords(
+        {schema.SCENARIO: np.asarray(names)}
+    )
+    draws = xr.DataTree(ds)
+    draws.attrs.update(kept.attrs)
+    children = {str(name): child.to_dataset() for name, child in tree.children.items()}
+    return tree_from_nodes(
+        {**children, schema.SCENARIO_DRAWS: draws}, {str(k): v for k, v in tree.attrs.items()}
+    )

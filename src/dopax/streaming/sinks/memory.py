@@ -1,0 +1,74 @@
+"""The in-memory sink: preallocated NumPy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from dopax.output.schema import SiteLayout
+from dopax.streaming.sinks.layout import LayoutSink, pieces
+from dopax.streaming.sinks.protocol import StaticData
+
+__all__ = ["MemorySink"]
+
+
+class MemorySink(LayoutSink):
+    """Sink into preallocated NumPy arrays; :meth:`close` returns an in-memory DataTree."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+
+    def open(
+        self,
+        layouts: Sequence[SiteLayout],
+        *,
+        static: StaticData | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Allocate one array per streamed variable.
+
+        Args:
+            layouts: One layout per streamed variable.
+            static: Small variables stored whole, ``{group: {name: array}}``;
+                each array already has chain and draw axes.
+            attrs: Root attributes of the result.
+        """
+        self._declare(layouts, static, attrs)
+        self._arrays = {
+            key: np.zeros(layout.full_shape, dtype=layout.dtype)
+            for key, layout in self._layouts.items()
+        }
+        self._state = "open"
+
+    def write(self, group: str, name: str, index: tuple[slice, ...], block: np.ndarray) -> None:
+        """Copy one block into its variable (thread-safe for disjoint blocks).
+
+        Args:
+            group: The variable's group.
+            name: The variable's name.
+            index: Slices into the flat layout ``(S, *shape)``.
+            block: The values, shaped like ``index`` selects.
+        """
+        layout, array, resolved = self._prepare(group, name, index, block)
+        target = self._arrays[(layout.group, layout.name)]
+        for region, rows in pieces(layout, resolved):
+            target[region] = array[rows]
+
+    def close(self) -> xr.DataTree:
+        """Return the result as a DataTree of NumPy arrays."""
+        self._check_open()
+        arrays = self._arrays
+        tree = self._tree(lambda layout: arrays[(layout.group, layout.name)], self._attrs)
+        self._arrays = {}
+        self._state = "closed"
+        return tree
+
+    def abort(self) -> None:
+        """Drop the arrays; the sink can no longer be written or closed."""
+        self._arrays = {}
+        if self._state != "closed":
+            self._state = "aborted"

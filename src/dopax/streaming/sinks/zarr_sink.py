@@ -1,0 +1,374 @@
+"""The Zarr sink: a new Zarr (format 3) store, written chunk by chunk.
+
+Zarr stores written here are Zarr format 3 with consolidated metadata. A
+store is complete only once its root attribute
+:data:`~dopax.output.store.COMPLETE_ATTR` is ``True``; :meth:`ZarrSink.close`
+writes it after everything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+import zarr.errors
+from zarr.abc.store import Store
+from zarr.core.sync import sync
+from zarr.storage import LocalStore
+
+from dopax.config import ExecutionConfig, get_config
+from dopax.output.schema import POSITION_ATTRS, SiteLayout
+from dopax.output.store import COMPLETE_ATTR, open_result
+from dopax.streaming.fileio import FileWriter
+from dopax.streaming.sinks.codecs import chunk_encoder, codec_for, compressors_for
+from dopax.streaming.sinks.declare import ArraySpec, create_nodes
+from dopax.streaming.sinks.declare import static_layout as make_static_layout
+from dopax.streaming.sinks.layout import LayoutSink, partial_chunks, pieces
+from dopax.streaming.sinks.protocol import StaticData
+
+__all__ = ["ZarrSink"]
+
+logger = logging.getLogger("dopax")
+
+
+class ZarrSink(LayoutSink):
+    """Sink into a new Zarr (format 3) store: a local folder or a given store.
+
+    :meth:`open` writes the metadata of every variable, the coordinates, the
+    static groups and the root attributes; :meth:`write` then writes blocks
+    straight into the arrays, every chunk stored even when it equals the fill
+    value (a missing chunk therefore always means missing data). Concurrent
+    writes may share a chunk only if they do not overlap; such partial chunk
+    writes are serialised per chunk. :meth:`close` consolidates the metadata,
+    then sets the root attribute :data:`~dopax.output.store.COMPLETE_ATTR`,
+    and returns :func:`~dopax.output.store.open_result` of the store.
+
+    Args:
+        path: A folder to create; it must not exist or be empty. The root
+            attribute ``artifact_path`` records its absolute path.
+        store: A Zarr store to write into instead of a folder (e.g.
+            :class:`zarr.storage.MemoryStore`); it must be empty.
+        config: Execution settings (codec and level); defaults to the settings
+            in force when the sink is created.
+        keepalive: An object the tree returned by :meth:`close` keeps
+            referenced (see :func:`~dopax.output.store.open_result`).
+
+    Raises:
+        TypeError: If not exactly one of ``path`` and ``store`` is given.
+        FileExistsError: If ``path`` exists and is not an empty folder.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        store: Store | None = None,
+        config: ExecutionConfig | None = None,
+        keepalive: object | None = None,
+    ) -> None:
+        super().__init__()
+        if (path is None) == (store is None):
+            raise TypeError("Pass exactly one of `path` and `store`.")
+        self._config = config if config is not None else get_config()
+        self._keepalive = keepalive
+        self._path = Path(path).expanduser().resolve() if path is not None else None
+        self._store: Store | None = store
+        if self._path is not None:
+            self._check_new_folder(self._path)
+        self._created_folder = False
+        self._owns_target = False
+        self._arrays: dict[tuple[str, str], zarr.Array[Any]] = {}
+        self._stripes = [threading.Lock() for _ in range(self._config.lock_stripes)]
+        self._encoders: dict[tuple[str, str], Callable[[np.ndarray], Any]] = {}
+        self._pending_static: list[tuple[SiteLayout, np.ndarray]] = []
+        self._pending_coords: list[tuple[zarr.Array[Any], int]] = []
+        self._static_thread: threading.Thread | None = None
+        self._static_error: BaseException | None = None
+        self._files = FileWriter(
+            direct=self._config.direct_io, piece_bytes=self._config.direct_io_piece_bytes
+        )
+
+    @staticmethod
+    def _check_new_folder(path: Path) -> None:
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise FileExistsError(
+                f"{path} already exists and is not an empty folder; results are written to "
+                "a new folder only."
+            )
+
+    def open(
+        self,
+        layouts: Sequence[SiteLayout],
+        *,
+        static: StaticData | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Create the store: metadata, coordinates, static groups and root attributes.
+
+        Args:
+            layouts: One layout per streamed variable.
+            static: Small variables written whole, ``{group: {name: array}}``;
+                each array already has chain and draw axes.
+            attrs: Root attributes of the result.
+
+        Raises:
+            FileExistsError: If the folder or store is no longer empty.
+        """
+        self._declare(layouts, static, attrs)
+        # Static variables (the posterior, often the largest of them) are
+        # declared like streamed ones and written by a background thread while
+        # the draws are computed; close() waits for it.
+        self._pending_static = []
+        for group, variables in self._static.items():
+            for name, value in variables.items():
+                static_layout = make_static_layout(
+                    group, name, value, self._config.static_chunk_bytes
+                )
+                self._layouts[(group, name)] = static_layout
+                flat = value.reshape(-1, *static_layout.shape)
+                self._pending_static.append((static_layout, flat))
+        self._static = {}
+        root_attrs = dict(self._attrs)
+        if self._path is not None:
+            self._check_new_folder(self._path)
+            self._created_folder = not self._path.exists()
+            self._path.mkdir(parents=True, exist_ok=True)
+            self._store = LocalStore(self._path)
+            root_attrs["artifact_path"] = str(self._path)
+        assert self._store is not None
+        if not sync(self._store.is_empty("")):
+            raise FileExistsError(f"Zarr store {self._store} is not empty.")
+        self._owns_target = True
+        self._state = "opening"
+
+        level = self._config.compression_level
+        specs: list[ArraySpec] = []
+        coords: list[tuple[ArraySpec, int]] = []
+        groups = self._groups()
+        coord_dtype = np.dtype(np.int64)
+        coord_codecs = compressors_for(codec_for(self._config, coord_dtype), level, coord_dtype)
+        for group in groups:
+            for dim, size in self._dims_of(group).items():
+                spec = ArraySpec(
+                    group,
+                    dim,
+                    (size,),
+                    (min(size, self._config.coord_chunk),),
+                    coord_dtype,
+                    (dim,),
+                    coord_codecs,
+                    POSITION_ATTRS,
+                )
+                coords.append((spec, size))
+        self._encoders = {}
+        for (group, name), layout in self._layouts.items():
+            dtype = np.dtype(layout.dtype)
+            spec = ArraySpec(
+                group,
+                name,
+                layout.full_shape,
+                self._chunks(layout),
+                dtype,
+                layout.dims,
+                compressors_for(codec_for(self._config, dtype), level, dtype),
+                {},
+            )
+            specs.append(spec)
+            self._encoders[(group, name)] = chunk_encoder(spec.compressors)
+        # Every group and array is created in one trip to Zarr's event loop.
+        # Dimension coordinates are declared only; their values are written
+        # chunk by chunk with the static variables, in memory that does not
+        # grow with rows.
+        made = sync(
+            create_nodes(self._store, root_attrs, groups, [*specs, *(c for c, _ in coords)])
+        )
+        arrays = [zarr.Array(a) for a in made]
+        for spec, array in zip(specs, arrays, strict=False):
+            self._arrays[(spec.group, spec.name)] = array
+        self._pending_coords = [
+            (array, size) for (_, size), array in zip(coords, arrays[len(specs) :], strict=True)
+        ]
+        self._state = "open"
+        if self._pending_static or self._pending_coords:
+            self._static_thread = threading.Thread(
+                target=self._write_static, name="dopax-static-writer", daemon=True
+            )
+            self._static_thread.start()
+        logger.debug("Opened Zarr sink %s with %d variables", self._store, len(self._layouts))
+
+    def _write_static(self) -> None:
+        try:
+            for array, size in self._pending_coords:
+                step = self._config.coord_chunk
+                for start in range(0, size, step):
+                    if self._state != "open":
+                        return
+                    stop = min(size, start + step)
+                    array[start:stop] = np.arange(start, stop, dtype=np.int64)
+            for layout, flat in self._pending_static:
+                if self._state != "open":
+                    return
+                self.write(layout.group, layout.name, (slice(0, flat.shape[0]),), flat)
+        except BaseException as err:  # reported by close()
+            self._static_error = err
+
+    def _join_static(self) -> None:
+        thread = self._static_thread
+        if thread is not None:
+            thread.join()
+            self._static_thread = None
+        self._pending_static = []
+        self._pending_coords = []
+
+    @staticmethod
+    def _chunks(layout: SiteLayout) -> tuple[int, ...]:
+        return tuple(
+            max(1, min(c, n)) for c, n in zip(layout.chunks, layout.full_shape, strict=True)
+        )
+
+    def write(self, group: str, name: str, index: tuple[slice, ...], block: np.ndarray) -> None:
+        """Write one block (thread-safe for disjoint blocks).
+
+        Args:
+            group: The variable's group.
+            name: The variable's name.
+            index: Slices into the flat layout ``(S, *shape)``.
+            block: The values, shaped like ``index`` selects.
+        """
+        layout, array, resolved = self._prepare(group, name, index, block)
+        target = self._arrays[(layout.group, layout.name)]
+        chunks = self._chunks(layout)
+        for region, rows in pieces(layout, resolved):
+            piece = array[rows]
+            if piece.size == 0:
+                continue
+            if self._write_whole_chunk(layout, target, region, piece, chunks):
+                continue
+            partial = partial_chunks(region, layout.full_shape, chunks)
+            stripes = sorted({hash((group, name, chunk)) % len(self._stripes) for chunk in partial})
+            with contextlib.ExitStack() as held:
+                for stripe in stripes:
+                    held.enter_context(self._stripes[stripe])
+                target[region] = piece
+
+    def _write_whole_chunk(
+        self,
+        layout: SiteLayout,
+        target: zarr.Array[Any],
+        region: tuple[int | slice, ...],
+        piece: np.ndarray,
+        chunks: tuple[int, ...],
+    ) -> bool:
+        """Encode and write a block that is exactly one chunk straight to its file.
+
+        The bytes are those Zarr itself would store (the array's codecs applied
+        to the chunk in C order, edge chunks padded to the full chunk shape);
+        encoding runs in the calling writer thread without Zarr's event loop,
+        which is about twice as fast with several writers (``BENCHMARKS.md``).
+        Returns ``False`` (nothing written) for any other block or store.
+        """
+        encoder = self._encoders.get((layout.group, layout.name))
+        if self._path is None or encoder is None:
+            return False
+        full = layout.full_shape
+        if len(region) != len(full):
+            return False
+        coords = []
+        extent = []
+        for sl, c, n in zip(region, chunks, full, strict=True):
+            if isinstance(sl, int | np.integer):
+                start, stop = int(sl), int(sl) + 1
+            else:
+                start, stop = sl.start or 0, n if sl.stop is None else sl.stop
+            if start % c or not (stop - start == c or (stop == n and stop - start < c)):
+                return False
+            coords.append(start // c)
+            extent.append(stop - start)
+        if piece.size != int(np.prod(extent)):
+            return False
+        data = np.ascontiguousarray(
+            piece.reshape(extent), dtype=np.dtype(layout.dtype).newbyteorder("<")
+        )
+        if data.shape != chunks:
+            padded = np.zeros(chunks, dtype=data.dtype)
+            padded[tuple(slice(0, k) for k in data.shape)] = data
+            data = padded
+        key = target.metadata.chunk_key_encoding.encode_chunk_key(tuple(coords))  # type: ignore[union-attr]
+        encoded = encoder(data)
+        path = self._path / layout.group / layout.name / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.partial")
+        self._files.write(tmp, encoded)
+        os.replace(tmp, path)
+        return True
+
+    def close(self) -> xr.DataTree:
+        """Wait for the static variables, consolidate metadata, mark the store complete.
+
+        Returns the result opened lazily.
+
+        Raises:
+            BaseException: The error that stopped the writing of the static
+                variables (the partial result is removed first).
+        """
+        self._check_open()
+        assert self._store is not None
+        self._join_static()
+        if self._static_error is not None:
+            err = self._static_error
+            self.abort()
+            raise err
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore",
+                message="Consolidated metadata is currently not part",
+                category=zarr.errors.ZarrUserWarning,
+            )
+            zarr.consolidate_metadata(self._store, zarr_format=3)
+        root = zarr.open_group(self._store, mode="r+", use_consolidated=True)
+        root.attrs[COMPLETE_ATTR] = True
+        self._arrays = {}
+        self._state = "closed"
+        logger.debug("Closed Zarr sink %s", self._store)
+        return open_result(
+            self._path if self._path is not None else self._store, keepalive=self._keepalive
+        )
+
+    def abort(self) -> None:
+        """Remove what was written: the folder (or its contents), or the store's keys.
+
+        Never raises; a failure to clean up is logged. A closed (complete)
+        result is left as it is.
+        """
+        if self._state == "closed":
+            logger.debug("abort() after close() leaves the complete result in place.")
+            return
+        self._state = "aborted"
+        self._join_static()
+        self._arrays = {}
+        if not self._owns_target:
+            return
+        try:
+            if self._path is not None:
+                if self._created_folder:
+                    shutil.rmtree(self._path, ignore_errors=True)
+                else:
+                    for child in self._path.iterdir():
+                        if child.is_dir() and not child.is_symlink():
+                            shutil.rmtree(child, ignore_errors=True)
+                        else:
+                            child.unlink(missing_ok=True)
+            elif self._store is not None:
+                sync(self._store.clear())
+        except Exception:
+            logger.warning("Could not remove the partial result at %s.", self._store, exc_info=True)

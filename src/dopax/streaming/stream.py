@@ -1,0 +1,110 @@
+"""A streamed call end to end: block runner -> writer pool -> sink -> result tree."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import xarray as xr
+from tqdm.auto import tqdm
+
+from dopax.config import get_config
+from dopax.output.schema import SiteLayout
+from dopax.streaming.pipeline import WriterPool
+from dopax.streaming.sinks import Sink, StaticData
+
+__all__ = ["Submit", "stream_into", "writer_pool"]
+
+logger = logging.getLogger("dopax")
+
+#: Queues one block of one variable: ``submit(group, name, index, block)``.
+Submit = Callable[[str, str, tuple[slice, ...], Any], None]
+
+
+def writer_pool(sink: Sink, depth_per_variable: int = 1) -> WriterPool:
+    """Return a writer pool for ``sink`` set up from the execution settings.
+
+    Args:
+        sink: The sink the writers write into.
+        depth_per_variable: Variables written per block (the queue holds
+            ``pipeline_depth`` blocks of each).
+    """
+    cfg = get_config()
+    return WriterPool(
+        sink,
+        threads=cfg.writer_threads,
+        depth=cfg.pipeline_depth * max(depth_per_variable, 1),
+        trim_memory=cfg.trim_memory,
+        trim_every_bytes=cfg.trim_every_bytes,
+        mmap_threshold_bytes=cfg.mmap_threshold_bytes,
+    )
+
+
+def stream_into(
+    sink: Sink,
+    run: Callable[[Submit, Callable[[int], None]], None],
+    *,
+    layouts: Sequence[SiteLayout],
+    static: StaticData | None,
+    attrs: Mapping[str, Any],
+    total: int,
+    progress: bool,
+    desc: str,
+) -> xr.DataTree:
+    """Run ``run`` with writers into ``sink`` and return the finished result.
+
+    The sink is opened once the first block has been dispatched, so creating
+    the store (metadata, coordinates, the posterior's writer) overlaps that
+    block's computation. On any failure (an error in the kernel, a writer,
+    the disk, or Ctrl-C) the writers stop, the sink is aborted so nothing
+    reads as complete, and the original exception propagates.
+
+    Args:
+        sink: Where the outputs go.
+        run: Called as ``run(submit, advance)``: it computes the blocks,
+            queues each with ``submit`` and reports progress with ``advance``.
+        layouts: Layout of each streamed variable.
+        static: Small groups written whole (e.g. the posterior).
+        attrs: Root attributes.
+        total: Units of progress in the whole call.
+        progress: Whether to show a progress bar.
+        desc: Progress bar label.
+    """
+    bar = tqdm(
+        total=total, desc=desc, unit="row-draw", unit_scale=True, disable=not progress, leave=False
+    )
+    opened = False
+
+    def open_sink() -> None:
+        nonlocal opened
+        if not opened:
+            opened = True
+            sink.open(layouts, static=static, attrs=attrs)
+
+    started = time.perf_counter()
+    try:
+        with writer_pool(sink, len(layouts)) as pool:
+
+            def submit(group: str, name: str, index: tuple[slice, ...], value: Any) -> None:
+                open_sink()
+                pool.submit(group, name, index, value)
+
+            run(submit, bar.update)
+            open_sink()  # a call with no blocks still gets its (empty) store
+    except BaseException as err:
+        if opened:
+            sink.abort()
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            err.add_note(
+                "dopax: the disk holding the output is full and the partial result was "
+                "removed. Free space, pass another `output_dir`, or use `store='memory'`."
+            )
+        raise
+    finally:
+        bar.close()
+    tree = sink.close()
+    logger.info("%s: streamed in %.2f s", desc, time.perf_counter() - started)
+    return tree

@@ -1,0 +1,85 @@
+"""Where a call's result goes: the one place a sink is chosen and its folder named."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from dopax.streaming.sinks import MemorySink, Sink, ZarrSink
+
+__all__ = ["STORES", "TempFolder", "check_store", "sink_for_call"]
+
+#: Accepted values of the ``store`` argument.
+STORES = ("persistent", "memory")
+
+
+class TempFolder:
+    """A temporary folder removed when no model or result references it any more.
+
+    Results read lazily from inside it keep a reference, so the folder outlives
+    the model for as long as a result needs it; :meth:`remove` deletes it at once.
+    """
+
+    def __init__(self) -> None:
+        self.path = tempfile.mkdtemp(prefix="dopax-")
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
+
+    def remove(self) -> None:
+        """Delete the folder now."""
+        self._finalizer()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the folder has not been removed."""
+        return self._finalizer.alive
+
+    def __reduce__(self) -> Any:
+        raise TypeError("A temporary output folder cannot be pickled.")
+
+
+def check_store(store: Any) -> str:
+    """Return ``store`` if it names a known store, else raise saying which exist.
+
+    Args:
+        store: The ``store`` argument of a call.
+    """
+    if store not in STORES:
+        raise ValueError(f"`store` must be 'persistent' or 'memory'; got {store!r}.")
+    return str(store)
+
+
+def sink_for_call(
+    store: str, output_dir: Any, desc: str, temp_folder: Callable[[], TempFolder]
+) -> Sink:
+    """Return the sink of one call.
+
+    ``store="memory"`` gives a :class:`MemorySink`. Otherwise a new Zarr
+    folder ``<desc>-<time>-<id>.zarr`` is made under ``output_dir``, or under
+    the model's temporary folder when ``output_dir`` is ``None`` (the result
+    then keeps that folder alive).
+
+    Args:
+        store: ``"persistent"`` or ``"memory"``.
+        output_dir: Base folder, or ``None``.
+        desc: The call's label, the start of the folder name.
+        temp_folder: Returns the model's temporary folder.
+    """
+    if check_store(store) == "memory":
+        return MemorySink()
+    keep: TempFolder | None = None
+    if output_dir is None:
+        keep = temp_folder()
+        base = keep.path
+    else:
+        base = os.fspath(output_dir)
+        os.makedirs(base, exist_ok=True)
+    stamp = np.datetime64("now").astype(str).replace(":", "").replace("-", "")
+    path = os.path.join(base, f"{desc}-{stamp}-{uuid.uuid4().hex[:8]}.zarr")
+    return ZarrSink(path, keepalive=keep)
