@@ -9,10 +9,11 @@ of interventions with their uncertainty.
 import logging
 
 from dopax._version import __version__
+from dopax.io.saved import load_model, save_model
 from dopax.kernel.spec import KernelSpec
 from dopax.model.impact_model import ImpactModel
 from dopax.output.store import open_result
 
 logging.getLogger("dopax").addHandler(logging.NullHandler())
 
-__all__ = ["ImpactModel", "KernelSpec", "open_result", "__version__"]
+__all__ = ["ImpactModel", "KernelSpec", "load_model", "open_result", "save_model", "__version__"]

@@ -11,6 +11,7 @@ __all__ = [
     "IncompleteResultError",
     "KernelValidationError",
     "NotFittedError",
+    "SavedModelError",
     "ScenarioError",
     "StreamingError",
 ]
@@ -42,3 +43,12 @@ class StreamingError(DopaxError, RuntimeError):
 
 class IncompleteResultError(DopaxError, OSError):
     """Raised when a persisted result is opened but was never completed or has been deleted."""
+
+
+class SavedModelError(DopaxError, ValueError):
+    """Raised when a saved model cannot be written or loaded as asked.
+
+    The message says why: the folder holds no saved model, the kernel's module
+    does not import, or the kernel could only be saved with a pickle (then
+    ``load_model(..., allow_pickle=True)`` loads it).
+    """

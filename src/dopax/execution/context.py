@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from dopax.data import ArrayLoader
 from dopax.kernel.signature import check_reserved_kwargs
 from dopax.kernel.spec import KernelSpec, build_spec, validate_trace
+from dopax.sampling.inputs import InputSchema, input_schema
 from dopax.sampling.prepare import BoundArgs, bind_args
 from dopax.sampling.probe import probe_sites
 from dopax.streaming.targets import TempFolder
@@ -31,6 +32,8 @@ class ModelContext:
         param_input: Name of the kernel's input argument.
         param_output: Name of the kernel's output argument and site.
         spec: What the first trace revealed, or ``None`` before it.
+        inputs: The arguments of the last fitting call (a saved model's
+            input schema), or ``None`` before a fit.
         plans: Forward plans by pass and input signature.
         sizes: Sizing probe results by program and shapes.
     """
@@ -39,6 +42,7 @@ class ModelContext:
     param_input: str
     param_output: str
     spec: KernelSpec | None = None
+    inputs: InputSchema | None = None
     plans: dict[Any, Any] = dataclasses.field(default_factory=dict)
     sizes: dict[Any, Any] = dataclasses.field(default_factory=dict)
     _temp: TempFolder | None = None
@@ -103,10 +107,14 @@ class ModelContext:
     def ensure_spec(self, bound: BoundArgs, *, fitting: bool) -> KernelSpec:
         """Return the kernel's spec, tracing it first when needed.
 
+        A fitting call also records its arguments' schema (:attr:`inputs`).
+
         Args:
             bound: The call's bound inputs.
             fitting: Whether the call fits (the output must then be observed).
         """
+        if fitting:
+            self.inputs = input_schema(bound, self.param_input, self.param_output)
         if self.spec is not None and (not fitting or self.spec.output_observed):
             return self.spec
         traced = self.probe(bound)
@@ -122,6 +130,7 @@ class ModelContext:
             "param_input": self.param_input,
             "param_output": self.param_output,
             "spec": self.spec,
+            "inputs": self.inputs,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -199,6 +199,7 @@ def forward_job(ctx: ModelContext, request: PredictiveRequest) -> ForwardJob:
         anchor_do={k: read_rows(v, 0, 1) for k, v in row_do.items()},
         split_rows=plan.path != FULL,
         shard_axis=request.shard_axis,
+        row_offset=int(request.row_offset),
     )
     chains = posterior.num_chains if posterior is not None else 1
     return ForwardJob(job, plan, chains)

@@ -62,6 +62,8 @@ class PredictiveRequest:
         num_samples: Draws of a prior call.
         shard_axis: ``"obs"`` or ``"draw"``.
         output: Where the draws go.
+        row_offset: Global index of the first row (for callers that split
+            rows over several requests; random numbers follow global rows).
     """
 
     kind: str
@@ -77,6 +79,7 @@ class PredictiveRequest:
     num_samples: int | None = None
     shard_axis: str = "obs"
     output: Output = dataclasses.field(default_factory=Output)
+    row_offset: int = 0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -69,6 +69,9 @@ class BlockJob:
         split_rows: Whether rows may be split into blocks (else every block
             holds all rows and only draws are split).
         shard_axis: ``"obs"`` or ``"draw"``, as asked.
+        row_offset: Global index of the job's first row: random numbers follow
+            global row indices, so a caller that splits rows over several jobs
+            keeps every row's draws.
     """
 
     program: BlockProgram
@@ -84,6 +87,7 @@ class BlockJob:
     anchor_do: Any
     split_rows: bool = True
     shard_axis: str = OBS
+    row_offset: int = 0
 
 
 def sharding_of(job: BlockJob) -> tuple[str, int]:
@@ -153,7 +157,7 @@ class _Runner:
         return (
             self.job.call_key,
             draws,
-            jnp.asarray(r0, jnp.uint32),
+            jnp.asarray(r0 + self.job.row_offset, jnp.uint32),
             latent,
             place(_slice(self.job.rows, r0, r1, pad_r), split_rows),
             self.shared,

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from numpyro.infer import MCMC, SVI
 
 from dopax.config import get_config
@@ -23,6 +24,9 @@ from dopax.inference.svi_fit import fit_epochs, fit_steps
 from dopax.sampling.prepare import BoundArgs
 
 __all__ = ["Driver", "MCMCFit", "SVIFit", "make_driver"]
+
+#: Plain arrays and JSON-ready facts that hold a driver's fit state.
+Exported = tuple[dict[str, np.ndarray], dict[str, Any]]
 
 
 def make_driver(inference: Any) -> Driver:
@@ -82,6 +86,53 @@ class Driver:
         """Draw more posterior samples without replacing the model's posterior."""
         raise NotImplementedError
 
+    def export_state(self) -> Exported:
+        """Return the fit state beyond the posterior as plain arrays and JSON-ready facts."""
+        return {}, {}
+
+    def restore_state(self, arrays: Mapping[str, np.ndarray], facts: Mapping[str, Any]) -> None:
+        """Take back what :meth:`export_state` returned (for a loaded model)."""
+
+    def diagnostics(self) -> dict[str, float]:
+        """Return summary figures of the last fit (MCMC: divergences, max R-hat, min ESS)."""
+        return {}
+
+
+def _leaf_arrays(leaves: list[Any]) -> Exported:
+    arrays: dict[str, np.ndarray] = {}
+    keys: dict[str, str] = {}
+    for i, leaf in enumerate(leaves):
+        if jnp.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
+            keys[str(i)] = str(jax.random.key_impl(leaf))
+            leaf = jax.random.key_data(leaf)
+        arrays[f"state/{i:04d}"] = np.asarray(leaf)
+    return arrays, {"leaves": len(leaves), "keys": keys}
+
+
+def _restored(fresh: Any, arrays: Mapping[str, np.ndarray], facts: Mapping[str, Any]) -> Any:
+    """Return ``fresh`` (a new SVI state) with the saved leaves put in, checked leaf by leaf."""
+    leaves, treedef = jax.tree.flatten(fresh)
+    if len(leaves) != int(facts["leaves"]):
+        raise ValueError(
+            f"The saved SVI state has {facts['leaves']} arrays but this guide and optimizer "
+            f"make {len(leaves)}: the model was saved with another guide or optimizer."
+        )
+    out = []
+    for i, leaf in enumerate(leaves):
+        value: Any = jnp.asarray(arrays[f"state/{i:04d}"])
+        impl = facts["keys"].get(str(i))
+        if impl is not None:
+            value = jax.random.wrap_key_data(value, impl=impl)
+        if value.shape != jnp.shape(leaf) or value.dtype != jnp.result_type(leaf):
+            raise ValueError(
+                f"Saved SVI state array {i} has shape {value.shape} and dtype {value.dtype}, "
+                f"but the guide set up on this data makes {jnp.shape(leaf)} "
+                f"{jnp.result_type(leaf)}: per-row guide parameters need data with as many "
+                "rows as the model was fitted on."
+            )
+        out.append(value)
+    return jax.tree.unflatten(treedef, out)
+
 
 class SVIFit(Driver):
     """Runs an :class:`numpyro.infer.SVI` object and keeps its state.
@@ -96,13 +147,19 @@ class SVIFit(Driver):
         self.driver = SVIDriver(svi, get_config().svi_steps_per_chunk)
         self.state: Any = None
         self.vi_result = None
+        # a loaded model's state, put in once the guide is set up on data
+        self._saved: Exported | None = None
 
     def svi(self, method: str) -> SVIFit:  # noqa: D102
         return self
 
     def _init(self, key: jax.Array, bound: BoundArgs) -> None:
         if self.state is None:
-            self.state = self.driver.init(key, bound.static, _arrays(bound))
+            state = self.driver.init(key, bound.static, _arrays(bound))
+            if self._saved is not None:
+                state = _restored(state, *self._saved)
+                self._saved = None
+            self.state = state
 
     def _finish(self, state: Any, losses: Any) -> None:
         self.state = state
@@ -173,6 +230,12 @@ class SVIFit(Driver):
     def sample(  # noqa: D102
         self, key: jax.Array, num_samples: int, kwargs: Mapping[str, Any], exclude: Iterable[str]
     ) -> Posterior:
+        if self.state is None and self._saved is not None:
+            raise NotFittedError(
+                "`sample` draws from the fitted guide, which a loaded model sets up again on "
+                "its next fitting call (`fit`, `fit_on_batch` or `train_on_batch` resume from "
+                "the saved state); its saved posterior draws serve `predict` as they are."
+            )
         if self.state is None:
             raise NotFittedError(
                 "`sample` draws from the fitted guide: call `fit` or `fit_on_batch` first."
@@ -183,13 +246,45 @@ class SVIFit(Driver):
         draws = self.driver.draw_posterior(key, params, num_samples, static, args, exclude)
         return Posterior(draws, 1)
 
+    def export_state(self) -> Exported:  # noqa: D102
+        arrays: dict[str, np.ndarray] = {}
+        facts: dict[str, Any] = {}
+        if self.state is not None:
+            arrays, facts["state"] = _leaf_arrays(jax.tree.leaves(self.state))
+        elif self._saved is not None:
+            arrays, facts["state"] = dict(self._saved[0]), dict(self._saved[1])
+        if self.vi_result is not None:
+            names = sorted(self.vi_result.params)
+            facts["params"] = names
+            for i, name in enumerate(names):
+                arrays[f"params/{i:04d}"] = np.asarray(self.vi_result.params[name])
+            arrays["losses"] = np.asarray(self.vi_result.losses)
+        return arrays, facts
+
+    def restore_state(  # noqa: D102
+        self, arrays: Mapping[str, np.ndarray], facts: Mapping[str, Any]
+    ) -> None:
+        if "state" in facts:
+            saved = {k: np.asarray(v) for k, v in arrays.items() if k.startswith("state/")}
+            self._saved = (saved, dict(facts["state"]))
+        if "params" in facts:
+            names = facts["params"]
+            params = {n: np.asarray(arrays[f"params/{i:04d}"]) for i, n in enumerate(names)}
+            self.vi_result = SVIRunResult(params, np.asarray(arrays["losses"]))
+
     def __getstate__(self) -> dict[str, Any]:
-        return {"svi": self.driver.svi, "state": self.state, "vi_result": self.vi_result}
+        return {
+            "svi": self.driver.svi,
+            "state": self.state,
+            "vi_result": self.vi_result,
+            "saved": self._saved,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["svi"])  # type: ignore[misc]
         self.state = state["state"]
         self.vi_result = state["vi_result"]
+        self._saved = state.get("saved")
 
 
 class MCMCFit(Driver):
@@ -224,3 +319,6 @@ class MCMCFit(Driver):
             raise NotFittedError("`sample` continues the MCMC chains: call `fit_on_batch` first.")
         self.driver.continue_chains(key, num_samples, progress=False)
         return Posterior(self.driver.draws(exclude), self.driver.num_chains)
+
+    def diagnostics(self) -> dict[str, float]:  # noqa: D102
+        return self.driver.diagnostics() if self.driver.mcmc is not None else {}

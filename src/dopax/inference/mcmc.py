@@ -90,3 +90,30 @@ class MCMCDriver:
             arr = np.asarray(value)
             out[name] = arr.reshape(arr.shape[0] * arr.shape[1], *arr.shape[2:])
         return out
+
+    def diagnostics(self) -> dict[str, float]:
+        """Return the last run's divergences, largest split R-hat and smallest bulk ESS.
+
+        R-hat and ESS run over every element of every latent site, chains kept
+        apart (one chain is split in halves for R-hat).
+        """
+        from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+
+        if self.mcmc is None:
+            raise RuntimeError("The sampler has not run.")
+        out: dict[str, float] = {}
+        extra = self.mcmc.get_extra_fields()
+        if "diverging" in extra:
+            out["divergences"] = float(np.sum(np.asarray(extra["diverging"])))
+        rhat: list[float] = []
+        ess: list[float] = []
+        for value in self.mcmc.get_samples(group_by_chain=True).values():
+            arr = np.asarray(value, dtype=np.float64)
+            if arr.shape[1] < 4:
+                continue
+            rhat.append(float(np.nanmax(split_gelman_rubin(arr))))
+            ess.append(float(np.nanmin(effective_sample_size(arr))))
+        if rhat:
+            out["max_rhat"] = max(rhat)
+            out["min_ess"] = min(ess)
+        return out

@@ -57,9 +57,19 @@ class FittedState:
             return typed_key(rng_key)
         return jax.random.fold_in(self.key, next(self._counter))
 
-    def __getstate__(self) -> dict[str, Any]:
+    @property
+    def call_count(self) -> int:
+        """How many call keys the model has derived (the counter of the next one)."""
         count = next(self._counter)
         self._counter = itertools.count(count)
+        return count
+
+    def resume_count(self, count: int) -> None:
+        """Continue deriving call keys from counter ``count`` (a loaded model's)."""
+        self._counter = itertools.count(int(count))
+
+    def __getstate__(self) -> dict[str, Any]:
+        count = self.call_count
         key = self.key
         return {
             "ctx": self.ctx,

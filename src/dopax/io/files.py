@@ -1,0 +1,90 @@
+"""A saved model's folder: a local path or an fsspec URL, read and written in one place."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+__all__ = ["Folder"]
+
+
+class Folder:
+    """A folder named by a local path or an fsspec URL (``memory://``, ``s3://``, ...).
+
+    Args:
+        path: Local path or URL.
+        storage_options: fsspec options for URLs (credentials, endpoints).
+
+    Raises:
+        ValueError: For a URL whose scheme fsspec does not know.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None):
+        text = os.fspath(path)
+        self.storage_options = dict(storage_options or {})
+        self.fs, root = fsspec.core.url_to_fs(text, **self.storage_options)
+        self.local = isinstance(self.fs, LocalFileSystem)
+        if self.local:
+            root = os.path.abspath(os.path.expanduser(root))
+            text = root
+        self.root = root.rstrip("/") or "/"
+        self.url = text.rstrip("/") or text
+
+    def __str__(self) -> str:
+        return self.url
+
+    def path(self, name: str) -> str:
+        """Return the filesystem path of ``name`` inside the folder."""
+        return f"{self.root}/{name}"
+
+    def url_of(self, name: str) -> str:
+        """Return the local path or URL of ``name`` inside the folder."""
+        return os.path.join(self.root, name) if self.local else f"{self.url}/{name}"
+
+    def exists(self, name: str | None = None) -> bool:
+        """Return whether the folder (or ``name`` inside it) exists."""
+        return bool(self.fs.exists(self.root if name is None else self.path(name)))
+
+    def is_empty(self) -> bool:
+        """Return whether the folder is missing or holds nothing."""
+        return not self.exists() or not self.fs.ls(self.root, detail=False)
+
+    def make(self) -> None:
+        """Create the folder (and its parents)."""
+        self.fs.makedirs(self.root, exist_ok=True)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Write ``data`` to ``name``."""
+        with self.fs.open(self.path(name), "wb") as f:
+            f.write(data)
+
+    def read_bytes(self, name: str) -> bytes:
+        """Return the bytes of ``name``."""
+        with self.fs.open(self.path(name), "rb") as f:
+            return bytes(f.read())
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write ``text`` (UTF-8) to ``name``."""
+        self.write_bytes(name, text.encode("utf-8"))
+
+    def read_text(self, name: str) -> str:
+        """Return the text (UTF-8) of ``name``."""
+        return self.read_bytes(name).decode("utf-8")
+
+    def zarr_store(self, name: str, *, read_only: bool) -> Any:
+        """Return a Zarr store for the group ``name`` inside the folder."""
+        from zarr.storage import FsspecStore, LocalStore
+
+        if self.local:
+            return LocalStore(self.path(name), read_only=read_only)
+        return FsspecStore.from_url(
+            self.url_of(name), storage_options=self.storage_options or None, read_only=read_only
+        )
+
+    def remove(self) -> None:
+        """Delete the folder and everything in it (nothing if it does not exist)."""
+        if self.exists():
+            self.fs.rm(self.root, recursive=True)
