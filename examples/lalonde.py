@@ -9,6 +9,8 @@
    effects for people with and without a high-school degree.
 4. Print the estimate beside the experimental difference in means and save a
    plot.
+5. Save the fitted model, load it back, and score new rows with the ``dopax``
+   command line.
 
 Run it with ``make demo``. Outputs go to ``examples/output/``.
 """
@@ -16,6 +18,8 @@ Run it with ``make demo``. Outputs go to ``examples/output/``.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -23,6 +27,7 @@ import matplotlib
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import pandas as pd
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
 from numpyro.optim import Adam
@@ -111,6 +116,45 @@ def main() -> None:
     fig = result.plot(prob=0.95)
     fig.savefig(OUT / "lalonde_effect.png", dpi=120, bbox_inches="tight")
     print(f"\nPlot saved to {os.path.relpath(OUT / 'lalonde_effect.png')}")
+    save_and_score(model, X, treat, nodegree)
+
+
+def save_and_score(model: ImpactModel, X, treat, nodegree) -> None:
+    """Save the model, load it back, and score ten people with `dopax predict`."""
+    folder = OUT / "lalonde-model"
+    dopax.save_model(model, folder, overwrite=True)  # the kernel above goes to kernel.py
+    loaded = dopax.load_model(folder)
+    key = jax.random.key(1)
+    args = {
+        "treat": treat[:10],
+        "nodegree": nodegree[:10],
+        "rng_key": key,
+        "return_datatree": False,
+    }
+    same = np.array_equal(
+        model.predict_on_batch(X[:10], **args)["y"], loaded.predict_on_batch(X[:10], **args)["y"]
+    )
+    print(
+        f"\nSaved the model to {os.path.relpath(folder)}; loaded back, it predicts the same: {same}"
+    )
+    rows = pd.DataFrame(X[:10], columns=[f"X_{j}" for j in range(X.shape[1])])
+    rows["treat"], rows["nodegree"] = treat[:10], nodegree[:10]
+    rows.to_csv(OUT / "new_people.csv", index=False)
+    script = Path(sys.executable).with_name("dopax")  # the console script of this environment
+    dopax_cmd = [str(script)] if script.exists() else [sys.executable, "-m", "dopax"]
+    args_cli = ["predict", os.path.relpath(folder), os.path.relpath(OUT / "new_people.csv")]
+    args_cli += ["-o", os.path.relpath(OUT / "scored"), "-q"]
+    print("$ dopax " + " ".join(args_cli))
+    cmd = [*dopax_cmd, *args_cli]
+    run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    path = run.stdout.strip().splitlines()[-1]
+    y_new = dopax.open_result(path)["predictions"]["y"]
+    means = ", ".join(f"${1000 * v:,.0f}" for v in y_new.mean(("chain", "draw")).values[:5])
+    print(
+        f"`dopax predict` scored {y_new.sizes['y_dim_0']} people from new_people.csv into "
+        f"{os.path.relpath(path)}"
+    )
+    print(f"  predicted 1978 earnings of the first five: {means}")
 
 
 if __name__ == "__main__":
