@@ -14,6 +14,11 @@
   SVI loss per step or the MCMC diagnostics, the kernel's source and the model.
 """
 
+try:
+    import mlflow as _mlflow  # noqa: F401
+except ImportError as err:  # pragma: no cover - the extra is installed for the tests
+    raise ImportError("dopax.mlflow needs MLflow: `pip install 'dopax[mlflow]'`.") from err
+
 from dopax.io.autolog import autolog
 from dopax.io.mlflow_flavor import (
     FLAVOR_NAME,
