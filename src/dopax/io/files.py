@@ -84,7 +84,12 @@ class Folder:
             self.url_of(name), storage_options=self.storage_options or None, read_only=read_only
         )
 
-    def remove(self) -> None:
-        """Delete the folder and everything in it (nothing if it does not exist)."""
-        if self.exists():
+    def remove(self, *, keep_folder: bool = False) -> None:
+        """Delete everything in the folder, and the folder unless ``keep_folder`` is set."""
+        if not self.exists():
+            return
+        if keep_folder:
+            for child in self.fs.ls(self.root, detail=False):
+                self.fs.rm(child, recursive=True)
+        else:
             self.fs.rm(self.root, recursive=True)

@@ -188,8 +188,9 @@ def save_model(
         },
         "arrays": sorted(arrays),
     }
+    existed = folder.exists()
     if overwrite:
-        folder.remove()
+        folder.remove(keep_folder=True)
     folder.make()
     try:
         _write_arrays(folder, arrays)
@@ -202,7 +203,7 @@ def save_model(
             folder.write_bytes(mf.INFERENCE_PICKLE, inference_pickle)
         folder.write_text(mf.MANIFEST, json.dumps(manifest, indent=2))
     except BaseException:
-        folder.remove()
+        folder.remove(keep_folder=existed)
         raise
     return str(folder)
 
