@@ -1,3 +1,10 @@
+"""Fixtures of the saved-model, MLflow and command-line tests.
+
+This folder has no ``__init__.py`` on purpose: as a package it would be named
+``io`` and clash with the standard library's module. Its modules (this one,
+``io_kernels``) import by their plain names.
+"""
+
 from __future__ import annotations
 
 import os

@@ -4,7 +4,8 @@ Rows run in blocks sized so that one block's draws stay within
 ``ExecutionConfig.memory_budget_bytes``; each block is an in-memory forward
 request whose row offset is the block's first row, so every row gets the
 same random numbers as in one call over all rows: the summaries do not
-depend on the block size.
+depend on the block size. Kernels that couple rows (see the README) run all
+rows in one block.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dopax.inference.posterior import Posterior
 from dopax.model.impact_model import ImpactModel
 from dopax.model.state import require_posterior
 from dopax.sampling.keys import check_key, typed_key
+from dopax.sampling.plan import FULL
 
 __all__ = ["STATS", "summarize_rows"]
 
@@ -120,7 +122,9 @@ def summarize_rows(
 
     plan = forward_job(state.ctx, request(0, n)).plan
     row_axis = {info.name: info.row_axis for info in plan.outputs}
-    if block_rows is None:
+    if plan.path == FULL:  # the kernel couples rows: they run together
+        block_rows = n
+    elif block_rows is None:
         per_row = sum(
             int(np.prod([s for i, s in enumerate(info.shape) if i != info.row_axis]))
             * np.dtype(info.dtype).itemsize
