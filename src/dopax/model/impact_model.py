@@ -22,6 +22,7 @@ from dopax.data import ArrayDataset, ArrayLoader
 from dopax.exceptions import NotFittedError
 from dopax.inference.mcmc import MCMCDriver
 from dopax.inference.svi import SVIDriver, SVIRunResult, still_falling
+from dopax.inference.trace import ZarrTrace
 from dopax.kernel.signature import check_reserved_kwargs, validate_signature
 from dopax.kernel.spec import KernelSpec, build_spec, observed_sites, validate_trace
 from dopax.model.state import Posterior, TempFolder, require_posterior
@@ -426,6 +427,7 @@ class ImpactModel:
         num_samples: int = 1000,
         rng_key: Any = None,
         progress: bool = True,
+        trace: ZarrTrace | None = None,
         **kwargs: Any,
     ) -> ImpactModel:
         """Fit on one in-memory batch: SVI resumes from its last state; MCMC runs the sampler.
@@ -437,6 +439,8 @@ class ImpactModel:
             num_samples: Posterior draws to take from the guide (SVI).
             rng_key: Key for this call; derived from the model's key if omitted.
             progress: Whether to show a progress bar.
+            trace: A :class:`dopax.ZarrTrace` (MCMC only): stream the run to it
+                in segments, or resume or extend the run it holds.
             **kwargs: Further kernel arguments.
 
         Returns:
@@ -444,6 +448,8 @@ class ImpactModel:
         """
         from tqdm.auto import tqdm
 
+        if trace is not None and not isinstance(self._inference, MCMC):
+            raise TypeError("`trace=` streams an MCMC run; this model's inference is SVI.")
         num_steps = _check_positive_int(num_steps, "num_steps")
         num_samples = _check_positive_int(num_samples, "num_samples")
         X, y, kwargs = self._unpack_loader(X, y, kwargs)
@@ -455,7 +461,10 @@ class ImpactModel:
         args = {k: jnp.asarray(v) for k, v in {**bound.shared, **bound.rows}.items()}
         if isinstance(self._inference, MCMC):
             driver = self._mcmc or MCMCDriver(self._inference)
-            driver.run(key, bound.static, args, progress=progress)
+            if trace is None:
+                driver.run(key, bound.static, args, progress=progress)
+            else:
+                driver.run_to_trace(trace, key, bound.static, args, progress=progress)
             self._mcmc = driver
             exclude = {self._param_output, *(self._spec.return_sites if self._spec else ())}
             self._posterior = Posterior(driver.draws(exclude), driver.num_chains)
@@ -539,6 +548,7 @@ class ImpactModel:
                 )
             self._mcmc.continue_chains(key, num_samples, progress=False)
             draws = self._mcmc.draws(exclude)
+            stats = self._mcmc.sample_stats()
             chains = self._mcmc.num_chains
         else:
             driver = self._svi("sample")
@@ -560,6 +570,8 @@ class ImpactModel:
             draws = {k: draws[k] for k in names}
         if not return_datatree:
             return draws
+        if isinstance(self._inference, MCMC):
+            return build_tree({schema.POSTERIOR: draws, "sample_stats": stats}, chains)
         return build_tree({schema.POSTERIOR: draws}, chains)
 
     def set_posterior_sample(self, posterior_sample: Mapping[str, Any]) -> ImpactModel:
