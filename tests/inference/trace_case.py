@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -40,9 +41,12 @@ DRAW_GROUPS = (
 
 
 def kernel(X: Any, y: Any = None) -> None:
+    """Linear regression, beside Neal's funnel (``v``, ``z``) for some divergences."""
     alpha = numpyro.sample("alpha", dist.Normal(0.0, 2.0))
     beta = numpyro.sample("beta", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
     sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    v = numpyro.sample("v", dist.Normal(0.0, 3.0))
+    numpyro.sample("z", dist.Normal(0.0, jnp.exp(v / 2)))
     with numpyro.plate("obs", X.shape[0]):
         numpyro.sample("y", dist.Normal(alpha + X @ beta, sigma), obs=y)
 

@@ -312,7 +312,11 @@ class ZarrTrace:
             return False
 
     def _root(self, *, mode: Literal["r", "r+"] = "r+") -> zarr.Group:
-        return zarr.open_group(self._store, mode=mode, zarr_format=3, use_consolidated=True)
+        # Writers keep the consolidated metadata (a group opened without it would
+        # drop it on its next attribute update); readers take it when present, as
+        # a trace being created has none yet.
+        consolidated = True if mode == "r+" else None
+        return zarr.open_group(self._store, mode=mode, zarr_format=3, use_consolidated=consolidated)
 
     def _read_attrs(self) -> dict[str, Any] | None:
         try:
