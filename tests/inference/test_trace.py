@@ -79,6 +79,37 @@ def test_traced_run_equals_numpyro_run(reference_trace: dict[str, Any]) -> None:
     assert more["sample_stats"]["lp"].shape == (case.NUM_CHAINS, 7)
 
 
+_PARALLEL = """
+import jax, numpy as np
+from inference import trace_case as case
+import dopax
+assert jax.device_count() == 2, jax.devices()
+X, y = case.data()
+trace = case.new_trace(None)
+model = case.fit(trace, mcmc=case.make_mcmc(chain_method="parallel"))
+assert trace.status == "complete"
+mcmc = case.make_mcmc(chain_method="parallel")
+mcmc.run(jax.random.key(case.KEY_SEED), X=jax.numpy.asarray(X), y=jax.numpy.asarray(y))
+for site, draws in mcmc.get_samples().items():
+    assert np.array_equal(model.posterior[site], np.asarray(draws)), site
+print("same")
+"""
+
+
+def test_parallel_chains_equal_numpyro_parallel() -> None:
+    """With a device per chain, chains run on their own device, as in MCMC.run."""
+    tests = Path(__file__).resolve().parents[1]
+    src = Path(dopax.__file__).resolve().parents[1]
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
+    env["PYTHONPATH"] = os.pathsep.join([str(src), str(tests)])
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PARALLEL], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip() == "same"
+
+
 @pytest.fixture(scope="module")
 def extended() -> dict[str, Any]:
     """A run of 40 fewer draws with `draws_per_chunk=100`, then extended by 40."""

@@ -2,22 +2,26 @@
 
 :func:`run_to_trace` drives a private copy of the user's kernel with the
 kernel's own ``init`` and ``sample`` functions: a compiled loop runs one
-segment of ``draws_per_chunk`` iterations (the warm-up schedule and the
-adaptation state live in the sampler state, so warm-up segments continue where
-the last one stopped), and the driver writes each segment to a
+segment of ``draws_per_chunk`` iterations, and the driver writes each segment to a
 :class:`~dopax.inference.trace.ZarrTrace` before the marker moves. Each chain
 starts from the key :meth:`numpyro.infer.MCMC.run` would give it, and every
 iteration runs the same computation as there, so the draws equal those of
 ``MCMC.run`` for the same key (checked bit for bit on CPU in the tests), and a
-resumed run equals an uninterrupted one whatever the segment length.
+resumed run equals an uninterrupted one whatever the segment length. The
+kernel's ``init`` builds the warm-up schedule from ``num_warmup``; where a chain
+is in it (the iteration counter, the adaptation windows, the step size and
+mass matrix being adapted) is part of the sampler state, so a resumed run
+continues warm-up mid-way.
 
-Chains run as the user's :class:`~numpyro.infer.MCMC` says: ``"sequential"``
-chains take turns segment by segment (so all chains advance together and an
-interrupted trace holds about as many draws of each); ``"vectorized"`` chains
-run as one batched program; ``"parallel"`` chains run on one device each
-(``jax.pmap``) when there are enough devices and otherwise as
-``"sequential"`` (NumPyro itself switches at construction). Sequential and
-parallel traces resume one another; vectorized ones resume only vectorized.
+Chains run as the user's :class:`~numpyro.infer.MCMC` says, and as
+``MCMC.run`` runs them: ``"sequential"`` chains take turns segment by segment
+(so all chains advance together and an interrupted trace holds about as many
+draws of each); ``"vectorized"`` chains run as one batched program;
+``"parallel"`` chains are initialised and run on one device each
+(``jax.pmap``) when there are enough devices, and otherwise as
+``"sequential"`` (NumPyro itself switches at construction). The three give
+different floating-point results, so a trace resumes only with the chain
+method it ran with (after that switch).
 """
 
 from __future__ import annotations
@@ -200,7 +204,7 @@ def _fingerprint(
         "num_samples": int(template.num_samples),
         "num_chains": int(template.num_chains),
         "thinning": int(template.thinning),
-        "chain_method": _VECTORIZED if execution == _VECTORIZED else "per-chain",
+        "chain_method": execution,
         "postprocess_fn": _describe(template.postprocess_fn),
         "jax_enable_x64": bool(jax.config.read("jax_enable_x64")),
     }
@@ -434,6 +438,12 @@ def run_to_trace(
     if execution == _VECTORIZED:
         batched_fresh = sampler.init(chain_keys, num_warmup, None, (), kwargs)
         one_chain = jax.tree.map(lambda x: x[0], batched_fresh)
+    elif execution == _PARALLEL and not any(started):
+        # As MCMC.run does: each chain initialised on its own device.
+        batched_fresh = jax.pmap(lambda k: sampler.init(k, num_warmup, None, (), kwargs))(
+            chain_keys
+        )
+        one_chain = jax.tree.map(lambda x: x[0], batched_fresh)
     else:
         for c in range(num_chains):
             if not started[c] or (c == num_chains - 1 and not fresh):
@@ -518,7 +528,7 @@ def run_to_trace(
             per_chain = [load(c) for c in range(num_chains)]
             stacked = [jnp.stack(leaves) for leaves in zip(*per_chain, strict=True)]
             state = jax.tree.unflatten(treedef, stacked)
-        elif execution == _VECTORIZED:
+        elif batched_fresh is not None:
             state = batched_fresh
         else:
             state = jax.tree.map(lambda *xs: jnp.stack(xs), *(fresh[c] for c in range(num_chains)))
