@@ -261,13 +261,45 @@ def _leaf_paths(state: Any) -> list[str]:
     return [jax.tree_util.keystr(path) for path, _ in flat]
 
 
+def _unbatch(tree: Any) -> Any:
+    """The first chain of a batched state (arrays or shapes)."""
+    return jax.tree.map(
+        lambda x: x[0] if isinstance(x, jax.Array) else jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
+        tree,
+    )
+
+
+def _trace_model(model: Callable[..., Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's sites: name, type, whether observed, and observed values.
+
+    The model is traced abstractly (nothing is computed or compiled); the
+    observed values are the arrays the model was given.
+    """
+    sites: dict[str, Any] = {}
+
+    def run() -> None:
+        trace = handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(**kwargs)
+        for name, site in trace.items():
+            value = site.get("value")
+            if isinstance(value, jax.core.Tracer):
+                value = None
+            sites[name] = {
+                "type": site["type"],
+                "is_observed": bool(site.get("is_observed", False)),
+                "value": value,
+            }
+
+    jax.eval_shape(run)
+    return sites
+
+
 def _observed_and_constant(
     model_trace: Mapping[str, Any], args: Mapping[str, Any]
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     observed: dict[str, np.ndarray] = {}
     observed_values: list[Any] = []
     for name, site in model_trace.items():
-        if site["type"] == "sample" and site.get("is_observed") and hasattr(site["value"], "shape"):
+        if site["type"] == "sample" and site["is_observed"] and hasattr(site["value"], "shape"):
             observed[name] = np.asarray(site["value"])
             observed_values.append(site["value"])
     constant = {
@@ -416,7 +448,7 @@ def run_to_trace(
     sampler: HMC = copy.deepcopy(template.sampler)
     num_chains = int(template.num_chains)
     num_warmup = int(template.num_warmup)
-    model_trace = handlers.trace(handlers.seed(sampler.model, rng_seed=0)).get_trace(**kwargs)
+    model_trace = _trace_model(sampler.model, kwargs)
     fingerprint = _fingerprint(template, execution, static, args, model_trace)
 
     resuming = trace.initialized
@@ -428,26 +460,38 @@ def run_to_trace(
         marker = trace._progress()
         assert marker is not None
     else:
+        if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.wrap_key_data(key)  # a legacy uint32 key
         chain_keys = jax.random.split(key, num_chains) if num_chains > 1 else key[None]
 
     # Initialise the kernel (its closures hold the warm-up schedule) and the chains
-    # that have not started; the others continue from their stored state.
+    # that have not started, as MCMC.run does; the others continue from their
+    # stored state. When every chain has started, the kernel's `init` is only
+    # traced (`jax.eval_shape`): that builds its closures without computing, or
+    # compiling, an initial state.
     started = [False] * num_chains if marker is None else [i > 0 for i in marker["iterations"]]
+
+    def init(keys: jax.Array) -> Any:
+        return sampler.init(keys, num_warmup, None, (), kwargs)
+
     fresh: dict[int, Any] = {}
     batched_fresh = None
-    if execution == _VECTORIZED:
-        batched_fresh = sampler.init(chain_keys, num_warmup, None, (), kwargs)
-        one_chain = jax.tree.map(lambda x: x[0], batched_fresh)
-    elif execution == _PARALLEL and not any(started):
-        # As MCMC.run does: each chain initialised on its own device.
-        batched_fresh = jax.pmap(lambda k: sampler.init(k, num_warmup, None, (), kwargs))(
-            chain_keys
-        )
-        one_chain = jax.tree.map(lambda x: x[0], batched_fresh)
+    if all(started):
+        keys = chain_keys if execution == _VECTORIZED else chain_keys[0]
+        one_chain = jax.eval_shape(init, keys)
+        if execution == _VECTORIZED:
+            one_chain = _unbatch(one_chain)
+    elif execution == _VECTORIZED:
+        batched_fresh = init(chain_keys)
+        one_chain = _unbatch(batched_fresh)
+    elif execution == _PARALLEL:
+        # Each chain initialised on its own device.
+        batched_fresh = jax.pmap(init)(chain_keys)
+        one_chain = _unbatch(batched_fresh)
     else:
         for c in range(num_chains):
-            if not started[c] or (c == num_chains - 1 and not fresh):
-                fresh[c] = sampler.init(chain_keys[c], num_warmup, None, (), kwargs)
+            if not started[c]:
+                fresh[c] = init(chain_keys[c])
         one_chain = next(iter(fresh.values()))
     treedef = jax.tree.structure(one_chain)
     paths = _leaf_paths(one_chain)
@@ -524,15 +568,12 @@ def run_to_trace(
             state = jax.tree.unflatten(treedef, load(c)) if started[c] else fresh[c]
             units.append((slice(c, c + 1), state))
     else:
-        if any(started):
+        # Chains of one program start and stop together: all started, or none.
+        if batched_fresh is None:
             per_chain = [load(c) for c in range(num_chains)]
             stacked = [jnp.stack(leaves) for leaves in zip(*per_chain, strict=True)]
-            state = jax.tree.unflatten(treedef, stacked)
-        elif batched_fresh is not None:
-            state = batched_fresh
-        else:
-            state = jax.tree.map(lambda *xs: jnp.stack(xs), *(fresh[c] for c in range(num_chains)))
-        units.append((slice(0, num_chains), state))
+            batched_fresh = jax.tree.unflatten(treedef, stacked)
+        units.append((slice(0, num_chains), batched_fresh))
 
     total = num_warmup + int(trace.num_samples or 0)
     positions = [int(i) for i in marker["iterations"]]
@@ -541,8 +582,8 @@ def run_to_trace(
     bar = tqdm(
         total=num_chains * total,
         initial=sum(min(p, total) for p in positions),
-        disable=not show,
-        desc="sample to trace",
+        disable=not show or min(positions) >= total,
+        desc="warmup" if min(positions) < num_warmup else "sample",
         leave=False,
     )
 
@@ -554,8 +595,8 @@ def run_to_trace(
             root, arrays, chains, start, records, segments.host_state(state), marker
         )
         bar.update(n * (chains.stop - chains.start))
-        if start < num_warmup <= start + n:
-            bar.set_description("sample to trace")
+        if start + n >= num_warmup:
+            bar.set_description("sample", refresh=False)
 
     pending: tuple[slice, int, int, Any, Any] | None = None
     try:

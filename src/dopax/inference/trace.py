@@ -297,7 +297,10 @@ class ZarrTrace:
         self._settings = None
         settings = self._read_settings()
         if settings is None:
-            raise FileNotFoundError(f"No dopax trace at {self._label}.")
+            raise FileNotFoundError(
+                f"No dopax trace at {self._label} (a run stopped while laying out a new "
+                "trace leaves a store without one: delete it and start again)."
+            )
         self._draws_per_chunk = int(settings["draws_per_chunk"])
         self._include_transformed = bool(settings["include_transformed"])
         self._save_warmup = bool(settings["save_warmup"])
@@ -693,7 +696,7 @@ class ZarrTrace:
     @staticmethod
     async def _set_all(writes: Sequence[tuple[zarr.Array, tuple[Any, ...], np.ndarray]]) -> None:
         await asyncio.gather(
-            *(arr._async_array.setitem(selection, value) for arr, selection, value in writes)
+            *(arr.async_array.setitem(selection, value) for arr, selection, value in writes)
         )
 
     # ------------------------------------------------------------------ reading
