@@ -126,17 +126,18 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         )
 
     warmup, dpc = case.NUM_WARMUP, case.DPC
-    # kill -9 during warm-up; this first run fills the compilation cache.
+    # kill -9 during warm-up, and a failing write, side by side: these first
+    # runs fill the compilation cache.
     procs = {"kill_warmup": start("run", paths["kill_warmup"])}
+    procs["error"] = start("fail", paths["error"])
     seen = _stop_when(
         [(procs["kill_warmup"], paths["kill_warmup"], lambda d: min(d) >= 2 * dpc, signal.SIGKILL)]
     )
     procs["kill_warmup"].wait(timeout=600)
-    # kill -9 once two segments of draws are durable, Ctrl-C later during
-    # sampling, and a failing write, side by side.
+    # kill -9 once two segments of draws are durable, and Ctrl-C later during
+    # sampling, side by side.
     for name in ("kill_sampling", "sigint"):
         procs[name] = start("run", paths[name])
-    procs["error"] = start("fail", paths["error"])
     seen.update(
         _stop_when(
             [
