@@ -9,10 +9,11 @@ of interventions with their uncertainty.
 import logging
 
 from dopax._version import __version__
+from dopax.inference.trace import ZarrTrace
 from dopax.kernel.spec import KernelSpec
 from dopax.model.impact_model import ImpactModel
 from dopax.output.store import open_result
 
 logging.getLogger("dopax").addHandler(logging.NullHandler())
 
-__all__ = ["ImpactModel", "KernelSpec", "open_result", "__version__"]
+__all__ = ["ImpactModel", "KernelSpec", "ZarrTrace", "open_result", "__version__"]

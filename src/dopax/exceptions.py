@@ -13,6 +13,7 @@ __all__ = [
     "NotFittedError",
     "ScenarioError",
     "StreamingError",
+    "TraceMismatchError",
 ]
 
 
@@ -42,3 +43,10 @@ class StreamingError(DopaxError, RuntimeError):
 
 class IncompleteResultError(DopaxError, OSError):
     """Raised when a persisted result is opened but was never completed or has been deleted."""
+
+
+class TraceMismatchError(DopaxError, ValueError):
+    """Raised when a run would resume a trace written with other data, kernel or settings.
+
+    The message names what differs. The trace is left as it was.
+    """
