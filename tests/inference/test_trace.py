@@ -34,18 +34,31 @@ STATS = {"diverging", "energy", "lp", "n_steps", "tree_depth", "acceptance_rate"
 
 
 # ---------------------------------------------------------------------------- exactness
-def test_traced_run_equals_numpyro_run(reference_trace: dict[str, Any]) -> None:
-    """A traced run gives NumPyro's own `MCMC.run` draws, statistics and last state."""
+@pytest.fixture(scope="module")
+def plain() -> dict[str, Any]:
+    """NumPyro's MCMC.run through the model (no trace) with the reference key, and another key."""
     X, y = case.data()
-    # MCMC.run, in memory, through the model (no trace), with the same key.
-    plain = dopax.ImpactModel(case.kernel, jax.random.key(0), case.make_mcmc())
-    plain.fit_on_batch(X, y, rng_key=jax.random.key(case.KEY_SEED), progress=False)
-    assert plain.posterior is not None and plain._mcmc is not None
-    stats = plain._mcmc.sample_stats()
+    model = dopax.ImpactModel(case.kernel, jax.random.key(0), case.make_mcmc())
+    model.fit_on_batch(X, y, rng_key=jax.random.key(case.KEY_SEED), progress=False)
+    driver = model._mcmc
+    assert driver is not None and driver.mcmc is not None
+    out = {"model": model, "stats": driver.sample_stats(), "last_state": driver.last_state}
+    # NumPyro's own run with another key: an independent run.
+    other = case.make_mcmc()
+    other.run(jax.random.key(123), X=X, y=y)
+    out["independent"] = {k: np.asarray(v) for k, v in other.get_samples(True).items()}
+    return out
+
+
+def test_traced_run_equals_numpyro_run(
+    reference_trace: dict[str, Any], plain: dict[str, Any]
+) -> None:
+    """A traced run gives NumPyro's own `MCMC.run` draws, statistics and last state."""
+    stats = plain["stats"]
     assert set(stats) == STATS
     groups = reference_trace["groups"]
     traced = reference_trace["model"]
-    for site, draws in plain.posterior.items():
+    for site, draws in plain["model"].posterior.items():
         np.testing.assert_array_equal(traced.posterior[site], draws)
         np.testing.assert_array_equal(groups["posterior"][site].reshape(draws.shape), draws)
     for name, values in stats.items():
@@ -54,9 +67,7 @@ def test_traced_run_equals_numpyro_run(reference_trace: dict[str, Any]) -> None:
         assert got.dtype == values.dtype, name
     # The chains end in the same state, so `sample` continues them alike.
     ends = zip(
-        jax.tree.leaves(traced._mcmc.last_state),
-        jax.tree.leaves(plain._mcmc.last_state),
-        strict=True,
+        jax.tree.leaves(traced._mcmc.last_state), jax.tree.leaves(plain["last_state"]), strict=True
     )
     for a, b in ends:
         if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
@@ -71,8 +82,11 @@ def test_traced_run_equals_numpyro_run(reference_trace: dict[str, Any]) -> None:
     np.testing.assert_array_equal(
         groups["sample_stats"]["tree_depth"], np.log2(n_steps).astype(int) + 1
     )
+
+
+def test_sample_returns_sample_stats(plain: dict[str, Any]) -> None:
     # Without a trace, `sample` returns the sample statistics too.
-    more = plain.sample(num_samples=7, rng_key=jax.random.key(1))
+    more = plain["model"].sample(num_samples=7, rng_key=jax.random.key(1))
     assert set(more.children) == {"posterior", "sample_stats"}
     assert more["posterior"]["beta"].shape == (case.NUM_CHAINS, 7, 2)
     assert set(more["sample_stats"].data_vars) == STATS
@@ -156,18 +170,13 @@ def test_extend_continues_the_chains(
 
 
 def test_posterior_agrees_with_numpyro_within_monte_carlo_error(
-    reference_trace: dict[str, Any],
+    reference_trace: dict[str, Any], plain: dict[str, Any]
 ) -> None:
     # An independent NumPyro run (another key): for every scalar component of
     # the regression, |mean difference| < 4 * MCSE of the difference, and the
     # same for the sd, with each run's MCSE from its ESS (ArviZ's mcse, mean
     # and sd methods). The funnel's MCSE is not to be trusted, so it is left out.
-    X, y = case.data()
-    mcmc = case.make_mcmc()
-    mcmc.run(jax.random.key(123), X=X, y=y)
-    numpyro_post = az.from_dict(
-        posterior={k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-    ).posterior
+    numpyro_post = az.from_dict(posterior=plain["independent"]).posterior
     traced = reference_trace["trace"].to_datatree()["posterior"].to_dataset().load()
     for method, reduce in (("mean", "mean"), ("sd", "std")):
         a = getattr(traced, reduce)(("chain", "draw"))
