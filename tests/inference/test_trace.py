@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import arviz as az
+import cloudpickle
 import jax
 import jax.numpy as jnp
 import matplotlib
@@ -27,7 +28,7 @@ from numpyro.optim import Adam
 
 import dopax
 from dopax.exceptions import TraceMismatchError
-from dopax.inference.segments import STAT_NAMES, arviz_stats
+from dopax.inference.sample_stats import STAT_NAMES, arviz_stats
 from inference import trace_case as case
 
 matplotlib.use("Agg")
@@ -36,13 +37,12 @@ STATS = {"diverging", "energy", "lp", "n_steps", "tree_depth", "acceptance_rate"
 
 
 # ---------------------------------------------------------------------------- exactness
-def test_traced_run_equals_numpyro_run(reference_trace: dict[str, Any]) -> None:
-    """A traced run gives NumPyro's own `MCMC.run` draws, statistics and last state."""
+@pytest.fixture(scope="module")
+def plain() -> dict[str, Any]:
+    """NumPyro's MCMC.run through the model (no trace) with the reference key, and another key."""
     X, y = case.data()
-    # MCMC.run, in memory, through the model (no trace), with the same key.
-    plain = dopax.ImpactModel(case.kernel, jax.random.key(0), case.make_mcmc())
-    plain.fit_on_batch(X, y, rng_key=jax.random.key(case.KEY_SEED), progress=False)
-    assert plain.posterior is not None
+    model = dopax.ImpactModel(case.kernel, jax.random.key(0), case.make_mcmc())
+    model.fit_on_batch(X, y, rng_key=jax.random.key(case.KEY_SEED), progress=False)
     # NumPyro's own MCMC.run with the same key, its fields under ArviZ's names.
     reference = case.make_mcmc()
     reference.run(
@@ -56,19 +56,37 @@ def test_traced_run_equals_numpyro_run(reference_trace: dict[str, Any]) -> None:
         k: np.asarray(v).reshape(-1, *np.shape(v)[2:])
         for k, v in arviz_stats(fields, nuts=True).items()
     }
+    out = {"model": model, "stats": stats}
+    # NumPyro's own run with another key: an independent run.
+    other = case.make_mcmc()
+    other.run(jax.random.key(123), X=X, y=y)
+    out["independent"] = {k: np.asarray(v) for k, v in other.get_samples(True).items()}
+    return out
+
+
+def test_traced_run_equals_numpyro_run(
+    reference_trace: dict[str, Any], plain: dict[str, Any]
+) -> None:
+    """A traced run gives NumPyro's own `MCMC.run` draws, statistics and last state."""
+    stats = plain["stats"]
     assert set(stats) == STATS
     groups = reference_trace["groups"]
     traced = reference_trace["model"]
-    for site, draws in plain.posterior.items():
+    for site, draws in plain["model"].posterior.items():
         np.testing.assert_array_equal(traced.posterior[site], draws)
         np.testing.assert_array_equal(groups["posterior"][site].reshape(draws.shape), draws)
     for name, values in stats.items():
         got = groups["sample_stats"][name]
         np.testing.assert_array_equal(got.reshape(values.shape), values)
         assert got.dtype == values.dtype, name
-    # The chains end in the same state, so `sample` continues them alike.
-    a = traced.sample(num_samples=3, rng_key=jax.random.key(5))
-    b = plain.sample(num_samples=3, rng_key=jax.random.key(5))
+    # The chains end in the same state, so `sample` continues them alike (on
+    # copies, which leave the fixtures' models where they are).
+    a = cloudpickle.loads(cloudpickle.dumps(traced)).sample(
+        num_samples=3, rng_key=jax.random.key(5)
+    )
+    b = cloudpickle.loads(cloudpickle.dumps(plain["model"])).sample(
+        num_samples=3, rng_key=jax.random.key(5)
+    )
     for group in ("posterior", "sample_stats"):
         for name, value in b[group].data_vars.items():
             np.testing.assert_array_equal(a[group][name].values, value.values)
@@ -81,8 +99,11 @@ def test_traced_run_equals_numpyro_run(reference_trace: dict[str, Any]) -> None:
     np.testing.assert_array_equal(
         groups["sample_stats"]["tree_depth"], np.log2(n_steps).astype(int) + 1
     )
+
+
+def test_sample_returns_sample_stats(plain: dict[str, Any]) -> None:
     # Without a trace, `sample` returns the sample statistics too.
-    more = plain.sample(num_samples=7, rng_key=jax.random.key(1))
+    more = plain["model"].sample(num_samples=7, rng_key=jax.random.key(1))
     assert set(more.children) == {"posterior", "sample_stats"}
     assert more["posterior"]["beta"].shape == (case.NUM_CHAINS, 7, 2)
     assert set(more["sample_stats"].data_vars) == STATS
@@ -166,18 +187,13 @@ def test_extend_continues_the_chains(
 
 
 def test_posterior_agrees_with_numpyro_within_monte_carlo_error(
-    reference_trace: dict[str, Any],
+    reference_trace: dict[str, Any], plain: dict[str, Any]
 ) -> None:
     # An independent NumPyro run (another key): for every scalar component of
     # the regression, |mean difference| < 4 * MCSE of the difference, and the
     # same for the sd, with each run's MCSE from its ESS (ArviZ's mcse, mean
     # and sd methods). The funnel's MCSE is not to be trusted, so it is left out.
-    X, y = case.data()
-    mcmc = case.make_mcmc()
-    mcmc.run(jax.random.key(123), X=X, y=y)
-    numpyro_post = az.from_dict(
-        posterior={k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-    ).posterior
+    numpyro_post = az.from_dict(posterior=plain["independent"]).posterior
     traced = reference_trace["trace"].to_datatree()["posterior"].to_dataset().load()
     for method, reduce in (("mean", "mean"), ("sd", "std")):
         a = getattr(traced, reduce)(("chain", "draw"))

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 from numpyro.infer import HMC, MCMC
 
-from dopax.inference.segments import STAT_NAMES, arviz_stats, run_to_trace
+from dopax.inference.sample_stats import STAT_NAMES, arviz_stats
+from dopax.inference.segments import run_to_trace
 
 if TYPE_CHECKING:
     from dopax.inference.trace import ZarrTrace

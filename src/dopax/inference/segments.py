@@ -28,72 +28,40 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
-import hashlib
-import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
-from numpyro import handlers
 from numpyro.infer import HMC, MCMC
 
 from dopax.exceptions import TraceMismatchError
-from dopax.inference.trace import (
+from dopax.inference.fingerprint import fingerprint as fingerprint_of
+from dopax.inference.fingerprint import observed_and_constant, trace_model
+from dopax.inference.sample_stats import tree_depth
+from dopax.inference.segment_program import (
+    PARALLEL,
+    SEQUENTIAL,
+    VECTORIZED,
+    SegmentProgram,
+    is_key,
+    leaf_paths,
+    next_length,
+    unbatch,
+)
+from dopax.inference.trace import ZarrTrace
+from dopax.inference.trace_layout import (
     POSTERIOR,
     SAMPLE_STATS,
     UNCONSTRAINED_POSTERIOR,
     TraceLayout,
-    ZarrTrace,
 )
 
-__all__ = ["STAT_NAMES", "TraceRun", "arviz_stats", "run_to_trace"]
+__all__ = ["TraceRun", "run_to_trace"]
 
 logger = logging.getLogger("dopax")
-
-#: NumPyro state fields (as ``extra_fields`` names) and their ArviZ names.
-STAT_NAMES: Mapping[str, str] = {
-    "diverging": "diverging",
-    "energy": "energy",
-    "potential_energy": "lp",
-    "num_steps": "n_steps",
-    "accept_prob": "acceptance_rate",
-    "adapt_state.step_size": "step_size",
-}
-
-_SEQUENTIAL = "sequential"
-_VECTORIZED = "vectorized"
-_PARALLEL = "parallel"
-
-
-def arviz_stats(fields: Mapping[str, Any], *, nuts: bool) -> dict[str, np.ndarray]:
-    """Rename NumPyro's state fields to ArviZ's sample statistics.
-
-    ``potential_energy`` becomes ``lp`` (negated), ``num_steps`` becomes
-    ``n_steps`` and, for NUTS, also ``tree_depth`` (``floor(log2(n_steps)) +
-    1``, as ArviZ's NumPyro converter computes it).
-
-    Args:
-        fields: NumPyro field name (see :data:`STAT_NAMES`) to array.
-        nuts: Whether the sampler is NUTS.
-    """
-    out: dict[str, np.ndarray] = {}
-    for field, name in STAT_NAMES.items():
-        if field not in fields or fields[field] is None:
-            continue
-        value = np.asarray(fields[field])
-        out[name] = -value if field == "potential_energy" else value
-    if nuts and "n_steps" in out:
-        out["tree_depth"] = _tree_depth(out["n_steps"])
-    return out
-
-
-def _tree_depth(n_steps: np.ndarray) -> np.ndarray:
-    return (np.log2(np.maximum(np.asarray(n_steps), 1)).astype(np.int64) + 1).astype(np.int64)
 
 
 @dataclasses.dataclass
@@ -116,102 +84,6 @@ class TraceRun:
     num_chains: int
     last_state: Any
     trace: ZarrTrace
-
-
-# ---------------------------------------------------------------------------- fingerprint
-def _digest(arr: Any) -> str:
-    value = np.ascontiguousarray(np.asarray(arr))
-    h = hashlib.sha256()
-    h.update(f"{value.dtype.str}{value.shape}".encode())
-    h.update(value.reshape(-1).view(np.uint8).data)
-    return h.hexdigest()[:32]
-
-
-def _describe(value: Any) -> Any:
-    """A JSON-able description of a sampler setting."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, functools.partial):
-        return {
-            "function": _describe(value.func),
-            "args": [_describe(a) for a in value.args],
-            "kwargs": {str(k): _describe(v) for k, v in sorted(value.keywords.items())},
-        }
-    if isinstance(value, np.ndarray | jax.Array):
-        if np.ndim(value) == 0:
-            return _describe(np.asarray(value).item())
-        return {"sha256": _digest(value)}
-    if isinstance(value, dict):
-        return {str(k): _describe(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, tuple | list):
-        return [_describe(v) for v in value]
-    if callable(value):
-        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
-    return repr(value)
-
-
-_HMC_SETTINGS = (
-    "_algo",
-    "_step_size",
-    "_adapt_step_size",
-    "_adapt_mass_matrix",
-    "_dense_mass",
-    "_inverse_mass_matrix",
-    "_target_accept_prob",
-    "_trajectory_length",
-    "_num_steps",
-    "_max_tree_depth",
-    "_find_heuristic_step_size",
-    "_forward_mode_differentiation",
-    "_regularize_mass_matrix",
-    "_init_strategy",
-    "_kinetic_fn",
-)
-
-
-def _fingerprint(
-    template: MCMC,
-    execution: str,
-    static: Mapping[str, Any],
-    args: Mapping[str, Any],
-    model_trace: Mapping[str, Any],
-) -> dict[str, dict[str, Any]]:
-    """Fingerprint of a run: its data, its kernel's signature and its sampler settings."""
-    sampler = template.sampler
-    data: dict[str, Any] = {name: _digest(value) for name, value in sorted(args.items())}
-    data.update({name: repr(value) for name, value in sorted(static.items())})
-    model = sampler.model
-    try:
-        parameters = list(inspect.signature(model).parameters)
-    except (TypeError, ValueError):
-        parameters = []
-    sites = sorted(
-        f"{name}:{'observed' if site.get('is_observed') else site['type']}"
-        for name, site in model_trace.items()
-        if site["type"] in ("sample", "deterministic")
-    )
-    kernel = {
-        "name": f"{getattr(model, '__module__', '?')}."
-        f"{getattr(model, '__qualname__', type(model).__name__)}",
-        "parameters": parameters,
-        "sites": sites,
-    }
-    settings: dict[str, Any] = {
-        "kernel": f"{type(sampler).__module__}.{type(sampler).__qualname__}",
-        "num_warmup": int(template.num_warmup),
-        "num_samples": int(template.num_samples),
-        "num_chains": int(template.num_chains),
-        "thinning": int(template.thinning),
-        "chain_method": execution,
-        "postprocess_fn": _describe(template.postprocess_fn),
-        "jax_enable_x64": bool(jax.config.read("jax_enable_x64")),
-    }
-    for attr in _HMC_SETTINGS:
-        if hasattr(sampler, attr):
-            settings[attr.lstrip("_")] = _describe(getattr(sampler, attr))
-    return {"data": data, "kernel": kernel, "sampler": settings}
 
 
 # ---------------------------------------------------------------------------- driver
@@ -238,169 +110,10 @@ def _execution(template: MCMC) -> str:
         )
     chains = int(template.num_chains)
     if chains == 1:
-        return _SEQUENTIAL
-    if method == _PARALLEL and jax.local_device_count() < chains:
-        return _SEQUENTIAL
+        return SEQUENTIAL
+    if method == PARALLEL and jax.local_device_count() < chains:
+        return SEQUENTIAL
     return str(method)
-
-
-def _is_key(leaf: Any) -> bool:
-    return isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-
-
-def _host_leaves(state: Any) -> list[np.ndarray]:
-    """The state's leaves as NumPy arrays (key leaves as key data)."""
-    return [
-        np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
-        for leaf in jax.tree.leaves(state)
-    ]
-
-
-def _leaf_paths(state: Any) -> list[str]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(state)
-    return [jax.tree_util.keystr(path) for path, _ in flat]
-
-
-def _unbatch(tree: Any) -> Any:
-    """The first chain of a batched state (arrays or shapes)."""
-    return jax.tree.map(
-        lambda x: x[0] if isinstance(x, jax.Array) else jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
-        tree,
-    )
-
-
-def _trace_model(model: Callable[..., Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The model's sites: name, type, whether observed, and observed values.
-
-    The model is traced abstractly (nothing is computed or compiled); the
-    observed values are the arrays the model was given.
-    """
-    sites: dict[str, Any] = {}
-
-    def run() -> None:
-        trace = handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(**kwargs)
-        for name, site in trace.items():
-            value = site.get("value")
-            if isinstance(value, jax.core.Tracer):
-                value = None
-            sites[name] = {
-                "type": site["type"],
-                "is_observed": bool(site.get("is_observed", False)),
-                "value": value,
-            }
-
-    jax.eval_shape(run)
-    return sites
-
-
-def _observed_and_constant(
-    model_trace: Mapping[str, Any], args: Mapping[str, Any]
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    observed: dict[str, np.ndarray] = {}
-    observed_values: list[Any] = []
-    for name, site in model_trace.items():
-        if site["type"] == "sample" and site["is_observed"] and hasattr(site["value"], "shape"):
-            observed[name] = np.asarray(site["value"])
-            observed_values.append(site["value"])
-    constant = {
-        name: np.asarray(value)
-        for name, value in args.items()
-        if hasattr(value, "shape")
-        and name not in observed
-        and not any(value is obs for obs in observed_values)
-    }
-    return observed, constant
-
-
-class _Segments:
-    """The compiled segment function of one run and the host-side reshaping of its output."""
-
-    def __init__(
-        self,
-        sampler: HMC,
-        kwargs: Mapping[str, Any],
-        execution: str,
-        draws_per_chunk: int,
-        include_transformed: bool,
-        latent: tuple[str, ...],
-    ) -> None:
-        self.execution = execution
-        self.dpc = draws_per_chunk
-        postprocess = sampler.postprocess_fn((), kwargs)
-        if execution == _VECTORIZED:
-            postprocess = jax.vmap(postprocess)
-        nuts_kwargs = dict(kwargs)
-
-        def record(state: Any) -> dict[str, dict[str, Any]]:
-            constrained = postprocess(state.z)
-            stats = {
-                "diverging": state.diverging,
-                "energy": state.energy,
-                "lp": -state.potential_energy,
-                "n_steps": state.num_steps,
-                "acceptance_rate": state.accept_prob,
-                "step_size": state.adapt_state.step_size,
-            }
-            out = {
-                POSTERIOR: {name: constrained[name] for name in latent},
-                SAMPLE_STATS: {k: v for k, v in stats.items() if v is not None},
-            }
-            if include_transformed:
-                out[UNCONSTRAINED_POSTERIOR] = dict(state.z)
-            return out
-
-        self.record = record
-
-        def segment(state: Any, n: jax.Array) -> tuple[Any, Any]:
-            shapes = jax.eval_shape(record, state)
-            buffers = jax.tree.map(
-                lambda s: jnp.zeros((draws_per_chunk, *s.shape), s.dtype), shapes
-            )
-
-            def body(i: jax.Array, carry: tuple[Any, Any]) -> tuple[Any, Any]:
-                st, buf = carry
-                st = sampler.sample(st, (), nuts_kwargs)
-                values = record(st)
-                buf = jax.tree.map(
-                    lambda b, v: lax.dynamic_update_index_in_dim(b, v, i, 0), buf, values
-                )
-                return st, buf
-
-            return lax.fori_loop(0, n, body, (state, buffers))
-
-        self.fn: Callable[[Any, Any], tuple[Any, Any]]
-        if execution == _PARALLEL:
-            self.fn = jax.pmap(segment, in_axes=(0, None))
-        else:
-            self.fn = jax.jit(segment)
-
-    def host_records(self, buffers: Any, n: int) -> dict[str, dict[str, np.ndarray]]:
-        """The segment's records as ``(chains, n, ...)`` NumPy arrays."""
-
-        def convert(buf: Any) -> np.ndarray:
-            arr = np.asarray(buf)
-            if self.execution == _VECTORIZED:
-                return np.swapaxes(arr[:n], 0, 1)
-            if self.execution == _PARALLEL:
-                return arr[:, :n]
-            return arr[None, :n]
-
-        return jax.tree.map(convert, buffers)
-
-    def host_state(self, state: Any) -> list[np.ndarray]:
-        """The state's leaves as ``(chains, ...)`` NumPy arrays."""
-        leaves = _host_leaves(state)
-        if self.execution in (_VECTORIZED, _PARALLEL):
-            return leaves
-        return [leaf[None] for leaf in leaves]
-
-
-def _next_length(position: int, num_warmup: int, total: int, dpc: int) -> int:
-    """Length of the segment from ``position``: up to the next chunk edge or phase end."""
-    if position < num_warmup:
-        return min(dpc - position % dpc, num_warmup - position)
-    offset = position - num_warmup
-    return min(dpc - offset % dpc, total - position)
 
 
 def run_to_trace(
@@ -448,8 +161,8 @@ def run_to_trace(
     sampler: HMC = copy.deepcopy(template.sampler)
     num_chains = int(template.num_chains)
     num_warmup = int(template.num_warmup)
-    model_trace = _trace_model(sampler.model, kwargs)
-    fingerprint = _fingerprint(template, execution, static, args, model_trace)
+    model_trace = trace_model(sampler.model, kwargs)
+    fingerprint = fingerprint_of(template, execution, static, args, model_trace)
 
     resuming = trace.initialized
     marker: dict[str, list[int]] | None = None
@@ -477,34 +190,34 @@ def run_to_trace(
     fresh: dict[int, Any] = {}
     batched_fresh = None
     if all(started):
-        keys = chain_keys if execution == _VECTORIZED else chain_keys[0]
+        keys = chain_keys if execution == VECTORIZED else chain_keys[0]
         one_chain = jax.eval_shape(init, keys)
-        if execution == _VECTORIZED:
-            one_chain = _unbatch(one_chain)
-    elif execution == _VECTORIZED:
+        if execution == VECTORIZED:
+            one_chain = unbatch(one_chain)
+    elif execution == VECTORIZED:
         batched_fresh = init(chain_keys)
-        one_chain = _unbatch(batched_fresh)
-    elif execution == _PARALLEL:
+        one_chain = unbatch(batched_fresh)
+    elif execution == PARALLEL:
         # Each chain initialised on its own device.
         batched_fresh = jax.pmap(init)(chain_keys)
-        one_chain = _unbatch(batched_fresh)
+        one_chain = unbatch(batched_fresh)
     else:
         for c in range(num_chains):
             if not started[c]:
                 fresh[c] = init(chain_keys[c])
         one_chain = next(iter(fresh.values()))
     treedef = jax.tree.structure(one_chain)
-    paths = _leaf_paths(one_chain)
+    paths = leaf_paths(one_chain)
 
     constrained_shapes = jax.eval_shape(sampler.postprocess_fn((), kwargs), one_chain.z)
     latent = tuple(sorted(name for name in constrained_shapes if name in one_chain.z))
     dpc = trace.draws_per_chunk
-    segments = _Segments(sampler, kwargs, execution, dpc, trace.include_transformed, latent)
+    segments = SegmentProgram(sampler, kwargs, execution, dpc, trace.include_transformed, latent)
 
     if not resuming:
-        first = batched_fresh if execution == _VECTORIZED else one_chain
+        first = batched_fresh if execution == VECTORIZED else one_chain
         record_shapes = jax.eval_shape(segments.record, first)
-        cut = 1 if execution == _VECTORIZED else 0
+        cut = 1 if execution == VECTORIZED else 0
 
         def shape_of(s: Any) -> tuple[tuple[int, ...], str]:
             return tuple(int(d) for d in s.shape[cut:]), np.dtype(s.dtype).str
@@ -515,13 +228,13 @@ def run_to_trace(
             stats["tree_depth"] = np.dtype(np.int64).str
         leaves: list[tuple[str, tuple[int, ...], str, str | None]] = []
         for path, leaf in zip(paths, jax.tree.leaves(one_chain), strict=True):
-            if _is_key(leaf):
+            if is_key(leaf):
                 data = jax.random.key_data(leaf)
                 impl_name = str(jax.random.key_impl(leaf))
                 leaves.append((path, tuple(data.shape), np.dtype(data.dtype).str, impl_name))
             else:
                 leaves.append((path, tuple(leaf.shape), np.dtype(leaf.dtype).str, None))
-        observed, constant = _observed_and_constant(model_trace, args)
+        observed, constant = observed_and_constant(model_trace, args)
         layout = TraceLayout(
             num_chains=num_chains,
             num_warmup=num_warmup,
@@ -563,7 +276,7 @@ def run_to_trace(
 
     # The units the segment function runs on: one chain each, or all chains at once.
     units: list[tuple[slice, Any]] = []
-    if execution == _SEQUENTIAL:
+    if execution == SEQUENTIAL:
         for c in range(num_chains):
             state = jax.tree.unflatten(treedef, load(c)) if started[c] else fresh[c]
             units.append((slice(c, c + 1), state))
@@ -590,7 +303,7 @@ def run_to_trace(
     def flush(chains: slice, start: int, n: int, state: Any, buffers: Any) -> None:
         records = segments.host_records(buffers, n)
         if nuts and "n_steps" in records[SAMPLE_STATS]:
-            records[SAMPLE_STATS]["tree_depth"] = _tree_depth(records[SAMPLE_STATS]["n_steps"])
+            records[SAMPLE_STATS]["tree_depth"] = tree_depth(records[SAMPLE_STATS]["n_steps"])
         trace._write_segment(
             root, arrays, chains, start, records, segments.host_state(state), marker
         )
@@ -606,7 +319,7 @@ def run_to_trace(
                 position = positions[chains.start]
                 if position >= total:
                     continue
-                n = _next_length(position, num_warmup, total, dpc)
+                n = next_length(position, num_warmup, total, dpc)
                 state, buffers = segments.fn(state, np.int32(n))
                 units[u] = (chains, state)
                 for c in range(chains.start, chains.stop):
