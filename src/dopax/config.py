@@ -85,6 +85,9 @@ class ExecutionConfig:
             ``O_DIRECT`` writes pass.
         svi_steps_per_chunk: SVI steps run in one compiled ``scan`` between
             progress updates and convergence checks.
+        client: A ``dask.distributed.Client``: streamed calls then run their
+            blocks as tasks on its cluster (a call's own ``client=`` argument
+            takes precedence). Results are bit-identical to a local run.
     """
 
     memory_budget_bytes: int = 256 * 2**20
@@ -111,6 +114,7 @@ class ExecutionConfig:
     input_window_bytes: int = 64 << 20
     direct_io_piece_bytes: int = 8 * 2**20
     svi_steps_per_chunk: int = 100
+    client: Any = None
 
     def __post_init__(self) -> None:
         if self.memory_budget_bytes <= 0:

@@ -14,6 +14,7 @@ __all__ = [
     "SavedModelError",
     "ScenarioError",
     "StreamingError",
+    "TraceMismatchError",
 ]
 
 
@@ -43,6 +44,13 @@ class StreamingError(DopaxError, RuntimeError):
 
 class IncompleteResultError(DopaxError, OSError):
     """Raised when a persisted result is opened but was never completed or has been deleted."""
+
+
+class TraceMismatchError(DopaxError, ValueError):
+    """Raised when a run would resume a trace written with other data, kernel or settings.
+
+    The message names what differs. The trace is left as it was.
+    """
 
 
 class SavedModelError(DopaxError, ValueError):

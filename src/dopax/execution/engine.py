@@ -10,20 +10,20 @@ import numpy as np
 import xarray as xr
 
 from dopax.config import get_config
+from dopax.execution.cluster import run_on_cluster
 from dopax.execution.context import ModelContext
 from dopax.execution.job import ForwardJob, forward_job
 from dopax.execution.request import LOG_LIKELIHOOD, PRIOR, PredictiveRequest
-from dopax.execution.runner import Block, run_blocks, sharding_of
+from dopax.execution.runner import forward_consumer, run_blocks, sharding_of
 from dopax.execution.sizing import Footprint, size_blocks
 from dopax.output import schema
 from dopax.output.schema import SiteLayout
 from dopax.parallel.batching import BlockPlan
-from dopax.parallel.sharded import OutputAxes
 from dopax.streaming.sinks import MemorySink, Sink
 from dopax.streaming.stream import Submit, stream_into
-from dopax.streaming.targets import sink_for_call
+from dopax.streaming.targets import call_location, check_store, sink_for_call
 
-__all__ = ["result_attrs", "run_predictive"]
+__all__ = ["cluster_devices", "result_attrs", "run_predictive"]
 
 logger = logging.getLogger("dopax")
 
@@ -65,20 +65,6 @@ def _footprint(fj: ForwardJob, in_one_block: bool) -> Footprint:
         per_draw=per_draw,
         alive=cfg.pipeline_depth + cfg.writer_threads + 1,
         in_one_block=in_one_block,
-    )
-
-
-def _index(ax: OutputAxes, block: Block) -> tuple[slice, ...] | None:
-    """Return a forward output block's index in the flat ``(draws, *shape)`` layout."""
-    if ax.row_axis is None:
-        return (slice(block.d0, block.d1),) if block.r0 == 0 else None
-    return tuple(
-        slice(block.d0, block.d1)
-        if axis == 0
-        else slice(block.r0, block.r1)
-        if axis == ax.row_axis
-        else slice(None)
-        for axis in range(ax.row_axis + 1)
     )
 
 
@@ -140,22 +126,39 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
     if request.posterior is not None:
         static = {schema.POSTERIOR: request.posterior.by_chain()}
     attrs = result_attrs(job, {"method": request.method, **_call_attrs(request, blocks, fj)})
+    client = out.client if out.client is not None else cfg.client
+    if client is not None and not out.in_memory:
+        check_store(out.store, "persistent", "client=")
+        where, keep = call_location(
+            out.output_dir, _label(request), ctx.temp_folder, out.storage_options
+        )
+        tree = run_on_cluster(
+            client,
+            job,
+            blocks,
+            where=where,
+            keepalive=keep,
+            group=group,
+            layouts=layouts,
+            static=static,
+            attrs={**attrs, schema.DEVICES_ATTR: cluster_devices(client)},
+            config=cfg,
+            progress=out.progress,
+            desc=_label(request),
+        )
+        assert tree is not None
+        return tree
     sink: Sink
     if out.in_memory:
         sink = MemorySink()
     else:
-        sink = sink_for_call(out.store, out.output_dir, _label(request), ctx.temp_folder)
+        sink = sink_for_call(
+            out.store, out.output_dir, _label(request), ctx.temp_folder, out.storage_options
+        )
     axes = job.program.outputs
 
     def run(submit: Submit, advance: Any) -> None:
-        def consume(block: Block, outputs: dict[str, Any]) -> None:
-            for ax in axes:
-                value = outputs.pop(ax.name)
-                index = _index(ax, block)
-                if index is not None:
-                    submit(group, ax.name, index, value)
-                del value
-
+        consume = forward_consumer(axes, group, submit)
         run_blocks(job, blocks, consume, on_block=lambda rows, draws: advance(rows * draws))
 
     tree = stream_into(
@@ -193,3 +196,11 @@ def _call_attrs(request: PredictiveRequest, blocks: BlockPlan, fj: ForwardJob) -
         attrs["in_sample"] = int(request.in_sample)
         attrs["intervention"] = repr(sorted((request.intervention or {}).keys()))
     return attrs
+
+
+def cluster_devices(client: Any) -> int:
+    """Return how many worker processes a cluster has (its devices for the attributes)."""
+    try:
+        return max(1, len(client.scheduler_info().get("workers", {})))
+    except Exception:  # pragma: no cover - a client that cannot say
+        return 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -24,6 +24,7 @@ from dopax.parallel.sharded import (
     DRAW,
     OBS,
     BlockProgram,
+    OutputAxes,
     compiled_block,
     device_count,
     pad_leading,
@@ -31,7 +32,16 @@ from dopax.parallel.sharded import (
 )
 from dopax.sampling.prepare import read_rows
 
-__all__ = ["Block", "BlockJob", "Consume", "block_costs", "run_blocks", "sharding_of"]
+__all__ = [
+    "Block",
+    "BlockJob",
+    "Consume",
+    "block_costs",
+    "flat_index",
+    "forward_consumer",
+    "run_blocks",
+    "sharding_of",
+]
 
 logger = logging.getLogger("dopax")
 
@@ -206,6 +216,7 @@ def run_blocks(
     consume: Consume,
     *,
     on_block: Callable[[int, int], None] | None = None,
+    select: Sequence[tuple[int, int, int, int]] | None = None,
 ) -> None:
     """Run every block of ``job`` and pass each block's outputs to ``consume``.
 
@@ -219,10 +230,11 @@ def run_blocks(
         consume: Called as ``consume(block, outputs)``.
         on_block: Called with ``(rows_in_block, draws_in_block)`` after each
             block is dispatched (for progress bars).
+        select: Run only these blocks of ``blocks`` (a task's share on a cluster).
     """
     runner = _Runner(job)
     axes = runner.program.outputs
-    for d0, d1, r0, r1 in blocks.blocks():
+    for d0, d1, r0, r1 in blocks.blocks() if select is None else select:
         nd, nr = d1 - d0, r1 - r0
         pad_d, pad_r = runner.padded(nd, nr)
         raw = runner.fn(*runner.args(d0, d1, r0, r1))
@@ -240,3 +252,51 @@ def run_blocks(
         del out
         if on_block is not None:
             on_block(nr, nd)
+
+
+def flat_index(axes: OutputAxes, block: Block) -> tuple[slice, ...] | None:
+    """Return where a forward output block goes in its site's flat ``(draws, *shape)`` layout.
+
+    Sites without rows are written by the blocks of the first rows only (``None``
+    for the others).
+
+    Args:
+        axes: The output's axes (draws first).
+        block: The block.
+    """
+    if axes.row_axis is None:
+        return (slice(block.d0, block.d1),) if block.r0 == 0 else None
+    return tuple(
+        slice(block.d0, block.d1)
+        if axis == 0
+        else slice(block.r0, block.r1)
+        if axis == axes.row_axis
+        else slice(None)
+        for axis in range(axes.row_axis + 1)
+    )
+
+
+def forward_consumer(
+    axes: Sequence[OutputAxes],
+    group: str,
+    submit: Callable[[str, str, tuple[slice, ...], Any], None],
+) -> Consume:
+    """Return a consumer that hands every forward output block to ``submit`` with its index.
+
+    Each output is taken out of the block's outputs as it is handed over.
+
+    Args:
+        axes: The program's outputs.
+        group: The result group of the outputs.
+        submit: Called as ``submit(group, name, index, value)``.
+    """
+
+    def consume(block: Block, outputs: dict[str, Any]) -> None:
+        for ax in axes:
+            value = outputs.pop(ax.name)
+            index = flat_index(ax, block)
+            if index is not None:
+                submit(group, ax.name, index, value)
+            del value
+
+    return consume

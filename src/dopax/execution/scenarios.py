@@ -20,8 +20,9 @@ from dopax.effects.result import EffectResult
 from dopax.effects.scenarios import Scenario, ScenarioProgram, group_codes
 from dopax.effects.tree import effect_tree
 from dopax.exceptions import ScenarioError
+from dopax.execution.cluster import run_on_cluster
 from dopax.execution.context import ModelContext
-from dopax.execution.engine import result_attrs
+from dopax.execution.engine import cluster_devices, result_attrs
 from dopax.execution.job import plan_pass
 from dopax.execution.request import ScenarioRequest
 from dopax.execution.runner import Block, BlockJob, run_blocks
@@ -35,7 +36,7 @@ from dopax.sampling.forward import PREDICT, PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan
 from dopax.sampling.prepare import BoundArgs, read_rows
 from dopax.streaming.stream import Submit, stream_into
-from dopax.streaming.targets import sink_for_call
+from dopax.streaming.targets import call_location, check_store, sink_for_call
 
 __all__ = ["run_scenarios"]
 
@@ -214,11 +215,10 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
             acc.abort()
             raise
 
-    kept: xr.DataTree | None = None
-    if request.keep_draws:
-        chains = posterior.num_chains
-        per_chain = posterior.num_draws // chains
-        layout = SiteLayout(
+    chains = posterior.num_chains
+    per_chain = posterior.num_draws // chains
+    layouts = [
+        SiteLayout(
             group=schema.PREDICTIONS,
             name=site,
             num_chains=chains,
@@ -227,13 +227,48 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
             dtype=info.dtype,
             chunks=(1, per_chain, len(names), blocks.row_block, *info.shape[1:]),
         )
-        sink = sink_for_call(out.store, out.output_dir, "scenarios", ctx.temp_folder)
+    ]
+    static = {schema.POSTERIOR: posterior.by_chain()}
+    kept_attrs = {**attrs, "method": "compare_scenarios", "scenarios": list(names)}
+    client = out.client if out.client is not None else cfg.client
+    kept: xr.DataTree | None = None
+    if client is not None:
+        where, keep = (None, None)
+        if request.keep_draws:
+            check_store(out.store, "persistent", "client=")
+            where, keep = call_location(
+                out.output_dir, "scenarios", ctx.temp_folder, out.storage_options
+            )
+        try:
+            kept = run_on_cluster(
+                client,
+                job,
+                blocks,
+                where=where,
+                keepalive=keep,
+                group=schema.PREDICTIONS,
+                layouts=layouts if request.keep_draws else [],
+                static=static,
+                attrs=kept_attrs,
+                config=cfg,
+                progress=out.progress,
+                desc="compare_scenarios",
+                interval=request.interval,
+                collect=acc.add_summaries,
+            )
+        finally:
+            acc.finish()
+        attrs = {**attrs, schema.DEVICES_ATTR: cluster_devices(client)}
+    elif request.keep_draws:
+        sink = sink_for_call(
+            out.store, out.output_dir, "scenarios", ctx.temp_folder, out.storage_options
+        )
         kept = stream_into(
             sink,
             run,
-            layouts=[layout],
-            static={schema.POSTERIOR: posterior.by_chain()},
-            attrs={**attrs, "method": "compare_scenarios", "scenarios": list(names)},
+            layouts=layouts,
+            static=static,
+            attrs=kept_attrs,
             total=n_rows,
             progress=out.progress,
             desc="compare_scenarios",

@@ -76,8 +76,9 @@ class Driver:
         num_samples: int,
         progress: bool,
         exclude: Iterable[str],
+        trace: Any = None,
     ) -> Posterior:
-        """Fit on one in-memory batch and return the posterior."""
+        """Fit on one in-memory batch and return the posterior (``trace``: MCMC only)."""
         raise NotImplementedError
 
     def sample(
@@ -85,6 +86,10 @@ class Driver:
     ) -> Posterior:
         """Draw more posterior samples without replacing the model's posterior."""
         raise NotImplementedError
+
+    def sample_stats(self) -> dict[str, Any] | None:
+        """The sampler statistics of the latest draws (flat over chains), or ``None``."""
+        return None
 
     def export_state(self) -> Exported:
         """Return the fit state beyond the posterior as plain arrays and JSON-ready facts."""
@@ -212,7 +217,10 @@ class SVIFit(Driver):
         num_samples: int,
         progress: bool,
         exclude: Iterable[str],
+        trace: Any = None,
     ) -> Posterior:
+        if trace is not None:
+            raise TypeError("`trace=` streams an MCMC run; this model's inference is SVI.")
         k_init, k_post = jax.random.split(key)
         self._init(k_init, bound)
         state, losses = fit_steps(
@@ -308,9 +316,16 @@ class MCMCFit(Driver):
         num_samples: int,
         progress: bool,
         exclude: Iterable[str],
+        trace: Any = None,
     ) -> Posterior:
-        self.driver.run(key, bound.static, _arrays(bound), progress=progress)
+        if trace is None:
+            self.driver.run(key, bound.static, _arrays(bound), progress=progress)
+        else:
+            self.driver.run_to_trace(trace, key, bound.static, _arrays(bound), progress=progress)
         return Posterior(self.driver.draws(exclude), self.driver.num_chains)
+
+    def sample_stats(self) -> dict[str, Any] | None:  # noqa: D102
+        return self.driver.sample_stats()
 
     def sample(  # noqa: D102
         self, key: jax.Array, num_samples: int, kwargs: Mapping[str, Any], exclude: Iterable[str]
@@ -321,4 +336,4 @@ class MCMCFit(Driver):
         return Posterior(self.driver.draws(exclude), self.driver.num_chains)
 
     def diagnostics(self) -> dict[str, float]:  # noqa: D102
-        return self.driver.diagnostics() if self.driver.mcmc is not None else {}
+        return self.driver.diagnostics() if self.driver.last_state is not None else {}

@@ -126,6 +126,7 @@ class FittingMethods:
         num_samples: int = 1000,
         rng_key: Any = None,
         progress: bool = True,
+        trace: Any = None,
         **kwargs: Any,
     ) -> Any:
         """Fit on one in-memory batch: SVI resumes from its last state; MCMC runs the sampler.
@@ -137,6 +138,8 @@ class FittingMethods:
             num_samples: Posterior draws to take from the guide (SVI).
             rng_key: Key for this call; derived from the model's key if omitted.
             progress: Whether to show a progress bar.
+            trace: A :class:`dopax.ZarrTrace` (MCMC only): stream the run to it
+                in segments, or resume or extend the run it holds.
             **kwargs: Further kernel arguments.
 
         Returns:
@@ -152,6 +155,7 @@ class FittingMethods:
             num_samples=num_samples,
             progress=progress,
             exclude=self._latent_only(),
+            trace=trace,
         )
         return self
 
@@ -210,7 +214,11 @@ class FittingMethods:
             draws = {k: draws[k] for k in names}
         if not return_datatree:
             return draws
-        return build_tree({schema.POSTERIOR: draws}, post.num_chains)
+        groups = {schema.POSTERIOR: draws}
+        stats = self._state.driver.sample_stats()
+        if stats is not None:
+            groups[schema.SAMPLE_STATS] = stats
+        return build_tree(groups, post.num_chains)
 
     def set_posterior_sample(self, posterior_sample: Mapping[str, Any]) -> Any:
         """Use externally obtained posterior draws.

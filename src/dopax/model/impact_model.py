@@ -43,8 +43,11 @@ class ImpactModel(FittingMethods):
     ``ExecutionConfig.memory_budget_bytes`` when ``None``), ``shard_axis``
     (``"obs"`` splits rows across devices, ``"draw"`` draws), ``store``
     (``"persistent"``: chunked Zarr on disk; ``"memory"``), ``output_dir``
-    (base folder for the call's new sub-folder; default the model's temporary
-    folder) and ``progress`` (a progress bar). Array keyword arguments of the
+    (base folder or fsspec URL for the call's new sub-folder, or an empty zarr
+    store; default the model's temporary folder), ``storage_options`` (fsspec
+    options for a URL), ``client`` (a ``dask.distributed.Client`` whose
+    workers compute the blocks and write them into the store) and
+    ``progress`` (a progress bar). Array keyword arguments of the
     kernel whose leading length is the number of rows are batched with ``X``.
 
     Args:
@@ -187,12 +190,21 @@ class ImpactModel(FittingMethods):
         return run_predictive(self._state.ctx, request)
 
     @staticmethod
-    def _streamed(batch_size: Any, store: str, output_dir: Any, progress: bool) -> Output:
+    def _streamed(
+        batch_size: Any,
+        store: str,
+        output_dir: Any,
+        progress: bool,
+        storage_options: Any = None,
+        client: Any = None,
+    ) -> Output:
         return Output(
             batch_size=optional_positive_int(batch_size, "batch_size"),
             store=store,
             output_dir=output_dir,
             progress=progress,
+            storage_options=storage_options,
+            client=client,
         )
 
     def sample_prior_predictive_on_batch(
@@ -297,6 +309,8 @@ class ImpactModel(FittingMethods):
         store: str = "persistent",
         output_dir: Any = None,
         progress: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
+        client: Any = None,
         **kwargs: Any,
     ) -> xr.DataTree:
         """Stream prior predictive draws in chunks (Zarr on disk by default).
@@ -309,8 +323,10 @@ class ImpactModel(FittingMethods):
             batch_size: Rows per block (see the class docstring).
             shard_axis: ``"obs"`` or ``"draw"``.
             store: ``"persistent"`` or ``"memory"``.
-            output_dir: Base folder for the call's sub-folder.
+            output_dir: Base folder or URL for the call's sub-folder.
             progress: Whether to show a progress bar.
+            storage_options: fsspec options for a URL ``output_dir``.
+            client: A ``dask.distributed.Client`` to run the blocks on.
             **kwargs: Further kernel arguments.
 
         Returns:
@@ -320,7 +336,7 @@ class ImpactModel(FittingMethods):
             PRIOR,
             "sample_prior_predictive",
             X,
-            self._streamed(batch_size, store, output_dir, progress),
+            self._streamed(batch_size, store, output_dir, progress, storage_options, client),
             kwargs=kwargs,
             rng_key=rng_key,
             return_sites=return_sites,
@@ -342,6 +358,8 @@ class ImpactModel(FittingMethods):
         store: str = "persistent",
         output_dir: Any = None,
         progress: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
+        client: Any = None,
         **kwargs: Any,
     ) -> xr.DataTree:
         """Stream posterior predictive draws in chunks (Zarr on disk by default).
@@ -358,8 +376,10 @@ class ImpactModel(FittingMethods):
             batch_size: Rows per block (see the class docstring).
             shard_axis: ``"obs"`` or ``"draw"``.
             store: ``"persistent"`` or ``"memory"``.
-            output_dir: Base folder for the call's sub-folder.
+            output_dir: Base folder or URL for the call's sub-folder.
             progress: Whether to show a progress bar.
+            storage_options: fsspec options for a URL ``output_dir``.
+            client: A ``dask.distributed.Client`` to run the blocks on.
             **kwargs: Further kernel arguments.
 
         Returns:
@@ -369,7 +389,7 @@ class ImpactModel(FittingMethods):
             PREDICT,
             "predict",
             X,
-            self._streamed(batch_size, store, output_dir, progress),
+            self._streamed(batch_size, store, output_dir, progress, storage_options, client),
             kwargs=kwargs,
             rng_key=rng_key,
             intervention=intervention,
@@ -399,6 +419,8 @@ class ImpactModel(FittingMethods):
         store: str = "persistent",
         output_dir: Any = None,
         progress: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
+        client: Any = None,
         **kwargs: Any,
     ) -> xr.DataTree:
         """Stream the pointwise log-likelihood of every observed site.
@@ -409,8 +431,10 @@ class ImpactModel(FittingMethods):
             batch_size: Rows per block (see the class docstring).
             shard_axis: ``"obs"`` or ``"draw"``.
             store: ``"persistent"`` or ``"memory"``.
-            output_dir: Base folder for the call's sub-folder.
+            output_dir: Base folder or URL for the call's sub-folder.
             progress: Whether to show a progress bar.
+            storage_options: fsspec options for a URL ``output_dir``.
+            client: A ``dask.distributed.Client`` to run the blocks on.
             **kwargs: Further kernel arguments.
 
         Returns:
@@ -420,7 +444,7 @@ class ImpactModel(FittingMethods):
             LOG_LIKELIHOOD,
             "log_likelihood",
             X,
-            self._streamed(batch_size, store, output_dir, progress),
+            self._streamed(batch_size, store, output_dir, progress, storage_options, client),
             y=y,
             kwargs=kwargs,
             shard_axis=shard_axis,
@@ -479,6 +503,8 @@ class ImpactModel(FittingMethods):
         store: str = "persistent",
         output_dir: Any = None,
         progress: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
+        client: Any = None,
         **kwargs: Any,
     ) -> Any:
         """Compare scenarios in one streamed pass with shared random numbers.
@@ -503,15 +529,17 @@ class ImpactModel(FittingMethods):
             rng_key: Key for this call; derived from the model's key if omitted.
             batch_size: Rows per block (automatic from the memory budget if None).
             store: Where kept draws go: ``"persistent"`` or ``"memory"``.
-            output_dir: Base folder for the kept draws' new sub-folder.
+            output_dir: Base folder or URL for the kept draws' new sub-folder.
             progress: Whether to show a progress bar.
+            storage_options: fsspec options for a URL ``output_dir``.
+            client: A ``dask.distributed.Client`` to run the blocks on.
             **kwargs: Base kernel arguments shared by the scenarios.
 
         Returns:
             An :class:`~dopax.effects.EffectResult` with ``summary()`` and ``plot()``.
         """
         posterior = require_posterior(self._state.posterior, "compare_scenarios")
-        output = self._streamed(batch_size, store, output_dir, progress)
+        output = self._streamed(batch_size, store, output_dir, progress, storage_options, client)
         check_store(store)
         check_reserved_kwargs(kwargs, self.kernel, self.param_input, self.param_output)
         request = ScenarioRequest(

@@ -36,6 +36,8 @@ PRIOR_PREDICTIVE = "prior_predictive"
 POSTERIOR_PREDICTIVE = "posterior_predictive"
 PREDICTIONS = "predictions"
 LOG_LIKELIHOOD = "log_likelihood"
+#: Sampler statistics of MCMC draws (ArviZ's name).
+SAMPLE_STATS = "sample_stats"
 
 #: Every group a dopax result may hold (ArviZ's names).
 GROUPS: tuple[str, ...] = (

@@ -16,9 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import AsyncGenerator, Iterable
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import xarray as xr
 import zarr
@@ -27,6 +26,7 @@ from zarr.abc.store import Store
 from zarr.storage import LocalStore, WrapperStore
 
 from dopax.exceptions import IncompleteResultError
+from dopax.output.location import location
 from dopax.output.schema import POSITION_ATTRS, position_coords
 
 if TYPE_CHECKING:
@@ -135,39 +135,40 @@ class StrictStore(WrapperStore[Store]):
             yield key, await self.get(key, prototype, byte_range)
 
 
-def _as_store(path_or_store: str | os.PathLike[str] | Store) -> tuple[Store, str]:
+def _as_store(
+    path_or_store: str | os.PathLike[str] | Store,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[Store, str]:
     if isinstance(path_or_store, StrictStore):
         return path_or_store._store, path_or_store.label
-    if isinstance(path_or_store, Store):
-        store = path_or_store
-        if not store.read_only:
-            with contextlib.suppress(NotImplementedError):
-                store = store.with_read_only(True)
-        return store, str(path_or_store)
-    if isinstance(path_or_store, str | os.PathLike):
-        path = Path(path_or_store).expanduser().resolve()
-        if not path.is_dir():
-            raise IncompleteResultError(
-                f"No result at {path}: the folder does not exist (it was never written, "
-                "the call that wrote it did not complete, or it was deleted)."
-            )
-        return LocalStore(path, read_only=True), str(path)
-    raise TypeError(
-        f"`path_or_store` must be a path or a zarr Store; got {type(path_or_store).__name__}."
-    )
+    where = location(path_or_store, storage_options, name="path_or_store")
+    if where.path is not None and not where.path.is_dir():
+        raise IncompleteResultError(
+            f"No result at {where.path}: the folder does not exist (it was never written, "
+            "the call that wrote it did not complete, or it was deleted)."
+        )
+    store = where.open_store(read_only=True)
+    if not store.read_only:
+        with contextlib.suppress(NotImplementedError):
+            store = store.with_read_only(True)
+    return store, where.label
 
 
-def is_complete(path_or_store: str | os.PathLike[str] | Store) -> bool:
+def is_complete(
+    path_or_store: str | os.PathLike[str] | Store,
+    storage_options: Mapping[str, Any] | None = None,
+) -> bool:
     """Return whether a result store carries the completion marker.
 
     Args:
-        path_or_store: A result folder or a Zarr store.
+        path_or_store: A result folder, URL or Zarr store.
+        storage_options: fsspec options for a URL.
     """
     try:
-        store, _ = _as_store(path_or_store)
+        store, _ = _as_store(path_or_store, storage_options)
         group = zarr.open_group(store, mode="r", zarr_format=3)
         return group.attrs.get(COMPLETE_ATTR) is True
-    except (OSError, KeyError, zarr.errors.BaseZarrError):
+    except (OSError, KeyError, IncompleteResultError, zarr.errors.BaseZarrError):
         return False
 
 
@@ -199,7 +200,10 @@ def _with_indexes(tree: xr.DataTree) -> xr.DataTree:
 
 
 def open_result(
-    path_or_store: str | os.PathLike[str] | Store, *, keepalive: object | None = None
+    path_or_store: str | os.PathLike[str] | Store,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    keepalive: object | None = None,
 ) -> xr.DataTree:
     """Open a completed result lazily as a :class:`xarray.DataTree`.
 
@@ -209,7 +213,10 @@ def open_result(
     yielding fill values.
 
     Args:
-        path_or_store: A result folder or a Zarr store written by a dopax sink.
+        path_or_store: A result folder, an fsspec URL (``s3://``, ``gs://``,
+            ``az://``, ``memory://``, ``file://``) or a Zarr store written by a
+            dopax sink.
+        storage_options: fsspec options for a URL (credentials, endpoint).
         keepalive: An object the returned tree keeps referenced as long as the
             tree or any of its lazy arrays lives (for example the owner of a
             temporary folder whose finaliser deletes the folder).
@@ -220,9 +227,10 @@ def open_result(
     Raises:
         IncompleteResultError: If the store does not exist or the call that
             wrote it did not complete.
-        TypeError: If ``path_or_store`` is neither a path nor a Zarr store.
+        TypeError: If ``path_or_store`` is neither a path, a URL nor a Zarr store.
+        ValueError: For a URL with an unknown scheme.
     """
-    store, label = _as_store(path_or_store)
+    store, label = _as_store(path_or_store, storage_options)
     if not is_complete(store):
         raise IncompleteResultError(
             f"The result at {label} is incomplete: the call that wrote it did not "

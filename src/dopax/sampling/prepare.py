@@ -85,6 +85,16 @@ class LazyRows:
         self._window_bytes = get_config().input_window_bytes
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_window"] = None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Return rows ``start:stop``, reading whole source chunks where they are small enough.
 

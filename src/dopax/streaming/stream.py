@@ -11,7 +11,7 @@ from typing import Any
 import xarray as xr
 from tqdm.auto import tqdm
 
-from dopax.config import get_config
+from dopax.config import ExecutionConfig, get_config
 from dopax.output.schema import SiteLayout
 from dopax.streaming.pipeline import WriterPool
 from dopax.streaming.sinks import Sink, StaticData
@@ -24,15 +24,18 @@ logger = logging.getLogger("dopax")
 Submit = Callable[[str, str, tuple[slice, ...], Any], None]
 
 
-def writer_pool(sink: Sink, depth_per_variable: int = 1) -> WriterPool:
+def writer_pool(
+    sink: Sink, depth_per_variable: int = 1, config: ExecutionConfig | None = None
+) -> WriterPool:
     """Return a writer pool for ``sink`` set up from the execution settings.
 
     Args:
         sink: The sink the writers write into.
         depth_per_variable: Variables written per block (the queue holds
             ``pipeline_depth`` blocks of each).
+        config: The settings (default: those in force).
     """
-    cfg = get_config()
+    cfg = config if config is not None else get_config()
     return WriterPool(
         sink,
         threads=cfg.writer_threads,

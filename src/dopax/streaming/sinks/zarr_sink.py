@@ -27,12 +27,14 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from dopax.config import ExecutionConfig, get_config
+from dopax.output.location import Location
 from dopax.output.schema import POSITION_ATTRS, SiteLayout
 from dopax.output.store import COMPLETE_ATTR, open_result
 from dopax.streaming.fileio import FileWriter
 from dopax.streaming.sinks.codecs import chunk_encoder, codec_for, compressors_for
 from dopax.streaming.sinks.declare import ArraySpec, create_nodes
 from dopax.streaming.sinks.declare import static_layout as make_static_layout
+from dopax.streaming.sinks.direct import write_whole_chunk
 from dopax.streaming.sinks.layout import LayoutSink, partial_chunks, pieces
 from dopax.streaming.sinks.protocol import StaticData
 
@@ -62,6 +64,8 @@ class ZarrSink(LayoutSink):
             in force when the sink is created.
         keepalive: An object the tree returned by :meth:`close` keeps
             referenced (see :func:`~dopax.output.store.open_result`).
+        label: What the root attribute ``artifact_path`` records for a store
+            (its URL); a folder records its absolute path.
 
     Raises:
         TypeError: If not exactly one of ``path`` and ``store`` is given.
@@ -75,6 +79,7 @@ class ZarrSink(LayoutSink):
         store: Store | None = None,
         config: ExecutionConfig | None = None,
         keepalive: object | None = None,
+        label: str | None = None,
     ) -> None:
         super().__init__()
         if (path is None) == (store is None):
@@ -83,6 +88,7 @@ class ZarrSink(LayoutSink):
         self._keepalive = keepalive
         self._path = Path(path).expanduser().resolve() if path is not None else None
         self._store: Store | None = store
+        self._label = label
         if self._path is not None:
             self._check_new_folder(self._path)
         self._created_folder = False
@@ -97,6 +103,42 @@ class ZarrSink(LayoutSink):
         self._files = FileWriter(
             direct=self._config.direct_io, piece_bytes=self._config.direct_io_piece_bytes
         )
+
+    @classmethod
+    def attach(
+        cls,
+        where: Location,
+        layouts: Sequence[SiteLayout],
+        config: ExecutionConfig | None = None,
+    ) -> ZarrSink:
+        """Open a store that another sink declared, to write blocks into it.
+
+        Used where the blocks are computed away from the sink that created the
+        store (Dask workers): such a sink writes blocks only; it never
+        creates, closes or removes the store.
+
+        Args:
+            where: The store's location.
+            layouts: The layouts of the streamed variables it will write.
+            config: Execution settings.
+        """
+        sink = cls.__new__(cls)
+        LayoutSink.__init__(sink)
+        if where.path is not None:
+            ZarrSink.__init__(sink, store=LocalStore(where.path), config=config)
+            sink._path = where.path
+        else:
+            ZarrSink.__init__(sink, store=where.open_store(read_only=False), config=config)
+        assert sink._store is not None
+        root = zarr.open_group(sink._store, mode="r+", zarr_format=3)
+        for layout in layouts:
+            array = root[f"{layout.group}/{layout.name}"]
+            assert isinstance(array, zarr.Array)
+            sink._layouts[(layout.group, layout.name)] = layout
+            sink._arrays[(layout.group, layout.name)] = array
+            sink._encoders[(layout.group, layout.name)] = chunk_encoder(array.compressors)  # type: ignore[arg-type]
+        sink._state = "open"
+        return sink
 
     @staticmethod
     def _check_new_folder(path: Path) -> None:
@@ -145,6 +187,8 @@ class ZarrSink(LayoutSink):
             self._path.mkdir(parents=True, exist_ok=True)
             self._store = LocalStore(self._path)
             root_attrs["artifact_path"] = str(self._path)
+        elif self._label is not None:
+            root_attrs["artifact_path"] = self._label
         assert self._store is not None
         if not sync(self._store.is_empty("")):
             raise FileExistsError(f"Zarr store {self._store} is not empty.")
@@ -280,37 +324,10 @@ class ZarrSink(LayoutSink):
         encoder = self._encoders.get((layout.group, layout.name))
         if self._path is None or encoder is None:
             return False
-        full = layout.full_shape
-        if len(region) != len(full):
-            return False
-        coords = []
-        extent = []
-        for sl, c, n in zip(region, chunks, full, strict=True):
-            if isinstance(sl, int | np.integer):
-                start, stop = int(sl), int(sl) + 1
-            else:
-                start, stop = sl.start or 0, n if sl.stop is None else sl.stop
-            if start % c or not (stop - start == c or (stop == n and stop - start < c)):
-                return False
-            coords.append(start // c)
-            extent.append(stop - start)
-        if piece.size != int(np.prod(extent)):
-            return False
-        data = np.ascontiguousarray(
-            piece.reshape(extent), dtype=np.dtype(layout.dtype).newbyteorder("<")
-        )
-        if data.shape != chunks:
-            padded = np.zeros(chunks, dtype=data.dtype)
-            padded[tuple(slice(0, k) for k in data.shape)] = data
-            data = padded
-        key = target.metadata.chunk_key_encoding.encode_chunk_key(tuple(coords))  # type: ignore[union-attr]
-        encoded = encoder(data)
-        path = self._path / layout.group / layout.name / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.partial")
-        self._files.write(tmp, encoded)
-        os.replace(tmp, path)
-        return True
+        return write_whole_chunk(
+            self._path / layout.group / layout.name, layout, target, region, piece, chunks,
+            encoder, self._files,
+        )  # fmt: skip
 
     def close(self) -> xr.DataTree:
         """Wait for the static variables, consolidate metadata, mark the store complete.
