@@ -137,6 +137,17 @@ def test_bad_arguments_name_the_argument_and_leave_nothing(saved, table, tmp_pat
     assert not out.exists()
 
 
+def test_effect_to_a_url(saved, table, tmp_path, capsys):
+    table.to_csv(tmp_path / "rows.csv", index=False)
+    argv = ["effect", saved, tmp_path / "rows.csv", "--scenario", "on:t=1", "--scenario", "off"]
+    argv += ["--baseline", "off", "-o", "memory://dopax-cli/results", "-q"]
+    assert main([str(a) for a in argv]) == 0
+    url = _result_path(capsys.readouterr().out)
+    assert url.startswith("memory://dopax-cli/results/effect-")
+    assert EffectResult(dopax.open_result(url)).contrasts == ("on - off",)
+    _fails(["predict", saved, tmp_path / "rows.csv", "-o", "nope://x"], capsys, "-o", "nope")
+
+
 def test_array_inputs_npz_and_zarr(saved, xy, tmp_path, capsys):
     X, t, _ = xy
     np.savez(tmp_path / "rows.npz", X=X, t=t)

@@ -13,7 +13,6 @@ import argparse
 import os
 import shutil
 import sys
-import uuid
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -59,7 +58,8 @@ def _common(p: argparse.ArgumentParser, output: bool = True) -> None:
     if output:
         p.add_argument(
             "-o", "--output", required=True, metavar="OUTPUT",
-            help="base folder; the result goes to a new sub-folder whose path is printed",
+            help="base folder or URL (as output_dir takes); the result goes to a new "
+            "sub-folder whose path is printed",
         )  # fmt: skip
     p.add_argument(
         "--seed", type=int, default=None,
@@ -147,11 +147,17 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
         raise UsageError(str(err)) from err
 
 
-def _check_output(path: str) -> None:
-    if "://" in path:
-        raise UsageError(f"-o {path}: the command line writes to local folders only.")
-    if os.path.exists(path) and not os.path.isdir(path):
+def _output(path: str) -> Any:
+    """Return the location of ``-o`` (a local folder or a URL, as ``output_dir`` takes)."""
+    from dopax.output.location import location
+
+    try:
+        where = location(path, name="-o")
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"-o {path}: {err}") from err
+    if where.path is not None and where.path.exists() and not where.path.is_dir():
         raise UsageError(f"-o {path}: exists and is not a folder.")
+    return where
 
 
 def _key(seed: int | None) -> Any:
@@ -159,7 +165,6 @@ def _key(seed: int | None) -> Any:
 
 
 def _predict(args: argparse.Namespace) -> str:
-    _check_output(args.output)
     model, inp = _load(args)
     do = {}
     for item in args.intervention:
@@ -235,33 +240,41 @@ def _variable_strings(ds: Any) -> Any:
     )
 
 
+def _no_temp() -> Any:  # pragma: no cover - `-o` is required
+    raise RuntimeError("The command line always writes under `-o`.")
+
+
 def _write_effect(tree: Any, base: str) -> str:
     """Write an effect tree as a complete result (every chunk, then the completion marker)."""
     import xarray as xr
     import zarr
 
+    from dopax.io.files import Folder
     from dopax.output.store import COMPLETE_ATTR
+    from dopax.streaming.targets import call_location
 
-    stamp = np.datetime64("now").astype(str).replace(":", "").replace("-", "")
-    path = os.path.join(base, f"effect-{stamp}-{uuid.uuid4().hex[:8]}.zarr")
+    where, _ = call_location(base, "effect", _no_temp)
     nodes = {
         "/" if key == "." else f"/{key}": _variable_strings(node.to_dataset(inherit=False))
         for key, node in tree.subtree_with_keys
     }
-    os.makedirs(base, exist_ok=True)
+    if where.path is not None:
+        where.path.parent.mkdir(parents=True, exist_ok=True)
+    target = str(where.path) if where.path is not None else where.open_store(read_only=False)
     try:
         with warnings.catch_warnings(), zarr.config.set({"array.write_empty_chunks": True}):
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not")
-            xr.DataTree.from_dict(nodes).to_zarr(path, mode="w-", consolidated=True, zarr_format=3)
-            zarr.open_group(path, mode="r+", use_consolidated=True).attrs[COMPLETE_ATTR] = True
+            xr.DataTree.from_dict(nodes).to_zarr(
+                target, mode="w-", consolidated=True, zarr_format=3
+            )
+            zarr.open_group(target, mode="r+", use_consolidated=True).attrs[COMPLETE_ATTR] = True
     except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
+        Folder(where.label, dict(where.storage_options) or None).remove()
         raise
-    return path
+    return str(where.label)
 
 
 def _effect(args: argparse.Namespace) -> str:
-    _check_output(args.output)
     if not 0 < args.interval < 1:
         raise UsageError(f"--interval {args.interval}: must lie strictly between 0 and 1.")
     model, inp = _load(args)
@@ -302,12 +315,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "show":
         return _show(args.path)
-    created = not os.path.exists(args.output) if "://" not in args.output else False
+    created = False
     try:
+        where = _output(args.output)
+        created = where.path is not None and not where.path.exists()
         path = _predict(args) if args.command == "predict" else _effect(args)
     except UsageError as err:
         _remove_new(args.output, created)
         parser.exit(2, f"dopax {args.command}: error: {err}\n")
+        raise  # pragma: no cover - parser.exit raises SystemExit
     except Exception as err:
         _remove_new(args.output, created)
         print(f"dopax {args.command}: failed: {type(err).__name__}: {err}", file=sys.stderr)

@@ -8,30 +8,38 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from dopax.output.location import location
+
 __all__ = ["Folder"]
 
 
 class Folder:
     """A folder named by a local path or an fsspec URL (``memory://``, ``s3://``, ...).
 
+    Paths and URLs are parsed as ``output_dir`` is (:func:`dopax.output.location.location`):
+    the same schemes, and an unknown one raises.
+
     Args:
         path: Local path or URL.
         storage_options: fsspec options for URLs (credentials, endpoints).
 
     Raises:
-        ValueError: For a URL whose scheme fsspec does not know.
+        ValueError: For an empty path or a URL with an unknown scheme.
     """
 
     def __init__(self, path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None):
-        text = os.fspath(path)
-        self.storage_options = dict(storage_options or {})
-        self.fs, root = fsspec.core.url_to_fs(text, **self.storage_options)
-        self.local = isinstance(self.fs, LocalFileSystem)
-        if self.local:
-            root = os.path.abspath(os.path.expanduser(root))
-            text = root
-        self.root = root.rstrip("/") or "/"
-        self.url = text.rstrip("/") or text
+        self.where = location(path, storage_options, name="path")
+        if self.where.path is not None:
+            self.local = True
+            self.fs: Any = LocalFileSystem()
+            self.root = str(self.where.path)
+            self.url = self.root
+        else:
+            assert self.where.url is not None
+            self.local = False
+            self.url = self.where.url
+            self.fs, root = fsspec.core.url_to_fs(self.url, **dict(self.where.storage_options))
+            self.root = root.rstrip("/") or "/"
 
     def __str__(self) -> str:
         return self.url
@@ -42,7 +50,7 @@ class Folder:
 
     def url_of(self, name: str) -> str:
         """Return the local path or URL of ``name`` inside the folder."""
-        return os.path.join(self.root, name) if self.local else f"{self.url}/{name}"
+        return self.where.child(name).label
 
     def exists(self, name: str | None = None) -> bool:
         """Return whether the folder (or ``name`` inside it) exists."""
@@ -76,13 +84,7 @@ class Folder:
 
     def zarr_store(self, name: str, *, read_only: bool) -> Any:
         """Return a Zarr store for the group ``name`` inside the folder."""
-        from zarr.storage import FsspecStore, LocalStore
-
-        if self.local:
-            return LocalStore(self.path(name), read_only=read_only)
-        return FsspecStore.from_url(
-            self.url_of(name), storage_options=self.storage_options or None, read_only=read_only
-        )
+        return self.where.child(name).open_store(read_only=read_only)
 
     def remove(self, *, keep_folder: bool = False) -> None:
         """Delete everything in the folder, and the folder unless ``keep_folder`` is set."""
