@@ -62,6 +62,8 @@ class PredictiveRequest:
         num_samples: Draws of a prior call.
         shard_axis: ``"obs"`` or ``"draw"``.
         output: Where the draws go.
+        observed: The output the model was fitted on, for the
+            ``observed_data`` group of an in-sample result, or ``None``.
     """
 
     kind: str
@@ -77,6 +79,7 @@ class PredictiveRequest:
     num_samples: int | None = None
     shard_axis: str = "obs"
     output: Output = dataclasses.field(default_factory=Output)
+    observed: Any = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

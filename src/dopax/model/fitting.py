@@ -10,6 +10,7 @@ import xarray as xr
 
 from dopax._warn import warn
 from dopax.data import ArrayLoader
+from dopax.exceptions import KernelValidationError
 from dopax.inference.posterior import Posterior
 from dopax.model.checks import optional_positive_int, positive_int
 from dopax.model.state import FittedState
@@ -99,6 +100,7 @@ class FittingMethods:
             progress=progress,
             exclude=self._latent_only(),
         )
+        self._state.observed = self._observed(bound)
         losses = svi.vi_result.losses if svi.vi_result is not None else np.zeros(0)
         if still_falling(losses):
             warn(
@@ -113,8 +115,18 @@ class FittingMethods:
         ctx = self._state.ctx
         bound = ctx.bind(X, y, kwargs)
         if self.param_output not in bound.rows:
-            raise ValueError(f"`{method}` needs the output `y`.")
-        ctx.ensure_spec(bound, fitting=True)
+            raise ValueError(
+                f"`{method}` needs the observed output: pass `y` with one entry per row of "
+                f"`X`, or an ArrayLoader with the field {self.param_output!r}."
+            )
+        spec = ctx.ensure_spec(bound, fitting=True)
+        if not spec.sample_sites:
+            raise KernelValidationError(
+                f"The kernel has no latent sample site (every sample site is observed), so "
+                f"`{method}` has nothing to fit. Add a latent site (e.g. `numpyro.sample("
+                "'sigma', dist.HalfNormal(1))`), or draw from the kernel as it is with "
+                "`sample_prior_predictive`."
+            )
         return bound
 
     def fit_on_batch(
@@ -153,7 +165,12 @@ class FittingMethods:
             progress=progress,
             exclude=self._latent_only(),
         )
+        self._state.observed = self._observed(bound)
         return self
+
+    def _observed(self, bound: Any) -> np.ndarray:
+        """The output a fit used, kept for the ``observed_data`` group of in-sample results."""
+        return np.asarray(bound.rows[self.param_output])
 
     def train_on_batch(self, X: Any, y: Any, rng_key: Any = None, **kwargs: Any) -> tuple[Any, Any]:
         """Run one compiled SVI update step on a batch (compiled once per batch shape).
@@ -254,4 +271,5 @@ class FittingMethods:
                 f"`posterior_sample` arrays must share one leading (draw) size; got {sizes}."
             )
         self._state.posterior = Posterior(draws, 1)
+        self._state.observed = None
         return self

@@ -22,14 +22,14 @@ from dopax.execution.request import (
     ScenarioRequest,
 )
 from dopax.execution.scenarios import run_scenarios
-from dopax.inference.driver import make_driver
+from dopax.inference.driver import check_model, make_driver
 from dopax.kernel.signature import check_reserved_kwargs, validate_signature
 from dopax.kernel.spec import KernelSpec
 from dopax.model.checks import optional_positive_int, positive_int
 from dopax.model.fitting import FittingMethods
 from dopax.model.state import FittedState, require_posterior
 from dopax.sampling.keys import check_key
-from dopax.streaming.targets import check_store
+from dopax.streaming.targets import check_output
 
 __all__ = ["ImpactModel"]
 
@@ -90,6 +90,7 @@ class ImpactModel(FittingMethods):
         if rng_key is None:
             raise TypeError("`rng_key` is required: pass e.g. `jax.random.key(0)`.")
         driver = make_driver(inference)
+        check_model(inference, kernel)
         check_key(rng_key)
         self._inference = inference
         self._state = FittedState(ModelContext(kernel, param_input, param_output), driver, rng_key)
@@ -175,19 +176,26 @@ class ImpactModel(FittingMethods):
     # ------------------------------------------------------------------ forward passes
     def _forward(self, kind: str, method: str, X: Any, output: Output, **fields: Any) -> Any:
         """Build the request of a forward pass and run it: every forward method ends here."""
-        if not output.in_memory:
-            check_store(output.store)
         posterior = None
         if kind != PRIOR:
             posterior = require_posterior(self._state.posterior, method)
         key = self._state.call_key(fields.pop("rng_key", None))
+        observed = self._state.observed if kind == PREDICT and fields.get("in_sample") else None
         request = PredictiveRequest(
-            kind=kind, method=method, key=key, X=X, posterior=posterior, output=output, **fields
+            kind=kind,
+            method=method,
+            key=key,
+            X=X,
+            posterior=posterior,
+            output=output,
+            observed=observed,
+            **fields,
         )
         return run_predictive(self._state.ctx, request)
 
     @staticmethod
     def _streamed(batch_size: Any, store: str, output_dir: Any, progress: bool) -> Output:
+        check_output(store, output_dir)
         return Output(
             batch_size=optional_positive_int(batch_size, "batch_size"),
             store=store,
@@ -462,6 +470,7 @@ class ImpactModel(FittingMethods):
             (output_intervention, args_intervention),
             on_batch=on_batch,
             shared_key=self._state.call_key,
+            num_chains=self._state.posterior.num_chains if self._state.posterior else 1,
         )
 
     def compare_scenarios(
@@ -512,7 +521,6 @@ class ImpactModel(FittingMethods):
         """
         posterior = require_posterior(self._state.posterior, "compare_scenarios")
         output = self._streamed(batch_size, store, output_dir, progress)
-        check_store(store)
         check_reserved_kwargs(kwargs, self.kernel, self.param_input, self.param_output)
         request = ScenarioRequest(
             key=self._state.call_key(rng_key),

@@ -14,7 +14,7 @@ import numpy as np
 
 from dopax.streaming.sinks import MemorySink, Sink, ZarrSink
 
-__all__ = ["STORES", "TempFolder", "check_store", "sink_for_call"]
+__all__ = ["STORES", "TempFolder", "base_folder", "check_output", "check_store", "sink_for_call"]
 
 #: Accepted values of the ``store`` argument.
 STORES = ("persistent", "memory")
@@ -55,12 +55,69 @@ def check_store(store: Any) -> str:
     return str(store)
 
 
+def check_output(store: Any, output_dir: Any) -> str:
+    """Check a call's ``store`` and ``output_dir`` together; return the store.
+
+    Args:
+        store: The ``store`` argument.
+        output_dir: The ``output_dir`` argument.
+
+    Raises:
+        ValueError: For an unknown store, or an ``output_dir`` with
+            ``store="memory"`` (which writes nothing).
+    """
+    store = check_store(store)
+    if store == "memory" and output_dir is not None:
+        raise ValueError(
+            "`output_dir` is given but `store='memory'` writes nothing to disk; drop "
+            "`output_dir`, or pass `store='persistent'` to write the result there."
+        )
+    if output_dir is not None:
+        base_folder(output_dir, create=False)
+    return store
+
+
+def base_folder(output_dir: Any, *, create: bool = True) -> str:
+    """Return ``output_dir`` as an absolute folder path (``~`` expanded), creating it.
+
+    The one place ``output_dir`` becomes a path: ``~`` is expanded here, once,
+    so a folder named ``~`` is never created in the working directory.
+
+    Args:
+        output_dir: The ``output_dir`` argument (a path).
+        create: Create the folder (and its parents) if missing.
+
+    Raises:
+        TypeError: If it is not a path.
+        ValueError: If it is empty.
+    """
+    try:
+        raw = os.fspath(output_dir)
+    except TypeError:
+        raise TypeError(
+            f"`output_dir` must be a folder path (str or os.PathLike) or None; got "
+            f"{type(output_dir).__name__}."
+        ) from None
+    if isinstance(raw, bytes):
+        raw = os.fsdecode(raw)
+    if not raw.strip():
+        raise ValueError(
+            "`output_dir` is an empty string; pass a folder path (e.g. 'results'), or None "
+            "for the model's temporary folder."
+        )
+    base = os.path.abspath(os.path.expanduser(raw))
+    if create:
+        os.makedirs(base, exist_ok=True)
+    return base
+
+
 def sink_for_call(
     store: str, output_dir: Any, desc: str, temp_folder: Callable[[], TempFolder]
 ) -> Sink:
     """Return the sink of one call.
 
-    ``store="memory"`` gives a :class:`MemorySink`. Otherwise a new Zarr
+    ``store="memory"`` gives a :class:`MemorySink` whose predictive draws are
+    Dask arrays chunked as a persisted result's would be. Otherwise a new Zarr
     folder ``<desc>-<time>-<id>.zarr`` is made under ``output_dir``, or under
     the model's temporary folder when ``output_dir`` is ``None`` (the result
     then keeps that folder alive).
@@ -71,15 +128,14 @@ def sink_for_call(
         desc: The call's label, the start of the folder name.
         temp_folder: Returns the model's temporary folder.
     """
-    if check_store(store) == "memory":
-        return MemorySink()
+    if check_output(store, output_dir) == "memory":
+        return MemorySink(chunked=True)
     keep: TempFolder | None = None
     if output_dir is None:
         keep = temp_folder()
         base = keep.path
     else:
-        base = os.fspath(output_dir)
-        os.makedirs(base, exist_ok=True)
+        base = base_folder(output_dir)
     stamp = np.datetime64("now").astype(str).replace(":", "").replace("-", "")
     path = os.path.join(base, f"{desc}-{stamp}-{uuid.uuid4().hex[:8]}.zarr")
     return ZarrSink(path, keepalive=keep)
