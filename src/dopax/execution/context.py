@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from dopax.data import ArrayLoader
 from dopax.kernel.signature import check_reserved_kwargs
-from dopax.kernel.spec import KernelSpec, build_spec, validate_trace
+from dopax.kernel.spec import KernelSpec, build_spec, merge_specs, validate_trace
 from dopax.sampling.prepare import BoundArgs, bind_args
 from dopax.sampling.probe import probe_sites
 from dopax.streaming.targets import TempFolder
@@ -103,6 +103,10 @@ class ModelContext:
     def ensure_spec(self, bound: BoundArgs, *, fitting: bool) -> KernelSpec:
         """Return the kernel's spec, tracing it first when needed.
 
+        A fitting call traces the kernel with its output observed and, when
+        that branch runs, without it (the branch predictions take), and the
+        spec holds the sites of both, merged with what earlier traces saw.
+
         Args:
             bound: The call's bound inputs.
             fitting: Whether the call fits (the output must then be observed).
@@ -112,9 +116,24 @@ class ModelContext:
         traced = self.probe(bound)
         validate_trace(traced, self.kernel, self.param_output, fitting=fitting)
         spec = build_spec(traced, self.param_output)
-        if self.spec is None or fitting:
-            self.spec = spec
-        return spec
+        if fitting:
+            sampling = self._sampling_branch(bound)
+            if sampling is not None:
+                spec = merge_specs(spec, sampling)
+        self.spec = spec if self.spec is None else merge_specs(spec, self.spec)
+        return self.spec
+
+    def _sampling_branch(self, bound: BoundArgs) -> KernelSpec | None:
+        """Return the spec of the kernel run without its output, or ``None`` if that fails."""
+        rows = {k: v for k, v in bound.rows.items() if k != self.param_output}
+        static = tuple(sorted({**dict(bound.static), self.param_output: None}.items()))
+        unobserved = BoundArgs(bound.n_rows, rows, dict(bound.shared), static)
+        try:
+            traced = self.probe(unobserved)
+            validate_trace(traced, self.kernel, self.param_output, fitting=False)
+        except Exception:  # the fit's own trace is what fitting needs
+            return None
+        return build_spec(traced, self.param_output)
 
     def __getstate__(self) -> dict[str, Any]:
         return {

@@ -115,6 +115,7 @@ def make_plan(
     shared_args: Mapping[str, Any],
     latent: Mapping[str, Any],
     intervention: Mapping[str, Any] | None,
+    strict_sites: bool = True,
 ) -> ForwardPlan:
     """Plan a forward pass by probing the kernel on a few rows.
 
@@ -125,6 +126,9 @@ def make_plan(
         shared_args: Array kernel arguments used whole.
         latent: Latent values to substitute, leading axis draws (may be empty).
         intervention: Site name to value (validated here), or ``None``.
+        strict_sites: Raise for a return site the pass lacks; otherwise leave
+            it out of the plan's outputs (a site of another branch of the
+            kernel, e.g. one that exists only when the output is observed).
 
     Returns:
         The plan.
@@ -161,9 +165,10 @@ def make_plan(
         intervention, sites=sample_axes, n_rows=n_rows
     )
     missing = [name for name in spec.return_sites if name not in shapes2]
-    if missing:
+    if missing and strict_sites:
         raise KeyError(
-            f"Unknown return site(s) {missing}; the kernel's sites are {sorted(shapes2)}."
+            f"Unknown return site(s) {missing}; the kernel's sites in this call are "
+            f"{sorted(shapes2)}."
         )
 
     reason = None
@@ -187,6 +192,8 @@ def make_plan(
 
     outputs = []
     for name in spec.return_sites:
+        if name not in shapes2:
+            continue
         axis = row_axes.get(name)
         shape2, dtype = shapes2[name]
         if spec.kind == LOG_LIKELIHOOD:
