@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "DopaxError",
+    "FitDivergedError",
     "IncompleteResultError",
     "KernelValidationError",
     "NotFittedError",
@@ -42,3 +43,11 @@ class StreamingError(DopaxError, RuntimeError):
 
 class IncompleteResultError(DopaxError, OSError):
     """Raised when a persisted result is opened but was never completed or has been deleted."""
+
+
+class FitDivergedError(DopaxError, RuntimeError):
+    """Raised when a fit diverged: its loss and the guide's parameters are no longer finite.
+
+    The message names the step at which the loss first stopped being finite
+    and how to steady the fit; the model keeps the fit state it had before.
+    """
