@@ -10,6 +10,7 @@ __all__ = [
     "DopaxError",
     "FitDivergedError",
     "IncompleteResultError",
+    "InputError",
     "KernelValidationError",
     "NotFittedError",
     "ScenarioError",
@@ -50,4 +51,11 @@ class FitDivergedError(DopaxError, RuntimeError):
 
     The message names the step at which the loss first stopped being finite
     and how to steady the fit; the model keeps the fit state it had before.
+    """
+
+
+class InputError(DopaxError, ValueError):
+    """Raised when a call's data do not fit the kernel or the fitted model.
+
+    The message names the argument, the shape expected and the fix.
     """

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from dopax.data import ArrayLoader
 from dopax.kernel.signature import check_reserved_kwargs
 from dopax.kernel.spec import KernelSpec, build_spec, merge_specs, validate_trace
+from dopax.sampling.explain import InputSchema, explain
 from dopax.sampling.prepare import BoundArgs, bind_args
 from dopax.sampling.probe import probe_sites
 from dopax.streaming.targets import TempFolder
@@ -33,6 +34,8 @@ class ModelContext:
         spec: What the first trace revealed, or ``None`` before it.
         plans: Forward plans by pass and input signature.
         sizes: Sizing probe results by program and shapes.
+        fitted_inputs: The shapes of the last fit's inputs, or ``None``;
+            errors about a later call's data compare with them.
     """
 
     kernel: Callable[..., Any]
@@ -41,6 +44,7 @@ class ModelContext:
     spec: KernelSpec | None = None
     plans: dict[Any, Any] = dataclasses.field(default_factory=dict)
     sizes: dict[Any, Any] = dataclasses.field(default_factory=dict)
+    fitted_inputs: InputSchema | None = None
     _temp: TempFolder | None = None
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -96,9 +100,30 @@ class ModelContext:
         return bind_args(self.param_input, X, self.param_output, y, kwargs)
 
     def probe(self, bound: BoundArgs) -> dict[str, dict[str, Any]]:
-        """Describe every site of the kernel on the call's first two rows (abstractly)."""
+        """Describe every site of the kernel on the call's first two rows (abstractly).
+
+        Raises:
+            InputError: If the kernel fails because of an input it names.
+        """
         small = {k: jnp.asarray(v[:2]) for k, v in bound.rows.items()}
-        return probe_sites(self.kernel, {**bound.shared, **small}, bound.static)
+        try:
+            return probe_sites(self.kernel, {**bound.shared, **small}, bound.static)
+        except Exception as err:
+            self.reraise(err, bound)
+            raise
+
+    def reraise(self, err: Exception, bound: BoundArgs) -> None:
+        """Raise an :class:`~dopax.exceptions.InputError` naming the input to blame for ``err``.
+
+        Returns (and the caller re-raises ``err``) when no input is to blame.
+
+        Args:
+            err: What the kernel raised on the call's inputs.
+            bound: The call's inputs.
+        """
+        better = explain(err, bound.rows, bound.shared, bound.n_rows, self.fitted_inputs)
+        if better is not err:
+            raise better from err
 
     def ensure_spec(self, bound: BoundArgs, *, fitting: bool) -> KernelSpec:
         """Return the kernel's spec, tracing it first when needed.
@@ -141,6 +166,7 @@ class ModelContext:
             "param_input": self.param_input,
             "param_output": self.param_output,
             "spec": self.spec,
+            "fitted_inputs": self.fitted_inputs,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:

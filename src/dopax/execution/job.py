@@ -12,13 +12,14 @@ import numpy as np
 
 from dopax._warn import warn
 from dopax.config import get_config
-from dopax.exceptions import KernelValidationError
+from dopax.exceptions import KernelValidationError, ScenarioError
 from dopax.execution.context import ModelContext
 from dopax.execution.request import LOG_LIKELIHOOD, PredictiveRequest
 from dopax.execution.runner import BlockJob
 from dopax.kernel.spec import observed_sites
 from dopax.parallel.sharded import DRAW, OBS
 from dopax.sampling import forward
+from dopax.sampling.explain import check_observed_shape
 from dopax.sampling.forward import ForwardProgram, PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan, make_plan
 from dopax.sampling.prepare import BoundArgs, read_rows
@@ -74,15 +75,21 @@ def plan_pass(
     )
     plan = ctx.plans.get(signature)
     if plan is None:
-        plan = make_plan(
-            spec,
-            n_rows=bound.n_rows,
-            row_args=bound.rows,
-            shared_args=bound.shared,
-            latent=latent,
-            intervention=intervention,
-            strict_sites=strict_sites,
-        )
+        try:
+            plan = make_plan(
+                spec,
+                n_rows=bound.n_rows,
+                row_args=bound.rows,
+                shared_args=bound.shared,
+                latent=latent,
+                intervention=intervention,
+                strict_sites=strict_sites,
+            )
+        except (KeyError, ScenarioError):
+            raise
+        except Exception as err:
+            ctx.reraise(err, bound)
+            raise
         ctx.remember(ctx.plans, signature, plan)
     return plan  # type: ignore[no-any-return]
 
@@ -196,7 +203,9 @@ def forward_job(ctx: ModelContext, request: PredictiveRequest) -> ForwardJob:
                 f"of `X` ({bound.n_rows} rows), e.g. `model.log_likelihood(X, y)`, or an "
                 f"ArrayLoader with the field {ctx.param_output!r}."
             )
-        sites = observed_sites(ctx.probe(bound))
+        traced = ctx.probe(bound)
+        check_observed_shape(traced, ctx.param_output, bound.rows[ctx.param_output], bound.n_rows)
+        sites = observed_sites(traced)
         kind = forward.LOG_LIKELIHOOD
     else:
         sites = return_sites(ctx, request.return_sites)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from dopax.model.checks import optional_positive_int, positive_int
 from dopax.model.state import FittedState
 from dopax.output import schema
 from dopax.output.build import build_tree
+from dopax.sampling.explain import InputSchema, check_observed_shape
 
 __all__ = ["FittingMethods"]
 
@@ -100,7 +101,7 @@ class FittingMethods:
             progress=progress,
             exclude=self._latent_only(),
         )
-        self._state.observed = self._observed(bound)
+        self._fitted_on(bound)
         losses = svi.vi_result.losses if svi.vi_result is not None else np.zeros(0)
         if still_falling(losses):
             warn(
@@ -120,6 +121,8 @@ class FittingMethods:
                 f"`X`, or an ArrayLoader with the field {self.param_output!r}."
             )
         spec = ctx.ensure_spec(bound, fitting=True)
+        y = bound.rows[self.param_output]
+        check_observed_shape(ctx.probe(bound), self.param_output, y, bound.n_rows)
         if not spec.sample_sites:
             raise KernelValidationError(
                 f"The kernel has no latent sample site (every sample site is observed), so "
@@ -165,12 +168,13 @@ class FittingMethods:
             progress=progress,
             exclude=self._latent_only(),
         )
-        self._state.observed = self._observed(bound)
+        self._fitted_on(bound)
         return self
 
-    def _observed(self, bound: Any) -> np.ndarray:
-        """The output a fit used, kept for the ``observed_data`` group of in-sample results."""
-        return np.asarray(bound.rows[self.param_output])
+    def _fitted_on(self, bound: Any) -> None:
+        """Keep what a fit was run on: its output (for ``observed_data``), its input shapes."""
+        self._state.observed = np.asarray(bound.rows[self.param_output])
+        self._state.ctx.fitted_inputs = InputSchema.of(bound.rows, bound.shared)
 
     def train_on_batch(self, X: Any, y: Any, rng_key: Any = None, **kwargs: Any) -> tuple[Any, Any]:
         """Run one compiled SVI update step on a batch (compiled once per batch shape).
@@ -220,7 +224,13 @@ class FittingMethods:
         post = self._state.driver.sample(key, num_samples, kwargs, self._latent_only())
         draws = post.draws
         if return_sites is not None:
-            names = [return_sites] if isinstance(return_sites, str) else list(return_sites)
+            names: Any = [return_sites] if isinstance(return_sites, str) else return_sites
+            names = list(names) if isinstance(names, Iterable) else []
+            if not names or not all(isinstance(n, str) for n in names):
+                raise TypeError(
+                    "`return_sites` must be a site name or a sequence of site names (e.g. "
+                    f"`return_sites=['beta']`); got {return_sites!r}."
+                )
             unknown = sorted(set(names) - set(draws))
             if unknown:
                 raise KeyError(f"Unknown return site(s) {unknown}; available: {sorted(draws)}.")
