@@ -34,6 +34,7 @@ from dopax.parallel.sharded import OBS
 from dopax.sampling.forward import PREDICT, PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan
 from dopax.sampling.prepare import BoundArgs, read_rows
+from dopax.streaming.memory import map_large_allocations, release_free_memory
 from dopax.streaming.stream import Submit, stream_into
 from dopax.streaming.targets import sink_for_call
 
@@ -214,51 +215,62 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
             acc.abort()
             raise
 
-    kept: xr.DataTree | None = None
-    if request.keep_draws:
-        chains = posterior.num_chains
-        per_chain = posterior.num_draws // chains
-        layout = SiteLayout(
-            group=schema.PREDICTIONS,
-            name=site,
-            num_chains=chains,
-            num_draws=per_chain,
-            shape=(len(names), *info.shape),
-            dtype=info.dtype,
-            chunks=(1, per_chain, len(names), blocks.row_block, *info.shape[1:]),
+    def result(kept: xr.DataTree | None) -> EffectResult:
+        tree = effect_tree(
+            acc,
+            names,
+            b_index,
+            codes,
+            labels,
+            request.by is not None,
+            posterior.num_chains,
+            n_rows,
+            attrs,
         )
-        sink = sink_for_call(out.store, out.output_dir, "scenarios", ctx.temp_folder)
-        kept = stream_into(
-            sink,
-            run,
-            layouts=[layout],
-            static={schema.POSTERIOR: posterior.by_chain()},
-            attrs={**attrs, "method": "compare_scenarios", "scenarios": list(names)},
-            total=n_rows,
-            progress=out.progress,
-            desc="compare_scenarios",
-        )
-    else:
+        if kept is not None:
+            tree = _attach(tree, kept, site, names)
+        return EffectResult(tree)
+
+    if cfg.trim_memory:
+        # The host summaries allocate per-row blocks in fresh threads; without a
+        # fixed mmap threshold glibc keeps them in per-thread heaps, and RSS grows
+        # with every call (W3: 30 identical calls, +275 MB).
+        map_large_allocations(cfg.mmap_threshold_bytes)
+    try:
+        if request.keep_draws:
+            chains = posterior.num_chains
+            per_chain = posterior.num_draws // chains
+            layout = SiteLayout(
+                group=schema.PREDICTIONS,
+                name=site,
+                num_chains=chains,
+                num_draws=per_chain,
+                shape=(len(names), *info.shape),
+                dtype=info.dtype,
+                chunks=(1, per_chain, len(names), blocks.row_block, *info.shape[1:]),
+            )
+            sink = sink_for_call(out.store, out.output_dir, "scenarios", ctx.temp_folder)
+            return stream_into(  # type: ignore[no-any-return]
+                sink,
+                run,
+                layouts=[layout],
+                static={schema.POSTERIOR: posterior.by_chain()},
+                attrs={**attrs, "method": "compare_scenarios", "scenarios": list(names)},
+                total=n_rows,
+                progress=out.progress,
+                desc="compare_scenarios",
+                finish=result,  # a failure here removes the kept draws too
+            )
         from tqdm.auto import tqdm
 
         with tqdm(
             total=n_rows, disable=not out.progress, desc="compare_scenarios", leave=False
         ) as bar:
             run(None, bar.update)
-    tree = effect_tree(
-        acc,
-        names,
-        b_index,
-        codes,
-        labels,
-        request.by is not None,
-        posterior.num_chains,
-        n_rows,
-        attrs,
-    )
-    if kept is not None:
-        tree = _attach(tree, kept, site, names)
-    return EffectResult(tree)
+        return result(None)
+    finally:
+        if cfg.trim_memory:
+            release_free_memory()
 
 
 def _attach(tree: xr.DataTree, kept: xr.DataTree, site: str, names: list[str]) -> xr.DataTree:

@@ -87,6 +87,9 @@ class MemorySink(LayoutSink):
         self._state = "closed"
         return tree
 
+    def discard(self) -> None:
+        """Nothing to remove: the result lives in memory only."""
+
     def abort(self) -> None:
         """Drop the arrays; the sink can no longer be written or closed."""
         self._arrays = {}
