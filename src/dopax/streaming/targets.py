@@ -14,7 +14,15 @@ import numpy as np
 
 from dopax.streaming.sinks import MemorySink, Sink, ZarrSink
 
-__all__ = ["STORES", "TempFolder", "base_folder", "check_output", "check_store", "sink_for_call"]
+__all__ = [
+    "STORES",
+    "ResultFolder",
+    "TempFolder",
+    "base_folder",
+    "check_output",
+    "check_store",
+    "sink_for_call",
+]
 
 #: Accepted values of the ``store`` argument.
 STORES = ("persistent", "memory")
@@ -42,6 +50,28 @@ class TempFolder:
 
     def __reduce__(self) -> Any:
         raise TypeError("A temporary output folder cannot be pickled.")
+
+
+class ResultFolder:
+    """A result's folder inside a model's temporary folder, removed with the result.
+
+    The result tree (and every lazy array taken from it) keeps this object
+    referenced; once none is left, the folder is deleted, so a long-lived
+    model's temporary folder holds only the results still in use. It also
+    keeps the model's temporary folder alive.
+
+    Args:
+        path: The result's folder.
+        temp: The model's temporary folder holding it.
+    """
+
+    def __init__(self, path: str, temp: TempFolder) -> None:
+        self.path = path
+        self.temp = temp
+        self._finalizer = weakref.finalize(self, shutil.rmtree, path, True)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("A temporary result folder cannot be pickled.")
 
 
 def check_store(store: Any) -> str:
@@ -119,8 +149,9 @@ def sink_for_call(
     ``store="memory"`` gives a :class:`MemorySink` whose predictive draws are
     Dask arrays chunked as a persisted result's would be. Otherwise a new Zarr
     folder ``<desc>-<time>-<id>.zarr`` is made under ``output_dir``, or under
-    the model's temporary folder when ``output_dir`` is ``None`` (the result
-    then keeps that folder alive).
+    the model's temporary folder when ``output_dir`` is ``None``: such a
+    result keeps that folder alive, and its own folder is deleted once the
+    result is no longer referenced (:class:`ResultFolder`).
 
     Args:
         store: ``"persistent"`` or ``"memory"``.
@@ -130,12 +161,9 @@ def sink_for_call(
     """
     if check_output(store, output_dir) == "memory":
         return MemorySink(chunked=True)
-    keep: TempFolder | None = None
-    if output_dir is None:
-        keep = temp_folder()
-        base = keep.path
-    else:
-        base = base_folder(output_dir)
+    temp = temp_folder() if output_dir is None else None
+    base = temp.path if temp is not None else base_folder(output_dir)
     stamp = np.datetime64("now").astype(str).replace(":", "").replace("-", "")
     path = os.path.join(base, f"{desc}-{stamp}-{uuid.uuid4().hex[:8]}.zarr")
+    keep = ResultFolder(path, temp) if temp is not None else None
     return ZarrSink(path, keepalive=keep)
