@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from dopax._warn import warn
 from dopax.config import get_config
 from dopax.effects.reduce import EffectAccumulator
 from dopax.effects.result import EffectResult
@@ -61,6 +62,8 @@ def _bind_scenario(
         )
     X_s = overrides.pop("X", overrides.pop(ctx.param_input, request.X))
     kwargs = request.kwargs
+    for key, value in overrides.items():
+        overrides[key] = _per_row(value, kwargs.get(key), n_rows)
     bound = ctx.bind(X_s, None, {**kwargs, **overrides})
     if bound.n_rows != n_rows:
         raise ScenarioError(
@@ -76,6 +79,20 @@ def _bind_scenario(
                 f"one value per row ({n_rows}) like the base call."
             )
     return bound, spec.get(_INTERVENTION)
+
+
+def _per_row(value: Any, base: Any, n_rows: int) -> Any:
+    """Broadcast a scalar scenario value to every row (like the base call's argument)."""
+    if np.ndim(value) != 0 or isinstance(value, str | bytes) or value is None:
+        return value
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        return value
+    if base is not None and np.ndim(base) >= 1 and np.shape(base)[0] == n_rows:
+        return np.broadcast_to(arr.astype(np.asarray(base).dtype), np.shape(base))
+    return np.broadcast_to(
+        arr.astype(np.float32 if arr.dtype.kind == "f" else arr.dtype), (n_rows,)
+    )
 
 
 def _scenarios(
@@ -170,6 +187,8 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
         shard_axis=OBS,
     )
     info = next(o for o in plans[0].outputs if o.name == site)
+    if request.site is None and np.dtype(info.dtype).kind in "biu":
+        _warn_discrete(ctx, site, info.dtype)
     kept_bytes = 0
     if request.keep_draws:
         if info.row_axis != 0:
@@ -271,6 +290,25 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
     finally:
         if cfg.trim_memory:
             release_free_memory()
+
+
+def _warn_discrete(ctx: ModelContext, site: str, dtype: str) -> None:
+    """Say that per-row intervals of a discrete outcome hold whole numbers, and what to use."""
+    expectations = [n for n in (ctx.spec.return_sites if ctx.spec else ()) if n != site]
+    hint = (
+        f"pass `site=` one of the kernel's deterministic sites {expectations} that holds the "
+        "outcome's expectation (e.g. a probability or rate)"
+        if expectations
+        else "record the outcome's expectation as a deterministic site (e.g. "
+        "`numpyro.deterministic('p', p)`) and pass `site='p'`"
+    )
+    warn(
+        f"The outcome {site!r} is discrete ({dtype}): per draw, each row's contrast is a whole "
+        "number, so the per-row intervals in `rows` are whole numbers too (often [0, 0] or "
+        "[-1, 1]); the average effects and per-row means are not affected. For per-row "
+        f"intervals of the expected effect, {hint}.",
+        UserWarning,
+    )
 
 
 def _attach(tree: xr.DataTree, kept: xr.DataTree, site: str, names: list[str]) -> xr.DataTree:
