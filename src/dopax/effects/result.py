@@ -259,6 +259,8 @@ class EffectResult:
         )
         if frame["n"].isna().all():
             frame = frame.drop(columns="n")
+        else:
+            frame["n"] = frame["n"].astype("Int64")
         frame.attrs["hdi_prob"] = prob
         frame.attrs["baseline"] = self.baseline
         frame.attrs["site"] = self.site
