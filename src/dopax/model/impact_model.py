@@ -501,11 +501,14 @@ class ImpactModel(FittingMethods):
         Args:
             X: Base input with a leading row axis.
             scenarios: Scenario name to a dict of kernel inputs to override
-                (e.g. ``{"t": ones}`` or ``{"X": X_new}``) and/or
-                ``"intervention"``: a dict of site values.
+                (e.g. ``{"t": ones}``, ``{"t": 1.0}`` for every row, or
+                ``{"X": X_new}``) and/or ``"intervention"``: a dict of site values.
             baseline: Name of the scenario every other one is contrasted with.
-            site: Outcome site (default: the output site).
-            by: One group label per row for conditional effects, or ``None``.
+            site: Outcome site (default: the output site; a discrete one warns
+                that its per-row intervals are whole numbers).
+            by: One group label per row for conditional effects, or ``None``;
+                groups keep a categorical's order, numbers ascend, text sorts
+                naturally; missing labels are an error.
             interval: Central interval probability of per-row contrasts.
             keep_draws: Also stream every scenario's draws of ``site`` (a
                 ``scenario_draws`` child with a ``scenario`` dimension).
