@@ -8,7 +8,9 @@ from __future__ import annotations
 
 __all__ = [
     "DopaxError",
+    "FitDivergedError",
     "IncompleteResultError",
+    "InputError",
     "KernelValidationError",
     "NotFittedError",
     "SavedModelError",
@@ -59,4 +61,19 @@ class SavedModelError(DopaxError, ValueError):
     The message says why: the folder holds no saved model, the kernel's module
     does not import, or the kernel could only be saved with a pickle (then
     ``load_model(..., allow_pickle=True)`` loads it).
+    """
+
+
+class FitDivergedError(DopaxError, RuntimeError):
+    """Raised when a fit diverged: its loss and the guide's parameters are no longer finite.
+
+    The message names the step at which the loss first stopped being finite
+    and how to steady the fit; the model keeps the fit state it had before.
+    """
+
+
+class InputError(DopaxError, ValueError):
+    """Raised when a call's data do not fit the kernel or the fitted model.
+
+    The message names the argument, the shape expected and the fix.
     """

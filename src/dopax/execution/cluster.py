@@ -165,6 +165,7 @@ def run_on_cluster(
     desc: str,
     interval: float = 0.0,
     collect: Callable[[list[Any]], None] | None = None,
+    driver_writes: Sequence[tuple[SiteLayout, tuple[slice, ...], np.ndarray]] = (),
 ) -> xr.DataTree | None:
     """Run a job's blocks as tasks on ``client``'s cluster, writing into the store at ``where``.
 
@@ -190,6 +191,8 @@ def run_on_cluster(
         desc: Progress bar label.
         interval: Central interval probability (scenario comparisons).
         collect: Receives the tasks' results in block order (scenario comparisons).
+        driver_writes: Small variables the driver writes itself, as
+            ``(layout, index, values)`` (the observed data).
 
     Returns:
         The finished result, or ``None`` when nothing is stored.
@@ -208,6 +211,9 @@ def run_on_cluster(
     futures: list[Any] = []
     task = compute_blocks if collect is None else compute_scenario_blocks
     try:
+        for layout, index, values in driver_writes:
+            assert sink is not None
+            sink.write(layout.group, layout.name, index, values)
         shipped = dataclasses.replace(
             job,
             call_key=np.asarray(jax.random.key_data(job.call_key)),  # type: ignore[arg-type]
@@ -217,7 +223,7 @@ def run_on_cluster(
             str(jax.random.key_impl(job.call_key)),
             blocks,
             group,
-            list(layouts),
+            [layout for layout in layouts if all(layout is not w[0] for w in driver_writes)],
             where,
             dataclasses.replace(config, client=None),
             interval,

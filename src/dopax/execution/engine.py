@@ -14,11 +14,12 @@ from dopax.execution.cluster import run_on_cluster
 from dopax.execution.context import ModelContext
 from dopax.execution.job import ForwardJob, forward_job
 from dopax.execution.request import LOG_LIKELIHOOD, PRIOR, PredictiveRequest
-from dopax.execution.runner import forward_consumer, run_blocks, sharding_of
+from dopax.execution.runner import Block, forward_consumer, run_blocks, sharding_of
 from dopax.execution.sizing import Footprint, size_blocks
 from dopax.output import schema
 from dopax.output.schema import SiteLayout
 from dopax.parallel.batching import BlockPlan
+from dopax.sampling.prepare import read_rows
 from dopax.streaming.sinks import MemorySink, Sink
 from dopax.streaming.stream import Submit, stream_into
 from dopax.streaming.targets import call_location, check_store, sink_for_call
@@ -88,6 +89,38 @@ def _layouts(fj: ForwardJob, group: str, blocks: BlockPlan) -> list[SiteLayout]:
     return layouts
 
 
+def _observed(
+    ctx: ModelContext, request: PredictiveRequest, fj: ForwardJob, blocks: BlockPlan
+) -> tuple[Any, SiteLayout] | None:
+    """Return the observed output of a result and its layout, or ``None``.
+
+    A log-likelihood result carries the call's ``y``; an in-sample
+    predictive result the output the model was fitted on, when it has one
+    entry per row of the call. The variable is chunked along rows like the
+    draws.
+    """
+    name = ctx.param_output
+    if request.kind == LOG_LIKELIHOOD:
+        values = fj.job.rows.get(name)
+    elif request.kind == PRIOR or not request.in_sample or request.observed is None:
+        return None
+    else:
+        values = request.observed
+    if values is None or np.ndim(values) == 0 or np.shape(values)[0] != fj.job.n_rows:
+        return None
+    shape = tuple(int(n) for n in np.shape(values))
+    layout = SiteLayout(
+        group=schema.OBSERVED_DATA,
+        name=name,
+        num_chains=1,
+        num_draws=1,
+        shape=shape,
+        dtype=np.dtype(values.dtype).str,
+        chunks=(max(1, min(blocks.row_block, shape[0])), *shape[1:]),
+    )
+    return values, layout
+
+
 def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree | dict[str, Any]:
     """Run a prior, posterior-predictive or log-likelihood request.
 
@@ -122,6 +155,11 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
     )
     group = _group(request)
     layouts = _layouts(fj, group, blocks)
+    observed = (
+        None if (out.in_memory and not out.return_datatree) else _observed(ctx, request, fj, blocks)
+    )
+    if observed is not None:
+        layouts.append(observed[1])
     static = None
     if request.posterior is not None:
         static = {schema.POSTERIOR: request.posterior.by_chain()}
@@ -145,6 +183,9 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
             config=cfg,
             progress=out.progress,
             desc=_label(request),
+            driver_writes=[]
+            if observed is None
+            else [(observed[1], (slice(0, job.n_rows),), np.asarray(observed[0]))],
         )
         assert tree is not None
         return tree
@@ -158,7 +199,15 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
     axes = job.program.outputs
 
     def run(submit: Submit, advance: Any) -> None:
-        consume = forward_consumer(axes, group, submit)
+        forward = forward_consumer(axes, group, submit)
+
+        def consume(block: Block, outputs: dict[str, Any]) -> None:
+            forward(block, outputs)
+            if observed is not None and block.d0 == 0:
+                values, layout = observed
+                submit(layout.group, layout.name, (slice(block.r0, block.r1),),
+                       np.asarray(read_rows(values, block.r0, block.r1)))  # fmt: skip
+
         run_blocks(job, blocks, consume, on_block=lambda rows, draws: advance(rows * draws))
 
     tree = stream_into(

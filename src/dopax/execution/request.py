@@ -70,6 +70,8 @@ class PredictiveRequest:
         output: Where the draws go.
         row_offset: Global index of the first row (for callers that split
             rows over several requests; random numbers follow global rows).
+        observed: The output the model was fitted on, for the
+            ``observed_data`` group of an in-sample result, or ``None``.
     """
 
     kind: str
@@ -86,6 +88,7 @@ class PredictiveRequest:
     shard_axis: str = "obs"
     output: Output = dataclasses.field(default_factory=Output)
     row_offset: int = 0
+    observed: Any = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from dopax._warn import warn
 from dopax.config import get_config
 from dopax.effects.reduce import EffectAccumulator
 from dopax.effects.result import EffectResult
@@ -35,6 +36,7 @@ from dopax.parallel.sharded import OBS
 from dopax.sampling.forward import PREDICT, PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan
 from dopax.sampling.prepare import BoundArgs, read_rows
+from dopax.streaming.memory import map_large_allocations, release_free_memory
 from dopax.streaming.stream import Submit, stream_into
 from dopax.streaming.targets import call_location, check_store, sink_for_call
 
@@ -61,6 +63,8 @@ def _bind_scenario(
         )
     X_s = overrides.pop("X", overrides.pop(ctx.param_input, request.X))
     kwargs = request.kwargs
+    for key, value in overrides.items():
+        overrides[key] = _per_row(value, kwargs.get(key), n_rows)
     bound = ctx.bind(X_s, None, {**kwargs, **overrides})
     if bound.n_rows != n_rows:
         raise ScenarioError(
@@ -76,6 +80,20 @@ def _bind_scenario(
                 f"one value per row ({n_rows}) like the base call."
             )
     return bound, spec.get(_INTERVENTION)
+
+
+def _per_row(value: Any, base: Any, n_rows: int) -> Any:
+    """Broadcast a scalar scenario value to every row (like the base call's argument)."""
+    if np.ndim(value) != 0 or isinstance(value, str | bytes) or value is None:
+        return value
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        return value
+    if base is not None and np.ndim(base) >= 1 and np.shape(base)[0] == n_rows:
+        return np.broadcast_to(arr.astype(np.asarray(base).dtype), np.shape(base))
+    return np.broadcast_to(
+        arr.astype(np.float32 if arr.dtype.kind == "f" else arr.dtype), (n_rows,)
+    )
 
 
 def _scenarios(
@@ -170,6 +188,8 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
         shard_axis=OBS,
     )
     info = next(o for o in plans[0].outputs if o.name == site)
+    if request.site is None and np.dtype(info.dtype).kind in "biu":
+        _warn_discrete(ctx, site, info.dtype)
     kept_bytes = 0
     if request.keep_draws:
         if info.row_axis != 0:
@@ -215,6 +235,22 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
             acc.abort()
             raise
 
+    def result(kept: xr.DataTree | None) -> EffectResult:
+        tree = effect_tree(
+            acc,
+            names,
+            b_index,
+            codes,
+            labels,
+            request.by is not None,
+            posterior.num_chains,
+            n_rows,
+            attrs,
+        )
+        if kept is not None:
+            tree = _attach(tree, kept, site, names)
+        return EffectResult(tree)
+
     chains = posterior.num_chains
     per_chain = posterior.num_draws // chains
     layouts = [
@@ -231,69 +267,84 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
     static = {schema.POSTERIOR: posterior.by_chain()}
     kept_attrs = {**attrs, "method": "compare_scenarios", "scenarios": list(names)}
     client = out.client if out.client is not None else cfg.client
-    kept: xr.DataTree | None = None
-    if client is not None:
-        where, keep = (None, None)
+    if cfg.trim_memory:
+        # The host summaries allocate per-row blocks in fresh threads; without a
+        # fixed mmap threshold glibc keeps them in per-thread heaps, and RSS grows
+        # with every call (W3: 30 identical calls, +275 MB).
+        map_large_allocations(cfg.mmap_threshold_bytes)
+    try:
+        if client is not None:
+            where, keep = (None, None)
+            if request.keep_draws:
+                check_store(out.store, "persistent", "client=")
+                where, keep = call_location(
+                    out.output_dir, "scenarios", ctx.temp_folder, out.storage_options
+                )
+            try:
+                kept = run_on_cluster(
+                    client,
+                    job,
+                    blocks,
+                    where=where,
+                    keepalive=keep,
+                    group=schema.PREDICTIONS,
+                    layouts=layouts if request.keep_draws else [],
+                    static=static,
+                    attrs=kept_attrs,
+                    config=cfg,
+                    progress=out.progress,
+                    desc="compare_scenarios",
+                    interval=request.interval,
+                    collect=acc.add_summaries,
+                )
+            finally:
+                acc.finish()
+            attrs = {**attrs, schema.DEVICES_ATTR: cluster_devices(client)}
+            return result(kept)
         if request.keep_draws:
-            check_store(out.store, "persistent", "client=")
-            where, keep = call_location(
-                out.output_dir, "scenarios", ctx.temp_folder, out.storage_options
+            sink = sink_for_call(
+                out.store, out.output_dir, "scenarios", ctx.temp_folder, out.storage_options
             )
-        try:
-            kept = run_on_cluster(
-                client,
-                job,
-                blocks,
-                where=where,
-                keepalive=keep,
-                group=schema.PREDICTIONS,
-                layouts=layouts if request.keep_draws else [],
+            return stream_into(  # type: ignore[no-any-return]
+                sink,
+                run,
+                layouts=layouts,
                 static=static,
                 attrs=kept_attrs,
-                config=cfg,
+                total=n_rows,
                 progress=out.progress,
                 desc="compare_scenarios",
-                interval=request.interval,
-                collect=acc.add_summaries,
+                finish=result,  # a failure here removes the kept draws too
             )
-        finally:
-            acc.finish()
-        attrs = {**attrs, schema.DEVICES_ATTR: cluster_devices(client)}
-    elif request.keep_draws:
-        sink = sink_for_call(
-            out.store, out.output_dir, "scenarios", ctx.temp_folder, out.storage_options
-        )
-        kept = stream_into(
-            sink,
-            run,
-            layouts=layouts,
-            static=static,
-            attrs=kept_attrs,
-            total=n_rows,
-            progress=out.progress,
-            desc="compare_scenarios",
-        )
-    else:
         from tqdm.auto import tqdm
 
         with tqdm(
             total=n_rows, disable=not out.progress, desc="compare_scenarios", leave=False
         ) as bar:
             run(None, bar.update)
-    tree = effect_tree(
-        acc,
-        names,
-        b_index,
-        codes,
-        labels,
-        request.by is not None,
-        posterior.num_chains,
-        n_rows,
-        attrs,
+        return result(None)
+    finally:
+        if cfg.trim_memory:
+            release_free_memory()
+
+
+def _warn_discrete(ctx: ModelContext, site: str, dtype: str) -> None:
+    """Say that per-row intervals of a discrete outcome hold whole numbers, and what to use."""
+    expectations = [n for n in (ctx.spec.return_sites if ctx.spec else ()) if n != site]
+    hint = (
+        f"pass `site=` one of the kernel's deterministic sites {expectations} that holds the "
+        "outcome's expectation (e.g. a probability or rate)"
+        if expectations
+        else "record the outcome's expectation as a deterministic site (e.g. "
+        "`numpyro.deterministic('p', p)`) and pass `site='p'`"
     )
-    if kept is not None:
-        tree = _attach(tree, kept, site, names)
-    return EffectResult(tree)
+    warn(
+        f"The outcome {site!r} is discrete ({dtype}): per draw, each row's contrast is a whole "
+        "number, so the per-row intervals in `rows` are whole numbers too (often [0, 0] or "
+        "[-1, 1]); the average effects and per-row means are not affected. For per-row "
+        f"intervals of the expected effect, {hint}.",
+        UserWarning,
+    )
 
 
 def _attach(tree: xr.DataTree, kept: xr.DataTree, site: str, names: list[str]) -> xr.DataTree:

@@ -7,6 +7,7 @@ the facade never branches on the inference type.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -16,14 +17,14 @@ import numpy as np
 from numpyro.infer import MCMC, SVI
 
 from dopax.config import get_config
-from dopax.exceptions import NotFittedError
+from dopax.exceptions import FitDivergedError, NotFittedError
 from dopax.inference.mcmc import MCMCDriver
 from dopax.inference.posterior import Posterior
-from dopax.inference.svi import SVIDriver, SVIRunResult
+from dopax.inference.svi import SVIDriver, SVIRunResult, check_losses
 from dopax.inference.svi_fit import fit_epochs, fit_steps
 from dopax.sampling.prepare import BoundArgs
 
-__all__ = ["Driver", "MCMCFit", "SVIFit", "make_driver"]
+__all__ = ["Driver", "MCMCFit", "SVIFit", "check_model", "make_driver"]
 
 #: Plain arrays and JSON-ready facts that hold a driver's fit state.
 Exported = tuple[dict[str, np.ndarray], dict[str, Any]]
@@ -46,6 +47,62 @@ def make_driver(inference: Any) -> Driver:
         "`inference` must be a `numpyro.infer.SVI` or `numpyro.infer.MCMC` object; "
         f"got {type(inference).__name__}."
     )
+
+
+def _wrapped(fn: Any) -> list[Any]:
+    """Return ``fn`` and what it wraps (NumPyro handlers, ``functools.wraps``)."""
+    chain: list[Any] = []
+    while fn is not None and all(fn is not seen for seen in chain):
+        chain.append(fn)
+        fn = getattr(fn, "fn", None) or getattr(fn, "__wrapped__", None)
+    return chain
+
+
+def _same_model(model: Any, kernel: Any) -> bool:
+    for candidate in _wrapped(model):
+        if candidate is kernel:
+            return True
+        if (
+            isinstance(candidate, functools.partial)
+            and isinstance(kernel, functools.partial)
+            and candidate.func is kernel.func
+            and sorted(candidate.keywords) == sorted(kernel.keywords)
+        ):
+            return True
+    return False
+
+
+def _name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+
+
+def check_model(inference: Any, kernel: Any) -> None:
+    """Check that ``inference`` was built for ``kernel``.
+
+    Args:
+        inference: The user's SVI or MCMC object.
+        kernel: The model's kernel.
+
+    Raises:
+        ValueError: If the inference object runs another model.
+    """
+    if isinstance(inference, SVI):
+        model, how = inference.model, "SVI(kernel, guide, optim, loss)"
+    else:
+        model = getattr(getattr(inference, "sampler", None), "model", None)
+        how = "MCMC(NUTS(kernel), ...)"
+        if model is None:  # a sampler built from a potential function
+            return
+    if not _same_model(model, kernel):
+
+        def name(fn: Any) -> str:
+            return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", repr(fn)))
+
+        raise ValueError(
+            f"`inference` was built for the model {_name(model)!r}, not for `kernel` "
+            f"{_name(kernel)!r}: the fit would run the other model. Build it for the same "
+            f"kernel, e.g. `{how}`."
+        )
 
 
 def _arrays(bound: BoundArgs) -> dict[str, Any]:
@@ -167,8 +224,15 @@ class SVIFit(Driver):
             self.state = state
 
     def _finish(self, state: Any, losses: Any) -> None:
+        params = self.driver.params(state)
+        result = SVIRunResult(params, losses)
+        try:
+            check_losses(losses, params)
+        except FitDivergedError:
+            self.vi_result = result  # for inspection; the fit state is not replaced
+            raise
         self.state = state
-        self.vi_result = SVIRunResult(self.driver.params(state), losses)
+        self.vi_result = result
 
     def draw(
         self, key: jax.Array, num_samples: int, bound: BoundArgs, exclude: Iterable[str]

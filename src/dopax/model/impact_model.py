@@ -22,14 +22,14 @@ from dopax.execution.request import (
     ScenarioRequest,
 )
 from dopax.execution.scenarios import run_scenarios
-from dopax.inference.driver import make_driver
+from dopax.inference.driver import check_model, make_driver
 from dopax.kernel.signature import check_reserved_kwargs, validate_signature
 from dopax.kernel.spec import KernelSpec
 from dopax.model.checks import optional_positive_int, positive_int
 from dopax.model.fitting import FittingMethods
 from dopax.model.state import FittedState, require_posterior
 from dopax.sampling.keys import check_key
-from dopax.streaming.targets import check_store
+from dopax.streaming.targets import check_output
 
 __all__ = ["ImpactModel"]
 
@@ -93,6 +93,7 @@ class ImpactModel(FittingMethods):
         if rng_key is None:
             raise TypeError("`rng_key` is required: pass e.g. `jax.random.key(0)`.")
         driver = make_driver(inference)
+        check_model(inference, kernel)
         check_key(rng_key)
         self._inference = inference
         self._state = FittedState(ModelContext(kernel, param_input, param_output), driver, rng_key)
@@ -178,14 +179,20 @@ class ImpactModel(FittingMethods):
     # ------------------------------------------------------------------ forward passes
     def _forward(self, kind: str, method: str, X: Any, output: Output, **fields: Any) -> Any:
         """Build the request of a forward pass and run it: every forward method ends here."""
-        if not output.in_memory:
-            check_store(output.store)
         posterior = None
         if kind != PRIOR:
             posterior = require_posterior(self._state.posterior, method)
         key = self._state.call_key(fields.pop("rng_key", None))
+        observed = self._state.observed if kind == PREDICT and fields.get("in_sample") else None
         request = PredictiveRequest(
-            kind=kind, method=method, key=key, X=X, posterior=posterior, output=output, **fields
+            kind=kind,
+            method=method,
+            key=key,
+            X=X,
+            posterior=posterior,
+            output=output,
+            observed=observed,
+            **fields,
         )
         return run_predictive(self._state.ctx, request)
 
@@ -198,6 +205,7 @@ class ImpactModel(FittingMethods):
         storage_options: Any = None,
         client: Any = None,
     ) -> Output:
+        check_output(store, output_dir, storage_options)
         return Output(
             batch_size=optional_positive_int(batch_size, "batch_size"),
             store=store,
@@ -486,6 +494,7 @@ class ImpactModel(FittingMethods):
             (output_intervention, args_intervention),
             on_batch=on_batch,
             shared_key=self._state.call_key,
+            num_chains=self._state.posterior.num_chains if self._state.posterior else 1,
         )
 
     def compare_scenarios(
@@ -518,11 +527,14 @@ class ImpactModel(FittingMethods):
         Args:
             X: Base input with a leading row axis.
             scenarios: Scenario name to a dict of kernel inputs to override
-                (e.g. ``{"t": ones}`` or ``{"X": X_new}``) and/or
-                ``"intervention"``: a dict of site values.
+                (e.g. ``{"t": ones}``, ``{"t": 1.0}`` for every row, or
+                ``{"X": X_new}``) and/or ``"intervention"``: a dict of site values.
             baseline: Name of the scenario every other one is contrasted with.
-            site: Outcome site (default: the output site).
-            by: One group label per row for conditional effects, or ``None``.
+            site: Outcome site (default: the output site; a discrete one warns
+                that its per-row intervals are whole numbers).
+            by: One group label per row for conditional effects, or ``None``;
+                groups keep a categorical's order, numbers ascend, text sorts
+                naturally; missing labels are an error.
             interval: Central interval probability of per-row contrasts.
             keep_draws: Also stream every scenario's draws of ``site`` (a
                 ``scenario_draws`` child with a ``scenario`` dimension).
@@ -540,7 +552,6 @@ class ImpactModel(FittingMethods):
         """
         posterior = require_posterior(self._state.posterior, "compare_scenarios")
         output = self._streamed(batch_size, store, output_dir, progress, storage_options, client)
-        check_store(store)
         check_reserved_kwargs(kwargs, self.kernel, self.param_input, self.param_output)
         request = ScenarioRequest(
             key=self._state.call_key(rng_key),

@@ -27,12 +27,15 @@ class FittedState:
         driver: The fit driver (SVI or MCMC) with its fit state.
         key_in: The key given at construction (converted on first use).
         posterior: Posterior draws, or ``None`` before a fit.
+        observed: The output the model was fitted on (one row vector), or
+            ``None``; in-sample results carry it as ``observed_data``.
     """
 
     ctx: ModelContext
     driver: Driver
     key_in: Any
     posterior: Posterior | None = None
+    observed: Any = None
     _key: jax.Array | None = None
     _counter: Any = dataclasses.field(default_factory=itertools.count)
 
@@ -75,6 +78,7 @@ class FittedState:
             "ctx": self.ctx,
             "driver": self.driver,
             "posterior": self.posterior,
+            "observed": self.observed,
             "key_data": jax.random.key_data(key),
             "key_impl": str(jax.random.key_impl(key)),
             "count": count,
@@ -87,6 +91,7 @@ class FittedState:
             driver=state["driver"],
             key_in=key,
             posterior=state["posterior"],
+            observed=state.get("observed"),
             _key=key,
             _counter=itertools.count(state["count"]),
         )

@@ -27,7 +27,7 @@ from zarr.storage import LocalStore, WrapperStore
 
 from dopax.exceptions import IncompleteResultError
 from dopax.output.location import location
-from dopax.output.schema import POSITION_ATTRS, position_coords
+from dopax.output.schema import CHUNKED_GROUPS, POSITION_ATTRS, position_coords
 
 if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
@@ -172,13 +172,27 @@ def is_complete(
         return False
 
 
+def _stored_chunks(ds: xr.Dataset) -> dict[str, int]:
+    """Return each dimension's chunk length as the variables of ``ds`` are stored."""
+    chunks: dict[str, int] = {}
+    for var in ds.data_vars.values():
+        stored = var.encoding.get("chunks")
+        if stored is None:
+            continue
+        for dim, size in zip(var.dims, stored, strict=True):
+            chunks.setdefault(str(dim), int(size))
+    return chunks
+
+
 def _with_indexes(tree: xr.DataTree) -> xr.DataTree:
-    """Index every dimension coordinate of ``tree``.
+    """Index every dimension coordinate of ``tree`` and chunk the draws users reduce.
 
     A coordinate marked with :data:`~dopax.output.schema.POSITION_ATTRS`
     (positions ``0 .. n - 1``) gets a :class:`pandas.RangeIndex`, in constant
     memory, and is not read; any other dimension coordinate is loaded into a
-    default index, as ``xarray.open_datatree`` would.
+    default index, as ``xarray.open_datatree`` would. The groups of
+    :data:`~dopax.output.schema.CHUNKED_GROUPS` become Dask arrays chunked as
+    stored; the others stay lazily read arrays (see that constant for why).
     """
     nodes: dict[str, xr.Dataset] = {}
     for path, node in tree.subtree_with_keys:
@@ -195,6 +209,8 @@ def _with_indexes(tree: xr.DataTree) -> xr.DataTree:
             ds = ds.drop_vars(list(positions)).assign_coords(position_coords(positions))
         for name in others:
             ds = ds.set_xindex(name)
+        if path in CHUNKED_GROUPS and ds.data_vars:
+            ds = ds.chunk(_stored_chunks(ds))
         nodes["/" if path == "." else f"/{path}"] = ds
     return xr.DataTree.from_dict(nodes)
 
@@ -207,10 +223,14 @@ def open_result(
 ) -> xr.DataTree:
     """Open a completed result lazily as a :class:`xarray.DataTree`.
 
-    Variables are dask-backed and read on demand through a :class:`StrictStore`,
-    so a chunk that disappears later (or a deleted folder) raises
-    :class:`~dopax.exceptions.IncompleteResultError` when read rather than
-    yielding fill values.
+    Nothing is read until a value is asked for. The draws of the predictive
+    groups are Dask arrays chunked as stored; the groups ArviZ's statistics
+    read whole (``posterior``, ``log_likelihood``, ``observed_data``) are
+    lazily read arrays that ArviZ accepts (see
+    :data:`~dopax.output.schema.CHUNKED_GROUPS`). Every read goes through a
+    :class:`StrictStore`, so a chunk that disappears later (or a deleted
+    folder) raises :class:`~dopax.exceptions.IncompleteResultError` when read
+    rather than yielding fill values.
 
     Args:
         path_or_store: A result folder, an fsspec URL (``s3://``, ``gs://``,
@@ -244,7 +264,8 @@ def open_result(
         strict,  # type: ignore[arg-type]
         engine="zarr",
         consolidated=True,
-        chunks={},
+        chunks=None,
+        cache=False,
         create_default_indexes=False,
     )
     tree = _with_indexes(tree)

@@ -255,6 +255,8 @@ def bind_args(
     if x_arr.ndim == 0:
         raise ValueError("`X` must have a leading row axis; got a scalar.")
     n = int(x_arr.shape[0])
+    if n == 0:
+        raise ValueError(f"`X` has no rows (shape {tuple(x_arr.shape)}); pass at least one row.")
     rows: dict[str, Any] = {param_input: x_arr}
     static: dict[str, Any] = {}
     if y is not None:
@@ -291,6 +293,7 @@ def split_intervention(
     *,
     sites: Mapping[str, int | None],
     n_rows: int,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate an intervention and split it into per-row and shared values.
 
@@ -298,6 +301,7 @@ def split_intervention(
         intervention: Site name to value, or ``None``.
         sites: Every sample site of the kernel with its row axis (``None`` if none).
         n_rows: Number of rows of the call.
+        shapes: Each site's shape for the call's rows, to check values against.
 
     Returns:
         ``(row_values, shared_values)``.
@@ -338,4 +342,21 @@ def split_intervention(
             row_do[name] = arr
         else:
             shared_do[name] = arr
+        _check_shape(name, arr, (shapes or {}).get(name) if axis != -1 else None)
     return row_do, shared_do
+
+
+def _check_shape(name: str, value: Any, want: tuple[int, ...] | None) -> None:
+    """Raise unless an intervention value broadcasts to its site's shape ``want``."""
+    if want is None:
+        return
+    try:
+        fits = np.broadcast_shapes(tuple(value.shape), want) == tuple(want)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ScenarioError(
+            f"intervention[{name!r}] has shape {tuple(value.shape)}, but site {name!r} has "
+            f"shape {tuple(want)}; pass a value of shape {tuple(want)}, or one that broadcasts "
+            "to it (e.g. a scalar)."
+        )

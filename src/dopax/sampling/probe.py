@@ -28,7 +28,8 @@ def probe_sites(
 
     Returns:
         Site name to ``{"type", "is_observed", "shape", "dtype"}``, in trace
-        order (sample, deterministic and other sites alike).
+        order (sample, deterministic and other sites alike); sample sites also
+        have ``"fn_shape"``, the shape of their distribution (batch and event).
     """
     sites: dict[str, dict[str, Any]] = {}
 
@@ -38,6 +39,9 @@ def probe_sites(
         values = {}
         for name, site in trace.items():
             sites[name] = {"type": site["type"], "is_observed": bool(site.get("is_observed"))}
+            fn = site.get("fn")
+            if site["type"] == "sample" and hasattr(fn, "batch_shape"):
+                sites[name]["fn_shape"] = (*fn.batch_shape, *fn.event_shape)
             if site["type"] in ("sample", "deterministic"):
                 values[name] = jnp.asarray(site["value"])
         return values

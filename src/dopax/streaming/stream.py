@@ -56,7 +56,8 @@ def stream_into(
     total: int,
     progress: bool,
     desc: str,
-) -> xr.DataTree:
+    finish: Callable[[xr.DataTree], Any] | None = None,
+) -> Any:
     """Run ``run`` with writers into ``sink`` and return the finished result.
 
     The sink is opened once the first block has been dispatched, so creating
@@ -75,6 +76,8 @@ def stream_into(
         total: Units of progress in the whole call.
         progress: Whether to show a progress bar.
         desc: Progress bar label.
+        finish: Called with the finished result; its return value is the
+            call's. If it fails, the result is removed.
     """
     bar = tqdm(
         total=total, desc=desc, unit="row-draw", unit_scale=True, disable=not progress, leave=False
@@ -100,14 +103,28 @@ def stream_into(
     except BaseException as err:
         if opened:
             sink.abort()
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            err.add_note(
-                "dopax: the disk holding the output is full and the partial result was "
-                "removed. Free space, pass another `output_dir`, or use `store='memory'`."
-            )
+        _note_disk_full(err)
         raise
     finally:
         bar.close()
-    tree = sink.close()
+    try:
+        tree = sink.close()  # on failure the sink removes what it wrote
+    except BaseException as err:
+        _note_disk_full(err)
+        raise
     logger.info("%s: streamed in %.2f s", desc, time.perf_counter() - started)
-    return tree
+    if finish is None:
+        return tree
+    try:
+        return finish(tree)
+    except BaseException:
+        sink.discard()
+        raise
+
+
+def _note_disk_full(err: BaseException) -> None:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        err.add_note(
+            "dopax: the disk holding the output is full and the partial result was "
+            "removed. Free space, pass another `output_dir`, or use `store='memory'`."
+        )

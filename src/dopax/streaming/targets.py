@@ -16,8 +16,10 @@ from dopax.streaming.sinks import MemorySink, Sink, ZarrSink
 
 __all__ = [
     "STORES",
+    "ResultFolder",
     "TempFolder",
     "call_location",
+    "check_output",
     "check_store",
     "sink_at",
     "sink_for_call",
@@ -51,6 +53,28 @@ class TempFolder:
         raise TypeError("A temporary output folder cannot be pickled.")
 
 
+class ResultFolder:
+    """A result's folder inside a model's temporary folder, removed with the result.
+
+    The result tree (and every lazy array taken from it) keeps this object
+    referenced; once none is left, the folder is deleted, so a long-lived
+    model's temporary folder holds only the results still in use. It also
+    keeps the model's temporary folder alive.
+
+    Args:
+        path: The result's folder.
+        temp: The model's temporary folder holding it.
+    """
+
+    def __init__(self, path: str, temp: TempFolder) -> None:
+        self.path = path
+        self.temp = temp
+        self._finalizer = weakref.finalize(self, shutil.rmtree, path, True)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("A temporary result folder cannot be pickled.")
+
+
 def check_store(store: Any, only: str | None = None, because: str = "") -> str:
     """Return ``store`` if it names a known store, else raise saying which exist.
 
@@ -69,18 +93,48 @@ def check_store(store: Any, only: str | None = None, because: str = "") -> str:
     return str(store)
 
 
+def check_output(
+    store: Any, output_dir: Any, storage_options: Mapping[str, Any] | None = None
+) -> str:
+    """Check a call's ``store`` and ``output_dir`` together; return the store.
+
+    Args:
+        store: The ``store`` argument.
+        output_dir: The ``output_dir`` argument.
+        storage_options: The ``storage_options`` argument.
+
+    Raises:
+        ValueError: For an unknown store, an ``output_dir`` with
+            ``store="memory"`` (which writes nothing), an empty ``output_dir``
+            or a URL with an unknown scheme.
+        TypeError: For an ``output_dir`` that is no path, URL or zarr store.
+    """
+    store = check_store(store)
+    if store == "memory" and output_dir is not None:
+        raise ValueError(
+            "`output_dir` is given but `store='memory'` writes nothing to disk; drop "
+            "`output_dir`, or pass `store='persistent'` to write the result there."
+        )
+    if output_dir is not None:
+        location(output_dir, storage_options)
+    return store
+
+
 def call_location(
     output_dir: Any,
     desc: str,
     temp_folder: Callable[[], TempFolder],
     storage_options: Mapping[str, Any] | None = None,
-) -> tuple[Location, TempFolder | None]:
-    """Return where a call's persisted result goes, and the temporary folder it keeps alive.
+) -> tuple[Location, object | None]:
+    """Return where a call's persisted result goes, and what the result keeps alive.
 
     A new folder (or URL prefix) ``<desc>-<time>-<id>.zarr`` under
-    ``output_dir``, or under the model's temporary folder when ``output_dir``
-    is ``None``; a zarr store object given as ``output_dir`` holds the result
-    at its root (it must be empty).
+    ``output_dir`` (``~`` expanded once, by :func:`~dopax.output.location.location`),
+    or under the model's temporary folder when ``output_dir`` is ``None``:
+    such a result keeps that folder alive, and its own folder is deleted
+    once the result is no longer referenced (:class:`ResultFolder`). A zarr
+    store object given as ``output_dir`` holds the result at its root (it
+    must be empty).
 
     Args:
         output_dir: Base folder, URL or zarr store, or ``None``.
@@ -88,16 +142,14 @@ def call_location(
         temp_folder: Returns the model's temporary folder.
         storage_options: fsspec options for a URL.
     """
-    keep: TempFolder | None = None
-    if output_dir is None:
-        keep = temp_folder()
-        base = location(keep.path)
-    else:
-        base = location(output_dir, storage_options)
+    temp = temp_folder() if output_dir is None else None
+    base = location(temp.path if temp is not None else output_dir, storage_options)
     if base.store is not None:
         return base, None
     stamp = np.datetime64("now").astype(str).replace(":", "").replace("-", "")
-    return base.child(f"{desc}-{stamp}-{uuid.uuid4().hex[:8]}.zarr"), keep
+    where = base.child(f"{desc}-{stamp}-{uuid.uuid4().hex[:8]}.zarr")
+    keep = ResultFolder(str(where.path), temp) if temp is not None else None
+    return where, keep
 
 
 def sink_for_call(
@@ -109,7 +161,8 @@ def sink_for_call(
 ) -> Sink:
     """Return the sink of one call.
 
-    ``store="memory"`` gives a :class:`MemorySink`; otherwise a
+    ``store="memory"`` gives a :class:`MemorySink` whose predictive draws are
+    Dask arrays chunked as a persisted result's would be; otherwise a
     :class:`ZarrSink` at :func:`call_location`: a local folder is written with
     the direct-file path, a URL or store through zarr's store API.
 
@@ -120,8 +173,8 @@ def sink_for_call(
         temp_folder: Returns the model's temporary folder.
         storage_options: fsspec options for a URL.
     """
-    if check_store(store) == "memory":
-        return MemorySink()
+    if check_output(store, output_dir, storage_options) == "memory":
+        return MemorySink(chunked=True)
     where, keep = call_location(output_dir, desc, temp_folder, storage_options)
     return sink_at(where, keep)
 

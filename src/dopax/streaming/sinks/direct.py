@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import zarr
 
-from dopax.exceptions import StreamingError
 from dopax.output.schema import SiteLayout
 from dopax.streaming.fileio import FileWriter
 
@@ -27,6 +26,7 @@ def write_whole_chunk(
     chunks: tuple[int, ...],
     encoder: Callable[[np.ndarray], Any],
     files: FileWriter,
+    guard: Any,
 ) -> bool:
     """Encode and write a block that is exactly one chunk straight to its file.
 
@@ -47,6 +47,9 @@ def write_whole_chunk(
         chunks: The array's chunk shape.
         encoder: Gives a chunk's stored bytes.
         files: The file writer.
+        guard: The result folder's guard: ``makedirs`` creates folders below
+            the result folder only (a removed result is never recreated) and
+            ``check`` raises if the result folder itself was deleted.
     """
     full = layout.full_shape
     if len(region) != len(full):
@@ -73,13 +76,13 @@ def write_whole_chunk(
         data = padded
     key = target.metadata.chunk_key_encoding.encode_chunk_key(tuple(coords))  # type: ignore[union-attr]
     encoded = encoder(data)
-    if not folder.is_dir():
-        # The store was removed (the call failed or was interrupted): never
-        # recreate it piece by piece.
-        raise StreamingError(f"The result folder {folder.parent.parent} was removed.")
     path = folder / key
-    path.parent.mkdir(parents=True, exist_ok=True)
+    guard.makedirs(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-    files.write(tmp, encoded)
-    os.replace(tmp, path)
+    try:
+        files.write(tmp, encoded)
+        os.replace(tmp, path)
+    except FileNotFoundError:
+        guard.check()  # the result folder itself was deleted: say so
+        raise
     return True
