@@ -6,7 +6,7 @@ import pytest
 from jax.extend import random as jex_random
 from numpyro import handlers
 
-from dopax.sampling.rng import RowKeySeed, draw_words, threefry2x32
+from dopax.sampling.rng import ROW_KEY_IMPL, RowKeySeed, draw_words, threefry2x32
 
 
 def kernel(n: int) -> None:
@@ -50,19 +50,19 @@ def test_site_keys_follow_names_not_order() -> None:
     np.testing.assert_array_equal(np.asarray(alone), run(10, 0)["normal"])
 
 
-def test_poisson_sites_get_a_default_key_and_are_reported() -> None:
+def test_poisson_sites_are_drawn_from_row_keys() -> None:
     def counts(n: int) -> None:
         with numpyro.plate("rows", n):
             numpyro.sample("normal", dist.Normal(0.0, 1.0))
             numpyro.sample("count", dist.Poisson(3.0))
 
     words = draw_words(jax.random.key(7), 0)
-    seeded = RowKeySeed(counts, words, 0)
-    tr = handlers.trace(seeded).get_trace(2000)
-    assert seeded.default_key_sites == {"count"}
-    assert str(jax.random.key_impl(tr["count"]["kwargs"]["rng_key"])) == "threefry2x32"
+    tr = handlers.trace(RowKeySeed(counts, words, 0)).get_trace(2000)
+    assert jax.random.key_impl(tr["count"]["kwargs"]["rng_key"]) == ROW_KEY_IMPL
     value = np.asarray(tr["count"]["value"])
     assert value.shape == (2000,) and abs(value.mean() - 3.0) < 0.2
+    part = handlers.trace(RowKeySeed(counts, words, 1500)).get_trace(500)
+    np.testing.assert_array_equal(np.asarray(part["count"]["value"]), value[1500:])
     # the other site keeps its row-offset key and its values
     np.testing.assert_array_equal(np.asarray(tr["normal"]["value"]), run(2000, 0)["normal"])
 

@@ -41,6 +41,9 @@ from jax import lax
 from jax.extend import random as jex_random
 from numpyro.primitives import Messenger
 
+from dopax.sampling.samplers import row_sample, row_sampled
+from dopax.sampling.threefry import threefry2x32
+
 __all__ = ["ROW_KEY_IMPL", "RowKeySeed", "draw_words", "name_tag", "threefry2x32"]
 
 _U32 = jnp.uint32
@@ -48,41 +51,6 @@ _U32 = jnp.uint32
 _TAG_SPLIT = np.uint32(0x80000000)
 _TAG_FOLD = np.uint32(0xFFFFFFFF)
 _TAG_SITE = np.uint32(0xFFFFFFFE)
-_TAG_DEFAULT_KEY = np.uint32(0xFFFFFFFD)
-
-
-_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
-_PARITY = np.uint32(0x1BD11BDA)
-
-
-def _rotl(x: jax.Array, d: int) -> jax.Array:
-    return (x << np.uint32(d)) | (x >> np.uint32(32 - d))
-
-
-def threefry2x32(k1: Any, k2: Any, c1: Any, c2: Any) -> tuple[jax.Array, jax.Array]:
-    """Threefry-2x32 (20 rounds) of counters ``(c1, c2)`` under key ``(k1, k2)``.
-
-    Equal bit for bit to JAX's ``threefry2x32`` primitive; arguments broadcast.
-
-    Args:
-        k1: First key word (``uint32``).
-        k2: Second key word (``uint32``).
-        c1: First counter words (``uint32`` array).
-        c2: Second counter words (``uint32`` array).
-    """
-    k1 = jnp.asarray(k1, _U32)
-    k2 = jnp.asarray(k2, _U32)
-    x0, x1 = jnp.broadcast_arrays(jnp.asarray(c1, _U32), jnp.asarray(c2, _U32))
-    ks = (k1, k2, k1 ^ k2 ^ _PARITY)
-    x0 = x0 + ks[0]
-    x1 = x1 + ks[1]
-    for i in range(5):
-        for r in _ROTATIONS[i % 2]:
-            x0 = x0 + x1
-            x1 = _rotl(x1, r) ^ x0
-        x0 = x0 + ks[(i + 1) % 3]
-        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
-    return x0, x1
 
 
 def _seed(seed: jax.Array) -> jax.Array:
@@ -171,14 +139,10 @@ class RowKeySeed(Messenger):
     A name met twice in one pass (e.g. inside ``scan``) gets a fresh key each
     time.
 
-    A few JAX samplers accept only JAX's default (Threefry) key type; today
-    that is ``jax.random.poisson``, used by ``Poisson``, ``GammaPoisson``
-    (``NegativeBinomial2``) and ``ZeroInflatedPoisson``. A site whose sampler
-    refuses a row-offset key gets a default-type key derived from the same
-    words instead, and its name is added to :attr:`default_key_sites`. Such a
-    site's draws then depend on which rows share a batch, which the planner
-    detects (:mod:`dopax.sampling.plan`): the kernel runs with all rows in one
-    piece, with a warning.
+    Sites whose NumPyro sampler would lose the row identity of the key (it
+    splits the key, or needs JAX's default key type) are drawn by
+    :func:`dopax.sampling.samplers.row_sample` from the same key words
+    instead; the site's value is set here and its ``rng_key`` still recorded.
 
     Args:
         fn: The model to run.
@@ -190,8 +154,6 @@ class RowKeySeed(Messenger):
         self.words = words
         self.row_offset = jnp.asarray(row_offset, _U32)
         self._seen: dict[str, int] = {}
-        #: Sites that were given a default-type key (see the class docstring).
-        self.default_key_sites: set[str] = set()
         super().__init__(fn)
 
     def __enter__(self) -> Any:
@@ -213,22 +175,7 @@ class RowKeySeed(Messenger):
         if count:
             w1, w2 = threefry2x32(w1, w2, _TAG_FOLD, np.uint32(count))
         data = jnp.stack([w1, w2, self.row_offset])
-        key = jax.random.wrap_key_data(data, impl=ROW_KEY_IMPL)
-        if msg["type"] == "sample" and not _samples_with(msg, key):
-            d1, d2 = threefry2x32(w1, w2, _TAG_DEFAULT_KEY, self.row_offset)
-            key = jax.random.wrap_key_data(jnp.stack([d1, d2]), impl="threefry2x32")
-            self.default_key_sites.add(name)
-        msg["kwargs"]["rng_key"] = key
-
-
-def _samples_with(msg: dict[str, Any], key: jax.Array) -> bool:
-    """Whether the sampler of site ``msg`` accepts ``key`` (traced abstractly, not run)."""
-
-    def draw(k: jax.Array) -> Any:
-        return msg["fn"](*msg["args"], **{**msg["kwargs"], "rng_key": k})
-
-    try:
-        jax.eval_shape(draw, key)
-    except NotImplementedError:
-        return False
-    return True
+        msg["kwargs"]["rng_key"] = jax.random.wrap_key_data(data, impl=ROW_KEY_IMPL)
+        if msg["type"] == "sample" and row_sampled(msg["fn"]):
+            sample_shape = tuple(msg["kwargs"].get("sample_shape", ()))
+            msg["value"] = row_sample(msg["fn"], data[:2], self.row_offset, sample_shape)
