@@ -1,3 +1,5 @@
+from typing import Any
+
 import jax
 import numpy as np
 import numpyro
@@ -6,6 +8,8 @@ import pytest
 from jax.extend import random as jex_random
 from numpyro import handlers
 
+from dopax.exceptions import KernelValidationError
+from dopax.sampling.probe import probe_sites
 from dopax.sampling.rng import ROW_KEY_IMPL, RowKeySeed, draw_words, threefry2x32
 
 
@@ -83,3 +87,25 @@ def test_threefry_matches_jax_primitive_bit_for_bit() -> None:
     ones = np.uint32(0xFFFFFFFF)
     y = threefry2x32(ones, ones, np.array([ones]), np.array([ones]))
     assert (int(y[0][0]), int(y[1][0])) == (0x1CB996FC, 0xBB002BE7)
+
+
+class _DefaultKeyOnly(dist.Distribution):
+    """A distribution whose sampler calls ``jax.random.poisson`` itself."""
+
+    support = dist.constraints.nonnegative_integer
+
+    def __init__(self, rate: Any) -> None:
+        self.rate = rate
+        super().__init__(jax.numpy.shape(rate))
+
+    def sample(self, key: Any, sample_shape: tuple[int, ...] = ()) -> Any:
+        return jax.random.poisson(key, self.rate, sample_shape + self.batch_shape)
+
+
+def test_a_sampler_that_refuses_row_keys_is_reported() -> None:
+    def kernel(x: Any) -> None:
+        with numpyro.plate("rows", x.shape[0]):
+            numpyro.sample("count", _DefaultKeyOnly(x))
+
+    with pytest.raises(KernelValidationError, match="default key type"):
+        probe_sites(kernel, {"x": jax.numpy.ones(3)})

@@ -1,4 +1,4 @@
-"""The random-number scheme: draws that depend only on ``(key, draw, row)``.
+"""The random-number scheme: draws that depend only on ``(key, draw, site, row)``.
 
 A forward pass gives every random site a key of the *row-offset* PRNG
 implementation defined here. Its key data is three ``uint32`` words
@@ -7,25 +7,29 @@ of the batch. Random bits for an array of shape ``(n, *rest)`` use the Threefry
 counter ``(offset + i, j)`` for element ``(i, j)`` (``j`` the flat index within
 ``rest``), so row ``offset + i`` receives the same bits whatever batch it falls
 in. Generating bits costs one hash per element, as JAX's own partitionable
-Threefry does.
+Threefry does. Samplers that turn these bits into values elementwise (the
+normal family, Bernoulli, uniform, exponential, ...) therefore keep rows
+independent of their batch. The hash (:mod:`dopax.sampling.threefry`) is
+written as plain integer operations that XLA fuses with the code consuming
+the bits; on CPU this makes normal draws several times faster than
+``jax.random.normal`` (``BENCHMARKS.md``).
 
-The hash is Threefry-2x32 with 20 rounds (Salmon et al., 2011), written here
-as plain unrolled integer operations. It gives bit for bit the same output as
-JAX's ``threefry2x32`` primitive (asserted in the tests), but XLA fuses it
-with the code that consumes the bits (e.g. the transform to normal draws)
-into one vectorised loop, whereas the primitive's CPU lowering runs its rounds
-as a loop over whole arrays held in memory. On CPU this makes generating
-normal draws several times faster than ``jax.random.normal``
-(``BENCHMARKS.md``).
+NumPyro's samplers for other families split their key first, split it per
+flat element, or need JAX's default key type (``jax.random.poisson``); their
+draws would depend on the batch. :class:`RowKeySeed` draws those sites itself
+with :mod:`dopax.sampling.samplers` (``Poisson``, ``Binomial``, ``Gamma``,
+``StudentT``, ``Beta``, ``Dirichlet``, ``GammaPoisson`` and the negative
+binomials, ``BetaBinomial``, zero-inflated laws, ``Categorical``), from
+streams addressed by the same key words, row and element.
 
 Site keys are derived from the draw's key and a hash of the site *name*, so a
 site receives the same random numbers whether or not other sites are
 intervened on: scenarios share their random numbers.
 
-Whether a particular kernel keeps rows independent under this scheme (its row
-axis leading, no coupling between rows) is checked on a probe by
-:mod:`dopax.sampling.plan`; kernels that fail the check run with all rows in
-one piece.
+Whether a particular kernel keeps rows independent (its row axis leading, no
+coupling between rows, no other sampler that ties rows together) is checked
+on a probe by :mod:`dopax.sampling.plan`; kernels that fail the check run
+with all rows in one piece, with a warning that names the site and why.
 """
 
 from __future__ import annotations

@@ -9,57 +9,58 @@ the negative binomials). None of these keep the row identity of dopax's keys.
 This module draws those families itself, from uniforms addressed by
 ``(site key, stream, row, element)``:
 
-* a site's key words ``(w1, w2)`` and a *stream* number give a stream key
-  ``Threefry((w1, w2), (TAG, stream))``; element ``(i, j)`` of a block at row
-  offset ``o`` (``j`` the flat index within the row) takes the two words of
-  ``Threefry(stream key, (o + i, j))``, two uniforms in float32. Row
-  ``o + i`` therefore receives the same uniforms whatever batch it falls in.
-* a stream number is a *role* (which part of a sampler uses it) and a
-  *proposal index*: proposal ``m`` of a rejection sampler for element
-  ``(i, j)`` uses stream ``(role, m)``. Composite distributions (a gate and a
-  base, a gamma inside a Poisson) give each part a child key, so no two parts
-  share a stream.
+* element ``(i, j)`` of a block at row offset ``o`` (``j`` the flat index
+  within the row) takes the two words of ``Threefry(key, (o + i, j))``, two
+  uniforms in float32, so row ``o + i`` receives the same uniforms whatever
+  batch it falls in;
+* the key of stream ``(role, m)`` is ``(w1, w2 + role * 2**24 + m)`` for a
+  site's key words ``(w1, w2)``: the role says which part of a sampler draws
+  (a proposal, the gate of a zero-inflated law, ...), ``m`` numbers the
+  proposals of a rejection sampler. Threefry streams under distinct keys are
+  independent, whatever the keys. Composite distributions (a gamma inside a
+  Poisson, a base inside a zero-inflated law) give each part child key words,
+  hashed from the site's, so no two parts share a stream.
 
 The algorithms:
 
 * **Poisson**: for rates below 10, inversion by sequential search over the
-  first 36 cumulative probabilities (the probability that a Poisson(10) count
-  exceeds 36 is 1.7e-10); for rates from 10, Hörmann's transformed rejection
-  with squeeze (PTRS, 1993).
+  first 36 cumulative probabilities (a Poisson(10) count exceeds 36 with
+  probability 1.7e-10); from 10, Hörmann's transformed rejection with squeeze
+  (PTRS, 1993). Both work with logarithms of ratios that cancel the large
+  terms of ``log k!`` analytically, so they stay exact at rates of 1e6 in
+  float32, where ``jax.random.poisson`` does not.
 * **Binomial**: inversion as for Poisson when ``n min(p, 1 - p) < 10``,
   Hörmann's BTRS (1993) otherwise.
 * **Gamma**: Marsaglia and Tsang (2000); a shape ``a < 1`` draws
   ``Gamma(a + 1) * U ** (1 / a)``, computed in log space.
 * **StudentT**: ``Z / sqrt(G / (df / 2))`` with ``G ~ Gamma(df / 2)``.
   **Beta** and **Dirichlet**: normalised gammas (in log space, so small
-  concentrations do not underflow). **GammaPoisson** and the negative
-  binomials: ``Poisson(Gamma)``. **BetaBinomial**: ``Binomial(Beta)``.
+  concentrations do not underflow; clipped to ``[tiny, 1 - eps]`` as NumPyro
+  clips them). **GammaPoisson** and the negative binomials:
+  ``Poisson(Gamma)``. **BetaBinomial**: ``Binomial(Beta)``.
   **Zero-inflated** distributions: a uniform against the gate, then the base.
 * **Categorical**: inversion of the cumulative probabilities with one uniform.
 
-Rejection samplers are exact and bounded in cost: every element evaluates a
-fixed number ``K`` of proposals (3 for Gamma, 4 for PTRS and BTRS) in one
-vectorised pass and keeps the first accepted one. An element whose ``K``
-proposals were all rejected continues with proposals ``K, K + 1, ...`` from
-the same streams, in a loop that visits only the chunks of 256 elements that
-hold such an element; the value is the same first accepted proposal either
-way, so the result does not depend on ``K`` or on the batch. The acceptance
-rate is at least 0.95 for Marsaglia-Tsang and about 0.87 or more for PTRS and
-BTRS, so an element reaches the loop with probability below 1.3e-4 (Gamma)
-and 6e-4 (PTRS, BTRS). The loop stops after 65,536 proposals, a probability
-below 1e-50000.
+Rejection samplers are exact: an element's value is its first accepted
+proposal ``m = 0, 1, ...``, whatever the batch. Elements are processed in
+tiles of 16,384; a tile draws proposals until each of its elements has
+accepted one, so its cost is that of its slowest element: with rejection
+rates of at most 5% (Marsaglia-Tsang), 25% (PTRS at rate 10, 11% at 1e4) and
+29% (BTRS at ``n p = 10``), about 4, 8 and 9 passes over the tile. The loop
+stops after 65,536 proposals, which a tile reaches with a probability below
+1e-35000.
 
 Approximations, all at float32 resolution: uniforms take 23 bits, so a
 normal variate lies within +-5.3 (probability of a larger one: 1.2e-7, as
 for ``jax.random.normal``), and inversion resolves cumulative probabilities
 to 2**-24 (total variation distance from the exact law below 36 x 2**-24 =
-2.2e-6, from the cumulative sums' rounding and the uniform's grid). Rates
-and counts above 2**24 are not represented exactly in float32.
+2.2e-6, from the cumulative sums' rounding and the uniform's grid). Counts
+and rates above 2**24 are not represented exactly in float32.
 
 All samplers are elementwise in their parameters and counters. Under
 ``jax.vmap`` (dopax vectorises draws) each runs once on the whole batch
-(``jax.custom_batching.custom_vmap``), so its branches and its rare
-continuation loop stay real branches rather than computing both sides.
+(``jax.custom_batching.custom_vmap``), so its branches and loops stay real
+branches and loops over the batch rather than computing both sides.
 """
 
 from __future__ import annotations
@@ -82,7 +83,6 @@ from dopax.sampling.threefry import threefry2x32
 __all__ = ["row_sample", "row_sampled"]
 
 _U32 = jnp.uint32
-_TAG_STREAM = np.uint32(0xFFFFFFFC)
 _TAG_CHILD = np.uint32(0xFFFFFFFB)
 
 # Stream roles (the high byte of a stream number; the low bits number proposals).
@@ -105,9 +105,15 @@ _SMALL_MEAN = 10.0
 # --------------------------------------------------------------------------- uniforms
 
 
-def _stream(w1: Any, w2: Any, role: int) -> tuple[jax.Array, jax.Array]:
-    """The key words of stream ``role`` under key words ``(w1, w2)``."""
-    return threefry2x32(w1, w2, _TAG_STREAM, np.uint32(role))
+def _stream(w1: Any, w2: Any, role: int) -> tuple[Any, Any]:
+    """The key words of stream ``role`` under a site's key words ``(w1, w2)``.
+
+    Role ``r`` and proposal ``m`` use the Threefry key ``(w1, w2 + r * 2**24 + m)``;
+    Threefry streams under distinct keys are independent whatever the keys
+    (the key is meant to number streams), and role 0 with ``m = 0`` is the
+    site's own key, which no sampler here uses.
+    """
+    return w1, jnp.asarray(w2, _U32) + np.uint32(role << 24)
 
 
 def _open_unit32(bits: jax.Array) -> jax.Array:
@@ -125,8 +131,7 @@ def _uniforms(
 ) -> tuple[jax.Array, jax.Array]:
     """Two uniforms in (0, 1) per element: proposal ``m`` of stream ``(k1, k2)`` at ``(hi, lo)``.
 
-    Proposal ``m`` hashes the counters under key ``(k1, k2 + m)``: Threefry
-    streams under distinct keys are independent, whatever the keys.
+    Proposal ``m`` hashes the counters under key ``(k1, k2 + m)``.
     """
     k2 = jnp.asarray(k2, _U32) + jnp.asarray(m).astype(_U32)
     y1, y2 = threefry2x32(k1, k2, hi, lo)
@@ -416,9 +421,16 @@ class _Source:
     w2: jax.Array
     offset: jax.Array
 
-    def child(self, index: int) -> _Source:
-        w1, w2 = threefry2x32(self.w1, self.w2, _TAG_CHILD, np.uint32(index))
+    def child(self, index: Any) -> _Source:
+        w1, w2 = threefry2x32(self.w1, self.w2, _TAG_CHILD, jnp.asarray(index, _U32))
         return _Source(w1, w2, self.offset)
+
+    def row_key(self) -> jax.Array:
+        """A row-offset key (:data:`dopax.sampling.rng.ROW_KEY_IMPL`) with these words."""
+        from dopax.sampling.rng import ROW_KEY_IMPL  # rng draws its sites with this module
+
+        data = jnp.stack([jnp.asarray(self.w1, _U32), jnp.asarray(self.w2, _U32), self.offset])
+        return jax.random.wrap_key_data(data, impl=ROW_KEY_IMPL)
 
     def args(self, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """Key words and counters ``(w1, w2, hi, lo)`` for an array of ``shape``.
@@ -531,7 +543,7 @@ def _beta_binomial(d: Any, src: _Source, shape: tuple[int, ...]) -> jax.Array:
 
 
 def _zero_inflated(d: Any, src: _Source, shape: tuple[int, ...]) -> jax.Array:
-    base = _draw(d.base_dist, src.child(1), shape)
+    base = _any(d.base_dist, src.child(1), shape)
     gate = _float(d.gate, shape)
     w1, w2, hi, lo = src.args(shape)
     u, _ = _uniforms(*_stream(w1, w2, _GATE), 0, hi, lo, gate.dtype)
@@ -548,6 +560,61 @@ def _categorical(d: Any, src: _Source, shape: tuple[int, ...]) -> jax.Array:
     # the number of categories whose cumulative probability lies below u * total
     below = cum[..., :-1] < (u * cum[..., -1])[..., None]
     return jnp.sum(below, axis=-1, dtype=_count_dtype())
+
+
+def _beta_negative_binomial(d: Any, src: _Source, shape: tuple[int, ...]) -> jax.Array:
+    probs = _beta_probs(src.child(1), d.concentration1, d.concentration0, shape)
+    counts = conjugate.NegativeBinomialProbs(d.n, probs)
+    return _gamma_poisson(counts, src.child(2), shape)
+
+
+def _any(d: Any, src: _Source, shape: tuple[int, ...]) -> jax.Array:
+    """Draw ``d`` with shape ``shape``: here if :func:`row_sampled`, else by its own sampler.
+
+    Its own sampler gets a row-offset key with the words of ``src`` (draws from
+    bits, such as the normal family's, keep rows apart; the planner's probe
+    catches those that do not).
+    """
+    if row_sampled(d):
+        return _draw(d, src, shape)
+    own = tuple(d.batch_shape) + tuple(d.event_shape)
+    if own and shape[len(shape) - len(own) :] == own:
+        return d.sample(src.row_key(), shape[: len(shape) - len(own)])
+    return d.expand(shape[: len(shape) - len(d.event_shape)]).sample(src.row_key())
+
+
+def _mixture(d: Any, src: _Source, shape: tuple[int, ...]) -> jax.Array:
+    event = tuple(d.event_shape)
+    batch = shape[: len(shape) - len(event)]
+    if isinstance(d, dist.MixtureSameFamily):
+        parts = _any(d.component_distribution, src.child(1), (*batch, d.mixture_size, *event))
+    else:
+        draws = [_any(c, src.child(2 + i), shape) for i, c in enumerate(d.component_distributions)]
+        parts = jnp.stack(draws, axis=len(batch))
+    which = _any(d.mixing_distribution, src.child(0), batch)
+    index = jnp.reshape(which, (*batch, 1, *(1,) * len(event)))
+    return jnp.take_along_axis(parts, index.astype(jnp.int32), axis=len(batch)).squeeze(len(batch))
+
+
+def _hurdle(d: Any, src: _Source, shape: tuple[int, ...]) -> jax.Array:
+    base = _any(d.base_dist, src.child(1), shape)
+    if d.support.is_discrete:
+        # the positive part is the base law given a positive value: redraw the
+        # zeros from fresh streams until none is left (as NumPyro does; the
+        # number of rounds grows as 1 / P(base > 0))
+        def more(state: tuple[jax.Array, jax.Array]) -> jax.Array:
+            return (state[0] < _MAX_PROPOSALS) & jnp.any(state[1] == 0)
+
+        def redraw(state: tuple[jax.Array, jax.Array]) -> Any:
+            m, x = state
+            fresh = _any(d.base_dist, src.child(m), shape)
+            return m + 1, jnp.where(x == 0, fresh, x)
+
+        base = lax.while_loop(more, redraw, (jnp.int32(2), base))[1]
+    gate = _float(d.gate, shape)
+    w1, w2, hi, lo = src.args(shape)
+    u, _ = _uniforms(*_stream(w1, w2, _GATE), 0, hi, lo, gate.dtype)
+    return jnp.where(u < gate, jnp.zeros((), base.dtype), base)
 
 
 _Family = Callable[[Any, _Source, tuple[int, ...]], jax.Array]
@@ -567,6 +634,10 @@ _FAMILIES: tuple[tuple[type[dist.Distribution], _Family], ...] = (
     (discrete.ZeroInflatedProbs, _zero_inflated),
     (discrete.CategoricalProbs, _categorical),
     (discrete.CategoricalLogits, _categorical),
+    (conjugate.BetaNegativeBinomial, _beta_negative_binomial),
+    (discrete.HurdleProbs, _hurdle),
+    (dist.MixtureSameFamily, _mixture),
+    (dist.MixtureGeneral, _mixture),
 )
 _WRAPPERS: tuple[type[dist.Distribution], ...] = (
     dist.ExpandedDistribution,
@@ -598,8 +669,6 @@ def row_sampled(d: Any) -> bool:
     if _same_sampler(d, dist.TransformedDistribution):
         own = dist.TransformedDistribution.sample_with_intermediates
         return type(d).sample_with_intermediates is own and row_sampled(d.base_dist)
-    if _same_sampler(d, discrete.ZeroInflatedProbs):
-        return row_sampled(d.base_dist)
     return _family(d) is not None
 
 
