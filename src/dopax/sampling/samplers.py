@@ -149,7 +149,9 @@ def _std_normal(u: jax.Array) -> jax.Array:
 
 
 def _first_accepted(
-    propose: Callable[..., tuple[jax.Array, jax.Array]], inputs: Sequence[jax.Array]
+    propose: Callable[..., tuple[jax.Array, jax.Array]],
+    inputs: Sequence[jax.Array],
+    active: jax.Array | None = None,
 ) -> jax.Array:
     """Each element's first accepted proposal ``propose(m, *inputs)``, ``m = 0, 1, ...``.
 
@@ -157,16 +159,21 @@ def _first_accepted(
     accepted. Elements are taken in tiles of ``_TILE``; a tile draws proposals
     until every element in it has accepted one. The value of an element does
     not depend on its tile: it is always its first accepted proposal.
+    Elements outside ``active`` (if given) are left at zero and draw nothing.
     """
-    shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in inputs))
+    shapes = [jnp.shape(x) for x in inputs]
+    shape = jnp.broadcast_shapes(*shapes, *([] if active is None else [active.shape]))
     dtype = jax.eval_shape(propose, 0, *inputs)[0].dtype
     size = math.prod(shape)
     if size == 0:
         return jnp.zeros(shape, dtype)
     flat = [jnp.broadcast_to(x, shape).reshape(-1) for x in inputs]
+    done = (
+        jnp.zeros((size,), bool) if active is None else ~jnp.broadcast_to(active, shape).reshape(-1)
+    )
     tile = min(_TILE, size)
 
-    def first(local: Sequence[jax.Array]) -> jax.Array:
+    def first(local: Sequence[jax.Array], done: jax.Array) -> jax.Array:
         def more(state: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
             return (state[0] < _MAX_PROPOSALS) & ~jnp.all(state[2])
 
@@ -175,17 +182,19 @@ def _first_accepted(
             candidate, accepted = propose(m, *local)
             return m + 1, jnp.where(ok, value, candidate), ok | accepted
 
-        start = (jnp.int32(0), jnp.zeros((tile,), dtype), jnp.zeros((tile,), bool))
+        start = (jnp.int32(0), jnp.zeros((tile,), dtype), done)
         return lax.while_loop(more, step, start)[1]
 
     if tile == size:
-        return first(flat).reshape(shape)
+        return first(flat, done).reshape(shape)
 
     def one_tile(t: jax.Array, out: jax.Array) -> jax.Array:
-        # the last tile ends at the last element (overlapping its neighbour)
+        # the last tile ends at the last element (overlapping its neighbour,
+        # whose values it draws again identically)
         begin = jnp.minimum(t * tile, size - tile)
         local = [lax.dynamic_slice(x, (begin,), (tile,)) for x in flat]
-        return lax.dynamic_update_slice(out, first(local), (begin,))
+        value = first(local, lax.dynamic_slice(done, (begin,), (tile,)))
+        return lax.dynamic_update_slice(out, value, (begin,))
 
     n_tiles = -(-size // tile)
     return lax.fori_loop(0, n_tiles, one_tile, jnp.zeros((size,), dtype)).reshape(shape)
@@ -332,7 +341,8 @@ def _poisson_fun(w1: jax.Array, w2: jax.Array, hi: jax.Array, lo: jax.Array, lam
             return k, fast | (~reject & accept)
 
         rate = jnp.where(small, 2.0 * _SMALL_MEAN, lam)
-        return _first_accepted(propose, (*_stream(w1, w2, _POISSON_PTRS), hi, lo, rate))
+        inputs = (*_stream(w1, w2, _POISSON_PTRS), hi, lo, rate)
+        return _first_accepted(propose, inputs, active=~small)
 
     k_small = lax.cond(jnp.any(small), by_inversion, lambda: zeros)
     k_large = lax.cond(jnp.all(small), lambda: zeros, by_rejection)
@@ -398,7 +408,8 @@ def _binomial_fun(
 
         nl = jnp.where(small, 4.0 * _SMALL_MEAN, n)
         ql = jnp.where(small, 0.5, q)
-        return _first_accepted(propose, (*_stream(w1, w2, _BINOMIAL_BTRS), hi, lo, nl, ql))
+        inputs = (*_stream(w1, w2, _BINOMIAL_BTRS), hi, lo, nl, ql)
+        return _first_accepted(propose, inputs, active=~small)
 
     k_small = lax.cond(jnp.any(small), by_inversion, lambda: zeros)
     k_large = lax.cond(jnp.all(small), lambda: zeros, by_rejection)
