@@ -183,10 +183,61 @@ def build_dopax(params: dict[str, Any], zarr_input: bool = False) -> common.Case
     return _recording_warnings(case)
 
 
+def build_boundaries(params: dict[str, Any]) -> common.Case:
+    """Draws of the same call cut into blocks of two sizes, compared cell by cell.
+
+    Random bits are identical by construction; what can differ is the rounding
+    of ``mu = alpha + X @ beta`` at another block shape, and through it a
+    discrete draw or a rejection step's outcome. Reports the fraction of cells
+    of ``mu`` that differ at all, its largest relative difference, and the
+    fraction of cells of ``y`` that differ (exactly for integers; beyond
+    ``rtol=1e-5`` for floats).
+    """
+    import numpy as np
+
+    common.import_impact_model("dopax")
+    post = w1_linear.posterior(int(params["draws"]))
+    X = common.make_X(int(params["n"]), w1_linear.NUM_FEATURES)
+    model = common.new_impact_model("dopax", make_kernel(params["likelihood"]), post)
+    import jax
+
+    key = jax.random.key(2)
+    sizes = params.get("block_rows", [1000, 777])
+
+    def call() -> list[dict[str, np.ndarray]]:
+        outs = []
+        for rows in sizes:
+            tree = model.predict(
+                X, rng_key=key, batch_size=rows, store="memory", return_sites=SITES, progress=False
+            )
+            outs.append({k: np.asarray(tree.posterior_predictive[k].values) for k in SITES})
+        return outs
+
+    def finish(outs: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+        a, b = outs
+        mu_differs = a["mu"] != b["mu"]
+        diff = np.abs(a["mu"] - b["mu"])
+        if a["y"].dtype.kind == "f":
+            y_differs = ~np.isclose(a["y"], b["y"], rtol=1e-5, atol=1e-6)
+        else:
+            y_differs = a["y"] != b["y"]
+        return {
+            "cells": int(a["y"].size),
+            "block_rows": sizes,
+            "mu_cells_differing": int(mu_differs.sum()),
+            "mu_max_abs_diff": float(diff.max()),
+            "y_cells_differing": int(y_differs.sum()),
+            "y_differing_where_mu_equal": int((y_differs & ~mu_differs).sum()),
+        }
+
+    return common.Case(call=call, finish=finish)
+
+
 BUILDERS = {
     "predictive": build_predictive,
     "dopax": build_dopax,
     "dopax_zarr_input": lambda params: build_dopax(params, zarr_input=True),
+    "boundaries": build_boundaries,
 }
 
 
@@ -205,6 +256,7 @@ def run_workload(
     rss_sizes: Sequence[int] = RSS_SIZES,
     workdir: str | None = None,
     timeout: float | None = None,
+    boundary_rows: int = 0,
 ) -> dict[str, Any]:
     """Time and memory runs for every likelihood, each case in its own process.
 
@@ -230,6 +282,10 @@ def run_workload(
                 warmup=0,
                 return_sites=list(RSS_SITES),
             )
+        if boundary_rows:
+            entry["boundaries"] = common.run_case(
+                NAME, "boundaries", timeout=timeout, **base, n=boundary_rows, reps=1, warmup=0
+            )
         results[likelihood] = entry
     return {
         "workload": NAME,
@@ -241,6 +297,7 @@ def run_workload(
             "reference_reps": ref_reps,
             "rss_sizes": list(rss_sizes),
             "workdir": workdir,
+            "boundary_rows": boundary_rows,
         },
         "results": results,
     }
@@ -249,7 +306,7 @@ def run_workload(
 def _warnings_of(entry: dict[str, Any]) -> int | None:
     total = 0
     for key, res in entry.items():
-        if key == "predictive":
+        if key in ("predictive", "boundaries"):
             continue
         if not res or res.get("status") != "ok":
             return None
@@ -326,7 +383,48 @@ def report(payload: dict[str, Any]) -> str:
         f"{TARGET_RSS_RATIO}, no warning):",
         *verdicts,
     ]
+    if params.get("boundary_rows"):
+        lines += ["", _boundary_table(payload)]
     return "\n".join(lines)
+
+
+def _boundary_table(payload: dict[str, Any]) -> str:
+    rows = []
+    for likelihood, entry in payload["results"].items():
+        extra = (entry.get("boundaries") or {}).get("extra", {})
+        cells = extra.get("cells")
+        rows.append(
+            [
+                likelihood,
+                cells,
+                extra.get("mu_cells_differing"),
+                extra.get("mu_max_abs_diff"),
+                extra.get("y_cells_differing"),
+                None if not cells else extra.get("y_cells_differing", 0) / cells,
+                extra.get("y_differing_where_mu_equal"),
+            ]
+        )
+    headers = [
+        "likelihood",
+        "cells",
+        "mu cells differing",
+        "mu max abs diff",
+        "y cells differing",
+        "fraction",
+        "y differing where mu equal",
+    ]
+    sizes = next(
+        (e["boundaries"]["extra"].get("block_rows") for e in payload["results"].values()
+         if e.get("boundaries", {}).get("extra")),
+        None,
+    )  # fmt: skip
+    return "\n".join(
+        [
+            f"Same call in blocks of {sizes} rows, {payload['params']['boundary_rows']:,} rows:",
+            "",
+            common.markdown_table(headers, rows),
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -350,6 +448,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(str(s) for s in RSS_SIZES),
         help="comma-separated row counts of the memory runs ('' for none)",
     )
+    parser.add_argument(
+        "--boundary-rows",
+        type=int,
+        default=0,
+        help="also compare draws cut into blocks of 1,000 and 777 rows, on this many rows",
+    )
     args = parser.parse_args(argv)
     common.use_dopax_settings(args.set)
     machine = common.machine_info()
@@ -362,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rss_sizes=[int(s) for s in args.rss_sizes.split(",") if s],
         workdir=args.workdir,
         timeout=args.timeout,
+        boundary_rows=args.boundary_rows,
     )
     common.publish(payload, machine, args, NAME, report)
     return 0
