@@ -248,9 +248,8 @@ def _check_split(
     row_do = {k: _take_rows(v, index) for k, v in row_intervention.items()}
     latent0 = {k: jnp.asarray(v)[0] for k, v in latent.items()}
     words = jnp.asarray([0x9E3779B9, _PROBE_KEY], jnp.uint32)
-    default_key_sites: set[str] = set()
 
-    def run(block: slice, offset: int) -> dict[str, tuple[np.ndarray, bool]]:
+    def run(block: slice, offset: int) -> dict[str, tuple[np.ndarray, Any]]:
         intervention = {**shared_intervention, **{k: v[block] for k, v in row_do.items()}}
         anchor_do = {**shared_intervention, **{k: v[0:1] for k, v in row_do.items()}}
         latent_d = dict(latent0)
@@ -264,7 +263,8 @@ def _check_split(
         for name, site in trace.items():
             if site["type"] not in ("sample", "deterministic"):
                 continue
-            out[name] = (np.asarray(site["value"]), site["type"] == "sample")
+            fn = site["fn"] if site["type"] == "sample" else None
+            out[name] = (np.asarray(site["value"]), fn)
         return out
 
     def _trace(
@@ -276,18 +276,19 @@ def _check_split(
         if lat:
             model = handlers.substitute(model, data=dict(lat))
         seeded = RowKeySeed(model, words, off)
-        trace = handlers.trace(seeded).get_trace(**args, **dict(spec.static))
-        default_key_sites.update(seeded.default_key_sites)
-        return trace
+        return handlers.trace(seeded).get_trace(**args, **dict(spec.static))
 
     def depends(name: str) -> str:
-        why = f"the value of site {name!r} depends on which rows share its batch"
-        if name in default_key_sites:
-            why += (
-                " (its sampler, e.g. `jax.random.poisson`, accepts only JAX's default key "
-                "type, so it cannot draw each row from its own random stream)"
+        fns = (whole[name][1], head[name][1], tail[name][1])
+        if fns[0] is not None and _same_distribution(*fns):
+            return (
+                f"site {name!r} ({type(fns[0]).__name__}) draws values that depend on which "
+                "rows share its batch: its sampler does not give each row its own random stream"
             )
-        return why
+        return (
+            f"the value of site {name!r} depends on which rows share its batch "
+            "(the kernel couples rows)"
+        )
 
     # The check is about the kernel's structure, not the data's values: like the
     # compiled pass, which never sees concrete values, it runs without NumPyro's
@@ -304,13 +305,32 @@ def _check_split(
     for name, (value, _) in whole.items():
         if name not in head or name not in tail:
             return f"site {name!r} appears only for some batch sizes"
-        a, b = head[name][0], tail[name][0]
-        if value.ndim == 0 or value.shape == a.shape == b.shape:
-            if not (_agree(value, a) and _agree(value, b)):
-                return depends(name)
-            continue
-        if value.shape[0] != 4 or a.shape[0] != 1 or b.shape[0] != 3:
+        verdict = _split_agrees(value, head[name][0], tail[name][0])
+        if verdict is None:
             return f"site {name!r} does not lead with the row axis"
-        if not _agree(value, np.concatenate([a, b], axis=0)):
+        if not verdict:
             return depends(name)
     return None
+
+
+def _split_agrees(whole: Any, head: Any, tail: Any) -> bool | None:
+    """Whether a value on four probe rows equals its values on rows 0 and 1..3.
+
+    ``None`` when the shapes do not lead with the row axis.
+    """
+    whole, head, tail = np.asarray(whole), np.asarray(head), np.asarray(tail)
+    if whole.ndim == 0 or whole.shape == head.shape == tail.shape:
+        return _agree(whole, head) and _agree(whole, tail)
+    if whole.shape[0] != 4 or head.shape[0] != 1 or tail.shape[0] != 3:
+        return None
+    return _agree(whole, np.concatenate([head, tail], axis=0))
+
+
+def _same_distribution(whole: Any, head: Any, tail: Any) -> bool:
+    """Whether a site's distribution has the same parameters whole and split."""
+    import jax
+
+    leaves = [jax.tree.leaves(fn) for fn in (whole, head, tail)]
+    if type(whole) is not type(head) or not len(leaves[0]) == len(leaves[1]) == len(leaves[2]):
+        return False
+    return all(_split_agrees(w, h, t) for w, h, t in zip(*leaves, strict=True))

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from numpyro import handlers
 
+from dopax.exceptions import KernelValidationError
 from dopax.sampling.rng import RowKeySeed
 
 __all__ = ["probe_sites"]
@@ -30,6 +31,9 @@ def probe_sites(
         Site name to ``{"type", "is_observed", "shape", "dtype"}``, in trace
         order (sample, deterministic and other sites alike); sample sites also
         have ``"fn_shape"``, the shape of their distribution (batch and event).
+
+    Raises:
+        KernelValidationError: When a site's sampler refuses dopax's row-offset keys.
     """
     sites: dict[str, dict[str, Any]] = {}
 
@@ -46,7 +50,17 @@ def probe_sites(
                 values[name] = jnp.asarray(site["value"])
         return values
 
-    shapes = jax.eval_shape(run)
+    try:
+        shapes = jax.eval_shape(run)
+    except NotImplementedError as err:
+        if "threefry" not in str(err):
+            raise
+        raise KernelValidationError(
+            "A sample site's sampler accepts only JAX's default key type "
+            f"({err}). dopax draws every site from row-keyed random streams and "
+            "draws the NumPyro distributions built on `jax.random.poisson` itself; "
+            "a distribution that calls such a sampler directly cannot be used."
+        ) from err
     for name, info in sites.items():
         if name in shapes:
             info["shape"] = tuple(shapes[name].shape)
