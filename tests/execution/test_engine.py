@@ -246,6 +246,15 @@ for axis in ("obs", "draw"):
     assert tree.attrs["dopax_shard_axis"] == axis, tree.attrs
     for k, v in values(tree).items():
         out[axis + "__" + k] = v
+# a kernel that squeezes away the row axis of one row: no device gets a single row
+from execution.test_row_collapse import make_model as squeeze_model
+squeezing = squeeze_model()
+ref = squeezing.predict_on_batch(X[:9], rng_key=jax.random.key(KEY), return_datatree=False)
+for batch_size in (4, 5):
+    tree = squeezing.predict(X[:9], rng_key=jax.random.key(KEY), batch_size=batch_size,
+                             shard_axis="obs", output_dir={out_dir!r}, progress=False)
+    np.testing.assert_allclose(values(tree)["p"][0], ref["p"], rtol=1e-6)
+    np.testing.assert_array_equal(values(tree)["y"][0], ref["y"])
 effect = model.compare_scenarios(
     X, scenarios_of(X), baseline="base", rng_key=jax.random.key(KEY), batch_size=8,
     keep_draws=True, store="memory", progress=False)

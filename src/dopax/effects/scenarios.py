@@ -125,7 +125,7 @@ class ScenarioProgram:
                     {**shared_do[s], **anchor_do[s]},
                 )[site]
                 raws.append(out)
-                values.append(out.reshape(out.shape[0], -1).mean(axis=-1).astype(jnp.float32))
+                values.append(out.reshape(n_block, -1).mean(axis=-1).astype(jnp.float32))
             stacked = jnp.stack(values)  # (S, R)
             res = {
                 "sums": (stacked * row_mask).sum(axis=-1),

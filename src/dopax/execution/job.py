@@ -22,7 +22,7 @@ from dopax.sampling import forward
 from dopax.sampling.explain import check_observed_shape
 from dopax.sampling.forward import ForwardProgram, PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan, make_plan
-from dopax.sampling.prepare import BoundArgs, read_rows
+from dopax.sampling.prepare import BoundArgs, anchor_rows
 
 __all__ = ["ForwardJob", "forward_job", "plan_pass", "return_sites"]
 
@@ -237,6 +237,7 @@ def forward_job(ctx: ModelContext, request: PredictiveRequest) -> ForwardJob:
         spec,
         tuple(info.row_axis for info in plan.outputs),
         get_config().min_cells_per_step,
+        tuple(len(info.shape) for info in plan.outputs),
     )
     job = BlockJob(
         program=program,
@@ -248,8 +249,8 @@ def forward_job(ctx: ModelContext, request: PredictiveRequest) -> ForwardJob:
         row_do=row_do,
         shared=dict(bound.shared),
         shared_do={k: v for k, v in intervention.items() if k not in row_names},
-        anchor={k: read_rows(v, 0, 1) for k, v in bound.rows.items()},
-        anchor_do={k: read_rows(v, 0, 1) for k, v in row_do.items()},
+        anchor={k: anchor_rows(v) for k, v in bound.rows.items()},
+        anchor_do={k: anchor_rows(v) for k, v in row_do.items()},
         split_rows=plan.path != FULL,
         shard_axis=request.shard_axis,
         row_offset=int(request.row_offset),

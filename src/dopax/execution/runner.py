@@ -39,6 +39,7 @@ __all__ = [
     "block_costs",
     "flat_index",
     "forward_consumer",
+    "padded_rows",
     "run_blocks",
     "sharding_of",
 ]
@@ -120,11 +121,39 @@ def _slice(tree: Any, start: int, stop: int, size: int) -> Any:
     return jax.tree.map(lambda v: pad_leading(read_rows(v, start, stop), size), tree)
 
 
+def padded_rows(rows: int, row_block: int, split_rows: bool, shards: int) -> int:
+    """Return the rows a block of ``rows`` rows is padded to.
+
+    When rows may be split, no block and no device's share of one has a
+    single row: a kernel may drop the row axis of a one-row batch (e.g. a
+    network ending in ``.squeeze()``), so such blocks get a second (padding)
+    row. A short last block is padded to a multiple of an eighth of the block
+    (rounded to 8 rows), so a call compiles at most two block shapes and a
+    block with less than an eighth of padding reuses the full block's program.
+
+    Args:
+        rows: Rows in the block.
+        row_block: Rows of a full block of the call.
+        split_rows: Whether the job splits rows (else rows are never padded).
+        shards: Devices the block's rows are split across (1 if not split).
+    """
+    if not split_rows:
+        return rows
+    padded = max(rows, 2)
+    if rows < row_block:
+        unit = ceil_to(-(-row_block // 8), 8)
+        padded = max(padded, min(row_block, ceil_to(rows, unit)))
+    return ceil_to(max(padded, 2 * shards), shards)
+
+
 class _Runner:
     """The compiled block function of a job and its whole-call arguments."""
 
-    def __init__(self, job: BlockJob, program: BlockProgram | None = None) -> None:
+    def __init__(
+        self, job: BlockJob, program: BlockProgram | None = None, row_block: int = 0
+    ) -> None:
         self.job = job
+        self.row_block = row_block
         self.shard_axis, self.n_dev = sharding_of(job)
         self.program = program if program is not None else job.program
         self.fn = compiled_block(self.program, self.shard_axis, self.n_dev)
@@ -137,7 +166,8 @@ class _Runner:
     def padded(self, nd: int, nr: int) -> tuple[int, int]:
         """Return the block's draw and row counts padded for the device split."""
         pad_d = ceil_to(nd, self.n_dev) if self.shard_axis == DRAW else nd
-        pad_r = ceil_to(nr, self.n_dev) if self.shard_axis == OBS else nr
+        shards = self.n_dev if self.shard_axis == OBS else 1
+        pad_r = padded_rows(nr, self.row_block, self.job.split_rows, shards)
         return pad_d, pad_r
 
     def _draw_args(self, d0: int, d1: int) -> tuple[Any, Any]:
@@ -232,7 +262,7 @@ def run_blocks(
             block is dispatched (for progress bars).
         select: Run only these blocks of ``blocks`` (a task's share on a cluster).
     """
-    runner = _Runner(job)
+    runner = _Runner(job, row_block=blocks.row_block)
     axes = runner.program.outputs
     for d0, d1, r0, r1 in blocks.blocks() if select is None else select:
         nd, nr = d1 - d0, r1 - r0

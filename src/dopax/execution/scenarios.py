@@ -35,7 +35,7 @@ from dopax.output.schema import SiteLayout
 from dopax.parallel.sharded import OBS
 from dopax.sampling.forward import PREDICT, PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan
-from dopax.sampling.prepare import BoundArgs, read_rows
+from dopax.sampling.prepare import BoundArgs, anchor_rows, read_rows
 from dopax.streaming.memory import map_large_allocations, release_free_memory
 from dopax.streaming.stream import Submit, stream_into
 from dopax.streaming.targets import call_location, check_store, sink_for_call
@@ -182,8 +182,8 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
             "n_rows": np.asarray(n_rows, np.int64),
         },
         shared_do=tuple(s.shared_do for s in scenarios),
-        anchor=tuple({k: read_rows(v, 0, 1) for k, v in s.rows.items()} for s in scenarios),
-        anchor_do=tuple({k: read_rows(v, 0, 1) for k, v in s.row_do.items()} for s in scenarios),
+        anchor=tuple({k: anchor_rows(v) for k, v in s.rows.items()} for s in scenarios),
+        anchor_do=tuple({k: anchor_rows(v) for k, v in s.row_do.items()} for s in scenarios),
         split_rows=not any(p.path == FULL for p in plans),
         shard_axis=OBS,
     )

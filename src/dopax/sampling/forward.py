@@ -225,11 +225,15 @@ class ForwardProgram:
         spec: The static pass description.
         row_axes: Each return site's row axis within its own shape, or ``None``.
         cells_per_step: Draw-by-row cells per sequential step.
+        ndims: Each return site's number of dimensions (one draw). A block of
+            one row whose site comes back without its row axis (a kernel
+            that squeezes it away) gets the axis back. Empty: no such check.
     """
 
     spec: PassSpec
     row_axes: tuple[int | None, ...]
     cells_per_step: int
+    ndims: tuple[int, ...] = ()
 
     @property
     def outputs(self) -> tuple[OutputAxes, ...]:
@@ -253,7 +257,7 @@ class ForwardProgram:
         anchor_do: Mapping[str, Any],
     ) -> dict[str, jax.Array]:
         """Run :func:`forward_block` on one block (see :class:`BlockProgram`)."""
-        return forward_block(
+        out = forward_block(
             self.spec,
             call_key,
             draw_indices,
@@ -267,3 +271,8 @@ class ForwardProgram:
             anchor_do,
             self.cells_per_step,
         )
+        sites = zip(self.spec.return_sites, self.row_axes, self.ndims, strict=False)
+        for name, axis, ndim in sites:
+            if axis is not None and out[name].ndim == ndim:  # the row axis was squeezed away
+                out[name] = jnp.expand_dims(out[name], axis + 1)
+        return out

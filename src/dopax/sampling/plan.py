@@ -7,10 +7,13 @@ Pure: it runs the kernel on tiny probes, never on the user's full data.
 * A latent site with a row axis that is also in the posterior is a *per-row
   latent* (local latent): in-sample predictions need all rows together.
 * Whether splitting rows into batches leaves every value unchanged is then
-  checked directly: the kernel runs on four probe rows at once and split 1 + 3,
-  and the results must agree. Kernels that couple rows (e.g. standardise ``X``
-  inside the model) or whose random sites do not lead with the row axis fail
-  this check and run with all rows together (the draw-axis path).
+  checked directly: the kernel runs on five probe rows at once and split 2 + 3,
+  and the results must agree. No probe has a single row: a kernel may drop the
+  row axis of a one-row batch (e.g. a network ending in ``.squeeze()``), and
+  the engine never runs such a batch when rows are split (it pads to two).
+  Kernels that couple rows (e.g. standardise ``X`` inside the model) or whose
+  random sites do not lead with the row axis fail this check and run with all
+  rows together (the draw-axis path).
 """
 
 from __future__ import annotations
@@ -237,13 +240,13 @@ def _check_split(
     row_intervention: Mapping[str, Any],
     shared_intervention: Mapping[str, Any],
 ) -> str | None:
-    """Return ``None`` if splitting four probe rows 1 + 3 changes nothing, else why not."""
+    """Return ``None`` if splitting five probe rows 2 + 3 changes nothing, else why not."""
     from numpyro import handlers
     from numpyro.distributions.distribution import validation_enabled
 
     from dopax.sampling.rng import RowKeySeed
 
-    index = _probe_index(n_rows, 4)
+    index = _probe_index(n_rows, 5)
     rows = {k: _take_rows(v, index) for k, v in row_args.items()}
     row_do = {k: _take_rows(v, index) for k, v in row_intervention.items()}
     latent0 = {k: jnp.asarray(v)[0] for k, v in latent.items()}
@@ -251,10 +254,10 @@ def _check_split(
 
     def run(block: slice, offset: int) -> dict[str, tuple[np.ndarray, Any]]:
         intervention = {**shared_intervention, **{k: v[block] for k, v in row_do.items()}}
-        anchor_do = {**shared_intervention, **{k: v[0:1] for k, v in row_do.items()}}
+        anchor_do = {**shared_intervention, **{k: v[0:2] for k, v in row_do.items()}}
         latent_d = dict(latent0)
         if spec.global_latents:
-            anchor = {**shared_args, **{k: v[0:1] for k, v in rows.items()}}
+            anchor = {**shared_args, **{k: v[0:2] for k, v in rows.items()}}
             anchor_trace = _trace(anchor, anchor_do, latent_d, 0)
             latent_d.update({n: anchor_trace[n]["value"] for n in spec.global_latents})
         args = {**shared_args, **{k: v[block] for k, v in rows.items()}}
@@ -296,10 +299,10 @@ def _check_split(
     # decides nothing. The kernel failing on the four rows together is about the
     # data (e.g. an input of the wrong shape): that error is the call's.
     with validation_enabled(False):
-        whole = run(slice(0, 4), 0)
+        whole = run(slice(0, 5), 0)
         try:
-            head = run(slice(0, 1), 0)
-            tail = run(slice(1, 4), 1)
+            head = run(slice(0, 2), 0)
+            tail = run(slice(2, 5), 2)
         except Exception as err:  # a kernel that cannot run on a few rows alone
             return f"the kernel could not run on a few rows alone ({type(err).__name__}: {err})"
     for name, (value, _) in whole.items():
@@ -314,14 +317,17 @@ def _check_split(
 
 
 def _split_agrees(whole: Any, head: Any, tail: Any) -> bool | None:
-    """Whether a value on four probe rows equals its values on rows 0 and 1..3.
+    """Whether a value on five probe rows equals its values on rows 0..1 and 2..4.
+
+    (Two rows at least in every part: a kernel may squeeze away a row axis of
+    length one.)
 
     ``None`` when the shapes do not lead with the row axis.
     """
     whole, head, tail = np.asarray(whole), np.asarray(head), np.asarray(tail)
     if whole.ndim == 0 or whole.shape == head.shape == tail.shape:
         return _agree(whole, head) and _agree(whole, tail)
-    if whole.shape[0] != 4 or head.shape[0] != 1 or tail.shape[0] != 3:
+    if whole.shape[0] != 5 or head.shape[0] != 2 or tail.shape[0] != 3:
         return None
     return _agree(whole, np.concatenate([head, tail], axis=0))
 

@@ -19,7 +19,15 @@ import numpy as np
 from dopax.config import get_config
 from dopax.exceptions import ScenarioError
 
-__all__ = ["BoundArgs", "LazyRows", "bind_args", "split_intervention", "as_array", "read_rows"]
+__all__ = [
+    "BoundArgs",
+    "LazyRows",
+    "anchor_rows",
+    "bind_args",
+    "split_intervention",
+    "as_array",
+    "read_rows",
+]
 
 
 def _target_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
@@ -169,6 +177,20 @@ def read_rows(value: Any, start: int, stop: int) -> Any:
     if isinstance(block, np.ndarray | jax.Array):
         return block
     return np.asarray(block)
+
+
+def anchor_rows(value: Any) -> np.ndarray:
+    """Return the anchor rows of an input: its first row, twice.
+
+    Global latent sites are drawn on the anchor rows (row offset 0). Two
+    copies of row 0 rather than one, so a kernel that drops the row axis of a
+    one-row batch (e.g. with ``.squeeze()``) still sees a row axis.
+
+    Args:
+        value: An in-memory array or a :class:`LazyRows` with at least one row.
+    """
+    head = np.asarray(read_rows(value, 0, 1))
+    return np.concatenate([head, head], axis=0)
 
 
 def as_array(value: Any, name: str) -> np.ndarray | jax.Array | LazyRows:
