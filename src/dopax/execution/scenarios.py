@@ -35,7 +35,7 @@ from dopax.output.schema import SiteLayout
 from dopax.parallel.sharded import OBS
 from dopax.sampling.forward import PREDICT, PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan
-from dopax.sampling.prepare import BoundArgs, anchor_rows, read_rows
+from dopax.sampling.prepare import BoundArgs, anchor_rows
 from dopax.streaming.memory import map_large_allocations, release_free_memory
 from dopax.streaming.stream import Submit, stream_into
 from dopax.streaming.targets import call_location, check_store, sink_for_call
