@@ -32,7 +32,7 @@ def test_svi_round_trip_is_bit_identical_and_pickle_free(svi_model, xy, tmp_path
     path = dopax.save_model(svi_model, tmp_path / "svi")
     assert not pickle_files(tmp_path / "svi")
     manifest = json.loads((tmp_path / "svi" / "dopax_model.json").read_text())
-    assert manifest["kernel"] == {"kind": "reference", "ref": "io_kernels:linear"}
+    assert manifest["kernel"] == {"kind": "reference", "ref": "io_kernels:linear", "code": "linear"}
     assert manifest["inference"]["kind"] == "svi"
     assert set(manifest["versions"]) >= {"dopax", "jax", "numpyro"}
     assert manifest["inputs"]["rows"] == [
@@ -193,6 +193,22 @@ def test_script_kernel_is_saved_as_a_code_file(tmp_path):
     X = np.linspace(-1, 1, 12, dtype=np.float32)[:, None]
     out = loaded.predict_on_batch(X, rng_key=jax.random.key(9), return_datatree=False)
     np.testing.assert_array_equal(out["mu"], np.load(expected))
+
+
+def test_a_reference_that_does_not_import_falls_back_to_the_saved_source(svi_model, xy, tmp_path):
+    X, t, _ = xy
+    path = tmp_path / "moved"
+    dopax.save_model(svi_model, path)
+    manifest = json.loads((path / "dopax_model.json").read_text())
+    manifest["kernel"]["ref"] = "io_kernels_renamed:linear"  # as if the module were gone
+    (path / "dopax_model.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="does not import here.*source saved with the model"):
+        loaded = dopax.load_model(path)
+    key = jax.random.key(6)
+    _same(
+        svi_model.predict_on_batch(X, t=t, rng_key=key, return_datatree=False),
+        loaded.predict_on_batch(X, t=t, rng_key=key, return_datatree=False),
+    )
 
 
 def test_other_versions_warn_with_both_versions(svi_model, tmp_path):

@@ -4,14 +4,15 @@ Layout of a saved model folder::
 
     dopax_model.json   this manifest, written last (a folder without it is not a model)
     state.zarr/        posterior draws and the fit state, as plain arrays
-    kernel.py          the kernel's code, when it lives in a script
+    kernel.py          the kernel's source (the kernel of a script; a copy for a reference)
     kernel.pkl         cloudpickle of the kernel, only when nothing else can hold it
     inference.pkl      cloudpickle of the SVI/MCMC object, only when it cannot be recorded
 
 Manifest keys: ``format`` and ``format_version``; ``versions`` (dopax, jax,
 numpyro, python at saving); ``created_at``; ``param_input`` and
-``param_output``; ``kernel`` (``kind`` ``"reference"`` with ``ref``,
-``"code"`` with ``name``, or ``"pickle"`` with ``reason``); ``inference``
+``param_output``; ``kernel`` (``kind`` ``"reference"`` with ``ref`` and
+``code``, the name of its copy in the code file or ``null``; ``"code"``
+with ``name``; or ``"pickle"`` with ``reason``); ``inference``
 (``kind`` ``"svi"`` or ``"mcmc"`` with the recorded objects, or ``"pickle"``
 with ``reason``); ``kernel_spec``; ``inputs`` (the input schema: per-row
 arguments with dtype and trailing shape, arrays passed whole, static values);

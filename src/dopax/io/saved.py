@@ -22,6 +22,7 @@ import zarr
 
 import dopax.io.manifest as mf
 from dopax._version import __version__
+from dopax._warn import warn
 from dopax.exceptions import SavedModelError
 from dopax.inference.posterior import Posterior
 from dopax.io.files import Folder
@@ -44,22 +45,40 @@ def _pickled(obj: Any, what: str, reason: str) -> bytes:
     return bytes(cloudpickle.dumps(obj))
 
 
-def _kernel_record(kernel: Any, code: CodeFile) -> tuple[dict[str, Any], bytes | None]:
-    ref = importable_ref(kernel)
-    if ref is not None:
-        return {"kind": "reference", "ref": ref}, None
+def _code_name(kernel: Any, code: CodeFile) -> str:
+    """Add ``kernel`` to the code file, check the file runs, and return its name there.
+
+    Raises:
+        NotRecordableError: Saying why it cannot (nothing is added then).
+    """
     before = code.checkpoint()
     try:
         name = code.add(kernel)
         loaded = getattr(load_code(code.text("dopax check"), "check"), name)
         if list(inspect.signature(loaded).parameters) != list(inspect.signature(kernel).parameters):
             raise NotRecordableError("its code file defines it with other arguments")
-        return {"kind": "code", "name": name}, None
+        return name
+    except NotRecordableError:
+        code.rollback(before)
+        raise
+    except Exception as err:
+        code.rollback(before)
+        what = f"its code file does not run ({type(err).__name__}: {err})"
+        raise NotRecordableError(what) from err
+
+
+def _kernel_record(kernel: Any, code: CodeFile) -> tuple[dict[str, Any], bytes | None]:
+    ref = importable_ref(kernel)
+    if ref is not None:
+        # the source travels too, for places where the module does not import
+        try:
+            return {"kind": "reference", "ref": ref, "code": _code_name(kernel, code)}, None
+        except NotRecordableError:
+            return {"kind": "reference", "ref": ref, "code": None}, None
+    try:
+        return {"kind": "code", "name": _code_name(kernel, code)}, None
     except NotRecordableError as err:
         reason = str(err)
-    except Exception as err:
-        reason = f"its code file does not run ({type(err).__name__}: {err})"
-    code.rollback(before)
     return {"kind": "pickle", "reason": reason}, _pickled(kernel, "kernel", reason)
 
 
@@ -117,7 +136,9 @@ def save_model(
 
     The kernel is saved as an importable ``module:qualname`` reference when
     its module imports, and otherwise (a script, a notebook) as a code file
-    of its source with the imports and constants it reads. Only a closure or
+    of its source with the imports and constants it reads; a referenced
+    kernel's source goes to the code file too, for loading where its module
+    does not import. Only a closure or
     a lambda is pickled (cloudpickle); :func:`load_model` then asks for
     ``allow_pickle=True``. The SVI or MCMC object is saved as its classes and
     settings (guide, optimizer, ELBO; sampler and ``MCMC`` arguments); one
@@ -224,6 +245,13 @@ def _load_kernel(
         try:
             return resolve_ref(rec["ref"])
         except Exception as err:
+            if rec.get("code") and code is not None:
+                warn(
+                    f"The kernel {rec['ref']!r} of the model at {folder} does not import here "
+                    f"({type(err).__name__}: {err}); using the source saved with the model.",
+                    UserWarning,
+                )
+                return getattr(code, rec["code"])
             raise SavedModelError(
                 f"The kernel of the model at {folder} is {rec['ref']!r}, which does not import "
                 f"here ({type(err).__name__}: {err}). Put its module on the Python path, or pass "
