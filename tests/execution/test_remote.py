@@ -141,6 +141,9 @@ def _keys(url: str, options: dict[str, Any]) -> list[str]:
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
     distributed = pytest.importorskip("distributed")
+    # distributed sets variables for its workers (MALLOC_TRIM_THRESHOLD_,
+    # OMP_NUM_THREADS, ...) in this process's environment; put it back after.
+    environ = dict(os.environ)
     cluster = distributed.LocalCluster(
         n_workers=2,
         threads_per_worker=1,
@@ -149,9 +152,13 @@ def client() -> Iterator[Any]:
         host="127.0.0.1",
         silence_logs=50,
     )
-    with distributed.Client(cluster) as c:
-        yield c
-    cluster.close()
+    try:
+        with distributed.Client(cluster) as c:
+            yield c
+    finally:
+        cluster.close()
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 # ----------------------------------------------------------------------------- object stores
