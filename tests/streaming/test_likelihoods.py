@@ -23,7 +23,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from streaming.test_engine import REPO, make_model, make_posterior, make_x, values
+from execution.test_engine import REPO, make_model, make_posterior, make_x, values
 
 KEY = 11
 N_ROWS = 40
@@ -75,7 +75,7 @@ import sys
 import jax, numpy as np
 sys.path.insert(0, {tests!r})
 from streaming.test_likelihoods import KEY, N_ROWS, SITES, likelihoods_kernel
-from streaming.test_engine import make_model, make_posterior, make_x, values
+from execution.test_engine import make_model, make_posterior, make_x, values
 assert jax.device_count() == 4, jax.devices()
 model = make_model(likelihoods_kernel).set_posterior_sample(make_posterior(sigma=False))
 X = make_x(n_rows=N_ROWS)
