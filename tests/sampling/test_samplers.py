@@ -276,6 +276,10 @@ def categorical_logits(logits: Any) -> Any:
     return dist.Categorical(logits=logits)
 
 
+def categorical_probs(probs: Any) -> Any:
+    return dist.Categorical(probs=probs)
+
+
 def test_categorical() -> None:
     probs = np.array([[0.1, 0.2, 0.3, 0.4], [1e-4, 0.5, 0.4999, 0.0]], np.float32)
     x = ours(categorical_logits, np.log(probs + 1e-30))
@@ -285,6 +289,11 @@ def test_categorical() -> None:
         p = probs[i].astype(np.float64) / probs[i].sum()
         assert chi2_exact(x[:, i], lambda k, p=p: p[k], 3) > ALPHA
         check_two_sample(x[:, i], ref[:, i], f"Categorical({p})")
+    # many categories (cumulative sums instead of unrolled ones)
+    many = np.arange(1, 21, dtype=np.float32) ** 2
+    x = ours(categorical_probs, many)
+    p = many.astype(np.float64) / many.sum()
+    assert chi2_exact(x, lambda k: p[k], 19) > ALPHA
 
 
 def poisson_mixture(probs: Any, rates: Any) -> Any:
