@@ -22,6 +22,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -334,8 +335,6 @@ def _split_agrees(whole: Any, head: Any, tail: Any) -> bool | None:
 
 def _same_distribution(whole: Any, head: Any, tail: Any) -> bool:
     """Whether a site's distribution has the same parameters whole and split."""
-    import jax
-
     leaves = [jax.tree.leaves(fn) for fn in (whole, head, tail)]
     if type(whole) is not type(head) or not len(leaves[0]) == len(leaves[1]) == len(leaves[2]):
         return False

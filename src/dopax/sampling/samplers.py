@@ -235,15 +235,31 @@ def _zero_inflated(d: Any, src: _Source, shape: tuple[int, ...]) -> jax.Array:
 
 
 def _categorical(d: Any, src: _Source, shape: tuple[int, ...]) -> jax.Array:
-    probs = jnp.asarray(d.probs)
-    if not jnp.issubdtype(probs.dtype, jnp.floating):
-        probs = probs.astype(jnp.result_type(float))
-    cum = jnp.cumsum(probs, axis=-1)
+    if isinstance(d, discrete.CategoricalLogits):
+        logits = jnp.asarray(d.logits)
+        if not jnp.issubdtype(logits.dtype, jnp.floating):
+            logits = logits.astype(jnp.result_type(float))
+        weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    else:
+        weights = jnp.asarray(d.probs)
+        if not jnp.issubdtype(weights.dtype, jnp.floating):
+            weights = weights.astype(jnp.result_type(float))
     w1, w2, hi, lo = src.args(shape)
-    u, _ = _uniforms(*_stream(w1, w2, _CATEGORY), 0, hi, lo, probs.dtype)
-    # the number of categories whose cumulative probability lies below u * total
-    below = cum[..., :-1] < (u * cum[..., -1])[..., None]
-    return jnp.sum(below, axis=-1, dtype=_count_dtype())
+    u, _ = _uniforms(*_stream(w1, w2, _CATEGORY), 0, hi, lo, weights.dtype)
+    # the index is the number of partial sums of the weights below u * total
+    n_categories = weights.shape[-1]
+    if n_categories > 16:
+        cum = jnp.cumsum(weights, axis=-1)
+        below = cum[..., :-1] < (u * cum[..., -1])[..., None]
+        return jnp.sum(below, axis=-1, dtype=_count_dtype())
+    partial = [weights[..., 0]]
+    for k in range(1, n_categories):
+        partial.append(partial[-1] + weights[..., k])
+    threshold = u * partial[-1]
+    count = jnp.zeros(jnp.broadcast_shapes(threshold.shape, shape), _count_dtype())
+    for below in partial[:-1]:
+        count = count + (below < threshold).astype(count.dtype)
+    return count
 
 
 def _beta_negative_binomial(d: Any, src: _Source, shape: tuple[int, ...]) -> jax.Array:
