@@ -87,6 +87,10 @@ from dopax.sampling.variates import (
     _TAG_CHILD,
     _U32,
     _binomial_leaf,
+    _clip_unit,
+    _common_float,
+    _count_dtype,
+    _float,
     _log_gamma_leaf,
     _poisson_leaf,
     _std_normal,
@@ -136,16 +140,6 @@ class _Source:
         return w1, w2, hi, lo
 
 
-def _float(x: Any, shape: tuple[int, ...]) -> jax.Array:
-    x = jnp.asarray(x)
-    dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)
-    return jnp.broadcast_to(x.astype(dtype), shape)
-
-
-def _common_float(*xs: Any) -> Any:
-    return jnp.result_type(*(jnp.asarray(x) for x in xs), float)
-
-
 def _log_gamma(src: _Source, alpha: Any, shape: tuple[int, ...]) -> jax.Array:
     return _log_gamma_leaf(*src.args(shape), _float(alpha, shape))
 
@@ -157,15 +151,6 @@ def _poisson_counts(src: _Source, rate: jax.Array, shape: tuple[int, ...]) -> ja
 def _binomial_counts(src: _Source, n: Any, p: Any, shape: tuple[int, ...]) -> jax.Array:
     p = _float(p, shape)
     return _binomial_leaf(*src.args(shape), _float(n, shape).astype(p.dtype), p)
-
-
-def _clip_unit(x: jax.Array) -> jax.Array:
-    info = jnp.finfo(x.dtype)
-    return jnp.clip(x, info.tiny, 1.0 - info.eps)
-
-
-def _count_dtype() -> Any:
-    return jnp.result_type(int)
 
 
 # --------------------------------------------------------------------------- families

@@ -360,3 +360,25 @@ def _binomial_fun(
 
 
 _binomial_leaf = _whole_batch(_binomial_fun)
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def _float(x: Any, shape: tuple[int, ...]) -> jax.Array:
+    x = jnp.asarray(x)
+    dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)
+    return jnp.broadcast_to(x.astype(dtype), shape)
+
+
+def _common_float(*xs: Any) -> Any:
+    return jnp.result_type(*(jnp.asarray(x) for x in xs), float)
+
+
+def _clip_unit(x: jax.Array) -> jax.Array:
+    info = jnp.finfo(x.dtype)
+    return jnp.clip(x, info.tiny, 1.0 - info.eps)
+
+
+def _count_dtype() -> Any:
+    return jnp.result_type(int)
