@@ -92,6 +92,7 @@ def test_squeezing_kernel_runs_on_any_batch(tmp_path: Path) -> None:
             X,
             {"base": {}, "shift": {"X": X + 1.0}},
             baseline="base",
+            site="p",  # the expectation: per-row intervals of a 0/1 outcome are whole numbers
             rng_key=key,
             batch_size=1,
             progress=False,

@@ -76,6 +76,7 @@ import numpyro.distributions as dist
 from jax import lax
 from numpyro.distributions import conjugate, discrete
 
+from dopax.sampling.row_keys import ROW_KEY_IMPL
 from dopax.sampling.threefry import threefry2x32
 
 __all__ = ["row_sample", "row_sampled"]
@@ -114,9 +115,7 @@ class _Source:
         return _Source(w1, w2, self.offset)
 
     def row_key(self) -> jax.Array:
-        """A row-offset key (:data:`dopax.sampling.rng.ROW_KEY_IMPL`) with these words."""
-        from dopax.sampling.rng import ROW_KEY_IMPL  # rng draws its sites with this module
-
+        """A row-offset key (:data:`dopax.sampling.row_keys.ROW_KEY_IMPL`) with these words."""
         data = jnp.stack([jnp.asarray(self.w1, _U32), jnp.asarray(self.w2, _U32), self.offset])
         return jax.random.wrap_key_data(data, impl=ROW_KEY_IMPL)
 
