@@ -82,7 +82,8 @@ X = make_x(n_rows=N_ROWS)
 out = {{}}
 for axis, store in (("obs", "persistent"), ("draw", "memory")):
     tree = model.predict(X, rng_key=jax.random.key(KEY), batch_size=8, shard_axis=axis,
-                         store=store, return_sites=SITES, output_dir={out_dir!r}, progress=False)
+                         store=store, return_sites=SITES, progress=False,
+                         output_dir={out_dir!r} if store == "persistent" else None)
     for k, v in values(tree).items():
         out[axis + "__" + k] = v
 np.savez({npz!r}, **out)

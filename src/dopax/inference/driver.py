@@ -1,8 +1,6 @@
 """The fit drivers behind a model: the one place that tells SVI and MCMC apart.
 
-:func:`make_driver` wraps the user's inference object in a driver with one
-interface (fit on a batch, draw more posterior samples, keep the fit state);
-the facade never branches on the inference type.
+:func:`make_driver` wraps the inference object in a driver with one interface.
 """
 
 from __future__ import annotations
@@ -31,13 +29,10 @@ Exported = tuple[dict[str, np.ndarray], dict[str, Any]]
 
 
 def make_driver(inference: Any) -> Driver:
-    """Return the driver of ``inference`` (an SVI or MCMC object).
+    """Return the driver of ``inference`` (an SVI or MCMC object; anything else: ``TypeError``).
 
     Args:
         inference: The user's ``numpyro.infer.SVI`` or ``numpyro.infer.MCMC``.
-
-    Raises:
-        TypeError: For any other object.
     """
     if isinstance(inference, SVI):
         return SVIFit(inference)

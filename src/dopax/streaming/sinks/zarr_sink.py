@@ -1,9 +1,7 @@
-"""The Zarr sink: a new Zarr (format 3) store, written chunk by chunk.
+"""The Zarr sink: a new Zarr (format 3) store with consolidated metadata, written by chunks.
 
-Zarr stores written here are Zarr format 3 with consolidated metadata. A
-store is complete only once its root attribute
-:data:`~dopax.output.store.COMPLETE_ATTR` is ``True``; :meth:`ZarrSink.close`
-writes it after everything else.
+A store is complete only once its root attribute
+:data:`~dopax.output.store.COMPLETE_ATTR` is ``True``, written last by :meth:`ZarrSink.close`.
 """
 
 from __future__ import annotations
@@ -105,16 +103,11 @@ class ZarrSink(LayoutSink):
 
     @classmethod
     def attach(
-        cls,
-        where: Location,
-        layouts: Sequence[SiteLayout],
-        config: ExecutionConfig | None = None,
+        cls, where: Location, layouts: Sequence[SiteLayout], config: ExecutionConfig | None = None
     ) -> ZarrSink:
-        """Open a store that another sink declared, to write blocks into it.
+        """Open a store another sink declared to write blocks into it (Dask workers).
 
-        Used where the blocks are computed away from the sink that created the
-        store (Dask workers): such a sink writes blocks only; it never
-        creates, closes or removes the store.
+        Such a sink writes blocks only; it never creates, closes or removes the store.
 
         Args:
             where: The store's location.
