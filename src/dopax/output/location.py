@@ -128,7 +128,10 @@ def location(
             f"got {type(value).__name__}."
         )
     if not value.strip():
-        raise ValueError(f"`{name}` is empty; pass a folder path or URL (or None for a default).")
+        raise ValueError(
+            f"`{name}` is an empty string; pass a folder path or URL (or None for the "
+            "default place)."
+        )
     match = _URL.match(value)
     if match is None:
         if options:
