@@ -53,10 +53,10 @@ class ExecutionConfig:
         min_cells_per_step: Fewest draw-by-row cells computed per sequential
             step inside a block (steps bound the kernel's temporaries; the
             sizing policy raises this from XLA's memory analysis).
-        sizing_probe_draws: Draws in the two probe blocks whose compiled
-            memory analysis gives the kernel's temporaries per cell.
-        sizing_probe_rows: Rows in the smaller probe block (the larger has
-            four times as many).
+        free_temp_bytes: Temporaries of a compiled block up to this many
+            bytes are not counted against ``memory_budget_bytes`` (buffers
+            of a fixed size, such as one step's latent values); beyond it
+            they are, and blocks shrink to make room.
         matmul_flops_per_cell: XLA-estimated flops per draw-row cell above
             which a kernel counts as dominated by matrix products and runs one
             draw per step on CPU (a linear predictor with noise: tens; W2's
@@ -97,8 +97,7 @@ class ExecutionConfig:
     trim_memory: bool = True
     direct_io: bool = True
     min_cells_per_step: int = 1 << 12
-    sizing_probe_draws: int = 8
-    sizing_probe_rows: int = 256
+    free_temp_bytes: int = 8 * 2**20
     matmul_flops_per_cell: float = 2_000.0
     min_draw_blocks: int = 2
     row_multiple: int = 8
@@ -128,8 +127,7 @@ class ExecutionConfig:
             raise ValueError("Need 1 <= `min_batch_rows` <= `max_batch_rows`.")
         positive = (
             "min_cells_per_step",
-            "sizing_probe_draws",
-            "sizing_probe_rows",
+            "free_temp_bytes",
             "min_draw_blocks",
             "row_multiple",
             "host_threads",

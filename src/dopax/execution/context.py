@@ -7,12 +7,10 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax.numpy as jnp
-
 from dopax.data import ArrayLoader
 from dopax.kernel.signature import check_reserved_kwargs
 from dopax.kernel.spec import KernelSpec, build_spec, validate_trace
-from dopax.sampling.prepare import BoundArgs, bind_args
+from dopax.sampling.prepare import BoundArgs, bind_args, read_rows
 from dopax.sampling.probe import probe_sites
 from dopax.streaming.targets import TempFolder
 
@@ -97,7 +95,7 @@ class ModelContext:
 
     def probe(self, bound: BoundArgs) -> dict[str, dict[str, Any]]:
         """Describe every site of the kernel on the call's first two rows (abstractly)."""
-        small = {k: jnp.asarray(v[:2]) for k, v in bound.rows.items()}
+        small = {k: read_rows(v, 0, 2) for k, v in bound.rows.items()}
         return probe_sites(self.kernel, {**bound.shared, **small}, bound.static)
 
     def ensure_spec(self, bound: BoundArgs, *, fitting: bool) -> KernelSpec:

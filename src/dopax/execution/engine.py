@@ -13,14 +13,14 @@ from dopax.config import get_config
 from dopax.execution.context import ModelContext
 from dopax.execution.job import ForwardJob, forward_job
 from dopax.execution.request import LOG_LIKELIHOOD, PRIOR, PredictiveRequest
-from dopax.execution.runner import Block, run_blocks, sharding_of
+from dopax.execution.runner import Block, run_blocks, sharding_of, splits_rows
 from dopax.execution.sizing import Footprint, size_blocks
 from dopax.output import schema
 from dopax.output.schema import SiteLayout
 from dopax.parallel.batching import BlockPlan
 from dopax.parallel.sharded import OutputAxes
 from dopax.streaming.sinks import MemorySink, Sink
-from dopax.streaming.stream import Submit, stream_into
+from dopax.streaming.stream import Progress, Submit, stream_into
 from dopax.streaming.targets import sink_for_call
 
 __all__ = ["result_attrs", "run_predictive"]
@@ -113,18 +113,14 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
         ctx: The model's context.
         request: The request.
     """
-    fj = forward_job(ctx, request)
-    job = fj.job
     out = request.output
-    cfg = get_config()
-    blocks = size_blocks(
-        job,
-        _footprint(fj, out.in_memory),
-        chains=fj.chains,
-        batch_size=out.batch_size,
-        config=cfg,
-        cache=ctx.sizes,
-    )
+    progress = Progress(_label(request), out.progress and not out.in_memory)
+    try:
+        fj, blocks = _prepare(ctx, request, progress)
+    except BaseException:
+        progress.close()
+        raise
+    job = fj.job
     # the step size chosen with the blocks
     job.program = dataclasses.replace(job.program, cells_per_step=blocks.step_cells)  # type: ignore[type-var]
     logger.debug(
@@ -165,7 +161,7 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
         static=static,
         attrs=attrs,
         total=job.n_rows * job.n_draws,
-        progress=out.progress and not out.in_memory,
+        progress=progress,
         desc=_label(request),
     )
     if out.in_memory and not out.return_datatree:
@@ -175,6 +171,38 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
             for name in ds.data_vars
         }
     return tree
+
+
+def _prepare(
+    ctx: ModelContext, request: PredictiveRequest, progress: Progress
+) -> tuple[ForwardJob, BlockPlan]:
+    """Plan the call and size its blocks (compiling its program), saying so as it goes."""
+    out = request.output
+    cfg = get_config()
+
+    def sized(fj: ForwardJob) -> BlockPlan:
+        return size_blocks(
+            fj.job,
+            _footprint(fj, out.in_memory),
+            chains=fj.chains,
+            batch_size=out.batch_size,
+            config=cfg,
+            cache=ctx.sizes,
+            announce=progress.stage,
+        )
+
+    progress.stage("tracing the kernel")
+    fj = forward_job(ctx, request)
+    blocks = sized(fj)
+    if not fj.plan.split_checked and splits_rows(fj.job, blocks.row_block):
+        # rows are about to be split: first make sure the kernel allows it
+        progress.stage("checking that the kernel's rows may be split")
+        checked = forward_job(ctx, request, check_split=True, bound=fj.bound)
+        if checked.plan.path != fj.plan.path:
+            fj, blocks = checked, sized(checked)
+    if out.in_memory:
+        progress.stage(f"running one block of {blocks.draw_block} draws x {blocks.row_block} rows")
+    return fj, blocks
 
 
 def _label(request: PredictiveRequest) -> str:

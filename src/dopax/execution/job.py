@@ -33,11 +33,13 @@ class ForwardJob:
         job: The block job.
         plan: The pass's plan (output shapes, path).
         chains: Number of chains of the draws.
+        bound: The call's bound inputs.
     """
 
     job: BlockJob
     plan: ForwardPlan
     chains: int
+    bound: BoundArgs
 
 
 def plan_pass(
@@ -46,6 +48,7 @@ def plan_pass(
     bound: BoundArgs,
     latent: Mapping[str, Any],
     intervention: Any,
+    check_split: bool = False,
 ) -> ForwardPlan:
     """Return the plan of a pass, from the model's cache when the inputs' shapes were seen.
 
@@ -55,6 +58,8 @@ def plan_pass(
         bound: The call's bound inputs.
         latent: Latent values to substitute (leading draw axis).
         intervention: Site name to value, or ``None``.
+        check_split: Whether the plan must say if rows may be split (the call
+            splits them); otherwise that check waits for a call that does.
     """
     signature = (
         spec,
@@ -67,7 +72,7 @@ def plan_pass(
         else tuple((k, np.shape(v)) for k, v in sorted(dict(intervention).items())),
     )
     plan = ctx.plans.get(signature)
-    if plan is None:
+    if plan is None or (check_split and not plan.split_checked):
         plan = make_plan(
             spec,
             n_rows=bound.n_rows,
@@ -75,6 +80,7 @@ def plan_pass(
             shared_args=bound.shared,
             latent=latent,
             intervention=intervention,
+            check_split=check_split,
         )
         ctx.remember(ctx.plans, signature, plan)
     return plan  # type: ignore[no-any-return]
@@ -110,13 +116,14 @@ def _latent_policy(
     bound: BoundArgs,
     base: PassSpec,
     draws: dict[str, Any],
+    check_split: bool,
 ) -> tuple[ForwardPlan, dict[str, Any]]:
     """Plan the pass, deciding what to do with per-row latent sites of the posterior.
 
     In-sample calls keep them (all rows then run together, with a warning);
     out-of-sample calls draw them fresh for the new rows.
     """
-    plan = plan_pass(ctx, base, bound, draws, request.intervention)
+    plan = plan_pass(ctx, base, bound, draws, request.intervention, check_split)
     if plan.local_latents:
         if request.in_sample:
             for name in plan.local_latents:
@@ -135,7 +142,7 @@ def _latent_policy(
             )
         else:
             draws = {k: v for k, v in draws.items() if k not in plan.local_latents}
-            plan = plan_pass(ctx, base, bound, draws, request.intervention)
+            plan = plan_pass(ctx, base, bound, draws, request.intervention, check_split)
     elif plan.path == FULL:
         warn(
             f"{plan.reason}: rows are processed together and only draws are split across "
@@ -145,16 +152,26 @@ def _latent_policy(
     return plan, draws
 
 
-def forward_job(ctx: ModelContext, request: PredictiveRequest) -> ForwardJob:
+def forward_job(
+    ctx: ModelContext,
+    request: PredictiveRequest,
+    *,
+    check_split: bool = False,
+    bound: BoundArgs | None = None,
+) -> ForwardJob:
     """Turn a forward request into a block job.
 
     Args:
         ctx: The model's context.
         request: The request.
+        check_split: Whether to settle, by running the kernel split, if rows
+            may be split (needed before a call splits them).
+        bound: The request's bound inputs, when they were bound already.
     """
     if request.shard_axis not in (OBS, DRAW):
         raise ValueError(f"`shard_axis` must be 'obs' or 'draw'; got {request.shard_axis!r}.")
-    bound = ctx.bind(request.X, request.y, request.kwargs)
+    if bound is None:
+        bound = ctx.bind(request.X, request.y, request.kwargs)
     ctx.ensure_spec(bound, fitting=False)
     assert ctx.spec is not None
     if request.kind == LOG_LIKELIHOOD:
@@ -171,7 +188,7 @@ def forward_job(ctx: ModelContext, request: PredictiveRequest) -> ForwardJob:
     latent_names = set(ctx.spec.sample_sites)
     draws = {k: v for k, v in (posterior.draws if posterior else {}).items() if k in latent_names}
     base = PassSpec(ctx.kernel, bound.static, sites, kind)
-    plan, draws = _latent_policy(ctx, request, bound, base, draws)
+    plan, draws = _latent_policy(ctx, request, bound, base, draws, check_split)
     spec = PassSpec(ctx.kernel, bound.static, sites, kind, plan.global_latents)
     if request.num_samples is not None:
         n_draws = request.num_samples
@@ -200,6 +217,7 @@ def forward_job(ctx: ModelContext, request: PredictiveRequest) -> ForwardJob:
         anchor_do={k: anchor_rows(v) for k, v in row_do.items()},
         split_rows=plan.path != FULL,
         shard_axis=request.shard_axis,
+        matmul_flops_per_cell=plan.matmul_flops_per_row,
     )
     chains = posterior.num_chains if posterior is not None else 1
-    return ForwardJob(job, plan, chains)
+    return ForwardJob(job, plan, chains, bound)

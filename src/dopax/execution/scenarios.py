@@ -24,17 +24,18 @@ from dopax.execution.context import ModelContext
 from dopax.execution.engine import result_attrs
 from dopax.execution.job import plan_pass
 from dopax.execution.request import ScenarioRequest
-from dopax.execution.runner import Block, BlockJob, run_blocks
+from dopax.execution.runner import Block, BlockJob, lower_block, run_blocks, splits_rows
 from dopax.execution.sizing import Footprint, size_blocks
 from dopax.kernel.signature import kernel_parameters
 from dopax.output import schema
 from dopax.output.build import tree_from_nodes
 from dopax.output.schema import SiteLayout
+from dopax.parallel.batching import BlockPlan
 from dopax.parallel.sharded import OBS
 from dopax.sampling.forward import PREDICT, PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan
 from dopax.sampling.prepare import BoundArgs, anchor_rows
-from dopax.streaming.stream import Submit, stream_into
+from dopax.streaming.stream import Progress, Submit, stream_into
 from dopax.streaming.targets import sink_for_call
 
 __all__ = ["run_scenarios"]
@@ -78,7 +79,11 @@ def _bind_scenario(
 
 
 def _scenarios(
-    ctx: ModelContext, request: ScenarioRequest, base: BoundArgs, site: str
+    ctx: ModelContext,
+    request: ScenarioRequest,
+    base: BoundArgs,
+    site: str,
+    check_split: bool = False,
 ) -> tuple[list[Scenario], list[ForwardPlan]]:
     draws = dict(request.posterior.draws)
     scenarios, plans = [], []
@@ -90,7 +95,7 @@ def _scenarios(
             )
         spec = PassSpec(ctx.kernel, bound.static, (site,), PREDICT)
         try:
-            plan = plan_pass(ctx, spec, bound, draws, intervention)
+            plan = plan_pass(ctx, spec, bound, draws, intervention, check_split)
         except KeyError as err:
             raise ScenarioError(str(err.args[0])) from err
         row_names = set(plan.row_intervention_sites)
@@ -131,6 +136,15 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
         request: The request.
     """
     _check(request)
+    progress = Progress("compare_scenarios", request.output.progress, unit="row")
+    try:
+        return _run(ctx, request, progress)
+    finally:
+        progress.close()
+
+
+def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> EffectResult:
+    progress.stage("tracing the kernel")
     base = ctx.bind(request.X, None, request.kwargs)
     ctx.ensure_spec(base, fitting=False)
     n_rows = base.n_rows
@@ -186,15 +200,28 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
         probe=False,
     )
     out = request.output
-    blocks = size_blocks(
-        job,
-        footprint,
-        chains=posterior.num_chains,
-        batch_size=out.batch_size,
-        config=cfg,
-        cache=ctx.sizes,
-    )
+
+    def sized() -> BlockPlan:
+        return size_blocks(
+            job,
+            footprint,
+            chains=posterior.num_chains,
+            batch_size=out.batch_size,
+            config=cfg,
+            cache=ctx.sizes,
+        )
+
+    blocks = sized()
+    if not all(p.split_checked for p in plans) and splits_rows(job, blocks.row_block):
+        # rows are about to be split: first make sure the kernel allows it
+        progress.stage("checking that the kernel's rows may be split")
+        _, plans = _scenarios(ctx, request, base, site, check_split=True)
+        if any(p.path == FULL for p in plans):
+            job.split_rows = False
+            blocks = sized()
     job.program = dataclasses.replace(program, cells_per_step=blocks.step_cells)
+    progress.stage(f"compiling blocks of {blocks.draw_block} draws x {blocks.row_block} rows")
+    lower_block(job, job.program, blocks.draw_block, blocks.row_block, blocks.row_block).compile()
     acc = EffectAccumulator(
         len(names), posterior.num_draws, len(labels), n_rows, request.interval, cfg.host_threads
     )
@@ -235,16 +262,12 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
             static={schema.POSTERIOR: posterior.by_chain()},
             attrs={**attrs, "method": "compare_scenarios", "scenarios": list(names)},
             total=n_rows,
-            progress=out.progress,
+            progress=progress,
             desc="compare_scenarios",
         )
     else:
-        from tqdm.auto import tqdm
-
-        with tqdm(
-            total=n_rows, disable=not out.progress, desc="compare_scenarios", leave=False
-        ) as bar:
-            run(None, bar.update)
+        progress.start(n_rows)
+        run(None, progress.update)
     tree = effect_tree(
         acc,
         names,

@@ -27,7 +27,7 @@ import numpy as np
 
 from dopax.sampling.forward import LOG_LIKELIHOOD, PassSpec
 from dopax.sampling.prepare import read_rows, split_intervention
-from dopax.sampling.probe import probe_sites
+from dopax.sampling.probe import probe_kernel
 
 __all__ = ["ForwardPlan", "SiteInfo", "make_plan", "ROWS", "FULL"]
 
@@ -69,6 +69,10 @@ class ForwardPlan:
         row_intervention_sites: Intervened sites given one value per row.
         sample_sites: Every sample site of the kernel.
         reason: Why the ``"full"`` path was chosen, for the user's warning.
+        split_checked: Whether the kernel was run split (see :func:`make_plan`);
+            a ``"rows"`` plan that was not may not split rows yet.
+        matmul_flops_per_row: Flops of the kernel's matrix products per row
+            and draw (from the probes at 2 and 3 rows).
     """
 
     path: str
@@ -79,11 +83,13 @@ class ForwardPlan:
     row_intervention_sites: tuple[str, ...] = ()
     sample_sites: tuple[str, ...] = ()
     reason: str | None = None
+    split_checked: bool = True
+    matmul_flops_per_row: float = 0.0
 
 
-def _take_rows(value: Any, index: np.ndarray) -> Any:
+def _take_rows(value: Any, index: np.ndarray) -> np.ndarray:
     head = read_rows(value, 0, int(index.max()) + 1)
-    return jnp.asarray(head)[index]
+    return np.asarray(head)[index]
 
 
 def _probe_index(n_rows: int, size: int) -> np.ndarray:
@@ -118,8 +124,14 @@ def make_plan(
     shared_args: Mapping[str, Any],
     latent: Mapping[str, Any],
     intervention: Mapping[str, Any] | None,
+    check_split: bool = True,
 ) -> ForwardPlan:
     """Plan a forward pass by probing the kernel on a few rows.
+
+    Running the kernel split (the one probe that compiles and runs) is needed
+    only before rows are split; a call whose rows all run in one block may
+    skip it (``check_split=False``) and get a plan with ``split_checked``
+    false.
 
     Args:
         spec: The static pass description.
@@ -128,6 +140,8 @@ def make_plan(
         shared_args: Array kernel arguments used whole.
         latent: Latent values to substitute, leading axis draws (may be empty).
         intervention: Site name to value (validated here), or ``None``.
+        check_split: Whether to run the kernel split when nothing else
+            decides the path.
 
     Returns:
         The plan.
@@ -138,8 +152,9 @@ def make_plan(
     """
     small = {k: _take_rows(v, _probe_index(n_rows, 2)) for k, v in row_args.items()}
     large = {k: _take_rows(v, _probe_index(n_rows, 3)) for k, v in row_args.items()}
-    sites2 = probe_sites(spec.kernel, {**shared_args, **small}, spec.static)
-    sites3 = probe_sites(spec.kernel, {**shared_args, **large}, spec.static)
+    probe2 = probe_kernel(spec.kernel, {**shared_args, **small}, spec.static)
+    probe3 = probe_kernel(spec.kernel, {**shared_args, **large}, spec.static)
+    sites2, sites3 = probe2.sites, probe3.sites
     shapes2 = {n: (i["shape"], i["dtype"]) for n, i in sites2.items() if "shape" in i}
     shapes3 = {n: (i["shape"], i["dtype"]) for n, i in sites3.items() if "shape" in i}
     row_axes: dict[str, int | None] = {}
@@ -177,7 +192,8 @@ def make_plan(
             f"the posterior holds per-row latent site(s) {list(local)}, which tie each "
             "draw to all rows"
         )
-    if reason is None:
+    checked = reason is not None or check_split
+    if reason is None and check_split:
         reason = _check_split(
             dataclasses.replace(spec, global_latents=global_latents),
             n_rows,
@@ -211,6 +227,8 @@ def make_plan(
         row_sites=row_sites,
         local_latents=local,
         reason=reason,
+        split_checked=checked,
+        matmul_flops_per_row=max(0.0, probe3.matmul_flops - probe2.matmul_flops),
     )
 
 
@@ -223,7 +241,12 @@ def _check_split(
     row_intervention: Mapping[str, Any],
     shared_intervention: Mapping[str, Any],
 ) -> str | None:
-    """Return ``None`` if splitting five probe rows 2 + 3 changes nothing, else why not."""
+    """Return ``None`` if splitting five probe rows 2 + 3 changes nothing, else why not.
+
+    The three runs (whole, first two rows, last three) are one compiled
+    program, with the probe rows as its arguments.
+    """
+    import jax
     from numpyro import handlers
 
     from dopax.sampling.rng import RowKeySeed
@@ -231,11 +254,12 @@ def _check_split(
     index = _probe_index(n_rows, 5)
     rows = {k: _take_rows(v, index) for k, v in row_args.items()}
     row_do = {k: _take_rows(v, index) for k, v in row_intervention.items()}
-    latent0 = {k: jnp.asarray(v)[0] for k, v in latent.items()}
-    words = jnp.asarray([0x9E3779B9, _PROBE_KEY], jnp.uint32)
+    latent0 = {k: np.asarray(read_rows(v, 0, 1))[0] for k, v in latent.items()}
+    words = jax.device_put(np.asarray([0x9E3779B9, _PROBE_KEY], np.uint32))
     default_key_sites: set[str] = set()
 
-    def run(block: slice, offset: int) -> dict[str, tuple[np.ndarray, bool]]:
+    def run(data: tuple[Any, ...], block: slice, offset: int) -> dict[str, jax.Array]:
+        rows, row_do, latent0, shared_args, shared_intervention = data
         intervention = {**shared_intervention, **{k: v[block] for k, v in row_do.items()}}
         anchor_do = {**shared_intervention, **{k: v[0:2] for k, v in row_do.items()}}
         latent_d = dict(latent0)
@@ -249,7 +273,7 @@ def _check_split(
         for name, site in trace.items():
             if site["type"] not in ("sample", "deterministic"):
                 continue
-            out[name] = (np.asarray(site["value"]), site["type"] == "sample")
+            out[name] = jnp.asarray(site["value"])
         return out
 
     def _trace(
@@ -274,16 +298,20 @@ def _check_split(
             )
         return why
 
+    data = (rows, row_do, latent0, dict(shared_args), dict(shared_intervention))
+    pieces = ((slice(0, 5), 0), (slice(0, 2), 0), (slice(2, 5), 2))
+
+    def split_runs(d: tuple[Any, ...]) -> list[dict[str, jax.Array]]:
+        return [run(d, block, offset) for block, offset in pieces]
+
     try:
-        whole = run(slice(0, 5), 0)
-        head = run(slice(0, 2), 0)
-        tail = run(slice(2, 5), 2)
+        whole, head, tail = jax.device_get(jax.jit(split_runs)(data))
     except Exception as err:  # a kernel that cannot run on a few rows
         return f"the kernel could not run on a few rows alone ({type(err).__name__}: {err})"
-    for name, (value, _) in whole.items():
+    for name, value in whole.items():
         if name not in head or name not in tail:
             return f"site {name!r} appears only for some batch sizes"
-        a, b = head[name][0], tail[name][0]
+        a, b = head[name], tail[name]
         if value.ndim == 0 or value.shape == a.shape == b.shape:
             if not (_agree(value, a) and _agree(value, b)):
                 return depends(name)
