@@ -85,6 +85,15 @@ class ExecutionConfig:
             ``O_DIRECT`` writes pass.
         svi_steps_per_chunk: SVI steps run in one compiled ``scan`` between
             progress updates and convergence checks.
+        compilation_cache_dir: A folder for JAX's persistent compilation
+            cache, or ``None`` (the default: no cache). With a folder, the
+            programs a call compiles are saved there and a later process
+            loads them instead of compiling (a W8 first ``predict`` in a new
+            process: ``BENCHMARKS.md``). This is a process-wide JAX setting,
+            so the user's own compiled functions are cached there too, and
+            every program is cached however quickly it compiled. Only use a
+            folder that no untrusted user can write to. A common choice is
+            ``~/.cache/dopax/jax``.
     """
 
     memory_budget_bytes: int = 256 * 2**20
@@ -110,6 +119,7 @@ class ExecutionConfig:
     input_window_bytes: int = 64 << 20
     direct_io_piece_bytes: int = 8 * 2**20
     svi_steps_per_chunk: int = 100
+    compilation_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.memory_budget_bytes <= 0:

@@ -145,3 +145,34 @@ def test_first_compare_scenarios_and_new_values(counts: Counts) -> None:
         X, {"base": {}, "shift": {"X": X - 2.0}}, baseline="base", progress=False
     )
     assert counts.traces == 0 and not counts.compiled, counts
+
+
+def test_persistent_compilation_cache(counts: Counts, tmp_path: Path) -> None:
+    from dopax.config import config_context
+    from dopax.parallel.sharded import compiled_block
+
+    hits: list[str] = []
+
+    def listen(event: str, **kwargs: Any) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            hits.append(event)
+
+    folder = tmp_path / "jax-cache"
+    X = data()
+    jax.monitoring.register_event_listener(listen)
+    try:
+        with config_context(compilation_cache_dir=str(folder)):
+            counted_model(counts).predict(X, store="memory", progress=False)
+            assert any(folder.iterdir())  # the programs were written
+            # as in a new process: nothing compiled in memory
+            jax.clear_caches()
+            compiled_block.cache_clear()
+            counts.reset()
+            counted_model(counts).predict(X, store="memory", progress=False)
+            assert hits, counts  # the block program came from the folder
+    finally:
+        jax.monitoring.unregister_event_listener(listen)
+    # outside the setting the next call stops using the folder
+    before = len(list(folder.iterdir()))
+    counted_model(counts).predict(X[:100], store="memory", progress=False)
+    assert len(list(folder.iterdir())) == before

@@ -7,7 +7,9 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dopax.config import get_config
 from dopax.data import ArrayLoader
+from dopax.execution.compile_cache import use_compilation_cache
 from dopax.kernel.signature import check_reserved_kwargs
 from dopax.kernel.spec import KernelSpec, build_spec, validate_trace
 from dopax.sampling.prepare import BoundArgs, bind_args, read_rows
@@ -88,7 +90,12 @@ class ModelContext:
         return X_arr, y_arr, {**arrays, **kwargs}
 
     def bind(self, X: Any, y: Any, kwargs: Mapping[str, Any]) -> BoundArgs:
-        """Bind a call's inputs to the kernel's arguments."""
+        """Bind a call's inputs to the kernel's arguments (every call starts here).
+
+        Also points JAX's persistent compilation cache at
+        ``ExecutionConfig.compilation_cache_dir`` before anything compiles.
+        """
+        use_compilation_cache(get_config().compilation_cache_dir)
         X, y, kwargs = self.unpack_loader(X, y, kwargs)
         check_reserved_kwargs(kwargs, self.kernel, self.param_input, self.param_output)
         return bind_args(self.param_input, X, self.param_output, y, kwargs)
