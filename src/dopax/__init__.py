@@ -9,10 +9,20 @@ of interventions with their uncertainty.
 import logging
 
 from dopax._version import __version__
+from dopax.inference.trace import ZarrTrace
+from dopax.io.saved import load_model, save_model
 from dopax.kernel.spec import KernelSpec
 from dopax.model.impact_model import ImpactModel
 from dopax.output.store import open_result
 
 logging.getLogger("dopax").addHandler(logging.NullHandler())
 
-__all__ = ["ImpactModel", "KernelSpec", "open_result", "__version__"]
+__all__ = [
+    "ImpactModel",
+    "KernelSpec",
+    "ZarrTrace",
+    "load_model",
+    "open_result",
+    "save_model",
+    "__version__",
+]

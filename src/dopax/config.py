@@ -94,6 +94,9 @@ class ExecutionConfig:
             every program is cached however quickly it compiled. Only use a
             folder that no untrusted user can write to. A common choice is
             ``~/.cache/dopax/jax``.
+        client: A ``dask.distributed.Client``: streamed calls then run their
+            blocks as tasks on its cluster (a call's own ``client=`` argument
+            takes precedence). Results are bit-identical to a local run.
     """
 
     memory_budget_bytes: int = 256 * 2**20
@@ -120,6 +123,7 @@ class ExecutionConfig:
     direct_io_piece_bytes: int = 8 * 2**20
     svi_steps_per_chunk: int = 100
     compilation_cache_dir: str | None = None
+    client: Any = None
 
     def __post_init__(self) -> None:
         if self.memory_budget_bytes <= 0:

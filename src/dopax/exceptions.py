@@ -8,11 +8,15 @@ from __future__ import annotations
 
 __all__ = [
     "DopaxError",
+    "FitDivergedError",
     "IncompleteResultError",
+    "InputError",
     "KernelValidationError",
     "NotFittedError",
+    "SavedModelError",
     "ScenarioError",
     "StreamingError",
+    "TraceMismatchError",
 ]
 
 
@@ -42,3 +46,34 @@ class StreamingError(DopaxError, RuntimeError):
 
 class IncompleteResultError(DopaxError, OSError):
     """Raised when a persisted result is opened but was never completed or has been deleted."""
+
+
+class TraceMismatchError(DopaxError, ValueError):
+    """Raised when a run would resume a trace written with other data, kernel or settings.
+
+    The message names what differs. The trace is left as it was.
+    """
+
+
+class SavedModelError(DopaxError, ValueError):
+    """Raised when a saved model cannot be written or loaded as asked.
+
+    The message says why: the folder holds no saved model, the kernel's module
+    does not import, or the kernel could only be saved with a pickle (then
+    ``load_model(..., allow_pickle=True)`` loads it).
+    """
+
+
+class FitDivergedError(DopaxError, RuntimeError):
+    """Raised when a fit diverged: its loss and the guide's parameters are no longer finite.
+
+    The message names the step at which the loss first stopped being finite
+    and how to steady the fit; the model keeps the fit state it had before.
+    """
+
+
+class InputError(DopaxError, ValueError):
+    """Raised when a call's data do not fit the kernel or the fitted model.
+
+    The message names the argument, the shape expected and the fix.
+    """

@@ -94,6 +94,7 @@ def test_squeezing_kernel_runs_on_any_batch(tmp_path: Path) -> None:
             X,
             {"base": {}, "shift": {"X": X + 1.0}},
             baseline="base",
+            site="p",
             rng_key=key,
             batch_size=1,
             progress=False,

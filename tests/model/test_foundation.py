@@ -556,7 +556,7 @@ class TestOutputs:
         assert tree["predictions"].sizes["chain"] == 1
         in_tree = fitted.predict_on_batch(X)
         assert isinstance(in_tree, xr.DataTree)
-        assert set(in_tree.children) == {"posterior_predictive", "posterior"}
+        assert set(in_tree.children) == {"posterior_predictive", "posterior", "observed_data"}
         assert set(in_tree["posterior_predictive"].data_vars) == {"y", "mu"}
         for t in (tree, in_tree):
             assert "created_at" in t.attrs

@@ -1,3 +1,5 @@
+from typing import Any
+
 import jax
 import numpy as np
 import numpyro
@@ -6,7 +8,9 @@ import pytest
 from jax.extend import random as jex_random
 from numpyro import handlers
 
-from dopax.sampling.rng import RowKeySeed, draw_words, threefry2x32
+from dopax.exceptions import KernelValidationError
+from dopax.sampling.probe import probe_sites
+from dopax.sampling.rng import ROW_KEY_IMPL, RowKeySeed, draw_words, threefry2x32
 
 
 def kernel(n: int) -> None:
@@ -50,19 +54,19 @@ def test_site_keys_follow_names_not_order() -> None:
     np.testing.assert_array_equal(np.asarray(alone), run(10, 0)["normal"])
 
 
-def test_poisson_sites_get_a_default_key_and_are_reported() -> None:
+def test_poisson_sites_are_drawn_from_row_keys() -> None:
     def counts(n: int) -> None:
         with numpyro.plate("rows", n):
             numpyro.sample("normal", dist.Normal(0.0, 1.0))
             numpyro.sample("count", dist.Poisson(3.0))
 
     words = draw_words(jax.random.key(7), 0)
-    seeded = RowKeySeed(counts, words, 0)
-    tr = handlers.trace(seeded).get_trace(2000)
-    assert seeded.default_key_sites == {"count"}
-    assert str(jax.random.key_impl(tr["count"]["kwargs"]["rng_key"])) == "threefry2x32"
+    tr = handlers.trace(RowKeySeed(counts, words, 0)).get_trace(2000)
+    assert jax.random.key_impl(tr["count"]["kwargs"]["rng_key"]) == ROW_KEY_IMPL
     value = np.asarray(tr["count"]["value"])
     assert value.shape == (2000,) and abs(value.mean() - 3.0) < 0.2
+    part = handlers.trace(RowKeySeed(counts, words, 1500)).get_trace(500)
+    np.testing.assert_array_equal(np.asarray(part["count"]["value"]), value[1500:])
     # the other site keeps its row-offset key and its values
     np.testing.assert_array_equal(np.asarray(tr["normal"]["value"]), run(2000, 0)["normal"])
 
@@ -83,3 +87,25 @@ def test_threefry_matches_jax_primitive_bit_for_bit() -> None:
     ones = np.uint32(0xFFFFFFFF)
     y = threefry2x32(ones, ones, np.array([ones]), np.array([ones]))
     assert (int(y[0][0]), int(y[1][0])) == (0x1CB996FC, 0xBB002BE7)
+
+
+class _DefaultKeyOnly(dist.Distribution):
+    """A distribution whose sampler calls ``jax.random.poisson`` itself."""
+
+    support = dist.constraints.nonnegative_integer
+
+    def __init__(self, rate: Any) -> None:
+        self.rate = rate
+        super().__init__(jax.numpy.shape(rate))
+
+    def sample(self, key: Any, sample_shape: tuple[int, ...] = ()) -> Any:
+        return jax.random.poisson(key, self.rate, sample_shape + self.batch_shape)
+
+
+def test_a_sampler_that_refuses_row_keys_is_reported() -> None:
+    def kernel(x: Any) -> None:
+        with numpyro.plate("rows", x.shape[0]):
+            numpyro.sample("count", _DefaultKeyOnly(x))
+
+    with pytest.raises(KernelValidationError, match="default key type"):
+        probe_sites(kernel, {"x": jax.numpy.ones(3)})

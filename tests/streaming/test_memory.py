@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -33,8 +34,11 @@ _PROBE = textwrap.dedent(
 
 
 def _extra_mib(mode: str) -> float:
+    # glibc's own tunables in the environment (dask.distributed sets
+    # MALLOC_TRIM_THRESHOLD_ for its workers) would change what is measured.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True, env=env
     )
     return float(out.stdout.strip())
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import xarray as xr
 
+from dopax._warn import warn
 from dopax.output import schema
-from dopax.output.build import tree_from_nodes
+from dopax.output.build import build_tree, tree_from_nodes
 from dopax.output.schema import base_attrs
 
 __all__ = ["contrast_sides", "contrast_trees"]
@@ -29,12 +30,17 @@ def _predictive_group(tree: xr.DataTree, label: str) -> str:
 def contrast_trees(baseline: xr.DataTree, intervention: xr.DataTree) -> xr.DataTree:
     """Return ``intervention - baseline`` for every shared variable, lazily.
 
+    Sides of different sizes (draws or rows) are contrasted where their
+    coordinates overlap, with a warning. The root attributes
+    ``artifact_path_baseline`` and ``artifact_path_intervention`` record
+    where persisted sides live.
+
     Args:
         baseline: A result tree with one predictive group.
         intervention: A result tree with the same predictive group.
 
     Raises:
-        ValueError: If the groups, variables or sizes differ.
+        ValueError: If the groups differ or no variable is shared.
     """
     g_base = _predictive_group(baseline, "output_baseline")
     g_int = _predictive_group(intervention, "output_intervention")
@@ -48,14 +54,23 @@ def contrast_trees(baseline: xr.DataTree, intervention: xr.DataTree) -> xr.DataT
     shared = sorted(str(n) for n in set(base.data_vars) & set(inter.data_vars))
     if not shared:
         raise ValueError("The two results share no variable to contrast.")
-    for name in shared:
-        if base[name].sizes != inter[name].sizes:
-            raise ValueError(
-                f"Variable {name!r} has sizes {dict(base[name].sizes)} in the baseline but "
-                f"{dict(inter[name].sizes)} in the intervention; contrast results of equal "
-                "draws and rows."
-            )
-    diff = xr.Dataset({name: inter[name] - base[name] for name in shared})
+    differ = {
+        name: (dict(base[name].sizes), dict(inter[name].sizes))
+        for name in shared
+        if base[name].sizes != inter[name].sizes
+    }
+    if differ:
+        name, (b_sizes, i_sizes) = next(iter(differ.items()))
+        warn(
+            f"The two sides differ in size: {sorted(differ)} (e.g. {name!r} has sizes "
+            f"{b_sizes} in the baseline but {i_sizes} in the intervention); the contrast "
+            "holds only the draws and rows both sides have. Contrast results of equal draws "
+            "and rows (same `X` length and posterior) for a draw-by-draw effect of every row.",
+            UserWarning,
+        )
+    diff = xr.Dataset(
+        {name: inter[name] - base[name] for name in shared}  # aligned: the overlap
+    )
     nodes = {g_base: diff}
     if schema.POSTERIOR in baseline.children:
         nodes[schema.POSTERIOR] = baseline[schema.POSTERIOR].to_dataset()
@@ -64,6 +79,9 @@ def contrast_trees(baseline: xr.DataTree, intervention: xr.DataTree) -> xr.DataT
         for key in (schema.DEVICES_ATTR, schema.SHARD_AXIS_ATTR)
         if key in baseline.attrs
     }
+    for label, side in (("baseline", baseline), ("intervention", intervention)):
+        if "artifact_path" in side.attrs:
+            attrs[f"artifact_path_{label}"] = side.attrs["artifact_path"]
     return tree_from_nodes(nodes, base_attrs({**attrs, "contrast": "intervention - baseline"}))
 
 
@@ -74,6 +92,7 @@ def contrast_sides(
     *,
     on_batch: bool,
     shared_key: Callable[[Any], Any],
+    num_chains: int = 1,
 ) -> xr.DataTree:
     """Compute the sides of ``estimate_effect`` given as arguments, then contrast them.
 
@@ -83,6 +102,7 @@ def contrast_sides(
         intervention: Likewise for the intervention.
         on_batch: Run sides with ``predict_on_batch`` instead of ``predict``.
         shared_key: Returns the call key from a given ``rng_key`` (or ``None``).
+        num_chains: Chains of the model's posterior (for sides returned as dicts).
     """
     if (baseline[0] is None) == (baseline[1] is None):
         raise ValueError("Pass exactly one of `output_baseline` and `args_baseline`.")
@@ -113,6 +133,10 @@ def contrast_sides(
         if not on_batch:
             call.setdefault("progress", False)
         result = method(X, **call)
+        if isinstance(result, dict):  # `return_datatree=False` in the arguments
+            in_sample = call.get("in_sample", True)
+            group = schema.POSTERIOR_PREDICTIVE if in_sample else schema.PREDICTIONS
+            return build_tree({group: result}, num_chains)
         assert isinstance(result, xr.DataTree)
         return result
 

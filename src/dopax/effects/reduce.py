@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EffectAccumulator", "row_quantiles"]
+__all__ = ["EffectAccumulator", "block_summary", "row_quantiles"]
 
 
 class EffectAccumulator:
@@ -53,12 +53,19 @@ class EffectAccumulator:
         self._pending: list[tuple[int, int, dict[str, Any]]] = []
 
     def _per_row(self, r0: int, r1: int, diffs_block: Any) -> None:
-        diffs = np.asarray(diffs_block)  # (D, C, R)
-        self.mean[:, r0:r1] = diffs.mean(axis=0)
-        q = self.interval
-        lo, hi = row_quantiles(diffs, ((1 - q) / 2, (1 + q) / 2))
+        mean, lo, hi = per_row_summary(diffs_block, self.interval)
+        self.mean[:, r0:r1] = mean
         self.lower[:, r0:r1] = lo
         self.upper[:, r0:r1] = hi
+
+    def add_summaries(self, blocks: list[tuple[int, int, dict[str, np.ndarray]]]) -> None:
+        """Take blocks already reduced elsewhere (:func:`block_summary`), in block order."""
+        for r0, r1, summary in blocks:
+            self.sums += np.asarray(summary["sums"], np.float64)
+            self.group_sums += np.asarray(summary["group_sums"], np.float64)
+            self.mean[:, r0:r1] = summary["mean"]
+            self.lower[:, r0:r1] = summary["lower"]
+            self.upper[:, r0:r1] = summary["upper"]
 
     def _collect(self, r0: int, r1: int, out: dict[str, Any]) -> None:
         self.sums += np.asarray(out["sums"], np.float64)
@@ -88,6 +95,35 @@ class EffectAccumulator:
             job.cancel()
         self._pending = []
         self._host.shutdown(wait=True)
+
+
+def per_row_summary(diffs_block: Any, interval: float) -> tuple[np.ndarray, ...]:
+    """Return the per-row mean and central interval of a block's contrasts ``(D, C, R)``.
+
+    Args:
+        diffs_block: Each contrast per draw and row.
+        interval: Central interval probability.
+    """
+    diffs = np.asarray(diffs_block)
+    lo, hi = row_quantiles(diffs, ((1 - interval) / 2, (1 + interval) / 2))
+    return diffs.mean(axis=0), lo, hi
+
+
+def block_summary(outputs: dict[str, Any], interval: float) -> dict[str, np.ndarray]:
+    """Reduce one block's outputs as :class:`EffectAccumulator` does, for shipping.
+
+    Args:
+        outputs: The block's ``sums``, ``group_sums`` and ``diffs``.
+        interval: Central interval probability.
+    """
+    mean, lo, hi = per_row_summary(outputs["diffs"], interval)
+    return {
+        "sums": np.asarray(outputs["sums"]),
+        "group_sums": np.asarray(outputs["group_sums"]),
+        "mean": mean,
+        "lower": lo,
+        "upper": hi,
+    }
 
 
 def row_quantiles(diffs: np.ndarray, probs: tuple[float, ...]) -> list[np.ndarray]:

@@ -3,7 +3,8 @@
 An effect result is an :class:`xarray.DataTree` laid out as follows.
 
 Root attributes: ``baseline`` (the baseline scenario's name), ``site`` (the
-outcome site) and, optionally, ``hdi_prob`` (the default interval probability).
+outcome site) and, optionally, ``hdi_prob`` (the default interval probability)
+and ``n_rows`` (the rows compared).
 
 Groups:
 
@@ -15,7 +16,10 @@ Groups:
   ``contrast_scenario`` (along ``contrast``) the scenario each contrast compares
   with the baseline.
 * ``by_group`` (optional): ``ate`` with dims ``(chain, draw, contrast, group)``
-  and ``mean`` with dims ``(chain, draw, scenario, group)``.
+  and ``mean`` with dims ``(chain, draw, scenario, group)``; optionally
+  ``count`` with dims ``(group,)``, the rows in each group. Groups are in the
+  order of ``by``: a categorical's categories, numbers ascending, text in
+  natural order ("decile 2" before "decile 10").
 * ``rows`` (optional): ``effect_mean``, ``effect_lower`` and ``effect_upper`` with
   dims ``(contrast, row)``; attribute ``interval_prob``.
 """
@@ -29,7 +33,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from dopax.effects.stats import _check_prob, _summary_arrays
+from dopax.effects.stats import _check_prob, _summary_arrays, check_rope
 from dopax.output import schema
 
 if TYPE_CHECKING:
@@ -156,6 +160,16 @@ class EffectResult:
         return tuple(str(g) for g in self._dataset(BY_GROUP)[GROUP].values)
 
     @property
+    def group_counts(self) -> dict[str, int] | None:
+        """Rows in each group of ``by_group`` (by label), or ``None`` when not recorded."""
+        if BY_GROUP not in self._tree.children:
+            return None
+        ds = self._dataset(BY_GROUP)
+        if "count" not in ds.data_vars:
+            return None
+        return {str(g): int(c) for g, c in zip(ds[GROUP].values, ds["count"].values, strict=True)}
+
+    @property
     def hdi_prob(self) -> float:
         """Default interval probability: the root attribute ``hdi_prob`` or 0.94."""
         return float(self._tree.attrs.get("hdi_prob", DEFAULT_HDI_PROB))
@@ -178,49 +192,75 @@ class EffectResult:
         pooled = _pooled(self._dataset(DRAWS)["ate"], CONTRAST)
         return {name: pooled[:, i] for i, name in enumerate(self.contrasts)}
 
-    def summary(self, prob: float | None = None) -> pd.DataFrame:
+    def summary(
+        self,
+        prob: float | None = None,
+        *,
+        interval: str = "hdi",
+        rope: tuple[float, float] | None = None,
+    ) -> pd.DataFrame:
         """Summarise the posterior draws, chains pooled.
 
         Args:
-            prob: Probability mass of the highest-density intervals, strictly between
-                0 and 1; ``None`` uses :attr:`hdi_prob`.
+            prob: Probability mass of the intervals, strictly between 0 and 1;
+                ``None`` uses :attr:`hdi_prob`.
+            interval: ``"hdi"`` (highest-density interval: ``hdi_low``,
+                ``hdi_high``), ``"eti"`` (equal-tailed interval: ``eti_low``,
+                ``eti_high``), or ``"both"``.
+            rope: A region of practical equivalence ``(low, high)`` in the
+                outcome's units: adds ``p_rope``, the posterior probability that
+                the quantity lies inside it (an effect too small to matter).
 
         Returns:
             A DataFrame indexed by ``(kind, name)`` with columns ``mean``, ``sd``,
-            ``hdi_low``, ``hdi_high`` and ``p_positive``. Kinds are ``mean`` (one row
-            per scenario), ``ate`` and ``relative`` (one row per contrast) and, when
-            the tree has a ``by_group`` group, ``ate_by_group`` with rows named
-            ``"<contrast> | <group>"``. ``df.attrs`` holds ``hdi_prob``, ``baseline``
-            and ``site``.
+            the interval bounds, ``p_positive``, ``p_rope`` (with ``rope``) and
+            ``n`` (rows behind each row, when the result records it). Kinds are
+            ``mean`` (one row per scenario), ``ate`` and ``relative`` (one row per
+            contrast) and, when the tree has a ``by_group`` group,
+            ``ate_by_group`` with rows named ``"<contrast> | <group>"``.
+            ``df.attrs`` holds ``hdi_prob``, ``baseline`` and ``site``.
 
         Raises:
-            ValueError: If ``prob`` is not strictly between 0 and 1.
+            ValueError: If ``prob`` is not strictly between 0 and 1, ``interval``
+                is unknown or ``rope`` is not a pair ``low <= high``.
         """
         prob = self._resolve_prob(prob)
+        rope = check_rope(rope)
         draws = self._dataset(DRAWS)
-        blocks: list[tuple[str, list[str], np.ndarray]] = [
-            ("mean", list(self.scenarios), _pooled(draws["mean"], SCENARIO)),
-            ("ate", list(self.contrasts), _pooled(draws["ate"], CONTRAST)),
+        n_rows = self._tree.attrs.get("n_rows")
+        total = np.nan if n_rows is None else float(n_rows)
+        blocks: list[tuple[str, list[str], np.ndarray, np.ndarray]] = [
+            ("mean", list(self.scenarios), _pooled(draws["mean"], SCENARIO), np.array([])),
+            ("ate", list(self.contrasts), _pooled(draws["ate"], CONTRAST), np.array([])),
         ]
         if "relative" in draws.data_vars:
-            blocks.append(("relative", list(self.contrasts), _pooled(draws["relative"], CONTRAST)))
+            relative = _pooled(draws["relative"], CONTRAST)
+            blocks.append(("relative", list(self.contrasts), relative, np.array([])))
         groups = self.groups
         if groups is not None:
             by_group = self._group_ate()
             names = [f"{c} | {g}" for c in self.contrasts for g in groups]
-            blocks.append(("ate_by_group", names, by_group.reshape(by_group.shape[0], -1)))
+            counts = self.group_counts or {}
+            per_group = np.asarray([counts.get(g, np.nan) for g in groups], dtype=np.float64)
+            n = np.tile(per_group, len(self.contrasts))
+            blocks.append(("ate_by_group", names, by_group.reshape(by_group.shape[0], -1), n))
 
         index: list[tuple[str, str]] = []
-        columns: dict[str, list[np.ndarray]] = {key: [] for key in SUMMARY_COLUMNS}
-        for kind, names, values in blocks:
+        columns: dict[str, list[np.ndarray]] = {}
+        for kind, names, values, n in blocks:
             index.extend((kind, name) for name in names)
-            stats = _summary_arrays(values, prob, axis=0)
-            for key in SUMMARY_COLUMNS:
-                columns[key].append(stats[key])
+            stats = _summary_arrays(values, prob, axis=0, interval=interval, rope=rope)
+            stats["n"] = n if n.size else np.full(len(names), total)
+            for key, value in stats.items():
+                columns.setdefault(key, []).append(value)
         frame = pd.DataFrame(
             {key: np.concatenate(parts) for key, parts in columns.items()},
             index=pd.MultiIndex.from_tuples(index, names=["kind", "name"]),
         )
+        if frame["n"].isna().all():
+            frame = frame.drop(columns="n")
+        else:
+            frame["n"] = frame["n"].astype("Int64")
         frame.attrs["hdi_prob"] = prob
         frame.attrs["baseline"] = self.baseline
         frame.attrs["site"] = self.site
@@ -231,13 +271,18 @@ class EffectResult:
         *,
         prob: float | None = None,
         ax: Axes | Sequence[Axes] | np.ndarray | None = None,
+        label: str | None = None,
+        units: str | None = None,
+        interval: str = "hdi",
     ) -> Figure:
         """Plot the posterior of each contrast's ATE and, if present, the per-group ATEs.
 
-        The first panel shows a histogram density of each contrast's ATE draws with
-        its highest-density interval shaded and a dashed line at zero. When the tree
-        has a ``by_group`` group, a second panel shows each group's posterior mean
-        ATE with its interval as a bar.
+        The first panel shows a histogram density of each contrast's ATE draws
+        (bins from the number of draws, shared by the contrasts) with its
+        interval shaded and a dashed line at zero. When the tree has a
+        ``by_group`` group, a second panel shows each group's posterior mean
+        ATE with its interval as a bar, and each group's row count. Both panels
+        share the effect axis's range; legends sit outside the data.
 
         Args:
             prob: Probability mass of the intervals, strictly between 0 and 1;
@@ -245,29 +290,42 @@ class EffectResult:
             ax: Where to draw. ``None`` creates a new figure with one panel per plot;
                 a single Axes receives the ATE panel only; a sequence (or array) of two
                 Axes receives the ATE panel and the per-group panel.
+            label: The effect axis's label (default: "Average effect on <site>
+                (vs <baseline>)").
+            units: The outcome's units, shown on the effect axis (e.g. "USD").
+            interval: ``"hdi"`` or ``"eti"`` (equal-tailed).
 
         Returns:
             The figure holding the plot.
 
         Raises:
-            ValueError: If ``prob`` is not strictly between 0 and 1.
+            ValueError: If ``prob`` is not strictly between 0 and 1 or
+                ``interval`` is unknown.
         """
         from dopax.effects.plot import plot_effects
 
         prob = self._resolve_prob(prob)
+        if interval not in ("hdi", "eti"):
+            raise ValueError(f"`interval` must be 'hdi' or 'eti'; got {interval!r}.")
         group_ate: dict[str, np.ndarray] | None = None
         groups = self.groups
         if groups is not None:
             pooled = self._group_ate()
             group_ate = {name: pooled[:, i, :] for i, name in enumerate(self.contrasts)}
         outcome = self.site or "outcome"
+        xlabel = label if label is not None else f"Average effect on {outcome} (vs {self.baseline})"
+        if units:
+            xlabel = f"{xlabel} ({units})"
+        counts = self.group_counts
         return plot_effects(
             self.ate_draws(),
             prob=prob,
             group_labels=groups,
             group_ate=group_ate,
+            group_counts=None if counts is None or groups is None else [counts[g] for g in groups],
             ax=ax,
-            xlabel=f"Average effect on {outcome} (vs {self.baseline})",
+            xlabel=xlabel,
+            interval=interval,
         )
 
     def to_datatree(self) -> xr.DataTree:

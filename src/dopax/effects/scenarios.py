@@ -11,6 +11,7 @@ and a central interval of each contrast.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -148,8 +149,30 @@ class ScenarioProgram:
         return result
 
 
+def _natural_key(text: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key of text in natural order: digit runs compare as numbers."""
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part.lower())
+        for part in re.split(r"(\d+)", text)
+        if part
+    )
+
+
+def _missing_error(missing: np.ndarray) -> ValueError:
+    rows = np.flatnonzero(missing)
+    return ValueError(
+        f"`by` has {rows.size} missing label(s) (first at row {int(rows[0])}); every row needs "
+        "a group. Give them one, e.g. `by.fillna('missing')` for a pandas Series, or drop "
+        "those rows."
+    )
+
+
 def group_codes(by: Any, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Encode per-row group labels as integer codes.
+    """Encode per-row group labels as integer codes, groups in their natural order.
+
+    A pandas categorical keeps the order of its categories (those present);
+    numbers sort ascending; text sorts in natural order, so "decile 2" comes
+    before "decile 10".
 
     Args:
         by: One label per row, or ``None``.
@@ -159,14 +182,34 @@ def group_codes(by: Any, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
         ``(codes, labels)``.
 
     Raises:
-        ValueError: If ``by`` does not have one label per row.
+        ValueError: If ``by`` does not have one label per row, or a label is
+            missing (``None``, ``NaN``).
     """
     if by is None:
         return np.zeros(n_rows, np.int32), np.asarray(["all"])
-    labels_in = np.asarray(by)
+    import pandas as pd
+
+    categorical = isinstance(getattr(by, "dtype", None), pd.CategoricalDtype)
+    labels_in = np.asarray(pd.Categorical(by).codes if categorical else by)
     if labels_in.ndim != 1 or labels_in.shape[0] != n_rows:
         raise ValueError(
             f"`by` must hold one group label per row ({n_rows}); got shape {labels_in.shape}."
         )
-    labels, codes = np.unique(labels_in, return_inverse=True)
-    return codes.astype(np.int32), labels
+    if categorical:
+        if (labels_in < 0).any():
+            raise _missing_error(labels_in < 0)
+        used = np.unique(labels_in)  # category order
+        labels = np.asarray(pd.Categorical(by).categories)[used]
+        return np.searchsorted(used, labels_in).astype(np.int32), labels
+    missing = np.asarray(pd.isna(labels_in), dtype=bool)
+    if missing.any():
+        raise _missing_error(missing)
+    if labels_in.dtype.kind in "biuf":
+        labels, codes = np.unique(labels_in, return_inverse=True)
+        return codes.astype(np.int32), labels
+    text = labels_in.astype(str)
+    unique, inverse = np.unique(text, return_inverse=True)
+    order = sorted(range(unique.size), key=lambda i: _natural_key(str(unique[i])))
+    rank = np.empty(unique.size, np.int32)
+    rank[order] = np.arange(unique.size, dtype=np.int32)
+    return rank[inverse].astype(np.int32), unique[order]

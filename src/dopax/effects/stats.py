@@ -10,7 +10,10 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["hdi", "summarize_draws"]
+__all__ = ["INTERVALS", "eti", "hdi", "summarize_draws"]
+
+#: Interval kinds of the summaries: highest-density, equal-tailed, or both.
+INTERVALS = ("hdi", "eti", "both")
 
 
 def _check_prob(prob: float) -> float:
@@ -58,24 +61,78 @@ def hdi(draws: npt.ArrayLike, prob: float = 0.94, axis: int = 0) -> np.ndarray:
     return np.concatenate([lower, upper], axis=-1)
 
 
-def _summary_arrays(draws: np.ndarray, prob: float, axis: int = 0) -> dict[str, np.ndarray]:
-    """Return mean, sd, HDI bounds and ``P(> 0)`` of ``draws`` along ``axis`` as arrays.
+def eti(draws: npt.ArrayLike, prob: float = 0.94, axis: int = 0) -> np.ndarray:
+    """Return the equal-tailed interval of ``draws`` along ``axis``.
+
+    The bounds are the ``(1 - prob) / 2`` and ``(1 + prob) / 2`` quantiles
+    (NumPy's default, linear interpolation), so each tail holds the same mass.
 
     Args:
         draws: Posterior draws; ``axis`` indexes the draws.
-        prob: Probability mass of the highest-density interval.
+        prob: Probability mass the interval holds, strictly between 0 and 1.
         axis: The axis of ``draws`` that indexes the draws.
+
+    Returns:
+        An array shaped like ``draws`` without ``axis`` and with a new last axis of
+        length 2 holding the lower and upper bounds.
     """
+    prob = _check_prob(prob)
+    values = np.asarray(draws)
+    if values.ndim == 0 or values.shape[axis] == 0:
+        raise ValueError("draws must have at least one draw along the draw axis.")
+    q = np.quantile(values, [(1 - prob) / 2, (1 + prob) / 2], axis=axis)
+    return np.moveaxis(q, 0, -1)
+
+
+def check_rope(rope: tuple[float, float] | None) -> tuple[float, float] | None:
+    """Return ``rope`` as ``(low, high)`` floats after checking it, or ``None``."""
+    if rope is None:
+        return None
+    try:
+        low, high = (float(v) for v in rope)
+    except (TypeError, ValueError):
+        raise ValueError(f"`rope` must be a pair (low, high); got {rope!r}.") from None
+    if not low <= high:
+        raise ValueError(f"`rope` must have low <= high; got {rope!r}.")
+    return low, high
+
+
+def _summary_arrays(
+    draws: np.ndarray,
+    prob: float,
+    axis: int = 0,
+    *,
+    interval: str = "hdi",
+    rope: tuple[float, float] | None = None,
+) -> dict[str, np.ndarray]:
+    """Return mean, sd, interval bounds, ``P(> 0)`` and ``P(in rope)`` along ``axis``.
+
+    Args:
+        draws: Posterior draws; ``axis`` indexes the draws.
+        prob: Probability mass of the intervals.
+        axis: The axis of ``draws`` that indexes the draws.
+        interval: ``"hdi"`` (``hdi_low``, ``hdi_high``), ``"eti"`` (``eti_low``,
+            ``eti_high``) or ``"both"``.
+        rope: A region of practical equivalence ``(low, high)``: adds ``p_rope``,
+            the probability that the quantity lies inside it.
+    """
+    if interval not in INTERVALS:
+        raise ValueError(f"`interval` must be one of {INTERVALS}; got {interval!r}.")
     values = np.asarray(draws, dtype=np.float64)
     n = values.shape[axis]
-    interval = hdi(values, prob=prob, axis=axis)
-    return {
+    out = {
         "mean": values.mean(axis=axis),
         "sd": values.std(axis=axis, ddof=1 if n > 1 else 0),
-        "hdi_low": interval[..., 0],
-        "hdi_high": interval[..., 1],
-        "p_positive": (values > 0).mean(axis=axis),
     }
+    for kind, fn in (("hdi", hdi), ("eti", eti)):
+        if interval in (kind, "both"):
+            bounds = fn(values, prob=prob, axis=axis)
+            out[f"{kind}_low"], out[f"{kind}_high"] = bounds[..., 0], bounds[..., 1]
+    out["p_positive"] = (values > 0).mean(axis=axis)
+    rope = check_rope(rope)
+    if rope is not None:
+        out["p_rope"] = ((values >= rope[0]) & (values <= rope[1])).mean(axis=axis)
+    return out
 
 
 def summarize_draws(draws: npt.ArrayLike, prob: float = 0.94) -> dict[str, float]:

@@ -85,6 +85,7 @@ def effect_tree(
             {
                 "mean": ((CHAIN, DRAW, SCENARIO, GROUP), g_means),
                 "ate": ((CHAIN, DRAW, CONTRAST, GROUP), g_ate),
+                "count": ((GROUP,), counts.astype(np.int64)),
             },
             coords={**coords, GROUP: labels},
         )
@@ -97,4 +98,4 @@ def effect_tree(
         coords={CONTRAST: np.asarray(contrasts), ROW: np.arange(n_rows)},
         attrs={"interval_prob": acc.interval},
     )
-    return tree_from_nodes(nodes, attrs)
+    return tree_from_nodes(nodes, {**attrs, "n_rows": int(n_rows)})

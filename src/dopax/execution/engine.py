@@ -10,20 +10,21 @@ import numpy as np
 import xarray as xr
 
 from dopax.config import get_config
+from dopax.execution.cluster import run_on_cluster
 from dopax.execution.context import ModelContext
 from dopax.execution.job import ForwardJob, forward_job
 from dopax.execution.request import LOG_LIKELIHOOD, PRIOR, PredictiveRequest
-from dopax.execution.runner import Block, run_blocks, sharding_of, splits_rows
+from dopax.execution.runner import Block, forward_consumer, run_blocks, sharding_of, splits_rows
 from dopax.execution.sizing import Footprint, size_blocks
 from dopax.output import schema
 from dopax.output.schema import SiteLayout
 from dopax.parallel.batching import BlockPlan
-from dopax.parallel.sharded import OutputAxes
+from dopax.sampling.prepare import read_rows
 from dopax.streaming.sinks import MemorySink, Sink
 from dopax.streaming.stream import Progress, Submit, stream_into
-from dopax.streaming.targets import sink_for_call
+from dopax.streaming.targets import call_location, check_store, sink_for_call
 
-__all__ = ["result_attrs", "run_predictive"]
+__all__ = ["cluster_devices", "result_attrs", "run_predictive"]
 
 logger = logging.getLogger("dopax")
 
@@ -68,20 +69,6 @@ def _footprint(fj: ForwardJob, in_one_block: bool) -> Footprint:
     )
 
 
-def _index(ax: OutputAxes, block: Block) -> tuple[slice, ...] | None:
-    """Return a forward output block's index in the flat ``(draws, *shape)`` layout."""
-    if ax.row_axis is None:
-        return (slice(block.d0, block.d1),) if block.r0 == 0 else None
-    return tuple(
-        slice(block.d0, block.d1)
-        if axis == 0
-        else slice(block.r0, block.r1)
-        if axis == ax.row_axis
-        else slice(None)
-        for axis in range(ax.row_axis + 1)
-    )
-
-
 def _layouts(fj: ForwardJob, group: str, blocks: BlockPlan) -> list[SiteLayout]:
     layouts = []
     for info in fj.plan.outputs:
@@ -102,6 +89,38 @@ def _layouts(fj: ForwardJob, group: str, blocks: BlockPlan) -> list[SiteLayout]:
     return layouts
 
 
+def _observed(
+    ctx: ModelContext, request: PredictiveRequest, fj: ForwardJob, blocks: BlockPlan
+) -> tuple[Any, SiteLayout] | None:
+    """Return the observed output of a result and its layout, or ``None``.
+
+    A log-likelihood result carries the call's ``y``; an in-sample
+    predictive result the output the model was fitted on, when it has one
+    entry per row of the call. The variable is chunked along rows like the
+    draws.
+    """
+    name = ctx.param_output
+    if request.kind == LOG_LIKELIHOOD:
+        values = fj.job.rows.get(name)
+    elif request.kind == PRIOR or not request.in_sample or request.observed is None:
+        return None
+    else:
+        values = request.observed
+    if values is None or np.ndim(values) == 0 or np.shape(values)[0] != fj.job.n_rows:
+        return None
+    shape = tuple(int(n) for n in np.shape(values))
+    layout = SiteLayout(
+        group=schema.OBSERVED_DATA,
+        name=name,
+        num_chains=1,
+        num_draws=1,
+        shape=shape,
+        dtype=np.dtype(values.dtype).str,
+        chunks=(max(1, min(blocks.row_block, shape[0])), *shape[1:]),
+    )
+    return values, layout
+
+
 def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree | dict[str, Any]:
     """Run a prior, posterior-predictive or log-likelihood request.
 
@@ -114,6 +133,7 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
         request: The request.
     """
     out = request.output
+    cfg = get_config()
     progress = Progress(_label(request), out.progress and not out.in_memory)
     try:
         fj, blocks = _prepare(ctx, request, progress)
@@ -132,25 +152,59 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
     )
     group = _group(request)
     layouts = _layouts(fj, group, blocks)
+    observed = (
+        None if (out.in_memory and not out.return_datatree) else _observed(ctx, request, fj, blocks)
+    )
+    if observed is not None:
+        layouts.append(observed[1])
     static = None
     if request.posterior is not None:
         static = {schema.POSTERIOR: request.posterior.by_chain()}
     attrs = result_attrs(job, {"method": request.method, **_call_attrs(request, blocks, fj)})
+    client = out.client if out.client is not None else cfg.client
+    if client is not None and not out.in_memory:
+        progress.close()  # the cluster's tasks have their own bar
+        check_store(out.store, "persistent", "client=")
+        where, keep = call_location(
+            out.output_dir, _label(request), ctx.temp_folder, out.storage_options
+        )
+        tree = run_on_cluster(
+            client,
+            job,
+            blocks,
+            where=where,
+            keepalive=keep,
+            group=group,
+            layouts=layouts,
+            static=static,
+            attrs={**attrs, schema.DEVICES_ATTR: cluster_devices(client)},
+            config=cfg,
+            progress=out.progress,
+            desc=_label(request),
+            driver_writes=[]
+            if observed is None
+            else [(observed[1], (slice(0, job.n_rows),), np.asarray(observed[0]))],
+        )
+        assert tree is not None
+        return tree
     sink: Sink
     if out.in_memory:
         sink = MemorySink()
     else:
-        sink = sink_for_call(out.store, out.output_dir, _label(request), ctx.temp_folder)
+        sink = sink_for_call(
+            out.store, out.output_dir, _label(request), ctx.temp_folder, out.storage_options
+        )
     axes = job.program.outputs
 
     def run(submit: Submit, advance: Any) -> None:
+        forward = forward_consumer(axes, group, submit)
+
         def consume(block: Block, outputs: dict[str, Any]) -> None:
-            for ax in axes:
-                value = outputs.pop(ax.name)
-                index = _index(ax, block)
-                if index is not None:
-                    submit(group, ax.name, index, value)
-                del value
+            forward(block, outputs)
+            if observed is not None and block.d0 == 0:
+                values, layout = observed
+                submit(layout.group, layout.name, (slice(block.r0, block.r1),),
+                       np.asarray(read_rows(values, block.r0, block.r1)))  # fmt: skip
 
         run_blocks(job, blocks, consume, on_block=lambda rows, draws: advance(rows * draws))
 
@@ -221,3 +275,11 @@ def _call_attrs(request: PredictiveRequest, blocks: BlockPlan, fj: ForwardJob) -
         attrs["in_sample"] = int(request.in_sample)
         attrs["intervention"] = repr(sorted((request.intervention or {}).keys()))
     return attrs
+
+
+def cluster_devices(client: Any) -> int:
+    """Return how many worker processes a cluster has (its devices for the attributes)."""
+    try:
+        return max(1, len(client.scheduler_info().get("workers", {})))
+    except Exception:  # pragma: no cover - a client that cannot say
+        return 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jax
@@ -12,12 +12,14 @@ import numpy as np
 
 from dopax._warn import warn
 from dopax.config import get_config
+from dopax.exceptions import KernelValidationError, ScenarioError
 from dopax.execution.context import ModelContext
 from dopax.execution.request import LOG_LIKELIHOOD, PredictiveRequest
 from dopax.execution.runner import BlockJob
 from dopax.kernel.spec import observed_sites
 from dopax.parallel.sharded import DRAW, OBS
 from dopax.sampling import forward
+from dopax.sampling.explain import check_observed_shape
 from dopax.sampling.forward import ForwardProgram, PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan, make_plan
 from dopax.sampling.prepare import BoundArgs, anchor_rows
@@ -48,6 +50,8 @@ def plan_pass(
     bound: BoundArgs,
     latent: Mapping[str, Any],
     intervention: Any,
+    *,
+    strict_sites: bool = True,
     check_split: bool = False,
 ) -> ForwardPlan:
     """Return the plan of a pass, from the model's cache when the inputs' shapes were seen.
@@ -58,11 +62,14 @@ def plan_pass(
         bound: The call's bound inputs.
         latent: Latent values to substitute (leading draw axis).
         intervention: Site name to value, or ``None``.
+        strict_sites: Raise for a return site the pass lacks (sites asked
+            for by name); otherwise leave it out (the default sites).
         check_split: Whether the plan must say if rows may be split (the call
             splits them); otherwise that check waits for a call that does.
     """
     signature = (
         spec,
+        strict_sites,
         bound.n_rows,
         tuple((k, v.shape[1:], str(v.dtype)) for k, v in sorted(bound.rows.items())),
         tuple((k, v.shape, str(v.dtype)) for k, v in sorted(bound.shared.items())),
@@ -73,15 +80,22 @@ def plan_pass(
     )
     plan = ctx.plans.get(signature)
     if plan is None or (check_split and not plan.split_checked):
-        plan = make_plan(
-            spec,
-            n_rows=bound.n_rows,
-            row_args=bound.rows,
-            shared_args=bound.shared,
-            latent=latent,
-            intervention=intervention,
-            check_split=check_split,
-        )
+        try:
+            plan = make_plan(
+                spec,
+                n_rows=bound.n_rows,
+                row_args=bound.rows,
+                shared_args=bound.shared,
+                latent=latent,
+                intervention=intervention,
+                strict_sites=strict_sites,
+                check_split=check_split,
+            )
+        except (KeyError, ScenarioError):
+            raise
+        except Exception as err:
+            ctx.reraise(err, bound)
+            raise
         ctx.remember(ctx.plans, signature, plan)
     return plan  # type: ignore[no-any-return]
 
@@ -89,17 +103,41 @@ def plan_pass(
 def return_sites(ctx: ModelContext, names: Any) -> tuple[str, ...]:
     """Return the sites a call asks for (the spec's return sites by default).
 
+    A name no trace of the kernel has shown so far is passed on with a
+    warning: it may exist only in a branch not traced yet (``y is None``);
+    the pass itself then raises if it lacks the site too.
+
     Args:
         ctx: The model's context (its spec is set).
         names: A site name, a sequence of names, or ``None``.
+
+    Raises:
+        TypeError: If ``names`` is neither a name nor a sequence of names.
     """
+    assert ctx.spec is not None
     if names is None:
-        assert ctx.spec is not None
         return ctx.spec.return_sites
-    sites = (names,) if isinstance(names, str) else tuple(names)
+    if isinstance(names, str):
+        sites: tuple[Any, ...] = (names,)
+    elif isinstance(names, Iterable) and not isinstance(names, bytes | Mapping):
+        sites = tuple(names)
+    else:
+        sites = ()
     if not sites or not all(isinstance(n, str) for n in sites):
-        raise TypeError("`return_sites` must be a site name or a sequence of site names.")
-    return sites
+        raise TypeError(
+            "`return_sites` must be a site name or a sequence of site names (e.g. "
+            f"`return_sites=['y', 'mu']`); got {names!r}."
+        )
+    known = {*ctx.spec.sample_sites, *ctx.spec.return_sites}
+    unseen = [n for n in sites if n not in known]
+    if unseen:
+        warn(
+            f"Return site(s) {unseen} were not seen in any trace of the kernel so far "
+            f"(known sites: {sorted(known)}); they are passed on, as they may exist only "
+            "in a branch of the kernel not traced yet.",
+            UserWarning,
+        )
+    return tuple(dict.fromkeys(sites))
 
 
 def _float32(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,7 +161,10 @@ def _latent_policy(
     In-sample calls keep them (all rows then run together, with a warning);
     out-of-sample calls draw them fresh for the new rows.
     """
-    plan = plan_pass(ctx, base, bound, draws, request.intervention, check_split)
+    strict = request.return_sites is not None
+    plan = plan_pass(
+        ctx, base, bound, draws, request.intervention, strict_sites=strict, check_split=check_split
+    )
     if plan.local_latents:
         if request.in_sample:
             for name in plan.local_latents:
@@ -142,7 +183,15 @@ def _latent_policy(
             )
         else:
             draws = {k: v for k, v in draws.items() if k not in plan.local_latents}
-            plan = plan_pass(ctx, base, bound, draws, request.intervention, check_split)
+            plan = plan_pass(
+                ctx,
+                base,
+                bound,
+                draws,
+                request.intervention,
+                strict_sites=strict,
+                check_split=check_split,
+            )
     elif plan.path == FULL:
         warn(
             f"{plan.reason}: rows are processed together and only draws are split across "
@@ -176,8 +225,14 @@ def forward_job(
     assert ctx.spec is not None
     if request.kind == LOG_LIKELIHOOD:
         if ctx.param_output not in bound.rows:
-            raise ValueError("`log_likelihood` needs the observed output `y`.")
-        sites = observed_sites(ctx.probe(bound))
+            raise ValueError(
+                f"`log_likelihood` needs the observed output: pass `y` with one entry per row "
+                f"of `X` ({bound.n_rows} rows), e.g. `model.log_likelihood(X, y)`, or an "
+                f"ArrayLoader with the field {ctx.param_output!r}."
+            )
+        traced = ctx.probe(bound)
+        check_observed_shape(traced, ctx.param_output, bound.rows[ctx.param_output], bound.n_rows)
+        sites = observed_sites(traced)
         kind = forward.LOG_LIKELIHOOD
     else:
         sites = return_sites(ctx, request.return_sites)
@@ -189,6 +244,14 @@ def forward_job(
     draws = {k: v for k, v in (posterior.draws if posterior else {}).items() if k in latent_names}
     base = PassSpec(ctx.kernel, bound.static, sites, kind)
     plan, draws = _latent_policy(ctx, request, bound, base, draws, check_split)
+    sites = tuple(info.name for info in plan.outputs)
+    if kind == forward.PREDICT and request.return_sites is None and ctx.param_output not in sites:
+        raise KernelValidationError(
+            f"The kernel has no site {ctx.param_output!r} when it runs without its output "
+            f"(`{ctx.param_output}=None`), so there is nothing to predict: sample the output "
+            f"in every branch, e.g. `numpyro.sample({ctx.param_output!r}, dist, "
+            f"obs={ctx.param_output})`, which draws it when `{ctx.param_output}` is None."
+        )
     spec = PassSpec(ctx.kernel, bound.static, sites, kind, plan.global_latents)
     if request.num_samples is not None:
         n_draws = request.num_samples
@@ -217,6 +280,7 @@ def forward_job(
         anchor_do={k: anchor_rows(v) for k, v in row_do.items()},
         split_rows=plan.path != FULL,
         shard_axis=request.shard_axis,
+        row_offset=int(request.row_offset),
         matmul_flops_per_cell=plan.matmul_flops_per_row,
     )
     chains = posterior.num_chains if posterior is not None else 1

@@ -32,8 +32,12 @@ class Output:
         return_datatree: For in-memory calls, a DataTree (else a dict).
         batch_size: Rows per block, or ``None`` for the sizing policy.
         store: ``"persistent"`` (Zarr) or ``"memory"``.
-        output_dir: Base folder for the call's new sub-folder, or ``None``.
+        output_dir: Base folder or URL for the call's new sub-folder, a zarr
+            store, or ``None``.
         progress: Whether to show a progress bar.
+        storage_options: fsspec options for a URL ``output_dir``.
+        client: A ``dask.distributed.Client`` to run the blocks on, or ``None``
+            (then ``ExecutionConfig.client`` applies).
     """
 
     in_memory: bool = False
@@ -42,6 +46,8 @@ class Output:
     store: str = "persistent"
     output_dir: Any = None
     progress: bool = True
+    storage_options: Mapping[str, Any] | None = None
+    client: Any = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -62,6 +68,10 @@ class PredictiveRequest:
         num_samples: Draws of a prior call.
         shard_axis: ``"obs"`` or ``"draw"``.
         output: Where the draws go.
+        row_offset: Global index of the first row (for callers that split
+            rows over several requests; random numbers follow global rows).
+        observed: The output the model was fitted on, for the
+            ``observed_data`` group of an in-sample result, or ``None``.
     """
 
     kind: str
@@ -77,6 +87,8 @@ class PredictiveRequest:
     num_samples: int | None = None
     shard_axis: str = "obs"
     output: Output = dataclasses.field(default_factory=Output)
+    row_offset: int = 0
+    observed: Any = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -23,6 +23,7 @@ from dopax.parallel.sharded import (
     DRAW,
     OBS,
     BlockProgram,
+    OutputAxes,
     compiled_block,
     device_count,
     pad_leading,
@@ -36,6 +37,8 @@ __all__ = [
     "Consume",
     "Trimmed",
     "compiled_temp_bytes",
+    "flat_index",
+    "forward_consumer",
     "lower_block",
     "lowered_flops",
     "padded_rows",
@@ -80,6 +83,9 @@ class BlockJob:
         split_rows: Whether rows may be split into blocks (else every block
             holds all rows and only draws are split).
         shard_axis: ``"obs"`` or ``"draw"``, as asked.
+        row_offset: Global index of the job's first row: random numbers follow
+            global row indices, so a caller that splits rows over several jobs
+            keeps every row's draws.
         matmul_flops_per_cell: Flops of the program's matrix products per
             draw-row cell, when known from the kernel's probes (``None``: the
             sizing policy reads XLA's cost analysis of the program).
@@ -98,6 +104,7 @@ class BlockJob:
     anchor_do: Any
     split_rows: bool = True
     shard_axis: str = OBS
+    row_offset: int = 0
     matmul_flops_per_cell: float | None = None
 
 
@@ -234,7 +241,7 @@ class _Runner:
         return (
             self.job.call_key,
             draws,
-            np.uint32(r0),
+            np.uint32(r0 + self.job.row_offset),
             latent,
             place(_slice(self.job.rows, r0, r1, pad_r), split_rows),
             self.shared,
@@ -305,6 +312,7 @@ def run_blocks(
     consume: Consume,
     *,
     on_block: Callable[[int, int], None] | None = None,
+    select: Sequence[tuple[int, int, int, int]] | None = None,
 ) -> None:
     """Run every block of ``job`` and pass each block's outputs to ``consume``.
 
@@ -318,10 +326,11 @@ def run_blocks(
         consume: Called as ``consume(block, outputs)``.
         on_block: Called with ``(rows_in_block, draws_in_block)`` after each
             block is dispatched (for progress bars).
+        select: Run only these blocks of ``blocks`` (a task's share on a cluster).
     """
     runner = _Runner(job, row_block=blocks.row_block)
     axes = runner.program.outputs
-    for d0, d1, r0, r1 in blocks.blocks():
+    for d0, d1, r0, r1 in blocks.blocks() if select is None else select:
         nd, nr = d1 - d0, r1 - r0
         pad_d, pad_r = runner.padded(nd, nr)
         raw = runner.fn(*runner.args(d0, d1, r0, r1))
@@ -340,3 +349,51 @@ def run_blocks(
         del out
         if on_block is not None:
             on_block(nr, nd)
+
+
+def flat_index(axes: OutputAxes, block: Block) -> tuple[slice, ...] | None:
+    """Return where a forward output block goes in its site's flat ``(draws, *shape)`` layout.
+
+    Sites without rows are written by the blocks of the first rows only (``None``
+    for the others).
+
+    Args:
+        axes: The output's axes (draws first).
+        block: The block.
+    """
+    if axes.row_axis is None:
+        return (slice(block.d0, block.d1),) if block.r0 == 0 else None
+    return tuple(
+        slice(block.d0, block.d1)
+        if axis == 0
+        else slice(block.r0, block.r1)
+        if axis == axes.row_axis
+        else slice(None)
+        for axis in range(axes.row_axis + 1)
+    )
+
+
+def forward_consumer(
+    axes: Sequence[OutputAxes],
+    group: str,
+    submit: Callable[[str, str, tuple[slice, ...], Any], None],
+) -> Consume:
+    """Return a consumer that hands every forward output block to ``submit`` with its index.
+
+    Each output is taken out of the block's outputs as it is handed over.
+
+    Args:
+        axes: The program's outputs.
+        group: The result group of the outputs.
+        submit: Called as ``submit(group, name, index, value)``.
+    """
+
+    def consume(block: Block, outputs: dict[str, Any]) -> None:
+        for ax in axes:
+            value = outputs.pop(ax.name)
+            index = flat_index(ax, block)
+            if index is not None:
+                submit(group, ax.name, index, value)
+            del value
+
+    return consume

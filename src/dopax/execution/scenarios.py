@@ -14,14 +14,16 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from dopax._warn import warn
 from dopax.config import get_config
 from dopax.effects.reduce import EffectAccumulator
 from dopax.effects.result import EffectResult
 from dopax.effects.scenarios import Scenario, ScenarioProgram, group_codes
 from dopax.effects.tree import effect_tree
 from dopax.exceptions import ScenarioError
+from dopax.execution.cluster import run_on_cluster
 from dopax.execution.context import ModelContext
-from dopax.execution.engine import result_attrs
+from dopax.execution.engine import cluster_devices, result_attrs
 from dopax.execution.job import plan_pass
 from dopax.execution.request import ScenarioRequest
 from dopax.execution.runner import Block, BlockJob, lower_block, run_blocks, splits_rows
@@ -35,8 +37,9 @@ from dopax.parallel.sharded import OBS
 from dopax.sampling.forward import PREDICT, PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan
 from dopax.sampling.prepare import BoundArgs, anchor_rows
+from dopax.streaming.memory import map_large_allocations, release_free_memory
 from dopax.streaming.stream import Progress, Submit, stream_into
-from dopax.streaming.targets import sink_for_call
+from dopax.streaming.targets import call_location, check_store, sink_for_call
 
 __all__ = ["run_scenarios"]
 
@@ -61,6 +64,8 @@ def _bind_scenario(
         )
     X_s = overrides.pop("X", overrides.pop(ctx.param_input, request.X))
     kwargs = request.kwargs
+    for key, value in overrides.items():
+        overrides[key] = _per_row(value, kwargs.get(key), n_rows)
     bound = ctx.bind(X_s, None, {**kwargs, **overrides})
     if bound.n_rows != n_rows:
         raise ScenarioError(
@@ -76,6 +81,20 @@ def _bind_scenario(
                 f"one value per row ({n_rows}) like the base call."
             )
     return bound, spec.get(_INTERVENTION)
+
+
+def _per_row(value: Any, base: Any, n_rows: int) -> Any:
+    """Broadcast a scalar scenario value to every row (like the base call's argument)."""
+    if np.ndim(value) != 0 or isinstance(value, str | bytes) or value is None:
+        return value
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        return value
+    if base is not None and np.ndim(base) >= 1 and np.shape(base)[0] == n_rows:
+        return np.broadcast_to(arr.astype(np.asarray(base).dtype), np.shape(base))
+    return np.broadcast_to(
+        arr.astype(np.float32 if arr.dtype.kind == "f" else arr.dtype), (n_rows,)
+    )
 
 
 def _scenarios(
@@ -95,7 +114,7 @@ def _scenarios(
             )
         spec = PassSpec(ctx.kernel, bound.static, (site,), PREDICT)
         try:
-            plan = plan_pass(ctx, spec, bound, draws, intervention, check_split)
+            plan = plan_pass(ctx, spec, bound, draws, intervention, check_split=check_split)
         except KeyError as err:
             raise ScenarioError(str(err.args[0])) from err
         row_names = set(plan.row_intervention_sites)
@@ -183,6 +202,8 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
         shard_axis=OBS,
     )
     info = next(o for o in plans[0].outputs if o.name == site)
+    if request.site is None and np.dtype(info.dtype).kind in "biu":
+        _warn_discrete(ctx, site, info.dtype)
     kept_bytes = 0
     if request.keep_draws:
         if info.row_axis != 0:
@@ -220,8 +241,6 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
             job.split_rows = False
             blocks = sized()
     job.program = dataclasses.replace(program, cells_per_step=blocks.step_cells)
-    progress.stage(f"compiling blocks of {blocks.draw_block} draws x {blocks.row_block} rows")
-    lower_block(job, job.program, blocks.draw_block, blocks.row_block, blocks.row_block).compile()
     acc = EffectAccumulator(
         len(names), posterior.num_draws, len(labels), n_rows, request.interval, cfg.host_threads
     )
@@ -241,11 +260,26 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
             acc.abort()
             raise
 
-    kept: xr.DataTree | None = None
-    if request.keep_draws:
-        chains = posterior.num_chains
-        per_chain = posterior.num_draws // chains
-        layout = SiteLayout(
+    def result(kept: xr.DataTree | None) -> EffectResult:
+        tree = effect_tree(
+            acc,
+            names,
+            b_index,
+            codes,
+            labels,
+            request.by is not None,
+            posterior.num_chains,
+            n_rows,
+            attrs,
+        )
+        if kept is not None:
+            tree = _attach(tree, kept, site, names)
+        return EffectResult(tree)
+
+    chains = posterior.num_chains
+    per_chain = posterior.num_draws // chains
+    layouts = [
+        SiteLayout(
             group=schema.PREDICTIONS,
             name=site,
             num_chains=chains,
@@ -254,34 +288,89 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
             dtype=info.dtype,
             chunks=(1, per_chain, len(names), blocks.row_block, *info.shape[1:]),
         )
-        sink = sink_for_call(out.store, out.output_dir, "scenarios", ctx.temp_folder)
-        kept = stream_into(
-            sink,
-            run,
-            layouts=[layout],
-            static={schema.POSTERIOR: posterior.by_chain()},
-            attrs={**attrs, "method": "compare_scenarios", "scenarios": list(names)},
-            total=n_rows,
-            progress=progress,
-            desc="compare_scenarios",
-        )
-    else:
+    ]
+    static = {schema.POSTERIOR: posterior.by_chain()}
+    kept_attrs = {**attrs, "method": "compare_scenarios", "scenarios": list(names)}
+    client = out.client if out.client is not None else cfg.client
+    if cfg.trim_memory:
+        # The host summaries allocate per-row blocks in fresh threads; without a
+        # fixed mmap threshold glibc keeps them in per-thread heaps, and RSS grows
+        # with every call (W3: 30 identical calls, +275 MB).
+        map_large_allocations(cfg.mmap_threshold_bytes)
+    try:
+        if client is not None:
+            progress.close()  # the cluster's tasks have their own bar
+            where, keep = (None, None)
+            if request.keep_draws:
+                check_store(out.store, "persistent", "client=")
+                where, keep = call_location(
+                    out.output_dir, "scenarios", ctx.temp_folder, out.storage_options
+                )
+            try:
+                kept = run_on_cluster(
+                    client,
+                    job,
+                    blocks,
+                    where=where,
+                    keepalive=keep,
+                    group=schema.PREDICTIONS,
+                    layouts=layouts if request.keep_draws else [],
+                    static=static,
+                    attrs=kept_attrs,
+                    config=cfg,
+                    progress=out.progress,
+                    desc="compare_scenarios",
+                    interval=request.interval,
+                    collect=acc.add_summaries,
+                )
+            finally:
+                acc.finish()
+            attrs = {**attrs, schema.DEVICES_ATTR: cluster_devices(client)}
+            return result(kept)
+        progress.stage(f"compiling blocks of {blocks.draw_block} draws x {blocks.row_block} rows")
+        lower_block(
+            job, job.program, blocks.draw_block, blocks.row_block, blocks.row_block
+        ).compile()
+        if request.keep_draws:
+            sink = sink_for_call(
+                out.store, out.output_dir, "scenarios", ctx.temp_folder, out.storage_options
+            )
+            return stream_into(  # type: ignore[no-any-return]
+                sink,
+                run,
+                layouts=layouts,
+                static=static,
+                attrs=kept_attrs,
+                total=n_rows,
+                progress=progress,
+                desc="compare_scenarios",
+                finish=result,  # a failure here removes the kept draws too
+            )
         progress.start(n_rows)
         run(None, progress.update)
-    tree = effect_tree(
-        acc,
-        names,
-        b_index,
-        codes,
-        labels,
-        request.by is not None,
-        posterior.num_chains,
-        n_rows,
-        attrs,
+        return result(None)
+    finally:
+        if cfg.trim_memory:
+            release_free_memory()
+
+
+def _warn_discrete(ctx: ModelContext, site: str, dtype: str) -> None:
+    """Say that per-row intervals of a discrete outcome hold whole numbers, and what to use."""
+    expectations = [n for n in (ctx.spec.return_sites if ctx.spec else ()) if n != site]
+    hint = (
+        f"pass `site=` one of the kernel's deterministic sites {expectations} that holds the "
+        "outcome's expectation (e.g. a probability or rate)"
+        if expectations
+        else "record the outcome's expectation as a deterministic site (e.g. "
+        "`numpyro.deterministic('p', p)`) and pass `site='p'`"
     )
-    if kept is not None:
-        tree = _attach(tree, kept, site, names)
-    return EffectResult(tree)
+    warn(
+        f"The outcome {site!r} is discrete ({dtype}): per draw, each row's contrast is a whole "
+        "number, so the per-row intervals in `rows` are whole numbers too (often [0, 0] or "
+        "[-1, 1]); the average effects and per-row means are not affected. For per-row "
+        f"intervals of the expected effect, {hint}.",
+        UserWarning,
+    )
 
 
 def _attach(tree: xr.DataTree, kept: xr.DataTree, site: str, names: list[str]) -> xr.DataTree:

@@ -7,22 +7,27 @@ the facade never branches on the inference type.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from numpyro.infer import MCMC, SVI
 
 from dopax.config import get_config
-from dopax.exceptions import NotFittedError
+from dopax.exceptions import FitDivergedError, NotFittedError
 from dopax.inference.mcmc import MCMCDriver
 from dopax.inference.posterior import Posterior
-from dopax.inference.svi import SVIDriver, SVIRunResult
+from dopax.inference.svi import SVIDriver, SVIRunResult, check_losses
 from dopax.inference.svi_fit import fit_epochs, fit_steps
 from dopax.sampling.prepare import BoundArgs
 
-__all__ = ["Driver", "MCMCFit", "SVIFit", "make_driver"]
+__all__ = ["Driver", "MCMCFit", "SVIFit", "check_model", "make_driver"]
+
+#: Plain arrays and JSON-ready facts that hold a driver's fit state.
+Exported = tuple[dict[str, np.ndarray], dict[str, Any]]
 
 
 def make_driver(inference: Any) -> Driver:
@@ -42,6 +47,62 @@ def make_driver(inference: Any) -> Driver:
         "`inference` must be a `numpyro.infer.SVI` or `numpyro.infer.MCMC` object; "
         f"got {type(inference).__name__}."
     )
+
+
+def _wrapped(fn: Any) -> list[Any]:
+    """Return ``fn`` and what it wraps (NumPyro handlers, ``functools.wraps``)."""
+    chain: list[Any] = []
+    while fn is not None and all(fn is not seen for seen in chain):
+        chain.append(fn)
+        fn = getattr(fn, "fn", None) or getattr(fn, "__wrapped__", None)
+    return chain
+
+
+def _same_model(model: Any, kernel: Any) -> bool:
+    for candidate in _wrapped(model):
+        if candidate is kernel:
+            return True
+        if (
+            isinstance(candidate, functools.partial)
+            and isinstance(kernel, functools.partial)
+            and candidate.func is kernel.func
+            and sorted(candidate.keywords) == sorted(kernel.keywords)
+        ):
+            return True
+    return False
+
+
+def _name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+
+
+def check_model(inference: Any, kernel: Any) -> None:
+    """Check that ``inference`` was built for ``kernel``.
+
+    Args:
+        inference: The user's SVI or MCMC object.
+        kernel: The model's kernel.
+
+    Raises:
+        ValueError: If the inference object runs another model.
+    """
+    if isinstance(inference, SVI):
+        model, how = inference.model, "SVI(kernel, guide, optim, loss)"
+    else:
+        model = getattr(getattr(inference, "sampler", None), "model", None)
+        how = "MCMC(NUTS(kernel), ...)"
+        if model is None:  # a sampler built from a potential function
+            return
+    if not _same_model(model, kernel):
+
+        def name(fn: Any) -> str:
+            return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", repr(fn)))
+
+        raise ValueError(
+            f"`inference` was built for the model {_name(model)!r}, not for `kernel` "
+            f"{_name(kernel)!r}: the fit would run the other model. Build it for the same "
+            f"kernel, e.g. `{how}`."
+        )
 
 
 def _arrays(bound: BoundArgs) -> dict[str, Any]:
@@ -72,8 +133,9 @@ class Driver:
         num_samples: int,
         progress: bool,
         exclude: Iterable[str],
+        trace: Any = None,
     ) -> Posterior:
-        """Fit on one in-memory batch and return the posterior."""
+        """Fit on one in-memory batch and return the posterior (``trace``: MCMC only)."""
         raise NotImplementedError
 
     def sample(
@@ -81,6 +143,57 @@ class Driver:
     ) -> Posterior:
         """Draw more posterior samples without replacing the model's posterior."""
         raise NotImplementedError
+
+    def sample_stats(self) -> dict[str, Any] | None:
+        """The sampler statistics of the latest draws (flat over chains), or ``None``."""
+        return None
+
+    def export_state(self) -> Exported:
+        """Return the fit state beyond the posterior as plain arrays and JSON-ready facts."""
+        return {}, {}
+
+    def restore_state(self, arrays: Mapping[str, np.ndarray], facts: Mapping[str, Any]) -> None:
+        """Take back what :meth:`export_state` returned (for a loaded model)."""
+
+    def diagnostics(self) -> dict[str, float]:
+        """Return summary figures of the last fit (MCMC: divergences, max R-hat, min ESS)."""
+        return {}
+
+
+def _leaf_arrays(leaves: list[Any]) -> Exported:
+    arrays: dict[str, np.ndarray] = {}
+    keys: dict[str, str] = {}
+    for i, leaf in enumerate(leaves):
+        if jnp.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
+            keys[str(i)] = str(jax.random.key_impl(leaf))
+            leaf = jax.random.key_data(leaf)
+        arrays[f"state/{i:04d}"] = np.asarray(leaf)
+    return arrays, {"leaves": len(leaves), "keys": keys}
+
+
+def _restored(fresh: Any, arrays: Mapping[str, np.ndarray], facts: Mapping[str, Any]) -> Any:
+    """Return ``fresh`` (a new SVI state) with the saved leaves put in, checked leaf by leaf."""
+    leaves, treedef = jax.tree.flatten(fresh)
+    if len(leaves) != int(facts["leaves"]):
+        raise ValueError(
+            f"The saved SVI state has {facts['leaves']} arrays but this guide and optimizer "
+            f"make {len(leaves)}: the model was saved with another guide or optimizer."
+        )
+    out = []
+    for i, leaf in enumerate(leaves):
+        value: Any = jnp.asarray(arrays[f"state/{i:04d}"])
+        impl = facts["keys"].get(str(i))
+        if impl is not None:
+            value = jax.random.wrap_key_data(value, impl=impl)
+        if value.shape != jnp.shape(leaf) or value.dtype != jnp.result_type(leaf):
+            raise ValueError(
+                f"Saved SVI state array {i} has shape {value.shape} and dtype {value.dtype}, "
+                f"but the guide set up on this data makes {jnp.shape(leaf)} "
+                f"{jnp.result_type(leaf)}: per-row guide parameters need data with as many "
+                "rows as the model was fitted on."
+            )
+        out.append(value)
+    return jax.tree.unflatten(treedef, out)
 
 
 class SVIFit(Driver):
@@ -96,17 +209,30 @@ class SVIFit(Driver):
         self.driver = SVIDriver(svi, get_config().svi_steps_per_chunk)
         self.state: Any = None
         self.vi_result = None
+        # a loaded model's state, put in once the guide is set up on data
+        self._saved: Exported | None = None
 
     def svi(self, method: str) -> SVIFit:  # noqa: D102
         return self
 
     def _init(self, key: jax.Array, bound: BoundArgs) -> None:
         if self.state is None:
-            self.state = self.driver.init(key, bound.static, _arrays(bound))
+            state = self.driver.init(key, bound.static, _arrays(bound))
+            if self._saved is not None:
+                state = _restored(state, *self._saved)
+                self._saved = None
+            self.state = state
 
     def _finish(self, state: Any, losses: Any) -> None:
+        params = self.driver.params(state)
+        result = SVIRunResult(params, losses)
+        try:
+            check_losses(losses, params)
+        except FitDivergedError:
+            self.vi_result = result  # for inspection; the fit state is not replaced
+            raise
         self.state = state
-        self.vi_result = SVIRunResult(self.driver.params(state), losses)
+        self.vi_result = result
 
     def draw(
         self, key: jax.Array, num_samples: int, bound: BoundArgs, exclude: Iterable[str]
@@ -155,7 +281,10 @@ class SVIFit(Driver):
         num_samples: int,
         progress: bool,
         exclude: Iterable[str],
+        trace: Any = None,
     ) -> Posterior:
+        if trace is not None:
+            raise TypeError("`trace=` streams an MCMC run; this model's inference is SVI.")
         k_init, k_post = jax.random.split(key)
         self._init(k_init, bound)
         state, losses = fit_steps(
@@ -173,6 +302,12 @@ class SVIFit(Driver):
     def sample(  # noqa: D102
         self, key: jax.Array, num_samples: int, kwargs: Mapping[str, Any], exclude: Iterable[str]
     ) -> Posterior:
+        if self.state is None and self._saved is not None:
+            raise NotFittedError(
+                "`sample` draws from the fitted guide, which a loaded model sets up again on "
+                "its next fitting call (`fit`, `fit_on_batch` or `train_on_batch` resume from "
+                "the saved state); its saved posterior draws serve `predict` as they are."
+            )
         if self.state is None:
             raise NotFittedError(
                 "`sample` draws from the fitted guide: call `fit` or `fit_on_batch` first."
@@ -183,13 +318,45 @@ class SVIFit(Driver):
         draws = self.driver.draw_posterior(key, params, num_samples, static, args, exclude)
         return Posterior(draws, 1)
 
+    def export_state(self) -> Exported:  # noqa: D102
+        arrays: dict[str, np.ndarray] = {}
+        facts: dict[str, Any] = {}
+        if self.state is not None:
+            arrays, facts["state"] = _leaf_arrays(jax.tree.leaves(self.state))
+        elif self._saved is not None:
+            arrays, facts["state"] = dict(self._saved[0]), dict(self._saved[1])
+        if self.vi_result is not None:
+            names = sorted(self.vi_result.params)
+            facts["params"] = names
+            for i, name in enumerate(names):
+                arrays[f"params/{i:04d}"] = np.asarray(self.vi_result.params[name])
+            arrays["losses"] = np.asarray(self.vi_result.losses)
+        return arrays, facts
+
+    def restore_state(  # noqa: D102
+        self, arrays: Mapping[str, np.ndarray], facts: Mapping[str, Any]
+    ) -> None:
+        if "state" in facts:
+            saved = {k: np.asarray(v) for k, v in arrays.items() if k.startswith("state/")}
+            self._saved = (saved, dict(facts["state"]))
+        if "params" in facts:
+            names = facts["params"]
+            params = {n: np.asarray(arrays[f"params/{i:04d}"]) for i, n in enumerate(names)}
+            self.vi_result = SVIRunResult(params, np.asarray(arrays["losses"]))
+
     def __getstate__(self) -> dict[str, Any]:
-        return {"svi": self.driver.svi, "state": self.state, "vi_result": self.vi_result}
+        return {
+            "svi": self.driver.svi,
+            "state": self.state,
+            "vi_result": self.vi_result,
+            "saved": self._saved,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["svi"])  # type: ignore[misc]
         self.state = state["state"]
         self.vi_result = state["vi_result"]
+        self._saved = state.get("saved")
 
 
 class MCMCFit(Driver):
@@ -213,9 +380,16 @@ class MCMCFit(Driver):
         num_samples: int,
         progress: bool,
         exclude: Iterable[str],
+        trace: Any = None,
     ) -> Posterior:
-        self.driver.run(key, bound.static, _arrays(bound), progress=progress)
+        if trace is None:
+            self.driver.run(key, bound.static, _arrays(bound), progress=progress)
+        else:
+            self.driver.run_to_trace(trace, key, bound.static, _arrays(bound), progress=progress)
         return Posterior(self.driver.draws(exclude), self.driver.num_chains)
+
+    def sample_stats(self) -> dict[str, Any] | None:  # noqa: D102
+        return self.driver.sample_stats()
 
     def sample(  # noqa: D102
         self, key: jax.Array, num_samples: int, kwargs: Mapping[str, Any], exclude: Iterable[str]
@@ -224,3 +398,6 @@ class MCMCFit(Driver):
             raise NotFittedError("`sample` continues the MCMC chains: call `fit_on_batch` first.")
         self.driver.continue_chains(key, num_samples, progress=False)
         return Posterior(self.driver.draws(exclude), self.driver.num_chains)
+
+    def diagnostics(self) -> dict[str, float]:  # noqa: D102
+        return self.driver.diagnostics() if self.driver.last_state is not None else {}

@@ -14,7 +14,7 @@ from numpyro.infer import SVI
 from numpyro.infer.autoguide import AutoGuide
 from numpyro.infer.util import Predictive
 
-__all__ = ["SVIRunResult", "SVIDriver"]
+__all__ = ["SVIRunResult", "SVIDriver", "check_losses"]
 
 logger = logging.getLogger("dopax")
 
@@ -60,6 +60,55 @@ def still_falling(losses: np.ndarray, *, window: int | None = None, tol: float =
     drop = -slope * window
     scale = max(abs(float(np.median(tail[-window:]))), 1e-12)
     return bool(drop > 2.5 * se * window and drop > tol * scale)
+
+
+_HINT = (
+    "Lower the optimiser's learning rate (e.g. `Adam(1e-3)`), put `X` and `y` on a unit "
+    "scale, or use tighter priors."
+)
+
+
+def check_losses(losses: Any, params: Mapping[str, Any]) -> None:
+    """Check a fit's losses and final parameters for divergence.
+
+    Args:
+        losses: Loss per step of the fit.
+        params: The guide's parameters at the end of the fit.
+
+    Raises:
+        FitDivergedError: If a loss is NaN or infinite and a parameter is no
+            longer finite (no posterior can be drawn from the guide).
+
+    Warns:
+        RuntimeWarning: If a loss is NaN or infinite but the parameters ended
+            finite (the fit finished; its losses say where to look).
+    """
+    from dopax._warn import warn
+    from dopax.exceptions import FitDivergedError
+
+    values = np.asarray(losses, dtype=np.float64).ravel()
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size == 0:
+        return
+    step = int(bad[0])
+    what = "NaN" if np.isnan(values[step]) else "infinite"
+    broken = sorted(
+        name
+        for name, value in params.items()
+        if not all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree.leaves(value))
+    )
+    where = f"at step {step + 1} of the {values.size} steps of this fit"
+    if broken:
+        raise FitDivergedError(
+            f"The fit diverged: the SVI loss became {what} {where}, and the guide's "
+            f"parameter(s) {broken} are no longer finite, so no posterior can be drawn. "
+            f"The model keeps the fit state it had before this call. {_HINT}"
+        )
+    warn(
+        f"The SVI loss was {what} {where} ({bad.size} step(s) in all), though the guide's "
+        f"parameters ended finite; check `vi_result.losses`. {_HINT}",
+        RuntimeWarning,
+    )
 
 
 class SVIDriver:

@@ -9,7 +9,7 @@ from typing import Any
 from dopax.exceptions import KernelValidationError
 from dopax.kernel.signature import kernel_parameters
 
-__all__ = ["KernelSpec", "build_spec", "observed_sites", "validate_trace"]
+__all__ = ["KernelSpec", "build_spec", "merge_specs", "observed_sites", "validate_trace"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,7 +17,9 @@ class KernelSpec:
     """What the first trace of a kernel revealed.
 
     A spec exists only once the kernel has been traced; :attr:`traced` is
-    kept for the aimz API and is always ``True``.
+    kept for the aimz API and is always ``True``. A kernel may branch on
+    whether its output is given (``if y is None: ...``): fitting traces both
+    branches and the spec holds the sites of either.
 
     Attributes:
         sample_sites: Names of the latent (unobserved) sample sites, in trace order.
@@ -99,6 +101,24 @@ def build_spec(trace: Mapping[str, Any], param_output: str) -> KernelSpec:
         sample_sites=sample_sites,
         return_sites=(param_output, *deterministic),
         output_observed=bool(out.get("is_observed")),
+    )
+
+
+def merge_specs(first: KernelSpec, second: KernelSpec) -> KernelSpec:
+    """Return the spec holding the sites of both (e.g. the two branches on ``y is None``).
+
+    Args:
+        first: A spec; its order comes first.
+        second: Another spec of the same kernel.
+    """
+
+    def union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*a, *b)))
+
+    return KernelSpec(
+        sample_sites=union(first.sample_sites, second.sample_sites),
+        return_sites=union(first.return_sites, second.return_sites),
+        output_observed=first.output_observed or second.output_observed,
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -10,11 +10,13 @@ import xarray as xr
 
 from dopax._warn import warn
 from dopax.data import ArrayLoader
+from dopax.exceptions import KernelValidationError
 from dopax.inference.posterior import Posterior
 from dopax.model.checks import optional_positive_int, positive_int
 from dopax.model.state import FittedState
 from dopax.output import schema
 from dopax.output.build import build_tree
+from dopax.sampling.explain import InputSchema, check_observed_shape
 
 __all__ = ["FittingMethods"]
 
@@ -99,6 +101,7 @@ class FittingMethods:
             progress=progress,
             exclude=self._latent_only(),
         )
+        self._fitted_on(bound)
         losses = svi.vi_result.losses if svi.vi_result is not None else np.zeros(0)
         if still_falling(losses):
             warn(
@@ -113,8 +116,20 @@ class FittingMethods:
         ctx = self._state.ctx
         bound = ctx.bind(X, y, kwargs)
         if self.param_output not in bound.rows:
-            raise ValueError(f"`{method}` needs the output `y`.")
-        ctx.ensure_spec(bound, fitting=True)
+            raise ValueError(
+                f"`{method}` needs the observed output: pass `y` with one entry per row of "
+                f"`X`, or an ArrayLoader with the field {self.param_output!r}."
+            )
+        spec = ctx.ensure_spec(bound, fitting=True)
+        y = bound.rows[self.param_output]
+        check_observed_shape(ctx.probe(bound), self.param_output, y, bound.n_rows)
+        if not spec.sample_sites:
+            raise KernelValidationError(
+                f"The kernel has no latent sample site (every sample site is observed), so "
+                f"`{method}` has nothing to fit. Add a latent site (e.g. `numpyro.sample("
+                "'sigma', dist.HalfNormal(1))`), or draw from the kernel as it is with "
+                "`sample_prior_predictive`."
+            )
         return bound
 
     def fit_on_batch(
@@ -126,6 +141,7 @@ class FittingMethods:
         num_samples: int = 1000,
         rng_key: Any = None,
         progress: bool = True,
+        trace: Any = None,
         **kwargs: Any,
     ) -> Any:
         """Fit on one in-memory batch: SVI resumes from its last state; MCMC runs the sampler.
@@ -137,6 +153,8 @@ class FittingMethods:
             num_samples: Posterior draws to take from the guide (SVI).
             rng_key: Key for this call; derived from the model's key if omitted.
             progress: Whether to show a progress bar.
+            trace: A :class:`dopax.ZarrTrace` (MCMC only): stream the run to it
+                in segments, or resume or extend the run it holds.
             **kwargs: Further kernel arguments.
 
         Returns:
@@ -152,8 +170,15 @@ class FittingMethods:
             num_samples=num_samples,
             progress=progress,
             exclude=self._latent_only(),
+            trace=trace,
         )
+        self._fitted_on(bound)
         return self
+
+    def _fitted_on(self, bound: Any) -> None:
+        """Keep what a fit was run on: its output (for ``observed_data``), its input shapes."""
+        self._state.observed = np.asarray(bound.rows[self.param_output])
+        self._state.ctx.fitted_inputs = InputSchema.of(bound.rows, bound.shared)
 
     def train_on_batch(self, X: Any, y: Any, rng_key: Any = None, **kwargs: Any) -> tuple[Any, Any]:
         """Run one compiled SVI update step on a batch (compiled once per batch shape).
@@ -203,14 +228,24 @@ class FittingMethods:
         post = self._state.driver.sample(key, num_samples, kwargs, self._latent_only())
         draws = post.draws
         if return_sites is not None:
-            names = [return_sites] if isinstance(return_sites, str) else list(return_sites)
+            names: Any = [return_sites] if isinstance(return_sites, str) else return_sites
+            names = list(names) if isinstance(names, Iterable) else []
+            if not names or not all(isinstance(n, str) for n in names):
+                raise TypeError(
+                    "`return_sites` must be a site name or a sequence of site names (e.g. "
+                    f"`return_sites=['beta']`); got {return_sites!r}."
+                )
             unknown = sorted(set(names) - set(draws))
             if unknown:
                 raise KeyError(f"Unknown return site(s) {unknown}; available: {sorted(draws)}.")
             draws = {k: draws[k] for k in names}
         if not return_datatree:
             return draws
-        return build_tree({schema.POSTERIOR: draws}, post.num_chains)
+        groups = {schema.POSTERIOR: draws}
+        stats = self._state.driver.sample_stats()
+        if stats is not None:
+            groups[schema.SAMPLE_STATS] = stats
+        return build_tree(groups, post.num_chains)
 
     def set_posterior_sample(self, posterior_sample: Mapping[str, Any]) -> Any:
         """Use externally obtained posterior draws.
@@ -254,4 +289,5 @@ class FittingMethods:
                 f"`posterior_sample` arrays must share one leading (draw) size; got {sizes}."
             )
         self._state.posterior = Posterior(draws, 1)
+        self._state.observed = None
         return self

@@ -22,14 +22,14 @@ from dopax.execution.request import (
     ScenarioRequest,
 )
 from dopax.execution.scenarios import run_scenarios
-from dopax.inference.driver import make_driver
+from dopax.inference.driver import check_model, make_driver
 from dopax.kernel.signature import check_reserved_kwargs, validate_signature
 from dopax.kernel.spec import KernelSpec
 from dopax.model.checks import optional_positive_int, positive_int
 from dopax.model.fitting import FittingMethods
 from dopax.model.state import FittedState, require_posterior
 from dopax.sampling.keys import check_key
-from dopax.streaming.targets import check_store
+from dopax.streaming.targets import check_output
 
 __all__ = ["ImpactModel"]
 
@@ -43,8 +43,11 @@ class ImpactModel(FittingMethods):
     ``ExecutionConfig.memory_budget_bytes`` when ``None``), ``shard_axis``
     (``"obs"`` splits rows across devices, ``"draw"`` draws), ``store``
     (``"persistent"``: chunked Zarr on disk; ``"memory"``), ``output_dir``
-    (base folder for the call's new sub-folder; default the model's temporary
-    folder) and ``progress`` (a progress bar). Array keyword arguments of the
+    (base folder or fsspec URL for the call's new sub-folder, or an empty zarr
+    store; default the model's temporary folder), ``storage_options`` (fsspec
+    options for a URL), ``client`` (a ``dask.distributed.Client`` whose
+    workers compute the blocks and write them into the store) and
+    ``progress`` (a progress bar). Array keyword arguments of the
     kernel whose leading length is the number of rows are batched with ``X``.
 
     Args:
@@ -90,6 +93,7 @@ class ImpactModel(FittingMethods):
         if rng_key is None:
             raise TypeError("`rng_key` is required: pass e.g. `jax.random.key(0)`.")
         driver = make_driver(inference)
+        check_model(inference, kernel)
         check_key(rng_key)
         self._inference = inference
         self._state = FittedState(ModelContext(kernel, param_input, param_output), driver, rng_key)
@@ -175,24 +179,40 @@ class ImpactModel(FittingMethods):
     # ------------------------------------------------------------------ forward passes
     def _forward(self, kind: str, method: str, X: Any, output: Output, **fields: Any) -> Any:
         """Build the request of a forward pass and run it: every forward method ends here."""
-        if not output.in_memory:
-            check_store(output.store)
         posterior = None
         if kind != PRIOR:
             posterior = require_posterior(self._state.posterior, method)
         key = self._state.call_key(fields.pop("rng_key", None))
+        observed = self._state.observed if kind == PREDICT and fields.get("in_sample") else None
         request = PredictiveRequest(
-            kind=kind, method=method, key=key, X=X, posterior=posterior, output=output, **fields
+            kind=kind,
+            method=method,
+            key=key,
+            X=X,
+            posterior=posterior,
+            output=output,
+            observed=observed,
+            **fields,
         )
         return run_predictive(self._state.ctx, request)
 
     @staticmethod
-    def _streamed(batch_size: Any, store: str, output_dir: Any, progress: bool) -> Output:
+    def _streamed(
+        batch_size: Any,
+        store: str,
+        output_dir: Any,
+        progress: bool,
+        storage_options: Any = None,
+        client: Any = None,
+    ) -> Output:
+        check_output(store, output_dir, storage_options)
         return Output(
             batch_size=optional_positive_int(batch_size, "batch_size"),
             store=store,
             output_dir=output_dir,
             progress=progress,
+            storage_options=storage_options,
+            client=client,
         )
 
     def sample_prior_predictive_on_batch(
@@ -297,6 +317,8 @@ class ImpactModel(FittingMethods):
         store: str = "persistent",
         output_dir: Any = None,
         progress: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
+        client: Any = None,
         **kwargs: Any,
     ) -> xr.DataTree:
         """Stream prior predictive draws in chunks (Zarr on disk by default).
@@ -309,8 +331,10 @@ class ImpactModel(FittingMethods):
             batch_size: Rows per block (see the class docstring).
             shard_axis: ``"obs"`` or ``"draw"``.
             store: ``"persistent"`` or ``"memory"``.
-            output_dir: Base folder for the call's sub-folder.
+            output_dir: Base folder or URL for the call's sub-folder.
             progress: Whether to show a progress bar.
+            storage_options: fsspec options for a URL ``output_dir``.
+            client: A ``dask.distributed.Client`` to run the blocks on.
             **kwargs: Further kernel arguments.
 
         Returns:
@@ -320,7 +344,7 @@ class ImpactModel(FittingMethods):
             PRIOR,
             "sample_prior_predictive",
             X,
-            self._streamed(batch_size, store, output_dir, progress),
+            self._streamed(batch_size, store, output_dir, progress, storage_options, client),
             kwargs=kwargs,
             rng_key=rng_key,
             return_sites=return_sites,
@@ -342,6 +366,8 @@ class ImpactModel(FittingMethods):
         store: str = "persistent",
         output_dir: Any = None,
         progress: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
+        client: Any = None,
         **kwargs: Any,
     ) -> xr.DataTree:
         """Stream posterior predictive draws in chunks (Zarr on disk by default).
@@ -358,8 +384,10 @@ class ImpactModel(FittingMethods):
             batch_size: Rows per block (see the class docstring).
             shard_axis: ``"obs"`` or ``"draw"``.
             store: ``"persistent"`` or ``"memory"``.
-            output_dir: Base folder for the call's sub-folder.
+            output_dir: Base folder or URL for the call's sub-folder.
             progress: Whether to show a progress bar.
+            storage_options: fsspec options for a URL ``output_dir``.
+            client: A ``dask.distributed.Client`` to run the blocks on.
             **kwargs: Further kernel arguments.
 
         Returns:
@@ -369,7 +397,7 @@ class ImpactModel(FittingMethods):
             PREDICT,
             "predict",
             X,
-            self._streamed(batch_size, store, output_dir, progress),
+            self._streamed(batch_size, store, output_dir, progress, storage_options, client),
             kwargs=kwargs,
             rng_key=rng_key,
             intervention=intervention,
@@ -399,6 +427,8 @@ class ImpactModel(FittingMethods):
         store: str = "persistent",
         output_dir: Any = None,
         progress: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
+        client: Any = None,
         **kwargs: Any,
     ) -> xr.DataTree:
         """Stream the pointwise log-likelihood of every observed site.
@@ -409,8 +439,10 @@ class ImpactModel(FittingMethods):
             batch_size: Rows per block (see the class docstring).
             shard_axis: ``"obs"`` or ``"draw"``.
             store: ``"persistent"`` or ``"memory"``.
-            output_dir: Base folder for the call's sub-folder.
+            output_dir: Base folder or URL for the call's sub-folder.
             progress: Whether to show a progress bar.
+            storage_options: fsspec options for a URL ``output_dir``.
+            client: A ``dask.distributed.Client`` to run the blocks on.
             **kwargs: Further kernel arguments.
 
         Returns:
@@ -420,7 +452,7 @@ class ImpactModel(FittingMethods):
             LOG_LIKELIHOOD,
             "log_likelihood",
             X,
-            self._streamed(batch_size, store, output_dir, progress),
+            self._streamed(batch_size, store, output_dir, progress, storage_options, client),
             y=y,
             kwargs=kwargs,
             shard_axis=shard_axis,
@@ -462,6 +494,7 @@ class ImpactModel(FittingMethods):
             (output_intervention, args_intervention),
             on_batch=on_batch,
             shared_key=self._state.call_key,
+            num_chains=self._state.posterior.num_chains if self._state.posterior else 1,
         )
 
     def compare_scenarios(
@@ -479,6 +512,8 @@ class ImpactModel(FittingMethods):
         store: str = "persistent",
         output_dir: Any = None,
         progress: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
+        client: Any = None,
         **kwargs: Any,
     ) -> Any:
         """Compare scenarios in one streamed pass with shared random numbers.
@@ -492,27 +527,31 @@ class ImpactModel(FittingMethods):
         Args:
             X: Base input with a leading row axis.
             scenarios: Scenario name to a dict of kernel inputs to override
-                (e.g. ``{"t": ones}`` or ``{"X": X_new}``) and/or
-                ``"intervention"``: a dict of site values.
+                (e.g. ``{"t": ones}``, ``{"t": 1.0}`` for every row, or
+                ``{"X": X_new}``) and/or ``"intervention"``: a dict of site values.
             baseline: Name of the scenario every other one is contrasted with.
-            site: Outcome site (default: the output site).
-            by: One group label per row for conditional effects, or ``None``.
+            site: Outcome site (default: the output site; a discrete one warns
+                that its per-row intervals are whole numbers).
+            by: One group label per row for conditional effects, or ``None``;
+                groups keep a categorical's order, numbers ascend, text sorts
+                naturally; missing labels are an error.
             interval: Central interval probability of per-row contrasts.
             keep_draws: Also stream every scenario's draws of ``site`` (a
                 ``scenario_draws`` child with a ``scenario`` dimension).
             rng_key: Key for this call; derived from the model's key if omitted.
             batch_size: Rows per block (automatic from the memory budget if None).
             store: Where kept draws go: ``"persistent"`` or ``"memory"``.
-            output_dir: Base folder for the kept draws' new sub-folder.
+            output_dir: Base folder or URL for the kept draws' new sub-folder.
             progress: Whether to show a progress bar.
+            storage_options: fsspec options for a URL ``output_dir``.
+            client: A ``dask.distributed.Client`` to run the blocks on.
             **kwargs: Base kernel arguments shared by the scenarios.
 
         Returns:
             An :class:`~dopax.effects.EffectResult` with ``summary()`` and ``plot()``.
         """
         posterior = require_posterior(self._state.posterior, "compare_scenarios")
-        output = self._streamed(batch_size, store, output_dir, progress)
-        check_store(store)
+        output = self._streamed(batch_size, store, output_dir, progress, storage_options, client)
         check_reserved_kwargs(kwargs, self.kernel, self.param_input, self.param_output)
         request = ScenarioRequest(
             key=self._state.call_key(rng_key),

@@ -27,12 +27,15 @@ class FittedState:
         driver: The fit driver (SVI or MCMC) with its fit state.
         key_in: The key given at construction (converted on first use).
         posterior: Posterior draws, or ``None`` before a fit.
+        observed: The output the model was fitted on (one row vector), or
+            ``None``; in-sample results carry it as ``observed_data``.
     """
 
     ctx: ModelContext
     driver: Driver
     key_in: Any
     posterior: Posterior | None = None
+    observed: Any = None
     _key: jax.Array | None = None
     _counter: Any = dataclasses.field(default_factory=itertools.count)
 
@@ -57,14 +60,25 @@ class FittedState:
             return typed_key(rng_key)
         return jax.random.fold_in(self.key, next(self._counter))
 
-    def __getstate__(self) -> dict[str, Any]:
+    @property
+    def call_count(self) -> int:
+        """How many call keys the model has derived (the counter of the next one)."""
         count = next(self._counter)
         self._counter = itertools.count(count)
+        return count
+
+    def resume_count(self, count: int) -> None:
+        """Continue deriving call keys from counter ``count`` (a loaded model's)."""
+        self._counter = itertools.count(int(count))
+
+    def __getstate__(self) -> dict[str, Any]:
+        count = self.call_count
         key = self.key
         return {
             "ctx": self.ctx,
             "driver": self.driver,
             "posterior": self.posterior,
+            "observed": self.observed,
             "key_data": jax.random.key_data(key),
             "key_impl": str(jax.random.key_impl(key)),
             "count": count,
@@ -77,6 +91,7 @@ class FittedState:
             driver=state["driver"],
             key_in=key,
             posterior=state["posterior"],
+            observed=state.get("observed"),
             _key=key,
             _counter=itertools.count(state["count"]),
         )

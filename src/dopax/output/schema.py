@@ -21,6 +21,9 @@ __all__ = [
     "POSTERIOR_PREDICTIVE",
     "PREDICTIONS",
     "LOG_LIKELIHOOD",
+    "OBSERVED_DATA",
+    "DATA_GROUPS",
+    "CHUNKED_GROUPS",
     "POSITION_ATTRS",
     "DEVICES_ATTR",
     "SHARD_AXIS_ATTR",
@@ -36,6 +39,9 @@ PRIOR_PREDICTIVE = "prior_predictive"
 POSTERIOR_PREDICTIVE = "posterior_predictive"
 PREDICTIONS = "predictions"
 LOG_LIKELIHOOD = "log_likelihood"
+#: Sampler statistics of MCMC draws (ArviZ's name).
+SAMPLE_STATS = "sample_stats"
+OBSERVED_DATA = "observed_data"
 
 #: Every group a dopax result may hold (ArviZ's names).
 GROUPS: tuple[str, ...] = (
@@ -44,7 +50,22 @@ GROUPS: tuple[str, ...] = (
     POSTERIOR_PREDICTIVE,
     PREDICTIONS,
     LOG_LIKELIHOOD,
+    OBSERVED_DATA,
 )
+
+#: Groups without chain and draw dimensions (ArviZ's data groups).
+DATA_GROUPS: tuple[str, ...] = (OBSERVED_DATA,)
+
+#: Groups returned as Dask arrays, chunked as stored: the draws a user reduces
+#: (means, quantiles over millions of rows), which then run chunk by chunk in
+#: bounded memory. The other groups (``posterior``, ``log_likelihood``,
+#: ``observed_data``) are what ArviZ's statistics read whole; ArviZ 0.2x applies
+#: its functions with ``xarray.apply_ufunc``, which refuses Dask arrays
+#: (``az.summary``, ``az.loo`` and ``az.hdi`` even with ArviZ's own Dask mode
+#: on), so these groups are returned as lazily read, unchunked arrays: nothing
+#: is read until a value is asked for, and then the variable is read from the
+#: store (not kept in memory).
+CHUNKED_GROUPS: tuple[str, ...] = (PRIOR_PREDICTIVE, POSTERIOR_PREDICTIVE, PREDICTIONS)
 
 CHAIN = "chain"
 DRAW = "draw"
@@ -123,6 +144,10 @@ def split_draws(num_draws_total: int, num_chains: int) -> tuple[int, int]:
 class SiteLayout:
     """Shape, type and chunking of one variable of a result.
 
+    A variable of a data group (:data:`DATA_GROUPS`, e.g. ``observed_data``)
+    has no chain and draw dimensions: its stored shape is ``shape`` and its
+    flat layout too (``num_chains`` and ``num_draws`` are then 1).
+
     Attributes:
         group: The group (one of :data:`GROUPS`).
         name: The variable (site) name.
@@ -130,7 +155,8 @@ class SiteLayout:
         num_draws: Draws per chain.
         shape: Shape of one draw (the site's own shape).
         dtype: NumPy dtype string.
-        chunks: Chunk shape over ``(chain, draw, *shape)``.
+        chunks: Chunk shape over ``(chain, draw, *shape)`` (over ``shape`` for
+            a data group).
     """
 
     group: str
@@ -142,14 +168,29 @@ class SiteLayout:
     chunks: tuple[int, ...]
 
     @property
+    def is_data(self) -> bool:
+        """Whether the variable has no chain and draw dimensions (a data group)."""
+        return self.group in DATA_GROUPS
+
+    @property
     def full_shape(self) -> tuple[int, ...]:
-        """Shape of the stored array, ``(chain, draw, *shape)``."""
+        """Shape of the stored array, ``(chain, draw, *shape)`` (``shape`` for data)."""
+        if self.is_data:
+            return tuple(self.shape)
         return (self.num_chains, self.num_draws, *self.shape)
+
+    @property
+    def flat_shape(self) -> tuple[int, ...]:
+        """Shape of the flat layout blocks address, ``(S, *shape)`` (``shape`` for data)."""
+        if self.is_data:
+            return tuple(self.shape)
+        return (self.num_chains * self.num_draws, *self.shape)
 
     @property
     def dims(self) -> tuple[str, ...]:
         """Dimension names of the stored array."""
-        return site_dims(self.name, len(self.shape))
+        dims = site_dims(self.name, len(self.shape))
+        return dims[2:] if self.is_data else dims
 
 
 def base_attrs(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

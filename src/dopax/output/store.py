@@ -16,9 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import AsyncGenerator, Iterable
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import xarray as xr
 import zarr
@@ -27,7 +26,8 @@ from zarr.abc.store import Store
 from zarr.storage import LocalStore, WrapperStore
 
 from dopax.exceptions import IncompleteResultError
-from dopax.output.schema import POSITION_ATTRS, position_coords
+from dopax.output.location import location
+from dopax.output.schema import CHUNKED_GROUPS, POSITION_ATTRS, position_coords
 
 if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
@@ -135,49 +135,64 @@ class StrictStore(WrapperStore[Store]):
             yield key, await self.get(key, prototype, byte_range)
 
 
-def _as_store(path_or_store: str | os.PathLike[str] | Store) -> tuple[Store, str]:
+def _as_store(
+    path_or_store: str | os.PathLike[str] | Store,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[Store, str]:
     if isinstance(path_or_store, StrictStore):
         return path_or_store._store, path_or_store.label
-    if isinstance(path_or_store, Store):
-        store = path_or_store
-        if not store.read_only:
-            with contextlib.suppress(NotImplementedError):
-                store = store.with_read_only(True)
-        return store, str(path_or_store)
-    if isinstance(path_or_store, str | os.PathLike):
-        path = Path(path_or_store).expanduser().resolve()
-        if not path.is_dir():
-            raise IncompleteResultError(
-                f"No result at {path}: the folder does not exist (it was never written, "
-                "the call that wrote it did not complete, or it was deleted)."
-            )
-        return LocalStore(path, read_only=True), str(path)
-    raise TypeError(
-        f"`path_or_store` must be a path or a zarr Store; got {type(path_or_store).__name__}."
-    )
+    where = location(path_or_store, storage_options, name="path_or_store")
+    if where.path is not None and not where.path.is_dir():
+        raise IncompleteResultError(
+            f"No result at {where.path}: the folder does not exist (it was never written, "
+            "the call that wrote it did not complete, or it was deleted)."
+        )
+    store = where.open_store(read_only=True)
+    if not store.read_only:
+        with contextlib.suppress(NotImplementedError):
+            store = store.with_read_only(True)
+    return store, where.label
 
 
-def is_complete(path_or_store: str | os.PathLike[str] | Store) -> bool:
+def is_complete(
+    path_or_store: str | os.PathLike[str] | Store,
+    storage_options: Mapping[str, Any] | None = None,
+) -> bool:
     """Return whether a result store carries the completion marker.
 
     Args:
-        path_or_store: A result folder or a Zarr store.
+        path_or_store: A result folder, URL or Zarr store.
+        storage_options: fsspec options for a URL.
     """
     try:
-        store, _ = _as_store(path_or_store)
+        store, _ = _as_store(path_or_store, storage_options)
         group = zarr.open_group(store, mode="r", zarr_format=3)
         return group.attrs.get(COMPLETE_ATTR) is True
-    except (OSError, KeyError, zarr.errors.BaseZarrError):
+    except (OSError, KeyError, IncompleteResultError, zarr.errors.BaseZarrError):
         return False
 
 
+def _stored_chunks(ds: xr.Dataset) -> dict[str, int]:
+    """Return each dimension's chunk length as the variables of ``ds`` are stored."""
+    chunks: dict[str, int] = {}
+    for var in ds.data_vars.values():
+        stored = var.encoding.get("chunks")
+        if stored is None:
+            continue
+        for dim, size in zip(var.dims, stored, strict=True):
+            chunks.setdefault(str(dim), int(size))
+    return chunks
+
+
 def _with_indexes(tree: xr.DataTree) -> xr.DataTree:
-    """Index every dimension coordinate of ``tree``.
+    """Index every dimension coordinate of ``tree`` and chunk the draws users reduce.
 
     A coordinate marked with :data:`~dopax.output.schema.POSITION_ATTRS`
     (positions ``0 .. n - 1``) gets a :class:`pandas.RangeIndex`, in constant
     memory, and is not read; any other dimension coordinate is loaded into a
-    default index, as ``xarray.open_datatree`` would.
+    default index, as ``xarray.open_datatree`` would. The groups of
+    :data:`~dopax.output.schema.CHUNKED_GROUPS` become Dask arrays chunked as
+    stored; the others stay lazily read arrays (see that constant for why).
     """
     nodes: dict[str, xr.Dataset] = {}
     for path, node in tree.subtree_with_keys:
@@ -194,22 +209,34 @@ def _with_indexes(tree: xr.DataTree) -> xr.DataTree:
             ds = ds.drop_vars(list(positions)).assign_coords(position_coords(positions))
         for name in others:
             ds = ds.set_xindex(name)
+        if path in CHUNKED_GROUPS and ds.data_vars:
+            ds = ds.chunk(_stored_chunks(ds))
         nodes["/" if path == "." else f"/{path}"] = ds
     return xr.DataTree.from_dict(nodes)
 
 
 def open_result(
-    path_or_store: str | os.PathLike[str] | Store, *, keepalive: object | None = None
+    path_or_store: str | os.PathLike[str] | Store,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    keepalive: object | None = None,
 ) -> xr.DataTree:
     """Open a completed result lazily as a :class:`xarray.DataTree`.
 
-    Variables are dask-backed and read on demand through a :class:`StrictStore`,
-    so a chunk that disappears later (or a deleted folder) raises
-    :class:`~dopax.exceptions.IncompleteResultError` when read rather than
-    yielding fill values.
+    Nothing is read until a value is asked for. The draws of the predictive
+    groups are Dask arrays chunked as stored; the groups ArviZ's statistics
+    read whole (``posterior``, ``log_likelihood``, ``observed_data``) are
+    lazily read arrays that ArviZ accepts (see
+    :data:`~dopax.output.schema.CHUNKED_GROUPS`). Every read goes through a
+    :class:`StrictStore`, so a chunk that disappears later (or a deleted
+    folder) raises :class:`~dopax.exceptions.IncompleteResultError` when read
+    rather than yielding fill values.
 
     Args:
-        path_or_store: A result folder or a Zarr store written by a dopax sink.
+        path_or_store: A result folder, an fsspec URL (``s3://``, ``gs://``,
+            ``az://``, ``memory://``, ``file://``) or a Zarr store written by a
+            dopax sink.
+        storage_options: fsspec options for a URL (credentials, endpoint).
         keepalive: An object the returned tree keeps referenced as long as the
             tree or any of its lazy arrays lives (for example the owner of a
             temporary folder whose finaliser deletes the folder).
@@ -220,9 +247,10 @@ def open_result(
     Raises:
         IncompleteResultError: If the store does not exist or the call that
             wrote it did not complete.
-        TypeError: If ``path_or_store`` is neither a path nor a Zarr store.
+        TypeError: If ``path_or_store`` is neither a path, a URL nor a Zarr store.
+        ValueError: For a URL with an unknown scheme.
     """
-    store, label = _as_store(path_or_store)
+    store, label = _as_store(path_or_store, storage_options)
     if not is_complete(store):
         raise IncompleteResultError(
             f"The result at {label} is incomplete: the call that wrote it did not "
@@ -236,7 +264,8 @@ def open_result(
         strict,  # type: ignore[arg-type]
         engine="zarr",
         consolidated=True,
-        chunks={},
+        chunks=None,
+        cache=False,
         create_default_indexes=False,
     )
     tree = _with_indexes(tree)

@@ -108,6 +108,13 @@ def _row_axis(shape_a: tuple[int, ...], shape_b: tuple[int, ...], a: int, b: int
     return -1
 
 
+def _full_shape(shape: tuple[int, ...], axis: int | None, n_rows: int) -> tuple[int, ...]:
+    """Return a site's shape for ``n_rows`` rows from its shape at the probe's rows."""
+    if axis is None or axis < 0:
+        return tuple(shape)
+    return (*shape[:axis], n_rows, *shape[axis + 1 :])
+
+
 def _agree(x: np.ndarray, y: np.ndarray) -> bool:
     if x.shape != y.shape:
         return False
@@ -124,6 +131,7 @@ def make_plan(
     shared_args: Mapping[str, Any],
     latent: Mapping[str, Any],
     intervention: Mapping[str, Any] | None,
+    strict_sites: bool = True,
     check_split: bool = True,
 ) -> ForwardPlan:
     """Plan a forward pass by probing the kernel on a few rows.
@@ -140,6 +148,9 @@ def make_plan(
         shared_args: Array kernel arguments used whole.
         latent: Latent values to substitute, leading axis draws (may be empty).
         intervention: Site name to value (validated here), or ``None``.
+        strict_sites: Raise for a return site the pass lacks; otherwise leave
+            it out of the plan's outputs (a site of another branch of the
+            kernel, e.g. one that exists only when the output is observed).
         check_split: Whether to run the kernel split when nothing else
             decides the path.
 
@@ -176,12 +187,16 @@ def make_plan(
     )
     sample_axes = {name: row_axes.get(name) for name in kinds}
     row_intervention, shared_intervention = split_intervention(
-        intervention, sites=sample_axes, n_rows=n_rows
+        intervention,
+        sites=sample_axes,
+        n_rows=n_rows,
+        shapes={name: _full_shape(shapes2[name][0], sample_axes[name], n_rows) for name in kinds},
     )
     missing = [name for name in spec.return_sites if name not in shapes2]
-    if missing:
+    if missing and strict_sites:
         raise KeyError(
-            f"Unknown return site(s) {missing}; the kernel's sites are {sorted(shapes2)}."
+            f"Unknown return site(s) {missing}; the kernel's sites in this call are "
+            f"{sorted(shapes2)}."
         )
 
     reason = None
@@ -206,6 +221,8 @@ def make_plan(
 
     outputs = []
     for name in spec.return_sites:
+        if name not in shapes2:
+            continue
         axis = row_axes.get(name)
         shape2, dtype = shapes2[name]
         if spec.kind == LOG_LIKELIHOOD:
@@ -248,6 +265,7 @@ def _check_split(
     """
     import jax
     from numpyro import handlers
+    from numpyro.distributions.distribution import validation_enabled
 
     from dopax.sampling.rng import RowKeySeed
 
@@ -256,9 +274,8 @@ def _check_split(
     row_do = {k: _take_rows(v, index) for k, v in row_intervention.items()}
     latent0 = {k: np.asarray(read_rows(v, 0, 1))[0] for k, v in latent.items()}
     words = jax.device_put(np.asarray([0x9E3779B9, _PROBE_KEY], np.uint32))
-    default_key_sites: set[str] = set()
 
-    def run(data: tuple[Any, ...], block: slice, offset: int) -> dict[str, jax.Array]:
+    def run(data: tuple[Any, ...], block: slice, offset: int) -> dict[str, tuple[Any, Any]]:
         rows, row_do, latent0, shared_args, shared_intervention = data
         intervention = {**shared_intervention, **{k: v[block] for k, v in row_do.items()}}
         anchor_do = {**shared_intervention, **{k: v[0:2] for k, v in row_do.items()}}
@@ -273,7 +290,8 @@ def _check_split(
         for name, site in trace.items():
             if site["type"] not in ("sample", "deterministic"):
                 continue
-            out[name] = jnp.asarray(site["value"])
+            fn = site["fn"] if site["type"] == "sample" else None
+            out[name] = (jnp.asarray(site["value"]), fn)
         return out
 
     def _trace(
@@ -285,39 +303,69 @@ def _check_split(
         if lat:
             model = handlers.substitute(model, data=dict(lat))
         seeded = RowKeySeed(model, words, off)
-        trace = handlers.trace(seeded).get_trace(**args, **dict(spec.static))
-        default_key_sites.update(seeded.default_key_sites)
-        return trace
+        return handlers.trace(seeded).get_trace(**args, **dict(spec.static))
 
     def depends(name: str) -> str:
-        why = f"the value of site {name!r} depends on which rows share its batch"
-        if name in default_key_sites:
-            why += (
-                " (its sampler, e.g. `jax.random.poisson`, accepts only JAX's default key "
-                "type, so it cannot draw each row from its own random stream)"
+        fns = (whole[name][1], head[name][1], tail[name][1])
+        if fns[0] is not None and _same_distribution(*fns):
+            return (
+                f"site {name!r} ({type(fns[0]).__name__}) draws values that depend on which "
+                "rows share its batch: its sampler does not give each row its own random stream"
             )
-        return why
+        return (
+            f"the value of site {name!r} depends on which rows share its batch "
+            "(the kernel couples rows)"
+        )
 
+    # The check is about the kernel's structure, not the data's values: like the
+    # compiled pass, which never sees concrete values, it runs without NumPyro's
+    # argument validation, so a NaN or an out-of-support value in the first rows
+    # decides nothing. The kernel failing on the five rows together is about the
+    # data (e.g. an input of the wrong shape): that error is the call's.
     data = (rows, row_do, latent0, dict(shared_args), dict(shared_intervention))
     pieces = ((slice(0, 5), 0), (slice(0, 2), 0), (slice(2, 5), 2))
 
-    def split_runs(d: tuple[Any, ...]) -> list[dict[str, jax.Array]]:
+    def split_runs(d: tuple[Any, ...]) -> list[dict[str, tuple[Any, Any]]]:
         return [run(d, block, offset) for block, offset in pieces]
 
-    try:
-        whole, head, tail = jax.device_get(jax.jit(split_runs)(data))
-    except Exception as err:  # a kernel that cannot run on a few rows
-        return f"the kernel could not run on a few rows alone ({type(err).__name__}: {err})"
-    for name, value in whole.items():
+    with validation_enabled(False):
+        try:
+            whole, head, tail = jax.device_get(jax.jit(split_runs)(data))
+        except Exception as err:
+            jax.jit(lambda d: run(d, *pieces[0]))(data)  # the rows together: the call's error
+            return f"the kernel could not run on a few rows alone ({type(err).__name__}: {err})"
+    for name, (value, _) in whole.items():
         if name not in head or name not in tail:
             return f"site {name!r} appears only for some batch sizes"
-        a, b = head[name], tail[name]
-        if value.ndim == 0 or value.shape == a.shape == b.shape:
-            if not (_agree(value, a) and _agree(value, b)):
-                return depends(name)
-            continue
-        if value.shape[:1] != (5,) or a.shape[:1] != (2,) or b.shape[:1] != (3,):
+        verdict = _split_agrees(value, head[name][0], tail[name][0])
+        if verdict is None:
             return f"site {name!r} does not lead with the row axis"
-        if not _agree(value, np.concatenate([a, b], axis=0)):
+        if not verdict:
             return depends(name)
     return None
+
+
+def _split_agrees(whole: Any, head: Any, tail: Any) -> bool | None:
+    """Whether a value on five probe rows equals its values on rows 0..1 and 2..4.
+
+    (Two rows at least in every part: a kernel may squeeze away a row axis of
+    length one.)
+
+    ``None`` when the shapes do not lead with the row axis.
+    """
+    whole, head, tail = np.asarray(whole), np.asarray(head), np.asarray(tail)
+    if whole.ndim == 0 or whole.shape == head.shape == tail.shape:
+        return _agree(whole, head) and _agree(whole, tail)
+    if whole.shape[0] != 5 or head.shape[0] != 2 or tail.shape[0] != 3:
+        return None
+    return _agree(whole, np.concatenate([head, tail], axis=0))
+
+
+def _same_distribution(whole: Any, head: Any, tail: Any) -> bool:
+    """Whether a site's distribution has the same parameters whole and split."""
+    import jax
+
+    leaves = [jax.tree.leaves(fn) for fn in (whole, head, tail)]
+    if type(whole) is not type(head) or not len(leaves[0]) == len(leaves[1]) == len(leaves[2]):
+        return False
+    return all(_split_agrees(w, h, t) for w, h, t in zip(*leaves, strict=True))

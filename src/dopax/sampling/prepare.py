@@ -93,6 +93,16 @@ class LazyRows:
         self._window_bytes = get_config().input_window_bytes
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_window"] = None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Return rows ``start:stop``, reading whole source chunks where they are small enough.
 
@@ -276,6 +286,8 @@ def bind_args(
     if x_arr.ndim == 0:
         raise ValueError("`X` must have a leading row axis; got a scalar.")
     n = int(x_arr.shape[0])
+    if n == 0:
+        raise ValueError(f"`X` has no rows (shape {tuple(x_arr.shape)}); pass at least one row.")
     rows: dict[str, Any] = {param_input: x_arr}
     static: dict[str, Any] = {}
     if y is not None:
@@ -312,6 +324,7 @@ def split_intervention(
     *,
     sites: Mapping[str, int | None],
     n_rows: int,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate an intervention and split it into per-row and shared values.
 
@@ -319,6 +332,7 @@ def split_intervention(
         intervention: Site name to value, or ``None``.
         sites: Every sample site of the kernel with its row axis (``None`` if none).
         n_rows: Number of rows of the call.
+        shapes: Each site's shape for the call's rows, to check values against.
 
     Returns:
         ``(row_values, shared_values)``.
@@ -359,4 +373,21 @@ def split_intervention(
             row_do[name] = arr
         else:
             shared_do[name] = arr
+        _check_shape(name, arr, (shapes or {}).get(name) if axis != -1 else None)
     return row_do, shared_do
+
+
+def _check_shape(name: str, value: Any, want: tuple[int, ...] | None) -> None:
+    """Raise unless an intervention value broadcasts to its site's shape ``want``."""
+    if want is None:
+        return
+    try:
+        fits = np.broadcast_shapes(tuple(value.shape), want) == tuple(want)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ScenarioError(
+            f"intervention[{name!r}] has shape {tuple(value.shape)}, but site {name!r} has "
+            f"shape {tuple(want)}; pass a value of shape {tuple(want)}, or one that broadcasts "
+            "to it (e.g. a scalar)."
+        )

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 
+from dopax.exceptions import KernelValidationError
 from dopax.sampling.rng import RowKeySeed
 
 __all__ = ["Probe", "probe_kernel", "probe_sites"]
@@ -88,6 +89,9 @@ def probe_kernel(
         kernel: The NumPyro model function.
         args: Array arguments of the kernel.
         static: Static ``(name, value)`` arguments of the kernel.
+
+    Raises:
+        KernelValidationError: When a site's sampler refuses dopax's row-offset keys.
     """
     abstract = {k: _abstract(v) for k, v in args.items()}
     key = (tuple(sorted((k, a.shape, str(a.dtype)) for k, a in abstract.items())), static)
@@ -106,11 +110,24 @@ def probe_kernel(
         values = {}
         for name, site in trace.items():
             sites[name] = {"type": site["type"], "is_observed": bool(site.get("is_observed"))}
+            fn = site.get("fn")
+            if site["type"] == "sample" and hasattr(fn, "batch_shape"):
+                sites[name]["fn_shape"] = (*fn.batch_shape, *fn.event_shape)
             if site["type"] in ("sample", "deterministic"):
                 values[name] = jnp.asarray(site["value"])
         return values
 
-    closed, shapes = jax.make_jaxpr(run, return_shape=True)(abstract)
+    try:
+        closed, shapes = jax.make_jaxpr(run, return_shape=True)(abstract)
+    except NotImplementedError as err:
+        if "threefry" not in str(err):
+            raise
+        raise KernelValidationError(
+            "A sample site's sampler accepts only JAX's default key type "
+            f"({err}). dopax draws every site from row-keyed random streams and "
+            "draws the NumPyro distributions built on `jax.random.poisson` itself; "
+            "a distribution that calls such a sampler directly cannot be used."
+        ) from err
     for name, info in sites.items():
         if name in shapes:
             info["shape"] = tuple(shapes[name].shape)
@@ -136,7 +153,11 @@ def probe_sites(
 
     Returns:
         Site name to ``{"type", "is_observed", "shape", "dtype"}``, in trace
-        order (a copy the caller may change).
+        order (a copy the caller may change); sample sites also have
+        ``"fn_shape"``, the shape of their distribution (batch and event).
+
+    Raises:
+        KernelValidationError: When a site's sampler refuses dopax's row-offset keys.
     """
     sites = probe_kernel(kernel, args, static).sites
     return {name: dict(info) for name, info in sites.items()}

@@ -1,4 +1,4 @@
-"""The random-number scheme: draws that depend only on ``(key, draw, row)``.
+"""The random-number scheme: draws that depend only on ``(key, draw, site, row)``.
 
 A forward pass gives every random site a key of the *row-offset* PRNG
 implementation defined here. Its key data is three ``uint32`` words
@@ -7,25 +7,29 @@ of the batch. Random bits for an array of shape ``(n, *rest)`` use the Threefry
 counter ``(offset + i, j)`` for element ``(i, j)`` (``j`` the flat index within
 ``rest``), so row ``offset + i`` receives the same bits whatever batch it falls
 in. Generating bits costs one hash per element, as JAX's own partitionable
-Threefry does.
+Threefry does. Samplers that turn these bits into values elementwise (the
+normal family, Bernoulli, uniform, exponential, ...) therefore keep rows
+independent of their batch. The hash (:mod:`dopax.sampling.threefry`) is
+written as plain integer operations that XLA fuses with the code consuming
+the bits; on CPU this makes normal draws several times faster than
+``jax.random.normal`` (``BENCHMARKS.md``).
 
-The hash is Threefry-2x32 with 20 rounds (Salmon et al., 2011), written here
-as plain unrolled integer operations. It gives bit for bit the same output as
-JAX's ``threefry2x32`` primitive (asserted in the tests), but XLA fuses it
-with the code that consumes the bits (e.g. the transform to normal draws)
-into one vectorised loop, whereas the primitive's CPU lowering runs its rounds
-as a loop over whole arrays held in memory. On CPU this makes generating
-normal draws several times faster than ``jax.random.normal``
-(``BENCHMARKS.md``).
+NumPyro's samplers for other families split their key first, split it per
+flat element, or need JAX's default key type (``jax.random.poisson``); their
+draws would depend on the batch. :class:`RowKeySeed` draws those sites itself
+with :mod:`dopax.sampling.samplers` (``Poisson``, ``Binomial``, ``Gamma``,
+``StudentT``, ``Beta``, ``Dirichlet``, ``GammaPoisson`` and the negative
+binomials, ``BetaBinomial``, zero-inflated laws, ``Categorical``), from
+streams addressed by the same key words, row and element.
 
 Site keys are derived from the draw's key and a hash of the site *name*, so a
 site receives the same random numbers whether or not other sites are
 intervened on: scenarios share their random numbers.
 
-Whether a particular kernel keeps rows independent under this scheme (its row
-axis leading, no coupling between rows) is checked on a probe by
-:mod:`dopax.sampling.plan`; kernels that fail the check run with all rows in
-one piece.
+Whether a particular kernel keeps rows independent (its row axis leading, no
+coupling between rows, no other sampler that ties rows together) is checked
+on a probe by :mod:`dopax.sampling.plan`; kernels that fail the check run
+with all rows in one piece, with a warning that names the site and why.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ from jax import lax
 from jax.extend import random as jex_random
 from numpyro.primitives import Messenger
 
+from dopax.sampling.samplers import row_sample, row_sampled
+from dopax.sampling.threefry import threefry2x32
+
 __all__ = ["ROW_KEY_IMPL", "RowKeySeed", "draw_words", "name_tag", "threefry2x32"]
 
 _U32 = jnp.uint32
@@ -48,41 +55,6 @@ _U32 = jnp.uint32
 _TAG_SPLIT = np.uint32(0x80000000)
 _TAG_FOLD = np.uint32(0xFFFFFFFF)
 _TAG_SITE = np.uint32(0xFFFFFFFE)
-_TAG_DEFAULT_KEY = np.uint32(0xFFFFFFFD)
-
-
-_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
-_PARITY = np.uint32(0x1BD11BDA)
-
-
-def _rotl(x: jax.Array, d: int) -> jax.Array:
-    return (x << np.uint32(d)) | (x >> np.uint32(32 - d))
-
-
-def threefry2x32(k1: Any, k2: Any, c1: Any, c2: Any) -> tuple[jax.Array, jax.Array]:
-    """Threefry-2x32 (20 rounds) of counters ``(c1, c2)`` under key ``(k1, k2)``.
-
-    Equal bit for bit to JAX's ``threefry2x32`` primitive; arguments broadcast.
-
-    Args:
-        k1: First key word (``uint32``).
-        k2: Second key word (``uint32``).
-        c1: First counter words (``uint32`` array).
-        c2: Second counter words (``uint32`` array).
-    """
-    k1 = jnp.asarray(k1, _U32)
-    k2 = jnp.asarray(k2, _U32)
-    x0, x1 = jnp.broadcast_arrays(jnp.asarray(c1, _U32), jnp.asarray(c2, _U32))
-    ks = (k1, k2, k1 ^ k2 ^ _PARITY)
-    x0 = x0 + ks[0]
-    x1 = x1 + ks[1]
-    for i in range(5):
-        for r in _ROTATIONS[i % 2]:
-            x0 = x0 + x1
-            x1 = _rotl(x1, r) ^ x0
-        x0 = x0 + ks[(i + 1) % 3]
-        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
-    return x0, x1
 
 
 def _seed(seed: jax.Array) -> jax.Array:
@@ -171,14 +143,10 @@ class RowKeySeed(Messenger):
     A name met twice in one pass (e.g. inside ``scan``) gets a fresh key each
     time.
 
-    A few JAX samplers accept only JAX's default (Threefry) key type; today
-    that is ``jax.random.poisson``, used by ``Poisson``, ``GammaPoisson``
-    (``NegativeBinomial2``) and ``ZeroInflatedPoisson``. A site whose sampler
-    refuses a row-offset key gets a default-type key derived from the same
-    words instead, and its name is added to :attr:`default_key_sites`. Such a
-    site's draws then depend on which rows share a batch, which the planner
-    detects (:mod:`dopax.sampling.plan`): the kernel runs with all rows in one
-    piece, with a warning.
+    Sites whose NumPyro sampler would lose the row identity of the key (it
+    splits the key, or needs JAX's default key type) are drawn by
+    :func:`dopax.sampling.samplers.row_sample` from the same key words
+    instead; the site's value is set here and its ``rng_key`` still recorded.
 
     Args:
         fn: The model to run.
@@ -190,8 +158,6 @@ class RowKeySeed(Messenger):
         self.words = words
         self.row_offset = jnp.asarray(row_offset, _U32)
         self._seen: dict[str, int] = {}
-        #: Sites that were given a default-type key (see the class docstring).
-        self.default_key_sites: set[str] = set()
         super().__init__(fn)
 
     def __enter__(self) -> Any:
@@ -213,22 +179,7 @@ class RowKeySeed(Messenger):
         if count:
             w1, w2 = threefry2x32(w1, w2, _TAG_FOLD, np.uint32(count))
         data = jnp.stack([w1, w2, self.row_offset])
-        key = jax.random.wrap_key_data(data, impl=ROW_KEY_IMPL)
-        if msg["type"] == "sample" and not _samples_with(msg, key):
-            d1, d2 = threefry2x32(w1, w2, _TAG_DEFAULT_KEY, self.row_offset)
-            key = jax.random.wrap_key_data(jnp.stack([d1, d2]), impl="threefry2x32")
-            self.default_key_sites.add(name)
-        msg["kwargs"]["rng_key"] = key
-
-
-def _samples_with(msg: dict[str, Any], key: jax.Array) -> bool:
-    """Whether the sampler of site ``msg`` accepts ``key`` (traced abstractly, not run)."""
-
-    def draw(k: jax.Array) -> Any:
-        return msg["fn"](*msg["args"], **{**msg["kwargs"], "rng_key": k})
-
-    try:
-        jax.eval_shape(draw, key)
-    except NotImplementedError:
-        return False
-    return True
+        msg["kwargs"]["rng_key"] = jax.random.wrap_key_data(data, impl=ROW_KEY_IMPL)
+        if msg["type"] == "sample" and row_sampled(msg["fn"]):
+            sample_shape = tuple(msg["kwargs"].get("sample_shape", ()))
+            msg["value"] = row_sample(msg["fn"], data[:2], self.row_offset, sample_shape)

@@ -101,6 +101,17 @@ class FileWriter:
             self._local.buf = buf
         return buf  # type: ignore[no-any-return]
 
+    @staticmethod
+    def _write_rest(path: Path, src: np.ndarray, start: int) -> None:
+        """Write ``src[start:]`` at offset ``start`` through the page cache."""
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            offset = start
+            while offset < src.size:
+                offset += os.pwrite(fd, src[offset:].data, offset)
+        finally:
+            os.close(fd)
+
     def _write_direct(self, path: Path, view: memoryview) -> None:
         buf = self._buffer()
         src = np.frombuffer(view, dtype=np.uint8)
@@ -115,8 +126,13 @@ class FileWriter:
                 if padded != n:
                     buf[n:padded] = 0
                 written = os.pwrite(fd, buf[:padded].data, offset)
-                if written != padded:  # pragma: no cover - short direct writes are rare
-                    raise OSError(errno.EIO, f"Short direct write to {path}")
+                if written != padded:
+                    # A short direct write (tmpfs that is full, some network
+                    # filesystems) says nothing of why: the rest goes through the
+                    # page cache, which succeeds or raises the real error (ENOSPC).
+                    self._write_rest(path, src, offset + min(written, n))
+                    offset = total
+                    break
                 offset += n
             if total % _ALIGN:
                 os.ftruncate(fd, total)

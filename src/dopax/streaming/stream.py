@@ -11,7 +11,7 @@ from typing import Any
 import xarray as xr
 from tqdm.auto import tqdm
 
-from dopax.config import get_config
+from dopax.config import ExecutionConfig, get_config
 from dopax.output.schema import SiteLayout
 from dopax.streaming.pipeline import WriterPool
 from dopax.streaming.sinks import Sink, StaticData
@@ -60,23 +60,28 @@ class Progress:
         self.bar.set_description_str(self.desc)
 
     def update(self, n: int) -> None:
-        """Count ``n`` units done."""
+        """Count ``n`` units done (the last update is always shown)."""
         self.bar.update(n)
+        if self.bar.total is not None and self.bar.n >= self.bar.total:
+            self.bar.refresh()
 
     def close(self) -> None:
         """Remove the bar."""
         self.bar.close()
 
 
-def writer_pool(sink: Sink, depth_per_variable: int = 1) -> WriterPool:
+def writer_pool(
+    sink: Sink, depth_per_variable: int = 1, config: ExecutionConfig | None = None
+) -> WriterPool:
     """Return a writer pool for ``sink`` set up from the execution settings.
 
     Args:
         sink: The sink the writers write into.
         depth_per_variable: Variables written per block (the queue holds
             ``pipeline_depth`` blocks of each).
+        config: The settings (default: those in force).
     """
-    cfg = get_config()
+    cfg = config if config is not None else get_config()
     return WriterPool(
         sink,
         threads=cfg.writer_threads,
@@ -97,7 +102,8 @@ def stream_into(
     total: int,
     progress: bool | Progress,
     desc: str,
-) -> xr.DataTree:
+    finish: Callable[[xr.DataTree], Any] | None = None,
+) -> Any:
     """Run ``run`` with writers into ``sink`` and return the finished result.
 
     The sink is opened once the first block has been dispatched, so creating
@@ -117,6 +123,8 @@ def stream_into(
         progress: Whether to show a progress bar, or the call's :class:`Progress`
             (closed here).
         desc: Progress bar label.
+        finish: Called with the finished result; its return value is the
+            call's. If it fails, the result is removed.
     """
     bar = progress if isinstance(progress, Progress) else Progress(desc, progress)
     bar.start(total)
@@ -141,14 +149,28 @@ def stream_into(
     except BaseException as err:
         if opened:
             sink.abort()
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            err.add_note(
-                "dopax: the disk holding the output is full and the partial result was "
-                "removed. Free space, pass another `output_dir`, or use `store='memory'`."
-            )
+        _note_disk_full(err)
         raise
     finally:
         bar.close()
-    tree = sink.close()
+    try:
+        tree = sink.close()  # on failure the sink removes what it wrote
+    except BaseException as err:
+        _note_disk_full(err)
+        raise
     logger.info("%s: streamed in %.2f s", desc, time.perf_counter() - started)
-    return tree
+    if finish is None:
+        return tree
+    try:
+        return finish(tree)
+    except BaseException:
+        sink.discard()
+        raise
+
+
+def _note_disk_full(err: BaseException) -> None:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        err.add_note(
+            "dopax: the disk holding the output is full and the partial result was "
+            "removed. Free space, pass another `output_dir`, or use `store='memory'`."
+        )

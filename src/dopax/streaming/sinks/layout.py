@@ -21,7 +21,7 @@ def resolve_index(
     layout: SiteLayout, index: tuple[slice, ...], block_shape: tuple[int, ...]
 ) -> list[slice]:
     """Return ``index`` as unit-step slices over ``(S, *shape)``, checked against the block."""
-    flat_shape = (layout.num_chains * layout.num_draws, *layout.shape)
+    flat_shape = layout.flat_shape
     if not isinstance(index, tuple) or not 1 <= len(index) <= len(flat_shape):
         raise ValueError(
             f"`index` for {layout.group}/{layout.name} must be a tuple of 1 to "
@@ -51,8 +51,12 @@ def pieces(
     """Split a flat region at chain boundaries.
 
     Yields ``(region, rows)``: ``region`` indexes the ``(chain, draw, *shape)``
-    array and ``rows`` selects the matching leading part of the block.
+    array and ``rows`` selects the matching leading part of the block. A data
+    variable (no chain and draw axes) is one piece.
     """
+    if layout.is_data:
+        yield tuple(resolved), slice(None)
+        return
     flat, rest = resolved[0], tuple(resolved[1:])
     s, offset = flat.start, 0
     while s < flat.stop:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from dopax.output.schema import SiteLayout
+from dopax.output.schema import CHUNKED_GROUPS, SiteLayout
 from dopax.streaming.sinks.layout import LayoutSink, pieces
 from dopax.streaming.sinks.protocol import StaticData
 
@@ -16,10 +16,18 @@ __all__ = ["MemorySink"]
 
 
 class MemorySink(LayoutSink):
-    """Sink into preallocated NumPy arrays; :meth:`close` returns an in-memory DataTree."""
+    """Sink into preallocated NumPy arrays; :meth:`close` returns an in-memory DataTree.
 
-    def __init__(self) -> None:
+    Args:
+        chunked: Return the draws of :data:`~dopax.output.schema.CHUNKED_GROUPS`
+            as Dask arrays over the in-memory data, chunked as a persisted
+            result stores them (``store="memory"``), so the result reads like
+            a persisted one; otherwise plain NumPy arrays (``*_on_batch``).
+    """
+
+    def __init__(self, *, chunked: bool = False) -> None:
         super().__init__()
+        self._chunked = chunked
         self._arrays: dict[tuple[str, str], np.ndarray] = {}
 
     def open(
@@ -62,10 +70,25 @@ class MemorySink(LayoutSink):
         """Return the result as a DataTree of NumPy arrays."""
         self._check_open()
         arrays = self._arrays
-        tree = self._tree(lambda layout: arrays[(layout.group, layout.name)], self._attrs)
+
+        def data(layout: SiteLayout) -> Any:
+            array = arrays[(layout.group, layout.name)]
+            if not (self._chunked and layout.group in CHUNKED_GROUPS):
+                return array
+            import dask.array as da
+
+            chunks = tuple(
+                max(1, min(c, n)) for c, n in zip(layout.chunks, layout.full_shape, strict=True)
+            )
+            return da.from_array(array, chunks=chunks, name=False)
+
+        tree = self._tree(data, self._attrs)
         self._arrays = {}
         self._state = "closed"
         return tree
+
+    def discard(self) -> None:
+        """Nothing to remove: the result lives in memory only."""
 
     def abort(self) -> None:
         """Drop the arrays; the sink can no longer be written or closed."""

@@ -7,7 +7,8 @@ them in the result layout ``(chain, draw, *shape)`` of
 :mod:`dopax.output.schema`. Every sink follows the same life cycle:
 :meth:`Sink.open`, any number of (thread-safe) :meth:`Sink.write` calls,
 then either :meth:`Sink.close`, which returns the result as an
-:class:`xarray.DataTree`, or :meth:`Sink.abort` on failure.
+:class:`xarray.DataTree`, or :meth:`Sink.abort` on failure; a call that fails
+after :meth:`Sink.close` calls :meth:`Sink.discard`.
 """
 
 from __future__ import annotations
@@ -70,4 +71,8 @@ class Sink(Protocol):
 
     def abort(self) -> None:
         """Discard the result so that nothing reads as complete."""
+        ...
+
+    def discard(self) -> None:
+        """Remove a finished result whose call failed afterwards (a no-op in memory)."""
         ...

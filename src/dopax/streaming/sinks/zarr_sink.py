@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import threading
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,18 +22,20 @@ import xarray as xr
 import zarr
 import zarr.errors
 from zarr.abc.store import Store
-from zarr.core.sync import sync
-from zarr.storage import LocalStore
 
 from dopax.config import ExecutionConfig, get_config
+from dopax.output.location import Location
 from dopax.output.schema import POSITION_ATTRS, SiteLayout
 from dopax.output.store import COMPLETE_ATTR, open_result
 from dopax.streaming.fileio import FileWriter
+from dopax.streaming.sinks import zarr_io
 from dopax.streaming.sinks.codecs import chunk_encoder, codec_for, compressors_for
 from dopax.streaming.sinks.declare import ArraySpec, create_nodes
 from dopax.streaming.sinks.declare import static_layout as make_static_layout
+from dopax.streaming.sinks.direct import write_whole_chunk
 from dopax.streaming.sinks.layout import LayoutSink, partial_chunks, pieces
 from dopax.streaming.sinks.protocol import StaticData
+from dopax.streaming.sinks.zarr_io import FolderGuard, GuardedLocalStore, finish_store, run_to_end
 
 __all__ = ["ZarrSink"]
 
@@ -62,6 +63,8 @@ class ZarrSink(LayoutSink):
             in force when the sink is created.
         keepalive: An object the tree returned by :meth:`close` keeps
             referenced (see :func:`~dopax.output.store.open_result`).
+        label: What the root attribute ``artifact_path`` records for a store
+            (its URL); a folder records its absolute path.
 
     Raises:
         TypeError: If not exactly one of ``path`` and ``store`` is given.
@@ -75,6 +78,7 @@ class ZarrSink(LayoutSink):
         store: Store | None = None,
         config: ExecutionConfig | None = None,
         keepalive: object | None = None,
+        label: str | None = None,
     ) -> None:
         super().__init__()
         if (path is None) == (store is None):
@@ -83,10 +87,12 @@ class ZarrSink(LayoutSink):
         self._keepalive = keepalive
         self._path = Path(path).expanduser().resolve() if path is not None else None
         self._store: Store | None = store
+        self._label = label
         if self._path is not None:
             self._check_new_folder(self._path)
         self._created_folder = False
         self._owns_target = False
+        self._guard: FolderGuard | None = None
         self._arrays: dict[tuple[str, str], zarr.Array[Any]] = {}
         self._stripes = [threading.Lock() for _ in range(self._config.lock_stripes)]
         self._encoders: dict[tuple[str, str], Callable[[np.ndarray], Any]] = {}
@@ -97,6 +103,44 @@ class ZarrSink(LayoutSink):
         self._files = FileWriter(
             direct=self._config.direct_io, piece_bytes=self._config.direct_io_piece_bytes
         )
+
+    @classmethod
+    def attach(
+        cls,
+        where: Location,
+        layouts: Sequence[SiteLayout],
+        config: ExecutionConfig | None = None,
+    ) -> ZarrSink:
+        """Open a store that another sink declared, to write blocks into it.
+
+        Used where the blocks are computed away from the sink that created the
+        store (Dask workers): such a sink writes blocks only; it never
+        creates, closes or removes the store.
+
+        Args:
+            where: The store's location.
+            layouts: The layouts of the streamed variables it will write.
+            config: Execution settings.
+        """
+        sink = cls.__new__(cls)
+        LayoutSink.__init__(sink)
+        if where.path is not None:
+            guard = FolderGuard(where.path)
+            ZarrSink.__init__(sink, store=GuardedLocalStore(guard), config=config)
+            sink._path = where.path
+            sink._guard = guard
+        else:
+            ZarrSink.__init__(sink, store=where.open_store(read_only=False), config=config)
+        assert sink._store is not None
+        root = zarr.open_group(sink._store, mode="r+", zarr_format=3)
+        for layout in layouts:
+            array = root[f"{layout.group}/{layout.name}"]
+            assert isinstance(array, zarr.Array)
+            sink._layouts[(layout.group, layout.name)] = layout
+            sink._arrays[(layout.group, layout.name)] = array
+            sink._encoders[(layout.group, layout.name)] = chunk_encoder(array.compressors)  # type: ignore[arg-type]
+        sink._state = "open"
+        return sink
 
     @staticmethod
     def _check_new_folder(path: Path) -> None:
@@ -143,10 +187,13 @@ class ZarrSink(LayoutSink):
             self._check_new_folder(self._path)
             self._created_folder = not self._path.exists()
             self._path.mkdir(parents=True, exist_ok=True)
-            self._store = LocalStore(self._path)
+            self._guard = FolderGuard(self._path)
+            self._store = GuardedLocalStore(self._guard)
             root_attrs["artifact_path"] = str(self._path)
+        elif self._label is not None:
+            root_attrs["artifact_path"] = self._label
         assert self._store is not None
-        if not sync(self._store.is_empty("")):
+        if not run_to_end(self._store.is_empty("")):
             raise FileExistsError(f"Zarr store {self._store} is not empty.")
         self._owns_target = True
         self._state = "opening"
@@ -189,7 +236,7 @@ class ZarrSink(LayoutSink):
         # Dimension coordinates are declared only; their values are written
         # chunk by chunk with the static variables, in memory that does not
         # grow with rows.
-        made = sync(
+        made = run_to_end(
             create_nodes(self._store, root_attrs, groups, [*specs, *(c for c, _ in coords)])
         )
         arrays = [zarr.Array(a) for a in made]
@@ -280,75 +327,59 @@ class ZarrSink(LayoutSink):
         encoder = self._encoders.get((layout.group, layout.name))
         if self._path is None or encoder is None:
             return False
-        full = layout.full_shape
-        if len(region) != len(full):
-            return False
-        coords = []
-        extent = []
-        for sl, c, n in zip(region, chunks, full, strict=True):
-            if isinstance(sl, int | np.integer):
-                start, stop = int(sl), int(sl) + 1
-            else:
-                start, stop = sl.start or 0, n if sl.stop is None else sl.stop
-            if start % c or not (stop - start == c or (stop == n and stop - start < c)):
-                return False
-            coords.append(start // c)
-            extent.append(stop - start)
-        if piece.size != int(np.prod(extent)):
-            return False
-        data = np.ascontiguousarray(
-            piece.reshape(extent), dtype=np.dtype(layout.dtype).newbyteorder("<")
-        )
-        if data.shape != chunks:
-            padded = np.zeros(chunks, dtype=data.dtype)
-            padded[tuple(slice(0, k) for k in data.shape)] = data
-            data = padded
-        key = target.metadata.chunk_key_encoding.encode_chunk_key(tuple(coords))  # type: ignore[union-attr]
-        encoded = encoder(data)
-        path = self._path / layout.group / layout.name / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.partial")
-        self._files.write(tmp, encoded)
-        os.replace(tmp, path)
-        return True
+        assert self._guard is not None
+        return write_whole_chunk(
+            self._path / layout.group / layout.name, layout, target, region, piece, chunks,
+            encoder, self._files, self._guard,
+        )  # fmt: skip
 
     def close(self) -> xr.DataTree:
         """Wait for the static variables, consolidate metadata, mark the store complete.
 
-        Returns the result opened lazily.
+        Returns the result opened lazily. If any step fails or is interrupted,
+        what was written is removed before the error propagates.
 
         Raises:
-            BaseException: The error that stopped the writing of the static
-                variables (the partial result is removed first).
+            BaseException: The error that stopped the result from being
+                finished (e.g. the error that stopped the writing of the static
+                variables, or a full disk).
         """
         self._check_open()
         assert self._store is not None
-        self._join_static()
-        if self._static_error is not None:
-            err = self._static_error
+        try:
+            self._join_static()
+            if self._static_error is not None:
+                raise self._static_error
+            if self._guard is not None:
+                self._guard.check()
+            run_to_end(finish_store(self._store, COMPLETE_ATTR))
+            if self._guard is not None:
+                self._guard.check()
+        except BaseException:
             self.abort()
-            raise err
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore",
-                message="Consolidated metadata is currently not part",
-                category=zarr.errors.ZarrUserWarning,
-            )
-            zarr.consolidate_metadata(self._store, zarr_format=3)
-        root = zarr.open_group(self._store, mode="r+", use_consolidated=True)
-        root.attrs[COMPLETE_ATTR] = True
+            raise
         self._arrays = {}
         self._state = "closed"
         logger.debug("Closed Zarr sink %s", self._store)
-        return open_result(
-            self._path if self._path is not None else self._store, keepalive=self._keepalive
-        )
+        try:
+            return open_result(
+                self._path if self._path is not None else self._store, keepalive=self._keepalive
+            )
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Remove a finished result (its call failed after the result was complete)."""
+        if self._state == "closed":
+            self._state = "aborted"
+            self._remove()
 
     def abort(self) -> None:
         """Remove what was written: the folder (or its contents), or the store's keys.
 
         Never raises; a failure to clean up is logged. A closed (complete)
-        result is left as it is.
+        result is left as it is (see :meth:`discard`).
         """
         if self._state == "closed":
             logger.debug("abort() after close() leaves the complete result in place.")
@@ -356,19 +387,22 @@ class ZarrSink(LayoutSink):
         self._state = "aborted"
         self._join_static()
         self._arrays = {}
+        self._remove()
+
+    def _remove(self) -> None:
         if not self._owns_target:
             return
         try:
             if self._path is not None:
                 if self._created_folder:
                     shutil.rmtree(self._path, ignore_errors=True)
-                else:
+                elif self._path.is_dir():
                     for child in self._path.iterdir():
                         if child.is_dir() and not child.is_symlink():
                             shutil.rmtree(child, ignore_errors=True)
                         else:
                             child.unlink(missing_ok=True)
             elif self._store is not None:
-                sync(self._store.clear())
+                run_to_end(zarr_io.clear_store(self._store))
         except Exception:
             logger.warning("Could not remove the partial result at %s.", self._store, exc_info=True)

@@ -1,0 +1,261 @@
+"""Running a streamed call's blocks as tasks on a Dask cluster.
+
+The driver creates the store (metadata, coordinates, the posterior), ships
+the job to every worker once (``scatter`` with ``broadcast=True``: the
+kernel, the posterior draws and the inputs, or only a reference to inputs
+the workers read themselves, such as a Zarr array), submits one task per
+group of blocks, and writes the completion marker once every task has
+finished. Each task computes its blocks with the same keys as the local
+engine and writes their chunks straight into the store, so the driver never
+holds the draws. Chunk writes are idempotent (whole chunks, renamed into
+place or overwritten), so a block recomputed after a worker is lost writes
+the same bytes again and the result is complete and identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from dopax.config import ExecutionConfig
+from dopax.execution.runner import Block, BlockJob, forward_consumer, run_blocks
+from dopax.output.location import Location
+from dopax.output.schema import SiteLayout
+from dopax.parallel.batching import BlockPlan
+from dopax.streaming.sinks import StaticData, ZarrSink
+from dopax.streaming.stream import writer_pool
+from dopax.streaming.targets import sink_at
+
+__all__ = ["Payload", "run_on_cluster"]
+
+logger = logging.getLogger("dopax")
+
+#: Blocks computed by one task: enough that a task's writer threads overlap
+#: its compute, few enough that a lost worker costs little to recompute.
+_BLOCKS_PER_TASK = 4
+
+
+@dataclasses.dataclass
+class Payload:
+    """What every worker holds for one call (shipped once).
+
+    Attributes:
+        job: The block job (its call key as raw key data, see ``key_impl``).
+        key_impl: The PRNG implementation of the call key.
+        blocks: How the job is cut into blocks.
+        group: The result group the outputs go to.
+        layouts: The streamed variables' layouts.
+        where: The store's location, or ``None`` when nothing is stored.
+        config: Execution settings of the call.
+        interval: Central interval probability (scenario comparisons).
+    """
+
+    job: BlockJob
+    key_impl: str
+    blocks: BlockPlan
+    group: str
+    layouts: Sequence[SiteLayout]
+    where: Location | None
+    config: ExecutionConfig
+    interval: float = 0.0
+
+
+_attached: dict[int, tuple[Payload, BlockJob, ZarrSink | None]] = {}
+
+
+def _prepare(payload: Payload) -> tuple[BlockJob, ZarrSink | None]:
+    """Rebuild the job and attach to the store, once per payload on each worker."""
+    import jax
+
+    cached = _attached.get(id(payload))
+    if cached is not None and cached[0] is payload:
+        return cached[1], cached[2]
+    key = jax.random.wrap_key_data(jax.numpy.asarray(payload.job.call_key), impl=payload.key_impl)
+    job = dataclasses.replace(payload.job, call_key=key)
+    sink = None
+    if payload.where is not None:
+        sink = ZarrSink.attach(payload.where, payload.layouts, payload.config)
+    if len(_attached) > 8:
+        _attached.clear()
+    _attached[id(payload)] = (payload, job, sink)
+    return job, sink
+
+
+def compute_blocks(payload: Payload, select: Sequence[tuple[int, int, int, int]]) -> int:
+    """Compute ``select`` blocks of the payload's job and write them into its store.
+
+    Runs on a worker. Returns the number of draw-row cells written.
+
+    Args:
+        payload: The call's payload.
+        select: The blocks, as ``(d0, d1, r0, r1)``.
+    """
+    import dask
+
+    job, sink = _prepare(payload)
+    assert sink is not None
+    with (
+        dask.config.set(scheduler="synchronous"),
+        writer_pool(sink, len(payload.layouts), payload.config) as pool,
+    ):
+        consume = forward_consumer(job.program.outputs, payload.group, pool.submit)
+        run_blocks(job, payload.blocks, consume, select=select)
+    return int(sum((d1 - d0) * (r1 - r0) for d0, d1, r0, r1 in select))
+
+
+def compute_scenario_blocks(
+    payload: Payload, select: Sequence[tuple[int, int, int, int]]
+) -> list[tuple[int, int, dict[str, np.ndarray]]]:
+    """Compute ``select`` blocks of a scenario comparison; reduce each on the worker.
+
+    Kept draws (if any) are written into the store; each block returns its
+    row span, its per-draw sums and its per-row contrast summaries (computed
+    exactly as the local accumulator does), for the driver to add in block
+    order.
+
+    Args:
+        payload: The call's payload.
+        select: The blocks, as ``(d0, d1, r0, r1)``.
+    """
+    import contextlib
+
+    import dask
+
+    from dopax.effects.reduce import block_summary
+
+    job, sink = _prepare(payload)
+    out: list[tuple[int, int, dict[str, np.ndarray]]] = []
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(dask.config.set(scheduler="synchronous"))
+        pool = None
+        if sink is not None:
+            pool = stack.enter_context(writer_pool(sink, 1, payload.config))
+
+        def consume(block: Block, outputs: dict[str, Any]) -> None:
+            if pool is not None:
+                layout = payload.layouts[0]
+                index = (slice(block.d0, block.d1), slice(None), slice(block.r0, block.r1))
+                pool.submit(layout.group, layout.name, index, outputs.pop("draws"))
+            out.append((block.r0, block.r1, block_summary(outputs, payload.interval)))
+
+        run_blocks(job, payload.blocks, consume, select=select)
+    return out
+
+
+def run_on_cluster(
+    client: Any,
+    job: BlockJob,
+    blocks: BlockPlan,
+    *,
+    where: Location | None,
+    keepalive: object | None,
+    group: str,
+    layouts: Sequence[SiteLayout],
+    static: StaticData | None,
+    attrs: Mapping[str, Any],
+    config: ExecutionConfig,
+    progress: bool,
+    desc: str,
+    interval: float = 0.0,
+    collect: Callable[[list[Any]], None] | None = None,
+    driver_writes: Sequence[tuple[SiteLayout, tuple[slice, ...], np.ndarray]] = (),
+) -> xr.DataTree | None:
+    """Run a job's blocks as tasks on ``client``'s cluster, writing into the store at ``where``.
+
+    A forward job's tasks write their outputs; a scenario comparison's tasks
+    (``collect`` given) return per-block reductions, which ``collect``
+    receives in block order once every task has finished. On any failure (a
+    task's error, Ctrl-C) the remaining tasks are cancelled, the store is
+    removed so nothing reads as complete, and the error propagates.
+
+    Args:
+        client: A ``dask.distributed.Client``.
+        job: The block job.
+        blocks: How it is cut into blocks.
+        where: The store's location (workers must reach it: a shared folder or
+            a URL), or ``None`` when nothing is stored.
+        keepalive: What the finished result keeps referenced.
+        group: The outputs' result group.
+        layouts: The streamed variables' layouts.
+        static: Small groups written whole by the driver (the posterior).
+        attrs: Root attributes.
+        config: Execution settings.
+        progress: Whether to show a progress bar.
+        desc: Progress bar label.
+        interval: Central interval probability (scenario comparisons).
+        collect: Receives the tasks' results in block order (scenario comparisons).
+        driver_writes: Small variables the driver writes itself, as
+            ``(layout, index, values)`` (the observed data).
+
+    Returns:
+        The finished result, or ``None`` when nothing is stored.
+    """
+    import jax
+    from distributed import as_completed
+
+    if where is not None and where.path is None and where.url is None:
+        raise ValueError(
+            "With `client=`, `output_dir` must be a folder the workers share or a URL; "
+            "a zarr store object cannot be shared with the workers."
+        )
+    sink = sink_at(where, keepalive) if where is not None else None
+    if sink is not None:
+        sink.open(layouts, static=static, attrs=attrs)
+    futures: list[Any] = []
+    task = compute_blocks if collect is None else compute_scenario_blocks
+    try:
+        for layout, index, values in driver_writes:
+            assert sink is not None
+            sink.write(layout.group, layout.name, index, values)
+        shipped = dataclasses.replace(
+            job,
+            call_key=np.asarray(jax.random.key_data(job.call_key)),  # type: ignore[arg-type]
+        )
+        payload = Payload(
+            shipped,
+            str(jax.random.key_impl(job.call_key)),
+            blocks,
+            group,
+            [layout for layout in layouts if all(layout is not w[0] for w in driver_writes)],
+            where,
+            dataclasses.replace(config, client=None),
+            interval,
+        )
+        [remote] = client.scatter([payload], broadcast=True, hash=False)
+        all_blocks = blocks.blocks()
+        call = uuid.uuid4().hex[:8]
+        for i in range(0, len(all_blocks), _BLOCKS_PER_TASK):
+            select = all_blocks[i : i + _BLOCKS_PER_TASK]
+            futures.append(
+                client.submit(task, remote, select, key=f"dopax-{desc}-{call}-{i}", retries=1)
+            )
+        results: dict[int, Any] = {}
+        order = {future.key: n for n, future in enumerate(futures)}
+        total = job.n_rows * (job.n_draws if collect is None else 1)
+        with tqdm(
+            total=total, desc=desc, unit_scale=True, disable=not progress, leave=False
+        ) as bar:
+            for future in as_completed(futures):
+                result = future.result()
+                if collect is None:
+                    bar.update(result)
+                else:
+                    results[order[future.key]] = result
+                    bar.update(sum(r1 - r0 for r0, r1, _ in result))
+        if collect is not None:
+            collect([item for n in range(len(futures)) for item in results[n]])
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        if sink is not None:
+            sink.abort()
+        raise
+    logger.info("%s: %d tasks on the cluster", desc, len(futures))
+    return sink.close() if sink is not None else None
