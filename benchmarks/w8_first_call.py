@@ -16,10 +16,11 @@ Methods:
                aimz: ``predict`` of both inputs (same ``rng_key``), then
                ``estimate_effect`` and the mean effect over rows per draw.
 
-Every measurement is a fresh process (``--worker``): it builds the data and the
-model, fits (outside the clock), waits for every computation in flight, then
-times the first call and, for reference, a second identical call. A case runs
-``--reps`` processes and reports the best first call. aimz runs in its own
+Every measurement is a fresh process (``--worker``): it imports the package
+(timed apart), builds the data and the model, fits (outside the clock), waits
+for every computation in flight, then times the first call and, for
+reference, a second identical call. A case runs ``--reps`` processes and
+reports the best first call. aimz runs in its own
 interpreter (``--aimz-python``), a scratch environment where it is installed;
 it is never a dependency of dopax. The package ``dopax_cache`` is dopax with
 ``ExecutionConfig.compilation_cache_dir`` set to a folder that one untimed
@@ -171,6 +172,11 @@ def _call(
 
 
 def worker(case: dict[str, Any]) -> dict[str, Any]:
+    import importlib
+
+    started = time.perf_counter()
+    importlib.import_module("aimz" if case["package"] == "aimz" else "dopax")
+    import_s = time.perf_counter() - started
     import jax
 
     package, model_name, method = case["package"], case["model"], case["method"]
@@ -191,7 +197,13 @@ def worker(case: dict[str, Any]) -> dict[str, Any]:
     finally:
         shutil.rmtree(out, ignore_errors=True)
         model.cleanup()
-    return {"first_s": first, "first_cpu_s": first_cpu, "second_s": second, **case}
+    return {
+        "import_s": import_s,
+        "first_s": first,
+        "first_cpu_s": first_cpu,
+        "second_s": second,
+        **case,
+    }
 
 
 # ----------------------------------------------------------------------------- driver
@@ -255,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                     res = run_case(str(pythons[package]), case)
                     results.append(res)
                     shown = res.get("error") or (
-                        f"first {res['first_s']:.2f} s (CPU {res['first_cpu_s']:.2f} s), "
-                        f"second {res['second_s']:.2f} s"
+                        f"import {res['import_s']:.2f} s, first {res['first_s']:.2f} s "
+                        f"(CPU {res['first_cpu_s']:.2f} s), second {res['second_s']:.2f} s"
                     )
                     print(f"{model_name} {method} {package} rep {rep}: {shown}", flush=True)
     print()
