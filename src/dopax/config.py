@@ -53,10 +53,10 @@ class ExecutionConfig:
         min_cells_per_step: Fewest draw-by-row cells computed per sequential
             step inside a block (steps bound the kernel's temporaries; the
             sizing policy raises this from XLA's memory analysis).
-        sizing_probe_draws: Draws in the two probe blocks whose compiled
-            memory analysis gives the kernel's temporaries per cell.
-        sizing_probe_rows: Rows in the smaller probe block (the larger has
-            four times as many).
+        free_temp_bytes: Temporaries of a compiled block up to this many
+            bytes are not counted against ``memory_budget_bytes`` (buffers
+            of a fixed size, such as one step's latent values); beyond it
+            they are, and blocks shrink to make room.
         matmul_flops_per_cell: XLA-estimated flops per draw-row cell above
             which a kernel counts as dominated by matrix products and runs one
             draw per step on CPU (a linear predictor with noise: tens; W2's
@@ -85,6 +85,15 @@ class ExecutionConfig:
             ``O_DIRECT`` writes pass.
         svi_steps_per_chunk: SVI steps run in one compiled ``scan`` between
             progress updates and convergence checks.
+        compilation_cache_dir: A folder for JAX's persistent compilation
+            cache, or ``None`` (the default: no cache). With a folder, the
+            programs a call compiles are saved there and a later process
+            loads them instead of compiling (a W8 first ``predict`` in a new
+            process: ``BENCHMARKS.md``). This is a process-wide JAX setting,
+            so the user's own compiled functions are cached there too, and
+            every program is cached however quickly it compiled. Only use a
+            folder that no untrusted user can write to. A common choice is
+            ``~/.cache/dopax/jax``.
         client: A ``dask.distributed.Client``: streamed calls then run their
             blocks as tasks on its cluster (a call's own ``client=`` argument
             takes precedence). Results are bit-identical to a local run.
@@ -100,8 +109,7 @@ class ExecutionConfig:
     trim_memory: bool = True
     direct_io: bool = True
     min_cells_per_step: int = 1 << 12
-    sizing_probe_draws: int = 8
-    sizing_probe_rows: int = 256
+    free_temp_bytes: int = 8 * 2**20
     matmul_flops_per_cell: float = 2_000.0
     min_draw_blocks: int = 2
     row_multiple: int = 8
@@ -114,6 +122,7 @@ class ExecutionConfig:
     input_window_bytes: int = 64 << 20
     direct_io_piece_bytes: int = 8 * 2**20
     svi_steps_per_chunk: int = 100
+    compilation_cache_dir: str | None = None
     client: Any = None
 
     def __post_init__(self) -> None:
@@ -132,8 +141,7 @@ class ExecutionConfig:
             raise ValueError("Need 1 <= `min_batch_rows` <= `max_batch_rows`.")
         positive = (
             "min_cells_per_step",
-            "sizing_probe_draws",
-            "sizing_probe_rows",
+            "free_temp_bytes",
             "min_draw_blocks",
             "row_multiple",
             "host_threads",

@@ -57,7 +57,9 @@ def test_padded_rows() -> None:
     assert padded_rows(3, 3, True, 2) == 4  # two rows per device at least
     assert padded_rows(1, 1000, True, 1) == 128  # an eighth of the block, in multiples of 8
     assert padded_rows(130, 1000, True, 1) == 256
-    assert padded_rows(999, 1000, True, 1) == 1000
+    assert padded_rows(871, 1000, True, 1) == 896
+    assert padded_rows(872, 1000, True, 1) == 1000  # within an eighth: the full block
+    assert padded_rows(90, 100, True, 1) == 100
     assert padded_rows(1, 1, False, 1) == 1  # rows that may not be split are never padded
 
 

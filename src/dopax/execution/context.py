@@ -7,15 +7,15 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax.numpy as jnp
-
+from dopax.config import get_config
 from dopax.data import ArrayLoader
+from dopax.execution.compile_cache import use_compilation_cache
 from dopax.kernel.signature import check_reserved_kwargs
 from dopax.kernel.spec import KernelSpec, build_spec, merge_specs, validate_trace
 from dopax.sampling.explain import InputSchema as FittedShapes
 from dopax.sampling.explain import explain
 from dopax.sampling.inputs import InputSchema, input_schema
-from dopax.sampling.prepare import BoundArgs, bind_args
+from dopax.sampling.prepare import BoundArgs, bind_args, read_rows
 from dopax.sampling.probe import probe_sites
 from dopax.streaming.targets import TempFolder
 
@@ -99,7 +99,12 @@ class ModelContext:
         return X_arr, y_arr, {**arrays, **kwargs}
 
     def bind(self, X: Any, y: Any, kwargs: Mapping[str, Any]) -> BoundArgs:
-        """Bind a call's inputs to the kernel's arguments."""
+        """Bind a call's inputs to the kernel's arguments (every call starts here).
+
+        Also points JAX's persistent compilation cache at
+        ``ExecutionConfig.compilation_cache_dir`` before anything compiles.
+        """
+        use_compilation_cache(get_config().compilation_cache_dir)
         X, y, kwargs = self.unpack_loader(X, y, kwargs)
         check_reserved_kwargs(kwargs, self.kernel, self.param_input, self.param_output)
         return bind_args(self.param_input, X, self.param_output, y, kwargs)
@@ -110,7 +115,7 @@ class ModelContext:
         Raises:
             InputError: If the kernel fails because of an input it names.
         """
-        small = {k: jnp.asarray(v[:2]) for k, v in bound.rows.items()}
+        small = {k: read_rows(v, 0, 2) for k, v in bound.rows.items()}
         try:
             return probe_sites(self.kernel, {**bound.shared, **small}, bound.static)
         except Exception as err:

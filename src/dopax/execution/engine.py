@@ -14,14 +14,14 @@ from dopax.execution.cluster import run_on_cluster
 from dopax.execution.context import ModelContext
 from dopax.execution.job import ForwardJob, forward_job
 from dopax.execution.request import LOG_LIKELIHOOD, PRIOR, PredictiveRequest
-from dopax.execution.runner import Block, forward_consumer, run_blocks, sharding_of
+from dopax.execution.runner import Block, forward_consumer, run_blocks, sharding_of, splits_rows
 from dopax.execution.sizing import Footprint, size_blocks
 from dopax.output import schema
 from dopax.output.schema import SiteLayout
 from dopax.parallel.batching import BlockPlan
 from dopax.sampling.prepare import read_rows
 from dopax.streaming.sinks import MemorySink, Sink
-from dopax.streaming.stream import Submit, stream_into
+from dopax.streaming.stream import Progress, Submit, stream_into
 from dopax.streaming.targets import call_location, check_store, sink_for_call
 
 __all__ = ["cluster_devices", "result_attrs", "run_predictive"]
@@ -132,18 +132,15 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
         ctx: The model's context.
         request: The request.
     """
-    fj = forward_job(ctx, request)
-    job = fj.job
     out = request.output
     cfg = get_config()
-    blocks = size_blocks(
-        job,
-        _footprint(fj, out.in_memory),
-        chains=fj.chains,
-        batch_size=out.batch_size,
-        config=cfg,
-        cache=ctx.sizes,
-    )
+    progress = Progress(_label(request), out.progress and not out.in_memory)
+    try:
+        fj, blocks = _prepare(ctx, request, progress)
+    except BaseException:
+        progress.close()
+        raise
+    job = fj.job
     # the step size chosen with the blocks
     job.program = dataclasses.replace(job.program, cells_per_step=blocks.step_cells)  # type: ignore[type-var]
     logger.debug(
@@ -166,6 +163,7 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
     attrs = result_attrs(job, {"method": request.method, **_call_attrs(request, blocks, fj)})
     client = out.client if out.client is not None else cfg.client
     if client is not None and not out.in_memory:
+        progress.close()  # the cluster's tasks have their own bar
         check_store(out.store, "persistent", "client=")
         where, keep = call_location(
             out.output_dir, _label(request), ctx.temp_folder, out.storage_options
@@ -217,7 +215,7 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
         static=static,
         attrs=attrs,
         total=job.n_rows * job.n_draws,
-        progress=out.progress and not out.in_memory,
+        progress=progress,
         desc=_label(request),
     )
     if out.in_memory and not out.return_datatree:
@@ -227,6 +225,38 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
             for name in ds.data_vars
         }
     return tree
+
+
+def _prepare(
+    ctx: ModelContext, request: PredictiveRequest, progress: Progress
+) -> tuple[ForwardJob, BlockPlan]:
+    """Plan the call and size its blocks (compiling its program), saying so as it goes."""
+    out = request.output
+    cfg = get_config()
+
+    def sized(fj: ForwardJob) -> BlockPlan:
+        return size_blocks(
+            fj.job,
+            _footprint(fj, out.in_memory),
+            chains=fj.chains,
+            batch_size=out.batch_size,
+            config=cfg,
+            cache=ctx.sizes,
+            announce=progress.stage,
+        )
+
+    progress.stage("tracing the kernel")
+    fj = forward_job(ctx, request)
+    blocks = sized(fj)
+    if not fj.plan.split_checked and splits_rows(fj.job, blocks.row_block):
+        # rows are about to be split: first make sure the kernel allows it
+        progress.stage("checking that the kernel's rows may be split")
+        checked = forward_job(ctx, request, check_split=True, bound=fj.bound)
+        if checked.plan.path != fj.plan.path:
+            fj, blocks = checked, sized(checked)
+    if out.in_memory:
+        progress.stage(f"running one block of {blocks.draw_block} draws x {blocks.row_block} rows")
+    return fj, blocks
 
 
 def _label(request: PredictiveRequest) -> str:

@@ -35,11 +35,13 @@ class ForwardJob:
         job: The block job.
         plan: The pass's plan (output shapes, path).
         chains: Number of chains of the draws.
+        bound: The call's bound inputs.
     """
 
     job: BlockJob
     plan: ForwardPlan
     chains: int
+    bound: BoundArgs
 
 
 def plan_pass(
@@ -50,6 +52,7 @@ def plan_pass(
     intervention: Any,
     *,
     strict_sites: bool = True,
+    check_split: bool = False,
 ) -> ForwardPlan:
     """Return the plan of a pass, from the model's cache when the inputs' shapes were seen.
 
@@ -61,6 +64,8 @@ def plan_pass(
         intervention: Site name to value, or ``None``.
         strict_sites: Raise for a return site the pass lacks (sites asked
             for by name); otherwise leave it out (the default sites).
+        check_split: Whether the plan must say if rows may be split (the call
+            splits them); otherwise that check waits for a call that does.
     """
     signature = (
         spec,
@@ -74,7 +79,7 @@ def plan_pass(
         else tuple((k, np.shape(v)) for k, v in sorted(dict(intervention).items())),
     )
     plan = ctx.plans.get(signature)
-    if plan is None:
+    if plan is None or (check_split and not plan.split_checked):
         try:
             plan = make_plan(
                 spec,
@@ -84,6 +89,7 @@ def plan_pass(
                 latent=latent,
                 intervention=intervention,
                 strict_sites=strict_sites,
+                check_split=check_split,
             )
         except (KeyError, ScenarioError):
             raise
@@ -148,6 +154,7 @@ def _latent_policy(
     bound: BoundArgs,
     base: PassSpec,
     draws: dict[str, Any],
+    check_split: bool,
 ) -> tuple[ForwardPlan, dict[str, Any]]:
     """Plan the pass, deciding what to do with per-row latent sites of the posterior.
 
@@ -155,7 +162,9 @@ def _latent_policy(
     out-of-sample calls draw them fresh for the new rows.
     """
     strict = request.return_sites is not None
-    plan = plan_pass(ctx, base, bound, draws, request.intervention, strict_sites=strict)
+    plan = plan_pass(
+        ctx, base, bound, draws, request.intervention, strict_sites=strict, check_split=check_split
+    )
     if plan.local_latents:
         if request.in_sample:
             for name in plan.local_latents:
@@ -174,7 +183,15 @@ def _latent_policy(
             )
         else:
             draws = {k: v for k, v in draws.items() if k not in plan.local_latents}
-            plan = plan_pass(ctx, base, bound, draws, request.intervention, strict_sites=strict)
+            plan = plan_pass(
+                ctx,
+                base,
+                bound,
+                draws,
+                request.intervention,
+                strict_sites=strict,
+                check_split=check_split,
+            )
     elif plan.path == FULL:
         warn(
             f"{plan.reason}: rows are processed together and only draws are split across "
@@ -184,16 +201,26 @@ def _latent_policy(
     return plan, draws
 
 
-def forward_job(ctx: ModelContext, request: PredictiveRequest) -> ForwardJob:
+def forward_job(
+    ctx: ModelContext,
+    request: PredictiveRequest,
+    *,
+    check_split: bool = False,
+    bound: BoundArgs | None = None,
+) -> ForwardJob:
     """Turn a forward request into a block job.
 
     Args:
         ctx: The model's context.
         request: The request.
+        check_split: Whether to settle, by running the kernel split, if rows
+            may be split (needed before a call splits them).
+        bound: The request's bound inputs, when they were bound already.
     """
     if request.shard_axis not in (OBS, DRAW):
         raise ValueError(f"`shard_axis` must be 'obs' or 'draw'; got {request.shard_axis!r}.")
-    bound = ctx.bind(request.X, request.y, request.kwargs)
+    if bound is None:
+        bound = ctx.bind(request.X, request.y, request.kwargs)
     ctx.ensure_spec(bound, fitting=False)
     assert ctx.spec is not None
     if request.kind == LOG_LIKELIHOOD:
@@ -216,7 +243,7 @@ def forward_job(ctx: ModelContext, request: PredictiveRequest) -> ForwardJob:
     latent_names = set(ctx.spec.sample_sites)
     draws = {k: v for k, v in (posterior.draws if posterior else {}).items() if k in latent_names}
     base = PassSpec(ctx.kernel, bound.static, sites, kind)
-    plan, draws = _latent_policy(ctx, request, bound, base, draws)
+    plan, draws = _latent_policy(ctx, request, bound, base, draws, check_split)
     sites = tuple(info.name for info in plan.outputs)
     if kind == forward.PREDICT and request.return_sites is None and ctx.param_output not in sites:
         raise KernelValidationError(
@@ -254,6 +281,7 @@ def forward_job(ctx: ModelContext, request: PredictiveRequest) -> ForwardJob:
         split_rows=plan.path != FULL,
         shard_axis=request.shard_axis,
         row_offset=int(request.row_offset),
+        matmul_flops_per_cell=plan.matmul_flops_per_row,
     )
     chains = posterior.num_chains if posterior is not None else 1
-    return ForwardJob(job, plan, chains)
+    return ForwardJob(job, plan, chains, bound)

@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dopax.parallel.batching import BlockPlan, ceil_to
@@ -36,12 +35,16 @@ __all__ = [
     "Block",
     "BlockJob",
     "Consume",
-    "block_costs",
+    "Trimmed",
+    "compiled_temp_bytes",
     "flat_index",
     "forward_consumer",
+    "lower_block",
+    "lowered_flops",
     "padded_rows",
     "run_blocks",
     "sharding_of",
+    "splits_rows",
 ]
 
 logger = logging.getLogger("dopax")
@@ -83,6 +86,9 @@ class BlockJob:
         row_offset: Global index of the job's first row: random numbers follow
             global row indices, so a caller that splits rows over several jobs
             keeps every row's draws.
+        matmul_flops_per_cell: Flops of the program's matrix products per
+            draw-row cell, when known from the kernel's probes (``None``: the
+            sizing policy reads XLA's cost analysis of the program).
     """
 
     program: BlockProgram
@@ -99,6 +105,15 @@ class BlockJob:
     split_rows: bool = True
     shard_axis: str = OBS
     row_offset: int = 0
+    matmul_flops_per_cell: float | None = None
+
+
+def splits_rows(job: BlockJob, row_block: int) -> bool:
+    """Whether blocks of ``row_block`` rows split the job's rows (into blocks or devices)."""
+    if not job.split_rows:
+        return False
+    shard_axis, n_dev = sharding_of(job)
+    return row_block < max(job.n_rows, 1) or (shard_axis == OBS and n_dev > 1)
 
 
 def sharding_of(job: BlockJob) -> tuple[str, int]:
@@ -113,8 +128,35 @@ def sharding_of(job: BlockJob) -> tuple[str, int]:
     return (job.shard_axis if job.split_rows else DRAW), n_dev
 
 
+class Trimmed:
+    """A block's output with its padding still attached, trimmed when read on the host.
+
+    Every consumer reads outputs with :func:`numpy.asarray`; trimming there
+    (in a writer thread) rather than on the device saves a small compilation
+    per padded shape.
+
+    Args:
+        value: The padded output (a device array, possibly still computing).
+        index: The slices that keep the real draws and rows.
+    """
+
+    def __init__(self, value: Any, index: tuple[slice, ...]) -> None:
+        self.value = value
+        self.index = index
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        array = np.ascontiguousarray(np.asarray(self.value)[self.index])
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+
+def _host(value: Any) -> Any:
+    # ``jnp.asarray`` of a host array compiles a small program per shape; a device
+    # put does not.
+    return value if isinstance(value, jax.Array) else np.asarray(value)
+
+
 def _to_device(tree: Any) -> Any:
-    return place(jax.tree.map(jnp.asarray, tree), False)
+    return place(jax.tree.map(_host, tree), False)
 
 
 def _slice(tree: Any, start: int, stop: int, size: int) -> Any:
@@ -127,9 +169,11 @@ def padded_rows(rows: int, row_block: int, split_rows: bool, shards: int) -> int
     When rows may be split, no block and no device's share of one has a
     single row: a kernel may drop the row axis of a one-row batch (e.g. a
     network ending in ``.squeeze()``), so such blocks get a second (padding)
-    row. A short last block is padded to a multiple of an eighth of the block
-    (rounded to 8 rows), so a call compiles at most two block shapes and a
-    block with less than an eighth of padding reuses the full block's program.
+    row. A short last block within an eighth of the block's rows (rounded up
+    to 8) of a full one is padded to the full block and reuses its program;
+    a shorter one is padded to a multiple of that eighth, so a call compiles
+    at most two block shapes and the padding stays within an eighth of a
+    block.
 
     Args:
         rows: Rows in the block.
@@ -142,7 +186,7 @@ def padded_rows(rows: int, row_block: int, split_rows: bool, shards: int) -> int
     padded = max(rows, 2)
     if rows < row_block:
         unit = ceil_to(-(-row_block // 8), 8)
-        padded = max(padded, min(row_block, ceil_to(rows, unit)))
+        padded = max(padded, row_block if rows >= row_block - unit else ceil_to(rows, unit))
     return ceil_to(max(padded, 2 * shards), shards)
 
 
@@ -197,7 +241,7 @@ class _Runner:
         return (
             self.job.call_key,
             draws,
-            jnp.asarray(r0 + self.job.row_offset, jnp.uint32),
+            np.uint32(r0 + self.job.row_offset),
             latent,
             place(_slice(self.job.rows, r0, r1, pad_r), split_rows),
             self.shared,
@@ -208,36 +252,58 @@ class _Runner:
         )
 
 
-def block_costs(job: BlockJob, program: BlockProgram, draws: int, rows: int) -> tuple[int, float]:
-    """Return ``(temporary bytes, flops)`` of ``program`` on one block of ``draws x rows``.
+def lower_block(
+    job: BlockJob, program: BlockProgram, draws: int, rows: int, row_block: int = 0
+) -> Any:
+    """Return ``program`` lowered for one block of ``draws x rows`` (a ``jax.stages.Lowered``).
 
-    Reads XLA's own memory and cost analyses of the program compiled at that
-    shape, so kernels with large intermediate values (e.g. neural-network
-    activations) get smaller steps and blocks than their outputs alone
-    would suggest.
+    It is lowered with the arguments of the job's first block, exactly as
+    :func:`run_blocks` passes them, so compiling it compiles the program the
+    run uses (JAX keeps it), and each block shape is compiled once.
 
     Args:
         job: The job.
-        program: The program to analyse (the job's, usually with one step).
-        draws: Draws in the probe block.
-        rows: Rows in the probe block.
+        program: The program to lower (the job's, with a step size).
+        draws: Draws in the block.
+        rows: Rows in the block.
+        row_block: Rows of a full block of the call (padding of short blocks).
     """
-    runner = _Runner(job, program)
+    runner = _Runner(job, program, row_block)
     args = runner.args(0, min(draws, job.n_draws), 0, min(rows, max(job.n_rows, 1)))
-    compiled: Any = runner.fn
-    executable = compiled.lower(*args).compile()
-    stats = executable.memory_analysis()
-    flops = 0.0
+    fn: Any = runner.fn
+    return fn.lower(*args)
+
+
+def lowered_flops(lowered: Any) -> float:
+    """Return XLA's flop count of a lowered block program (no compilation).
+
+    Loop bodies count once, so this is the flops of one step of draws.
+
+    Args:
+        lowered: A ``jax.stages.Lowered``.
+    """
     try:
-        cost = executable.cost_analysis()
+        cost = lowered.cost_analysis()
         if isinstance(cost, list | tuple):  # older JAX: one dict per program
             cost = cost[0] if cost else {}
-        flops = float((cost or {}).get("flops", 0.0))
+        return float((cost or {}).get("flops", 0.0))
     except Exception:  # pragma: no cover - backends without cost analysis
-        flops = 0.0
+        return 0.0
+
+
+def compiled_temp_bytes(lowered: Any) -> int:
+    """Compile a lowered block program and return XLA's temporary bytes for it.
+
+    The compiled executable stays in JAX's cache, so the run that follows
+    does not compile it again.
+
+    Args:
+        lowered: A ``jax.stages.Lowered``.
+    """
+    stats = lowered.compile().memory_analysis()
     if stats is None:  # pragma: no cover - backends without memory analysis
-        return 0, flops
-    return int(stats.temp_size_in_bytes), flops
+        return 0
+    return int(stats.temp_size_in_bytes)
 
 
 def run_blocks(
@@ -271,11 +337,12 @@ def run_blocks(
         out: dict[str, Any] = {}
         for ax in axes:
             value = raw.pop(ax.name)
+            index = [slice(None)] * value.ndim
             if pad_d != nd and ax.draw_axis is not None:
-                value = jax.lax.slice_in_dim(value, 0, nd, axis=ax.draw_axis)
+                index[ax.draw_axis] = slice(0, nd)
             if pad_r != nr and ax.row_axis is not None and not ax.summed_over_rows:
-                value = jax.lax.slice_in_dim(value, 0, nr, axis=ax.row_axis)
-            out[ax.name] = value
+                index[ax.row_axis] = slice(0, nr)
+            out[ax.name] = value if pad_d == nd and pad_r == nr else Trimmed(value, tuple(index))
             del value
         del raw
         consume(Block(d0, d1, r0, r1), out)

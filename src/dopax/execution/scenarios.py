@@ -26,18 +26,19 @@ from dopax.execution.context import ModelContext
 from dopax.execution.engine import cluster_devices, result_attrs
 from dopax.execution.job import plan_pass
 from dopax.execution.request import ScenarioRequest
-from dopax.execution.runner import Block, BlockJob, run_blocks
+from dopax.execution.runner import Block, BlockJob, lower_block, run_blocks, splits_rows
 from dopax.execution.sizing import Footprint, size_blocks
 from dopax.kernel.signature import kernel_parameters
 from dopax.output import schema
 from dopax.output.build import tree_from_nodes
 from dopax.output.schema import SiteLayout
+from dopax.parallel.batching import BlockPlan
 from dopax.parallel.sharded import OBS
 from dopax.sampling.forward import PREDICT, PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan
 from dopax.sampling.prepare import BoundArgs, anchor_rows
 from dopax.streaming.memory import map_large_allocations, release_free_memory
-from dopax.streaming.stream import Submit, stream_into
+from dopax.streaming.stream import Progress, Submit, stream_into
 from dopax.streaming.targets import call_location, check_store, sink_for_call
 
 __all__ = ["run_scenarios"]
@@ -97,7 +98,11 @@ def _per_row(value: Any, base: Any, n_rows: int) -> Any:
 
 
 def _scenarios(
-    ctx: ModelContext, request: ScenarioRequest, base: BoundArgs, site: str
+    ctx: ModelContext,
+    request: ScenarioRequest,
+    base: BoundArgs,
+    site: str,
+    check_split: bool = False,
 ) -> tuple[list[Scenario], list[ForwardPlan]]:
     draws = dict(request.posterior.draws)
     scenarios, plans = [], []
@@ -109,7 +114,7 @@ def _scenarios(
             )
         spec = PassSpec(ctx.kernel, bound.static, (site,), PREDICT)
         try:
-            plan = plan_pass(ctx, spec, bound, draws, intervention)
+            plan = plan_pass(ctx, spec, bound, draws, intervention, check_split=check_split)
         except KeyError as err:
             raise ScenarioError(str(err.args[0])) from err
         row_names = set(plan.row_intervention_sites)
@@ -150,6 +155,15 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
         request: The request.
     """
     _check(request)
+    progress = Progress("compare_scenarios", request.output.progress, unit="row")
+    try:
+        return _run(ctx, request, progress)
+    finally:
+        progress.close()
+
+
+def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> EffectResult:
+    progress.stage("tracing the kernel")
     base = ctx.bind(request.X, None, request.kwargs)
     ctx.ensure_spec(base, fitting=False)
     n_rows = base.n_rows
@@ -207,14 +221,25 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
         probe=False,
     )
     out = request.output
-    blocks = size_blocks(
-        job,
-        footprint,
-        chains=posterior.num_chains,
-        batch_size=out.batch_size,
-        config=cfg,
-        cache=ctx.sizes,
-    )
+
+    def sized() -> BlockPlan:
+        return size_blocks(
+            job,
+            footprint,
+            chains=posterior.num_chains,
+            batch_size=out.batch_size,
+            config=cfg,
+            cache=ctx.sizes,
+        )
+
+    blocks = sized()
+    if not all(p.split_checked for p in plans) and splits_rows(job, blocks.row_block):
+        # rows are about to be split: first make sure the kernel allows it
+        progress.stage("checking that the kernel's rows may be split")
+        _, plans = _scenarios(ctx, request, base, site, check_split=True)
+        if any(p.path == FULL for p in plans):
+            job.split_rows = False
+            blocks = sized()
     job.program = dataclasses.replace(program, cells_per_step=blocks.step_cells)
     acc = EffectAccumulator(
         len(names), posterior.num_draws, len(labels), n_rows, request.interval, cfg.host_threads
@@ -274,6 +299,7 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
         map_large_allocations(cfg.mmap_threshold_bytes)
     try:
         if client is not None:
+            progress.close()  # the cluster's tasks have their own bar
             where, keep = (None, None)
             if request.keep_draws:
                 check_store(out.store, "persistent", "client=")
@@ -301,6 +327,10 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
                 acc.finish()
             attrs = {**attrs, schema.DEVICES_ATTR: cluster_devices(client)}
             return result(kept)
+        progress.stage(f"compiling blocks of {blocks.draw_block} draws x {blocks.row_block} rows")
+        lower_block(
+            job, job.program, blocks.draw_block, blocks.row_block, blocks.row_block
+        ).compile()
         if request.keep_draws:
             sink = sink_for_call(
                 out.store, out.output_dir, "scenarios", ctx.temp_folder, out.storage_options
@@ -312,16 +342,12 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
                 static=static,
                 attrs=kept_attrs,
                 total=n_rows,
-                progress=out.progress,
+                progress=progress,
                 desc="compare_scenarios",
                 finish=result,  # a failure here removes the kept draws too
             )
-        from tqdm.auto import tqdm
-
-        with tqdm(
-            total=n_rows, disable=not out.progress, desc="compare_scenarios", leave=False
-        ) as bar:
-            run(None, bar.update)
+        progress.start(n_rows)
+        run(None, progress.update)
         return result(None)
     finally:
         if cfg.trim_memory:

@@ -9,15 +9,20 @@ Every call describes what its blocks hold with a :class:`Footprint`, and
   writer_threads + 1`` blocks of outputs (queued, being written, being
   computed); for a scenario comparison ``host_threads + 1`` blocks of
   per-row contrasts (one computing, the others summarised on the host).
-* A forward pass also pays the kernel's temporaries for one step of draws;
-  they are read from XLA's memory analysis of the compiled block at two probe
-  shapes (their slope, so fixed-size temporaries do not count as if they grew
-  with the block). Steps get at most half the budget: a kernel whose
-  intermediate values fuse away (a linear predictor and its noise) runs each
-  block as one vectorised step, which XLA spreads over all cores; a neural
-  network runs a few draws per step so that its activations stay bounded.
+* A forward pass also pays the kernel's temporaries for one step of draws,
+  read from XLA's memory analysis of the block program compiled at the
+  chosen block shape: the very program the run then uses (JAX keeps the
+  executable), so sizing costs no compilation of its own. Blocks are first
+  sized from their outputs; when the compiled block's temporaries (beyond
+  ``free_temp_bytes``) do not fit the budget beside them, steps and blocks
+  are sized again from the temporaries per cell of that compilation. Steps
+  get at most half the budget: a kernel whose intermediate values fuse away
+  (a linear predictor and its noise) runs each block as one vectorised step,
+  which XLA spreads over all cores; a neural network runs a few draws per
+  step so that its activations stay bounded.
 * On CPU, kernels dominated by matrix products (over
-  ``matmul_flops_per_cell`` flops per cell, from XLA's cost analysis) run one
+  ``matmul_flops_per_cell`` flops of matrix products per cell, counted in the
+  kernel's probes, or else XLA's cost analysis of the lowered block) run one
   draw per step: XLA's CPU batched matrix products cost about 1.25 x the time
   of one plain product per draw (``BENCHMARKS.md``, W2). Such blocks keep
   whole rows and split the draws. Scenario comparisons always run one draw
@@ -30,18 +35,19 @@ Every call describes what its blocks hold with a :class:`Footprint`, and
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
 
 from dopax.config import ExecutionConfig
-from dopax.execution.runner import BlockJob, block_costs
+from dopax.execution.runner import BlockJob, compiled_temp_bytes, lower_block, lowered_flops
 from dopax.parallel.batching import BlockPlan, ceil_to, largest_divisor_at_most, plan_blocks
 
 __all__ = ["Footprint", "size_blocks"]
 
-#: ``cells_per_step`` that makes one vectorised step of any probe block.
-_ONE_STEP = 1 << 62
+#: Called with a line saying what is being prepared (e.g. before a compilation).
+Announce = Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,46 +74,16 @@ class Footprint:
     in_one_block: bool = False
 
 
-def _per_cell(job: BlockJob, config: ExecutionConfig, cache: dict[Any, Any]) -> tuple[float, float]:
-    """Return the compiled block's ``(temporary bytes, flops)`` per (draw, row) cell."""
-    n_rows = max(job.n_rows, 1)
-    probe_draws, probe_rows = config.sizing_probe_draws, config.sizing_probe_rows
-    if not job.split_rows:
-        small = (min(2, job.n_draws), n_rows)
-        large = (min(probe_draws, job.n_draws), n_rows)
-    else:
-        draws = min(probe_draws, job.n_draws)
-        small = (draws, min(probe_rows, n_rows))
-        large = (draws, min(4 * probe_rows, n_rows))
-    shapes = jax.tree.map(
-        lambda v: (tuple(getattr(v, "shape", ())), str(getattr(v, "dtype", ""))),
-        (job.rows, job.shared),
-    )
-    key = (
-        job.program,
-        job.split_rows,
-        small,
-        large,
-        tuple(jax.tree.leaves(shapes)),
-        str(jax.tree.structure(shapes)),
-    )
-    cached = cache.get(key)
-    if cached is not None:
-        return cached  # type: ignore[no-any-return]
-    program = dataclasses.replace(job.program, cells_per_step=_ONE_STEP)  # type: ignore[type-var]
-    temp_small, flops_small = block_costs(job, program, *small)
-    cells_small = small[0] * small[1]
-    if large == small:
-        per_cell = (temp_small / cells_small, flops_small / cells_small)
-    else:
-        temp_large, flops_large = block_costs(job, program, *large)
-        cells_large = large[0] * large[1]
-        slope = (temp_large - temp_small) / (cells_large - cells_small)
-        per_cell = (max(slope, 0.0), flops_large / cells_large)
-    if len(cache) > 256:
-        cache.clear()
-    cache[key] = per_cell
-    return per_cell
+def _lower(job: BlockJob, plan: BlockPlan) -> Any:
+    """Lower the job's program for its first block under ``plan`` (as the run calls it)."""
+    program = dataclasses.replace(job.program, cells_per_step=plan.step_cells)  # type: ignore[type-var]
+    return lower_block(job, program, plan.draw_block, plan.row_block, plan.row_block)
+
+
+def _fits(plan: BlockPlan, footprint: Footprint, temp: int, config: ExecutionConfig) -> bool:
+    outputs = plan.draw_block * (plan.row_block * footprint.per_row + footprint.per_draw)
+    counted = max(0, temp - config.free_temp_bytes)
+    return footprint.alive * outputs + counted <= config.memory_budget_bytes
 
 
 def size_blocks(
@@ -118,8 +94,12 @@ def size_blocks(
     batch_size: int | None,
     config: ExecutionConfig,
     cache: dict[Any, Any],
+    announce: Announce | None = None,
 ) -> BlockPlan:
     """Choose block and step shapes so a call's memory stays within the budget.
+
+    With ``footprint.probe`` the block program is lowered (and compiled once)
+    at the shape chosen; the run then finds it compiled.
 
     Args:
         job: The job.
@@ -127,22 +107,77 @@ def size_blocks(
         chains: Number of chains of the draws.
         batch_size: Rows per block asked for by the user, or ``None``.
         config: Execution settings.
-        cache: Per-model cache of probe results, keyed by the program and shapes.
+        cache: Per-model cache of sizing results, keyed by the program and shapes.
+        announce: Told what is being compiled, before it is.
     """
     n_rows = max(job.n_rows, 1)
-    min_step = config.min_cells_per_step
     if footprint.in_one_block:
-        return BlockPlan(job.n_draws, n_rows, job.n_draws, job.n_rows, min_step)
-    temp_cell, flops_cell = (0.0, 0.0)
-    if footprint.probe:
-        temp_cell, flops_cell = _per_cell(job, config, cache)
-    budget = config.memory_budget_bytes
-    alive = footprint.alive
-    one_draw = footprint.one_draw_steps
-    if one_draw is None:
-        one_draw = flops_cell >= config.matmul_flops_per_cell and jax.default_backend() == "cpu"
+        step = config.min_cells_per_step
+        return BlockPlan(job.n_draws, n_rows, job.n_draws, job.n_rows, step)
     if footprint.whole_draws:
         return _whole_draw_blocks(job, footprint, batch_size, config)
+    one_draw = footprint.one_draw_steps
+    if not footprint.probe:
+        return _plan(job, footprint, chains, batch_size, config, 0.0, bool(one_draw))
+    shapes = jax.tree.map(
+        lambda v: (tuple(getattr(v, "shape", ())), str(getattr(v, "dtype", ""))),
+        (job.rows, job.shared, job.latent),
+    )
+    key = (
+        job.program,
+        job.split_rows,
+        job.n_draws,
+        job.n_rows,
+        chains,
+        batch_size,
+        footprint,
+        config,
+        tuple(jax.tree.leaves(shapes)),
+        str(jax.tree.structure(shapes)),
+    )
+    cached = cache.get(key)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    plan = _plan(job, footprint, chains, batch_size, config, 0.0, bool(one_draw))
+    lowered = None
+    if one_draw is None:
+        one_draw = False
+        if jax.default_backend() == "cpu":
+            flops = job.matmul_flops_per_cell
+            if flops is None:  # the vectorised program at this shape: its flops per cell
+                lowered = _lower(job, plan)
+                flops = lowered_flops(lowered) / max(plan.draw_block * plan.row_block, 1)
+            one_draw = flops >= config.matmul_flops_per_cell
+        if one_draw:
+            plan = _plan(job, footprint, chains, batch_size, config, 0.0, True)
+            lowered = None
+    if lowered is None:
+        lowered = _lower(job, plan)
+    if announce is not None:
+        announce(f"compiling blocks of {plan.draw_block} draws x {plan.row_block} rows")
+    temp = compiled_temp_bytes(lowered)
+    if not _fits(plan, footprint, temp, config):
+        temp_cell = temp / max(min(plan.step_cells, plan.draw_block * plan.row_block), 1)
+        plan = _plan(job, footprint, chains, batch_size, config, temp_cell, one_draw)
+    if len(cache) > 256:
+        cache.clear()
+    cache[key] = plan
+    return plan
+
+
+def _plan(
+    job: BlockJob,
+    footprint: Footprint,
+    chains: int,
+    batch_size: int | None,
+    config: ExecutionConfig,
+    temp_cell: float,
+    one_draw: bool,
+) -> BlockPlan:
+    """Blocks and steps for a kernel with ``temp_cell`` temporary bytes per cell."""
+    budget = config.memory_budget_bytes
+    alive = footprint.alive
+    min_step = config.min_cells_per_step
     step_cells = max(min_step, int(min(1 << 40, (budget // 2) / max(temp_cell, 1e-9))))
     if one_draw and batch_size is None and job.split_rows:
         plan = _draw_blocks(job, chains, footprint, temp_cell, config)
@@ -175,7 +210,10 @@ def size_blocks(
                 break
             row_block = max(1, row_block // 2)
         row_block = _even_rows(job.n_rows, row_block)
-    return BlockPlan(draw_block, row_block, blocks.n_draws, blocks.n_rows, step_for(row_block))
+    # one canonical step per behaviour (a step of the whole block or more is one
+    # vectorised step), so equal plans share one compiled program
+    step = min(step_for(row_block), draw_block * row_block)
+    return BlockPlan(draw_block, row_block, blocks.n_draws, blocks.n_rows, step)
 
 
 def _whole_draw_blocks(

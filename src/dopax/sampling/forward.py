@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from numpyro import handlers
 
+from dopax.parallel.batching import largest_divisor_at_most
 from dopax.parallel.sharded import OutputAxes
 from dopax.sampling.rng import RowKeySeed, draw_words
 
@@ -208,6 +209,11 @@ def map_draws(
     """
     n_draws = draw_indices.shape[0]
     per_step = max(1, min(n_draws, int(cells_per_step) // max(n_rows, 1)))
+    if n_draws % per_step:
+        # a shorter last step would be a second trace and program of the kernel:
+        # take a step that divides the draws if one is at least half as large
+        even = largest_divisor_at_most(n_draws, per_step)
+        per_step = even if 2 * even >= per_step else per_step
     if per_step >= n_draws:
         return jax.vmap(one)(draw_indices, dict(latent))
     if per_step == 1:

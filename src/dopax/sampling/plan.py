@@ -28,7 +28,7 @@ import numpy as np
 
 from dopax.sampling.forward import LOG_LIKELIHOOD, PassSpec
 from dopax.sampling.prepare import read_rows, split_intervention
-from dopax.sampling.probe import probe_sites
+from dopax.sampling.probe import probe_kernel
 
 __all__ = ["ForwardPlan", "SiteInfo", "make_plan", "ROWS", "FULL"]
 
@@ -70,6 +70,10 @@ class ForwardPlan:
         row_intervention_sites: Intervened sites given one value per row.
         sample_sites: Every sample site of the kernel.
         reason: Why the ``"full"`` path was chosen, for the user's warning.
+        split_checked: Whether the kernel was run split (see :func:`make_plan`);
+            a ``"rows"`` plan that was not may not split rows yet.
+        matmul_flops_per_row: Flops of the kernel's matrix products per row
+            and draw (from the probes at 2 and 3 rows).
     """
 
     path: str
@@ -80,11 +84,13 @@ class ForwardPlan:
     row_intervention_sites: tuple[str, ...] = ()
     sample_sites: tuple[str, ...] = ()
     reason: str | None = None
+    split_checked: bool = True
+    matmul_flops_per_row: float = 0.0
 
 
-def _take_rows(value: Any, index: np.ndarray) -> Any:
+def _take_rows(value: Any, index: np.ndarray) -> np.ndarray:
     head = read_rows(value, 0, int(index.max()) + 1)
-    return jnp.asarray(head)[index]
+    return np.asarray(head)[index]
 
 
 def _probe_index(n_rows: int, size: int) -> np.ndarray:
@@ -127,8 +133,14 @@ def make_plan(
     latent: Mapping[str, Any],
     intervention: Mapping[str, Any] | None,
     strict_sites: bool = True,
+    check_split: bool = True,
 ) -> ForwardPlan:
     """Plan a forward pass by probing the kernel on a few rows.
+
+    Running the kernel split (the one probe that compiles and runs) is needed
+    only before rows are split; a call whose rows all run in one block may
+    skip it (``check_split=False``) and get a plan with ``split_checked``
+    false.
 
     Args:
         spec: The static pass description.
@@ -140,6 +152,8 @@ def make_plan(
         strict_sites: Raise for a return site the pass lacks; otherwise leave
             it out of the plan's outputs (a site of another branch of the
             kernel, e.g. one that exists only when the output is observed).
+        check_split: Whether to run the kernel split when nothing else
+            decides the path.
 
     Returns:
         The plan.
@@ -150,8 +164,9 @@ def make_plan(
     """
     small = {k: _take_rows(v, _probe_index(n_rows, 2)) for k, v in row_args.items()}
     large = {k: _take_rows(v, _probe_index(n_rows, 3)) for k, v in row_args.items()}
-    sites2 = probe_sites(spec.kernel, {**shared_args, **small}, spec.static)
-    sites3 = probe_sites(spec.kernel, {**shared_args, **large}, spec.static)
+    probe2 = probe_kernel(spec.kernel, {**shared_args, **small}, spec.static)
+    probe3 = probe_kernel(spec.kernel, {**shared_args, **large}, spec.static)
+    sites2, sites3 = probe2.sites, probe3.sites
     shapes2 = {n: (i["shape"], i["dtype"]) for n, i in sites2.items() if "shape" in i}
     shapes3 = {n: (i["shape"], i["dtype"]) for n, i in sites3.items() if "shape" in i}
     row_axes: dict[str, int | None] = {}
@@ -193,7 +208,8 @@ def make_plan(
             f"the posterior holds per-row latent site(s) {list(local)}, which tie each "
             "draw to all rows"
         )
-    if reason is None:
+    checked = reason is not None or check_split
+    if reason is None and check_split:
         reason = _check_split(
             dataclasses.replace(spec, global_latents=global_latents),
             n_rows,
@@ -229,6 +245,8 @@ def make_plan(
         row_sites=row_sites,
         local_latents=local,
         reason=reason,
+        split_checked=checked,
+        matmul_flops_per_row=max(0.0, probe3.matmul_flops - probe2.matmul_flops),
     )
 
 
@@ -241,7 +259,12 @@ def _check_split(
     row_intervention: Mapping[str, Any],
     shared_intervention: Mapping[str, Any],
 ) -> str | None:
-    """Return ``None`` if splitting five probe rows 2 + 3 changes nothing, else why not."""
+    """Return ``None`` if splitting five probe rows 2 + 3 changes nothing, else why not.
+
+    The three runs (whole, first two rows, last three) are one compiled
+    program, with the probe rows as its arguments.
+    """
+    import jax
     from numpyro import handlers
     from numpyro.distributions.distribution import validation_enabled
 
@@ -250,10 +273,11 @@ def _check_split(
     index = _probe_index(n_rows, 5)
     rows = {k: _take_rows(v, index) for k, v in row_args.items()}
     row_do = {k: _take_rows(v, index) for k, v in row_intervention.items()}
-    latent0 = {k: jnp.asarray(v)[0] for k, v in latent.items()}
-    words = jnp.asarray([0x9E3779B9, _PROBE_KEY], jnp.uint32)
+    latent0 = {k: np.asarray(read_rows(v, 0, 1))[0] for k, v in latent.items()}
+    words = jax.device_put(np.asarray([0x9E3779B9, _PROBE_KEY], np.uint32))
 
-    def run(block: slice, offset: int) -> dict[str, tuple[np.ndarray, Any]]:
+    def run(data: tuple[Any, ...], block: slice, offset: int) -> dict[str, tuple[Any, Any]]:
+        rows, row_do, latent0, shared_args, shared_intervention = data
         intervention = {**shared_intervention, **{k: v[block] for k, v in row_do.items()}}
         anchor_do = {**shared_intervention, **{k: v[0:2] for k, v in row_do.items()}}
         latent_d = dict(latent0)
@@ -268,7 +292,7 @@ def _check_split(
             if site["type"] not in ("sample", "deterministic"):
                 continue
             fn = site["fn"] if site["type"] == "sample" else None
-            out[name] = (np.asarray(site["value"]), fn)
+            out[name] = (jnp.asarray(site["value"]), fn)
         return out
 
     def _trace(
@@ -297,14 +321,19 @@ def _check_split(
     # The check is about the kernel's structure, not the data's values: like the
     # compiled pass, which never sees concrete values, it runs without NumPyro's
     # argument validation, so a NaN or an out-of-support value in the first rows
-    # decides nothing. The kernel failing on the four rows together is about the
+    # decides nothing. The kernel failing on the five rows together is about the
     # data (e.g. an input of the wrong shape): that error is the call's.
+    data = (rows, row_do, latent0, dict(shared_args), dict(shared_intervention))
+    pieces = ((slice(0, 5), 0), (slice(0, 2), 0), (slice(2, 5), 2))
+
+    def split_runs(d: tuple[Any, ...]) -> list[dict[str, tuple[Any, Any]]]:
+        return [run(d, block, offset) for block, offset in pieces]
+
     with validation_enabled(False):
-        whole = run(slice(0, 5), 0)
         try:
-            head = run(slice(0, 2), 0)
-            tail = run(slice(2, 5), 2)
-        except Exception as err:  # a kernel that cannot run on a few rows alone
+            whole, head, tail = jax.device_get(jax.jit(split_runs)(data))
+        except Exception as err:
+            jax.jit(lambda d: run(d, *pieces[0]))(data)  # the rows together: the call's error
             return f"the kernel could not run on a few rows alone ({type(err).__name__}: {err})"
     for name, (value, _) in whole.items():
         if name not in head or name not in tail:

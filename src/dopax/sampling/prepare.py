@@ -163,6 +163,11 @@ def is_lazy(value: Any) -> bool:
     )
 
 
+def _on_one_cpu(value: jax.Array) -> bool:
+    devices = list(value.sharding.device_set)
+    return len(devices) == 1 and getattr(devices[0], "platform", None) == "cpu"
+
+
 def read_rows(value: Any, start: int, stop: int) -> Any:
     """Return rows ``start:stop`` of an input as an in-memory array.
 
@@ -173,6 +178,10 @@ def read_rows(value: Any, start: int, stop: int) -> Any:
     """
     if isinstance(value, LazyRows):
         return value.rows(start, stop)
+    if isinstance(value, jax.Array) and _on_one_cpu(value):
+        # a view of the host buffer: slicing the device array would compile a
+        # small program per block shape
+        return np.asarray(value)[start:stop]
     block = value[start:stop]
     if isinstance(block, np.ndarray | jax.Array):
         return block

@@ -16,12 +16,58 @@ from dopax.output.schema import SiteLayout
 from dopax.streaming.pipeline import WriterPool
 from dopax.streaming.sinks import Sink, StaticData
 
-__all__ = ["Submit", "stream_into", "writer_pool"]
+__all__ = ["Progress", "Submit", "stream_into", "writer_pool"]
 
 logger = logging.getLogger("dopax")
 
 #: Queues one block of one variable: ``submit(group, name, index, block)``.
 Submit = Callable[[str, str, tuple[slice, ...], Any], None]
+
+
+class Progress:
+    """A call's progress bar, shown from the call's start, and its log lines.
+
+    Until the blocks run, the bar says what is being prepared (tracing the
+    kernel, compiling its program), so a first call that compiles shows
+    something before compilation starts; the same lines go to the ``dopax``
+    logger at ``INFO`` level.
+
+    Args:
+        desc: The call's label (e.g. ``"predict"``).
+        enabled: Whether to show the bar.
+        unit: Unit of progress.
+    """
+
+    def __init__(self, desc: str, enabled: bool, unit: str = "row-draw") -> None:
+        self.desc = desc
+        self.bar = tqdm(
+            total=None,
+            desc=desc,
+            unit=unit,
+            unit_scale=True,
+            disable=not enabled,
+            leave=False,
+        )
+
+    def stage(self, what: str) -> None:
+        """Say what is being prepared."""
+        logger.info("%s: %s", self.desc, what)
+        self.bar.set_description_str(f"{self.desc}: {what}")
+
+    def start(self, total: int) -> None:
+        """Start counting ``total`` units of work."""
+        self.bar.reset(total=total)
+        self.bar.set_description_str(self.desc)
+
+    def update(self, n: int) -> None:
+        """Count ``n`` units done (the last update is always shown)."""
+        self.bar.update(n)
+        if self.bar.total is not None and self.bar.n >= self.bar.total:
+            self.bar.refresh()
+
+    def close(self) -> None:
+        """Remove the bar."""
+        self.bar.close()
 
 
 def writer_pool(
@@ -54,7 +100,7 @@ def stream_into(
     static: StaticData | None,
     attrs: Mapping[str, Any],
     total: int,
-    progress: bool,
+    progress: bool | Progress,
     desc: str,
     finish: Callable[[xr.DataTree], Any] | None = None,
 ) -> Any:
@@ -74,14 +120,14 @@ def stream_into(
         static: Small groups written whole (e.g. the posterior).
         attrs: Root attributes.
         total: Units of progress in the whole call.
-        progress: Whether to show a progress bar.
+        progress: Whether to show a progress bar, or the call's :class:`Progress`
+            (closed here).
         desc: Progress bar label.
         finish: Called with the finished result; its return value is the
             call's. If it fails, the result is removed.
     """
-    bar = tqdm(
-        total=total, desc=desc, unit="row-draw", unit_scale=True, disable=not progress, leave=False
-    )
+    bar = progress if isinstance(progress, Progress) else Progress(desc, progress)
+    bar.start(total)
     opened = False
 
     def open_sink() -> None:

@@ -23,7 +23,7 @@ from zarr.core.buffer import Buffer
 from zarr.core.sync import _get_loop
 from zarr.storage import LocalStore
 
-__all__ = ["FolderGuard", "GuardedLocalStore", "finish_store", "run_to_end"]
+__all__ = ["FolderGuard", "GuardedLocalStore", "clear_store", "finish_store", "run_to_end"]
 
 T = TypeVar("T")
 
@@ -147,3 +147,19 @@ class GuardedLocalStore(LocalStore):
     async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
         self.guard.check()
         await super()._set(key, value, exclusive=exclusive)
+
+
+async def clear_store(store: Store) -> None:
+    """Remove every key of ``store``.
+
+    An fsspec store's prefix goes in one recursive removal: Zarr's ``clear``
+    removes its listing entry by entry and stops at the first entry an
+    earlier recursive removal already took (``posterior/beta`` after
+    ``posterior``), leaving every later group (``posterior_predictive``).
+    """
+    fs, path = getattr(store, "fs", None), getattr(store, "path", None)
+    if fs is None or path is None or not getattr(fs, "async_impl", False):
+        await store.clear()
+        return
+    with contextlib.suppress(FileNotFoundError):
+        await fs._rm(path, recursive=True)

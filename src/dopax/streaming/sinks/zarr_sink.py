@@ -26,6 +26,7 @@ from dopax.output.location import Location
 from dopax.output.schema import POSITION_ATTRS, SiteLayout
 from dopax.output.store import COMPLETE_ATTR, open_result
 from dopax.streaming.fileio import FileWriter
+from dopax.streaming.sinks import zarr_io
 from dopax.streaming.sinks.codecs import chunk_encoder, codec_for, compressors_for
 from dopax.streaming.sinks.declare import ArraySpec, create_nodes
 from dopax.streaming.sinks.declare import static_layout as make_static_layout
@@ -395,6 +396,6 @@ class ZarrSink(LayoutSink):
                         else:
                             child.unlink(missing_ok=True)
             elif self._store is not None:
-                run_to_end(self._store.clear())
+                run_to_end(zarr_io.clear_store(self._store))
         except Exception:
             logger.warning("Could not remove the partial result at %s.", self._store, exc_info=True)
