@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import errno
 import os
+import shutil
 import warnings
 from collections.abc import Coroutine
 from pathlib import Path
@@ -23,7 +24,14 @@ from zarr.core.buffer import Buffer
 from zarr.core.sync import _get_loop
 from zarr.storage import LocalStore
 
-__all__ = ["FolderGuard", "GuardedLocalStore", "clear_store", "finish_store", "run_to_end"]
+__all__ = [
+    "FolderGuard",
+    "GuardedLocalStore",
+    "clear_store",
+    "finish_store",
+    "remove_written",
+    "run_to_end",
+]
 
 T = TypeVar("T")
 
@@ -163,3 +171,22 @@ async def clear_store(store: Store) -> None:
         return
     with contextlib.suppress(FileNotFoundError):
         await fs._rm(path, recursive=True)
+
+
+def remove_written(path: Path | None, created_folder: bool, store: Store | None) -> None:
+    """Remove what a sink wrote.
+
+    Its folder if it made it, else the folder's contents (a folder the caller
+    handed in stays), else every key of ``store``.
+    """
+    if path is not None:
+        if created_folder:
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_dir():
+            for child in path.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+    elif store is not None:
+        run_to_end(clear_store(store))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,14 +25,19 @@ from dopax.output.location import Location
 from dopax.output.schema import POSITION_ATTRS, SiteLayout
 from dopax.output.store import COMPLETE_ATTR, open_result
 from dopax.streaming.fileio import FileWriter
-from dopax.streaming.sinks import zarr_io
 from dopax.streaming.sinks.codecs import chunk_encoder, codec_for, compressors_for
 from dopax.streaming.sinks.declare import ArraySpec, create_nodes
 from dopax.streaming.sinks.declare import static_layout as make_static_layout
 from dopax.streaming.sinks.direct import write_whole_chunk
 from dopax.streaming.sinks.layout import LayoutSink, partial_chunks, pieces
 from dopax.streaming.sinks.protocol import StaticData
-from dopax.streaming.sinks.zarr_io import FolderGuard, GuardedLocalStore, finish_store, run_to_end
+from dopax.streaming.sinks.zarr_io import (
+    FolderGuard,
+    GuardedLocalStore,
+    finish_store,
+    remove_written,
+    run_to_end,
+)
 
 __all__ = ["ZarrSink"]
 
@@ -386,16 +390,6 @@ class ZarrSink(LayoutSink):
         if not self._owns_target:
             return
         try:
-            if self._path is not None:
-                if self._created_folder:
-                    shutil.rmtree(self._path, ignore_errors=True)
-                elif self._path.is_dir():
-                    for child in self._path.iterdir():
-                        if child.is_dir() and not child.is_symlink():
-                            shutil.rmtree(child, ignore_errors=True)
-                        else:
-                            child.unlink(missing_ok=True)
-            elif self._store is not None:
-                run_to_end(zarr_io.clear_store(self._store))
+            remove_written(self._path, self._created_folder, self._store)
         except Exception:
             logger.warning("Could not remove the partial result at %s.", self._store, exc_info=True)
