@@ -304,8 +304,9 @@ def _hurdle(d: Any, src: _Source, shape: tuple[int, ...]) -> jax.Array:
 _Family = Callable[[Any, _Source, tuple[int, ...]], jax.Array]
 
 #: Families drawn here, with the class whose ``sample`` they replace. A subclass
-#: that overrides ``sample`` keeps its own sampler.
-_FAMILIES: tuple[tuple[type[dist.Distribution], _Family], ...] = (
+#: that overrides ``sample`` keeps its own sampler. Classes newer than the oldest
+#: supported NumPyro are taken when it has them.
+_KNOWN: tuple[tuple[Any, _Family], ...] = (
     (dist.Gamma, _gamma),
     (dist.StudentT, _student_t),
     (dist.Beta, _beta),
@@ -318,10 +319,13 @@ _FAMILIES: tuple[tuple[type[dist.Distribution], _Family], ...] = (
     (discrete.ZeroInflatedProbs, _zero_inflated),
     (discrete.CategoricalProbs, _categorical),
     (discrete.CategoricalLogits, _categorical),
-    (conjugate.BetaNegativeBinomial, _beta_negative_binomial),
-    (discrete.HurdleProbs, _hurdle),
+    (getattr(conjugate, "BetaNegativeBinomial", None), _beta_negative_binomial),  # numpyro 0.21
+    (getattr(discrete, "HurdleProbs", None), _hurdle),  # numpyro 0.22
     (dist.MixtureSameFamily, _mixture),
     (dist.MixtureGeneral, _mixture),
+)
+_FAMILIES: tuple[tuple[type[dist.Distribution], _Family], ...] = tuple(
+    (cls, draw) for cls, draw in _KNOWN if cls is not None
 )
 _WRAPPERS: tuple[type[dist.Distribution], ...] = (
     dist.ExpandedDistribution,
