@@ -16,6 +16,7 @@ from dopax.execution.job import ForwardJob, forward_job
 from dopax.execution.request import LOG_LIKELIHOOD, PRIOR, PredictiveRequest
 from dopax.execution.runner import Block, forward_consumer, run_blocks, sharding_of, splits_rows
 from dopax.execution.sizing import Footprint, size_blocks
+from dopax.inference.posterior import stored_bytes_per_draw
 from dopax.output import schema
 from dopax.output.schema import SiteLayout
 from dopax.parallel.batching import BlockPlan
@@ -60,6 +61,9 @@ def _footprint(fj: ForwardJob, in_one_block: bool) -> Footprint:
         else:
             rest = [s for i, s in enumerate(info.shape) if i != info.row_axis]
             per_row += int(np.prod(rest, dtype=np.int64)) * itemsize
+    # draws read from a trace per block count against the budget (in-memory
+    # draws are resident whatever the blocks)
+    per_draw += stored_bytes_per_draw(fj.job.latent)
     cfg = get_config()
     return Footprint(
         per_row=per_row,

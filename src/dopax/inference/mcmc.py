@@ -44,8 +44,9 @@ class MCMCDriver:
         self.mcmc: MCMC | None = None
         self.args: dict[str, Any] = {}
         self._last_state: Any = None
-        # Draws and statistics grouped by chain, when they come from a trace.
-        self._samples: dict[str, np.ndarray] | None = None
+        # When they come from a trace: the draws flat over chains, left in the
+        # trace's store (read a block at a time), and the statistics by chain.
+        self._samples: dict[str, Any] | None = None
         self._stats: dict[str, np.ndarray] | None = None
 
     @property
@@ -104,7 +105,7 @@ class MCMCDriver:
         self.mcmc = copy.deepcopy(self.template)
         self._last_state = result.last_state
         chains = result.num_chains
-        self._samples = _group(result.posterior, chains)
+        self._samples = dict(result.posterior)
         self._stats = _group(result.sample_stats, chains)
 
     def _keep(self, mcmc: MCMC) -> None:
@@ -132,19 +133,21 @@ class MCMCDriver:
         mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=_stat_fields(mcmc), **self.args)
         self._keep(mcmc)
 
-    def draws(self, exclude: Iterable[str] = ()) -> dict[str, np.ndarray]:
+    def draws(self, exclude: Iterable[str] = ()) -> dict[str, Any]:
         """Return the latest draws, flattened chain-major to ``(chains * draws, ...)``.
+
+        Draws of a traced run stay in the trace
+        (:class:`~dopax.inference.posterior.ChainMajorDraws`).
 
         Args:
             exclude: Site names to drop.
         """
-        if self._samples is not None:
-            samples: Mapping[str, Any] = self._samples
-        elif self.mcmc is not None and self._last_state is not None:
-            samples = self.mcmc.get_samples(group_by_chain=True)
-        else:
-            raise RuntimeError("The sampler has not run.")
         skip = set(exclude)
+        if self._samples is not None:
+            return {name: value for name, value in self._samples.items() if name not in skip}
+        if self.mcmc is None or self._last_state is None:
+            raise RuntimeError("The sampler has not run.")
+        samples = self.mcmc.get_samples(group_by_chain=True)
         return _flatten({name: value for name, value in samples.items() if name not in skip})
 
     def sample_stats(self) -> dict[str, np.ndarray]:
@@ -175,8 +178,9 @@ class MCMCDriver:
             out["divergences"] = float(np.sum(stats["diverging"]))
         rhat: list[float] = []
         ess: list[float] = []
-        for value in _group(self.draws(), self.num_chains).values():
-            arr = np.asarray(value, dtype=np.float64)
+        for value in self.draws().values():  # one site in memory at a time
+            flat = np.asarray(value, dtype=np.float64)
+            arr = flat.reshape(self.num_chains, -1, *flat.shape[1:])
             if arr.shape[1] < 4:
                 continue
             rhat.append(float(np.nanmax(split_gelman_rubin(arr))))

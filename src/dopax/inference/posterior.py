@@ -1,12 +1,96 @@
-"""Posterior draws as the engine consumes them: flat over chains, chain-major."""
+"""Posterior draws as the engine consumes them: flat over chains, chain-major.
+
+Draws either live in memory (NumPy arrays) or stay in a trace's Zarr store
+(:class:`ChainMajorDraws`), which the engine reads one block of draws at a
+time: a model fitted to a :class:`dopax.ZarrTrace` predicts without holding
+its posterior in memory.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Posterior"]
+__all__ = ["ChainMajorDraws", "Posterior", "stored_bytes_per_draw"]
+
+
+class ChainMajorDraws:
+    """A stored ``(chain, draw, ...)`` array seen as flat draws, chain-major.
+
+    ``draws[a:b]`` reads only draws ``a`` to ``b`` (across chain boundaries)
+    from the store; ``numpy.asarray(draws)`` reads everything.
+
+    Args:
+        array: An array with ``chain`` and ``draw`` leading axes whose
+            ``array[c, a:b]`` returns the values (a ``zarr.Array``).
+    """
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.num_chains = int(array.shape[0])
+        self.per_chain = int(array.shape[1])
+        self.shape: tuple[int, ...] = (
+            self.num_chains * self.per_chain,
+            *(int(n) for n in array.shape[2:]),
+        )
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"ChainMajorDraws(shape={self.shape}, dtype={self.dtype})"
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rest: tuple[Any, ...] = ()
+        if isinstance(key, tuple):
+            key, rest = (key[0], key[1:]) if key else (slice(None), ())
+        if isinstance(key, slice) and key.step in (None, 1):
+            start, stop, _ = key.indices(self.shape[0])
+            out = self._read(start, max(start, stop))
+        else:  # an index or an index array: positions, read chain by chain
+            flat = np.arange(self.shape[0])[key]
+            out = self._take(np.atleast_1d(flat))
+            if np.ndim(flat) == 0:
+                out = out[0]
+        return out[(slice(None), *rest)] if rest else out
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        pieces = []
+        per = self.per_chain
+        for chain in range(start // per if per else 0, -(-stop // per) if per else 0):
+            lo, hi = max(start, chain * per), min(stop, (chain + 1) * per)
+            if lo < hi:
+                pieces.append(np.asarray(self.array[chain, lo - chain * per : hi - chain * per]))
+        if not pieces:
+            return np.empty((0, *self.shape[1:]), self.dtype)
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def _take(self, flat: np.ndarray) -> np.ndarray:
+        out = np.empty((len(flat), *self.shape[1:]), self.dtype)
+        chains = flat // self.per_chain
+        for chain in np.unique(chains):
+            where = np.flatnonzero(chains == chain)
+            lo, hi = int(flat[where].min()), int(flat[where].max()) + 1
+            out[where] = self._read(lo, hi)[flat[where] - lo]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self._read(0, self.shape[0])
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def stored_bytes_per_draw(draws: Mapping[str, Any]) -> int:
+    """Bytes of one draw of the stored draws among ``draws`` (a block reads them in)."""
+    return sum(
+        int(np.prod(v.shape[1:], dtype=np.int64)) * v.dtype.itemsize
+        for v in draws.values()
+        if isinstance(v, ChainMajorDraws)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,11 +98,12 @@ class Posterior:
     """Posterior draws, flat over chains (chain-major).
 
     Attributes:
-        draws: Site name to array with a leading flat draw axis.
+        draws: Site name to array with a leading flat draw axis: a NumPy
+            array, or a :class:`ChainMajorDraws` read block by block.
         num_chains: Number of chains the draws hold.
     """
 
-    draws: dict[str, np.ndarray]
+    draws: dict[str, Any]
     num_chains: int = 1
 
     @property
@@ -26,9 +111,24 @@ class Posterior:
         """Total number of draws (all chains)."""
         return int(next(iter(self.draws.values())).shape[0])
 
-    def by_chain(self) -> dict[str, np.ndarray]:
-        """Return the draws shaped ``(chain, draw, ...)``: the one place they are reshaped."""
+    @property
+    def stored(self) -> bool:
+        """Whether some draws are read from a store rather than held in memory."""
+        return any(isinstance(v, ChainMajorDraws) for v in self.draws.values())
+
+    def in_memory(self) -> dict[str, np.ndarray]:
+        """Return the draws as NumPy arrays (stored draws are read whole)."""
+        return {k: np.asarray(v) for k, v in self.draws.items()}
+
+    def by_chain(self) -> dict[str, Any]:
+        """Return the draws shaped ``(chain, draw, ...)``: the one place they are reshaped.
+
+        Stored draws are returned as their stored ``(chain, draw, ...)`` arrays,
+        unread.
+        """
         return {
-            k: np.asarray(v).reshape(self.num_chains, -1, *np.shape(v)[1:])
+            k: v.array
+            if isinstance(v, ChainMajorDraws)
+            else np.asarray(v).reshape(self.num_chains, -1, *np.shape(v)[1:])
             for k, v in self.draws.items()
         }

@@ -40,6 +40,7 @@ from numpyro.infer import HMC, MCMC
 from dopax.exceptions import TraceMismatchError
 from dopax.inference.fingerprint import fingerprint as fingerprint_of
 from dopax.inference.fingerprint import observed_and_constant, trace_model
+from dopax.inference.posterior import ChainMajorDraws
 from dopax.inference.sample_stats import tree_depth
 from dopax.inference.segment_program import (
     PARALLEL,
@@ -70,7 +71,8 @@ class TraceRun:
 
     Attributes:
         posterior: Latent site to draws, flattened chain-major to ``(chains *
-            draws, ...)``.
+            draws, ...)``, read from the trace's store block by block
+            (:class:`~dopax.inference.posterior.ChainMajorDraws`).
         sample_stats: Sample statistic (ArviZ names) to values, flattened the
             same way.
         num_chains: Number of chains.
@@ -79,7 +81,7 @@ class TraceRun:
         trace: The trace written.
     """
 
-    posterior: dict[str, np.ndarray]
+    posterior: dict[str, ChainMajorDraws]
     sample_stats: dict[str, np.ndarray]
     num_chains: int
     last_state: Any
@@ -343,14 +345,15 @@ def run_to_trace(
     finally:
         bar.close()
 
-    posterior = trace._read_group(POSTERIOR)
+    # the draws stay in the store, read a block of draws at a time when used
+    posterior = {k: ChainMajorDraws(v) for k, v in trace._stored_group(POSTERIOR).items()}
     sample_stats = trace._read_group(SAMPLE_STATS)
     if len(units) == 1:  # all chains in one unit, or a single chain
         last_state = units[0][1]
     else:
         last_state = jax.tree.map(lambda *xs: jnp.stack(xs), *(state for _, state in units))
     return TraceRun(
-        posterior=_flatten(posterior),
+        posterior=posterior,
         sample_stats=_flatten(sample_stats),
         num_chains=num_chains,
         last_state=last_state,

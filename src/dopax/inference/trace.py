@@ -322,6 +322,9 @@ class ZarrTrace:
     def _read_group(self, group: str) -> dict[str, np.ndarray]:
         return trace_io.read_group(self._root(mode="r"), group)
 
+    def _stored_group(self, group: str) -> dict[str, Any]:
+        return trace_io.stored_group(self._root(mode="r"), group)
+
     # ------------------------------------------------------------------ reading
     def to_datatree(self) -> xr.DataTree:
         """Open the trace lazily as an :class:`xarray.DataTree`.

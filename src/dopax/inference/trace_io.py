@@ -41,6 +41,7 @@ __all__ = [
     "resize_draws",
     "settings_for",
     "state_meta",
+    "stored_group",
     "write_segment",
 ]
 
@@ -156,14 +157,18 @@ def read_chain_keys(root: zarr.Group) -> tuple[np.ndarray, str]:
 
 def read_group(root: zarr.Group, group: str) -> dict[str, np.ndarray]:
     """The per-draw variables of ``group`` as ``(chain, draw, ...)`` arrays."""
+    return {name: np.asarray(arr[...]) for name, arr in stored_group(root, group).items()}
+
+
+def stored_group(root: zarr.Group, group: str) -> dict[str, zarr.Array[Any]]:
+    """The per-draw variables of ``group``: their ``(chain, draw, ...)`` arrays, unread."""
     node = root[group]
     assert isinstance(node, zarr.Group)
-    out = {}
-    for name, arr in node.arrays():
-        if name in (CHAIN, DRAW) or len(arr.shape) < 2:
-            continue
-        out[name] = np.asarray(arr[...])
-    return out
+    return {
+        name: arr
+        for name, arr in node.arrays()
+        if name not in (CHAIN, DRAW) and len(arr.shape) >= 2
+    }
 
 
 def differences(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:

@@ -39,7 +39,7 @@ def _thinned(posterior: Posterior, num_draws: int | None) -> Posterior:
     if num_draws < 1:
         raise ValueError(f"`num_draws` must be a positive int; got {num_draws}.")
     index = np.unique(np.round(np.linspace(0, total - 1, num_draws)).astype(np.int64))
-    return Posterior({k: np.asarray(v)[index] for k, v in posterior.draws.items()}, 1)
+    return Posterior({k: np.asarray(v[index]) for k, v in posterior.draws.items()}, 1)
 
 
 def _rows_of(value: Any, n: int, r0: int, r1: int) -> Any:

@@ -127,9 +127,12 @@ class ImpactModel(FittingMethods):
 
     @property
     def posterior(self) -> dict[str, np.ndarray] | None:
-        """Posterior draws (leading axis: all draws, chain-major), or ``None``."""
+        """Posterior draws (leading axis: all draws, chain-major), or ``None``.
+
+        Draws that a traced fit left in its trace are read into memory here.
+        """
         post = self._state.posterior
-        return None if post is None else dict(post.draws)
+        return None if post is None else post.in_memory()
 
     @property
     def temp_dir(self) -> str | None:

@@ -72,10 +72,14 @@ async def create_nodes(
     )
 
 
-def static_layout(group: str, name: str, array: np.ndarray, chunk_bytes: int) -> SiteLayout:
-    """Return the layout of a static variable: whole draws per chunk, at most ``chunk_bytes``."""
+def static_layout(group: str, name: str, array: Any, chunk_bytes: int) -> SiteLayout:
+    """Return the layout of a static variable: whole draws per chunk, at most ``chunk_bytes``.
+
+    ``array`` is ``(chain, draw, ...)``: a NumPy array or a stored (Zarr) one.
+    """
     chains, draws = int(array.shape[0]), int(array.shape[1])
     rest = tuple(int(n) for n in array.shape[2:])
-    per_draw = max(int(np.prod(rest, dtype=np.int64)) * array.dtype.itemsize, 1)
+    dtype = np.dtype(array.dtype)
+    per_draw = max(int(np.prod(rest, dtype=np.int64)) * dtype.itemsize, 1)
     draw_chunk = max(1, min(draws, chunk_bytes // per_draw))
-    return SiteLayout(group, name, chains, draws, rest, array.dtype.str, (1, draw_chunk, *rest))
+    return SiteLayout(group, name, chains, draws, rest, dtype.str, (1, draw_chunk, *rest))

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+import zarr
 
 from dopax.exceptions import StreamingError
 from dopax.output.build import tree_from_nodes
@@ -90,12 +91,29 @@ def partial_chunks(
     ]
 
 
+def draw_chunks(layout: SiteLayout) -> Iterator[tuple[slice, int, slice]]:
+    """Yield the chunks of a static variable: ``(flat draws, chain, draws of the chain)``."""
+    draws, step = layout.num_draws, layout.chunks[1]
+    for chain, start in itertools.product(range(layout.num_chains), range(0, draws, step)):
+        stop = min(draws, start + step)
+        yield slice(chain * draws + start, chain * draws + stop), chain, slice(start, stop)
+
+
+def is_stored(value: Any) -> bool:
+    """Whether a static variable is a stored (Zarr) array, read piece by piece."""
+    return isinstance(value, zarr.Array)
+
+
 class LayoutSink:
     """Shared bookkeeping of the sinks: declared variables, state, index mapping."""
 
+    #: Whether stored (Zarr) static arrays stay unread until written piece by
+    #: piece (a sink that copies them chunk by chunk); otherwise they are read.
+    keeps_stored = False
+
     def __init__(self) -> None:
         self._layouts: dict[tuple[str, str], SiteLayout] = {}
-        self._static: dict[str, dict[str, np.ndarray]] = {}
+        self._static: dict[str, dict[str, Any]] = {}
         self._attrs: dict[str, Any] = {}
         self._state = "new"
 
@@ -122,11 +140,11 @@ class LayoutSink:
                 )
             np.dtype(layout.dtype)
             declared[key] = layout
-        static_arrays: dict[str, dict[str, np.ndarray]] = {}
+        static_arrays: dict[str, dict[str, Any]] = {}
         for group, variables in (static or {}).items():
             self._check_group(group)
             for name, value in variables.items():
-                array = np.asarray(value)
+                array = value if self.keeps_stored and is_stored(value) else np.asarray(value)
                 if array.ndim < 2:
                     raise ValueError(
                         f"Static variable {group}/{name} must have chain and draw axes; "

@@ -29,7 +29,7 @@ from dopax.streaming.sinks.codecs import chunk_encoder, codec_for, compressors_f
 from dopax.streaming.sinks.declare import ArraySpec, create_nodes
 from dopax.streaming.sinks.declare import static_layout as make_static_layout
 from dopax.streaming.sinks.direct import write_whole_chunk
-from dopax.streaming.sinks.layout import LayoutSink, partial_chunks, pieces
+from dopax.streaming.sinks.layout import LayoutSink, draw_chunks, partial_chunks, pieces
 from dopax.streaming.sinks.protocol import StaticData
 from dopax.streaming.sinks.zarr_io import (
     FolderGuard,
@@ -73,6 +73,8 @@ class ZarrSink(LayoutSink):
         FileExistsError: If ``path`` exists and is not an empty folder.
     """
 
+    keeps_stored = True
+
     def __init__(
         self,
         path: str | os.PathLike[str] | None = None,
@@ -98,7 +100,7 @@ class ZarrSink(LayoutSink):
         self._arrays: dict[tuple[str, str], zarr.Array[Any]] = {}
         self._stripes = [threading.Lock() for _ in range(self._config.lock_stripes)]
         self._encoders: dict[tuple[str, str], Callable[[np.ndarray], Any]] = {}
-        self._pending_static: list[tuple[SiteLayout, np.ndarray]] = []
+        self._pending_static: list[tuple[SiteLayout, Any]] = []
         self._pending_coords: list[tuple[zarr.Array[Any], int]] = []
         self._static_thread: threading.Thread | None = None
         self._static_error: BaseException | None = None
@@ -176,8 +178,7 @@ class ZarrSink(LayoutSink):
                     group, name, value, self._config.static_chunk_bytes
                 )
                 self._layouts[(group, name)] = static_layout
-                flat = value.reshape(-1, *static_layout.shape)
-                self._pending_static.append((static_layout, flat))
+                self._pending_static.append((static_layout, value))
         self._static = {}
         root_attrs = dict(self._attrs)
         if self._path is not None:
@@ -259,10 +260,12 @@ class ZarrSink(LayoutSink):
                         return
                     stop = min(size, start + step)
                     array[start:stop] = np.arange(start, stop, dtype=np.int64)
-            for layout, flat in self._pending_static:
-                if self._state != "open":
-                    return
-                self.write(layout.group, layout.name, (slice(0, flat.shape[0]),), flat)
+            for layout, value in self._pending_static:
+                # chunk by chunk: a stored posterior (a trace's) is never read whole
+                for where, chain, draws in draw_chunks(layout):
+                    if self._state != "open":
+                        return
+                    self.write(layout.group, layout.name, (where,), np.asarray(value[chain, draws]))
         except BaseException as err:  # reported by close()
             self._static_error = err
 
