@@ -71,14 +71,15 @@ def posterior(num_draws: int) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------
 
 
-def build_predictive(params: dict[str, Any]) -> common.Case:
+def build_predictive(params: dict[str, Any], model: Any = None) -> common.Case:
+    """NumPyro ``Predictive`` of W1's posterior, with W1's kernel or ``model``."""
     import jax
     from numpyro.infer import Predictive
 
     sites = list(params.get("return_sites", SITES))
     post = posterior(int(params.get("draws", 1000)))
     X = common.make_X(int(params["n"]), NUM_FEATURES)
-    predictive = Predictive(kernel, posterior_samples=post, return_sites=sites)
+    predictive = Predictive(model or kernel, posterior_samples=post, return_sites=sites)
     key = jax.random.key(2)
 
     def call() -> dict[str, Any]:

@@ -105,23 +105,7 @@ def make_kernel(likelihood: str) -> Callable[..., None]:
 
 
 def build_predictive(params: dict[str, Any]) -> common.Case:
-    import jax
-    from numpyro.infer import Predictive
-
-    sites = list(params.get("return_sites", SITES))
-    post = w1_linear.posterior(int(params["draws"]))
-    X = common.make_X(int(params["n"]), w1_linear.NUM_FEATURES)
-    kernel = make_kernel(params["likelihood"])
-    predictive = Predictive(kernel, posterior_samples=post, return_sites=sites)
-    key = jax.random.key(2)
-
-    def call() -> dict[str, Any]:
-        return jax.block_until_ready(predictive(key, X))
-
-    def finish(out: dict[str, Any]) -> dict[str, Any]:
-        return {"output_bytes": int(sum(v.nbytes for v in out.values()))}
-
-    return common.Case(call=call, finish=finish, info={"input_bytes": int(X.nbytes)})
+    return w1_linear.build_predictive(params, make_kernel(params["likelihood"]))
 
 
 def _recording_warnings(case: common.Case) -> common.Case:

@@ -45,7 +45,7 @@ class MCMCDriver:
         self.args: dict[str, Any] = {}
         self._last_state: Any = None
         # When they come from a trace: the draws flat over chains, left in the
-        # trace's store (read a block at a time), and the statistics by chain.
+        # trace's store (read a block at a time), and the statistics, flat too.
         self._samples: dict[str, Any] | None = None
         self._stats: dict[str, np.ndarray] | None = None
 
@@ -104,9 +104,8 @@ class MCMCDriver:
         # A never-run copy: `continue_chains` starts it from the trace's last state.
         self.mcmc = copy.deepcopy(self.template)
         self._last_state = result.last_state
-        chains = result.num_chains
         self._samples = dict(result.posterior)
-        self._stats = _group(result.sample_stats, chains)
+        self._stats = dict(result.sample_stats)
 
     def _keep(self, mcmc: MCMC) -> None:
         self.mcmc = mcmc
@@ -158,7 +157,7 @@ class MCMCDriver:
         ``step_size``; only ``diverging`` for samplers other than HMC and NUTS.
         """
         if self._stats is not None:
-            return _flatten(self._stats)
+            return dict(self._stats)
         if self.mcmc is None or self._last_state is None:
             raise RuntimeError("The sampler has not run.")
         fields = self.mcmc.get_extra_fields(group_by_chain=True)
@@ -197,10 +196,3 @@ def _flatten(grouped: Mapping[str, Any]) -> dict[str, np.ndarray]:
         arr = np.asarray(value)
         out[name] = arr.reshape(arr.shape[0] * arr.shape[1], *arr.shape[2:])
     return out
-
-
-def _group(flat: Mapping[str, np.ndarray], num_chains: int) -> dict[str, np.ndarray]:
-    return {
-        name: value.reshape(num_chains, value.shape[0] // num_chains, *value.shape[1:])
-        for name, value in flat.items()
-    }

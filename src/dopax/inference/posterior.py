@@ -111,11 +111,6 @@ class Posterior:
         """Total number of draws (all chains)."""
         return int(next(iter(self.draws.values())).shape[0])
 
-    @property
-    def stored(self) -> bool:
-        """Whether some draws are read from a store rather than held in memory."""
-        return any(isinstance(v, ChainMajorDraws) for v in self.draws.values())
-
     def in_memory(self) -> dict[str, np.ndarray]:
         """Return the draws as NumPy arrays (stored draws are read whole)."""
         return {k: np.asarray(v) for k, v in self.draws.items()}
