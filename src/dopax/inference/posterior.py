@@ -49,15 +49,17 @@ class ChainMajorDraws:
         rest: tuple[Any, ...] = ()
         if isinstance(key, tuple):
             key, rest = (key[0], key[1:]) if key else (slice(None), ())
+        scalar = False
         if isinstance(key, slice) and key.step in (None, 1):
             start, stop, _ = key.indices(self.shape[0])
             out = self._read(start, max(start, stop))
         else:  # an index or an index array: positions, read chain by chain
             flat = np.arange(self.shape[0])[key]
+            scalar = np.ndim(flat) == 0
             out = self._take(np.atleast_1d(flat))
-            if np.ndim(flat) == 0:
-                out = out[0]
-        return out[(slice(None), *rest)] if rest else out
+        if rest:
+            out = out[(slice(None), *rest)]
+        return out[0] if scalar else out
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         pieces = []
