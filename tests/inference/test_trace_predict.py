@@ -141,3 +141,30 @@ def test_scenarios_and_log_likelihood_read_the_trace(
         ll["log_likelihood"]["y"].values.reshape(-1),
         ll_mem["log_likelihood"]["y"].values.reshape(-1),
     )
+
+
+def _small_kernel(X: Any, y: Any = None) -> None:
+    b = numpyro.sample("b", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
+    with numpyro.plate("obs", X.shape[0]):
+        numpyro.sample("y", dist.Normal(X @ b, 1.0), obs=y)
+
+
+def test_a_deleted_trace_is_an_error_not_missing_values(tmp_path: Path) -> None:
+    # Zarr reads a missing chunk as its fill value (NaN): without a check the
+    # model would predict NaN from a deleted trace, with no error.
+    import shutil
+
+    X, y = _data()
+    path = tmp_path / "trace.zarr"
+    mcmc = MCMC(NUTS(_small_kernel), num_warmup=50, num_samples=40, progress_bar=False)
+    model = dopax.ImpactModel(_small_kernel, jax.random.key(0), mcmc)
+    model.fit_on_batch(X, y, rng_key=jax.random.key(1), progress=False,
+                       trace=dopax.ZarrTrace(path))  # fmt: skip
+    assert np.isfinite(model.predict_on_batch(X)["posterior_predictive"]["y"].values).all()
+    shutil.rmtree(path)
+    with pytest.raises(FileNotFoundError, match=r"no longer in .*trace\.zarr.*refit"):
+        model.predict_on_batch(X)
+    out = tmp_path / "pred"
+    with pytest.raises(FileNotFoundError, match="no longer in"):
+        model.predict(X, batch_size=100, output_dir=out, progress=False)
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written is left

@@ -23,13 +23,20 @@ class ChainMajorDraws:
     ``draws[a:b]`` reads only draws ``a`` to ``b`` (across chain boundaries)
     from the store; ``numpy.asarray(draws)`` reads everything.
 
+    Each read first checks that the array is still in its store: Zarr reads
+    a missing chunk as its fill value, so draws of a deleted trace would
+    otherwise come back as NaN without an error.
+
     Args:
         array: An array with ``chain`` and ``draw`` leading axes whose
             ``array[c, a:b]`` returns the values (a ``zarr.Array``).
+        where: What holds the array, for the error when it is gone (e.g.
+            the trace's repr).
     """
 
-    def __init__(self, array: Any) -> None:
+    def __init__(self, array: Any, where: str | None = None) -> None:
         self.array = array
+        self.where = where
         self.num_chains = int(array.shape[0])
         self.per_chain = int(array.shape[1])
         self.shape: tuple[int, ...] = (
@@ -61,7 +68,24 @@ class ChainMajorDraws:
             out = out[(slice(None), *rest)]
         return out[0] if scalar else out
 
+    def _check_present(self) -> None:
+        """Raise ``FileNotFoundError`` naming the store when the array's metadata is gone."""
+        store_path = getattr(self.array, "store_path", None)
+        if store_path is None:  # not a Zarr array: nothing to check
+            return
+        from zarr.core.sync import sync
+
+        key = f"{store_path.path}/zarr.json" if store_path.path else "zarr.json"
+        if not sync(store_path.store.exists(key)):
+            where = self.where or str(store_path.store)
+            raise FileNotFoundError(
+                f"Posterior draws of {store_path.path!r} are no longer in {where}: the "
+                "model reads its draws from the trace it was fitted to, which was "
+                "deleted or moved. Keep the trace while the model is used, or refit."
+            )
+
     def _read(self, start: int, stop: int) -> np.ndarray:
+        self._check_present()
         pieces = []
         per = self.per_chain
         for chain in range(start // per if per else 0, -(-stop // per) if per else 0):

@@ -346,7 +346,9 @@ def run_to_trace(
         bar.close()
 
     # the draws stay in the store, read a block of draws at a time when used
-    posterior = {k: ChainMajorDraws(v) for k, v in trace._stored_group(POSTERIOR).items()}
+    posterior = {
+        k: ChainMajorDraws(v, where=repr(trace)) for k, v in trace._stored_group(POSTERIOR).items()
+    }
     sample_stats = trace._read_group(SAMPLE_STATS)
     if len(units) == 1:  # all chains in one unit, or a single chain
         last_state = units[0][1]
