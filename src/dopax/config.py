@@ -13,6 +13,11 @@ from typing import Any
 
 __all__ = ["ExecutionConfig", "get_config", "set_config", "config_context"]
 
+#: Default budget of calls that stream draws (``memory_budget_bytes=None``).
+STREAM_BUDGET_BYTES = 128 * 2**20
+#: Default budget of scenario comparisons (``memory_budget_bytes=None``).
+SCENARIO_BUDGET_BYTES = 256 * 2**20
+
 #: Accepted values of :attr:`ExecutionConfig.compressor`.
 COMPRESSORS = (None, "auto", "zstd", "lz4", "blosc-lz4", "bitshuffle-lz4")
 
@@ -27,7 +32,15 @@ class ExecutionConfig:
             (``pipeline_depth + writer_threads + 1`` chunks: queued, being
             written, being computed) plus the kernel's temporaries for the
             chunk being computed. The automatic ``batch_size`` is derived from
-            it, so peak memory does not depend on the data size.
+            it, so peak memory does not depend on the data size. ``None`` (the
+            default) picks per kind of call (:meth:`budget_bytes`): 128 MiB
+            for calls that stream draws (``predict``, ``log_likelihood``,
+            ``sample_prior_predictive``, scoring) and 256 MiB for
+            ``compare_scenarios``. An integer applies to every call.
+            ``BENCHMARKS.md`` (W5) has the measurements behind the two: a
+            forward pass ran as fast with 128 MiB as with 256 MiB (W1) in half
+            the memory in flight, while scenario blocks, which hold every draw
+            of their rows, ran 10% slower at half the rows (W3).
         pipeline_depth: Number of computed chunks that may wait for the writers.
             One is enough to keep two writers busy while the next chunk
             computes (W1 ran as fast with 1 as with 2, in one chunk less
@@ -99,7 +112,7 @@ class ExecutionConfig:
             takes precedence). Results are bit-identical to a local run.
     """
 
-    memory_budget_bytes: int = 256 * 2**20
+    memory_budget_bytes: int | None = None
     pipeline_depth: int = 1
     writer_threads: int = 2
     compressor: str | None = "auto"
@@ -126,8 +139,13 @@ class ExecutionConfig:
     client: Any = None
 
     def __post_init__(self) -> None:
-        if self.memory_budget_bytes <= 0:
-            raise ValueError("`memory_budget_bytes` must be positive.")
+        budget = self.memory_budget_bytes
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+        ):
+            raise ValueError(
+                f"`memory_budget_bytes` must be a positive integer or None; got {budget!r}."
+            )
         if self.pipeline_depth < 1:
             raise ValueError("`pipeline_depth` must be at least 1.")
         if self.writer_threads < 1:
@@ -161,6 +179,17 @@ class ExecutionConfig:
             raise ValueError("`matmul_flops_per_cell` must be positive.")
         if self.direct_io_piece_bytes < 4096 or self.direct_io_piece_bytes % 4096:
             raise ValueError("`direct_io_piece_bytes` must be a positive multiple of 4096.")
+
+    def budget_bytes(self, scenarios: bool = False) -> int:
+        """The memory budget of a call: ``memory_budget_bytes``, or the default for its kind.
+
+        Args:
+            scenarios: The call is a scenario comparison (its blocks hold every
+                draw of their rows).
+        """
+        if self.memory_budget_bytes is not None:
+            return self.memory_budget_bytes
+        return SCENARIO_BUDGET_BYTES if scenarios else STREAM_BUDGET_BYTES
 
 
 _CONFIG = ExecutionConfig()

@@ -100,3 +100,32 @@ def test_wide_kernel_gets_bounded_steps_and_same_draws(
         assert rows <= step < 2 * rows
     reference = model.predict_on_batch(X, rng_key=jax.random.key(3), return_datatree=False)
     np.testing.assert_array_equal(tree["posterior_predictive/y"].values[0], reference["y"])
+
+
+def test_default_budget_depends_on_the_kind_of_call() -> None:
+    from types import SimpleNamespace
+
+    from dopax.config import ExecutionConfig
+    from dopax.execution.sizing import Footprint, _plan, _whole_draw_blocks
+
+    default = ExecutionConfig()
+    assert default.memory_budget_bytes is None
+    assert default.budget_bytes() == 128 * 2**20
+    assert default.budget_bytes(scenarios=True) == 256 * 2**20
+    chosen = ExecutionConfig(memory_budget_bytes=50 * 2**20)
+    assert chosen.budget_bytes() == chosen.budget_bytes(scenarios=True) == 50 * 2**20
+    for bad in (0, -1, 1.5, True, "1GB"):
+        with pytest.raises(ValueError, match="memory_budget_bytes"):
+            ExecutionConfig(memory_budget_bytes=bad)
+
+    job = SimpleNamespace(n_draws=1000, n_rows=10_000_000, split_rows=True)
+    # a forward pass: four blocks of y (float32) within 128 MiB
+    forward = Footprint(per_row=4, per_draw=0, alive=4)
+    plan = _plan(job, forward, 1, None, default, 0.0, False)  # type: ignore[arg-type]
+    held = forward.alive * plan.draw_block * plan.row_block * forward.per_row
+    assert 64 * 2**20 < held <= 128 * 2**20
+    # a scenario comparison: three blocks of every draw within 256 MiB
+    scenarios = Footprint(per_row=20, per_draw=0, alive=3, whole_draws=True, one_draw_steps=True)
+    plan = _whole_draw_blocks(job, scenarios, None, default)  # type: ignore[arg-type]
+    held = scenarios.alive * plan.draw_block * plan.row_block * scenarios.per_row
+    assert 128 * 2**20 < held <= 256 * 2**20 + 3 * 1000 * 20 * default.row_multiple

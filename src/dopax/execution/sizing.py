@@ -80,10 +80,15 @@ def _lower(job: BlockJob, plan: BlockPlan) -> Any:
     return lower_block(job, program, plan.draw_block, plan.row_block, plan.row_block)
 
 
+def _budget(footprint: Footprint, config: ExecutionConfig) -> int:
+    # blocks holding every draw of their rows are scenario comparisons
+    return config.budget_bytes(scenarios=footprint.whole_draws)
+
+
 def _fits(plan: BlockPlan, footprint: Footprint, temp: int, config: ExecutionConfig) -> bool:
     outputs = plan.draw_block * (plan.row_block * footprint.per_row + footprint.per_draw)
     counted = max(0, temp - config.free_temp_bytes)
-    return footprint.alive * outputs + counted <= config.memory_budget_bytes
+    return footprint.alive * outputs + counted <= _budget(footprint, config)
 
 
 def size_blocks(
@@ -175,7 +180,7 @@ def _plan(
     one_draw: bool,
 ) -> BlockPlan:
     """Blocks and steps for a kernel with ``temp_cell`` temporary bytes per cell."""
-    budget = config.memory_budget_bytes
+    budget = _budget(footprint, config)
     alive = footprint.alive
     min_step = config.min_cells_per_step
     step_cells = max(min_step, int(min(1 << 40, (budget // 2) / max(temp_cell, 1e-9))))
@@ -228,7 +233,7 @@ def _whole_draw_blocks(
     else:
         per_row = max(job.n_draws * footprint.per_row, 1)
         row_block = int(
-            max(1, min(n_rows, config.memory_budget_bytes // footprint.alive // per_row))
+            max(1, min(n_rows, _budget(footprint, config) // footprint.alive // per_row))
         )
         row_block = ceil_to(row_block, config.row_multiple)
     step = max(config.min_cells_per_step, row_block) if footprint.one_draw_steps else 1 << 40
@@ -255,9 +260,10 @@ def _draw_blocks(
     """
     rows = _even_rows(job.n_rows, config.max_batch_rows)
     step_temp = temp_cell * rows
-    room = config.memory_budget_bytes - step_temp
+    budget = _budget(footprint, config)
+    room = budget - step_temp
     one_draw = rows * footprint.per_row + footprint.per_draw
-    if step_temp > config.memory_budget_bytes // 2 or room < footprint.alive * one_draw:
+    if step_temp > budget // 2 or room < footprint.alive * one_draw:
         return None
     draws_per_chain = job.n_draws // chains
     limit = min(

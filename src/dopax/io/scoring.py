@@ -133,7 +133,7 @@ def summarize_rows(
         )
         # draws as stored plus their float64 copy and sorted copy for quantiles
         per_row_bytes = max(1, 4 * posterior.num_draws * max(per_row, 1))
-        block_rows = max(1, get_config().memory_budget_bytes // per_row_bytes)
+        block_rows = max(1, get_config().budget_bytes() // per_row_bytes)
     columns: dict[str, list[np.ndarray]] = {}
     for r0 in range(0, n, max(1, int(block_rows))):
         r1 = min(n, r0 + int(block_rows))
