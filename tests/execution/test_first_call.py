@@ -57,7 +57,12 @@ def counts() -> Iterator[Counts]:
     try:
         yield found
     finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
+        unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
+        if unregister is None:  # jax before 0.8 has only the private form
+            from jax._src import monitoring
+
+            unregister = monitoring._unregister_event_duration_listener_by_callback
+        unregister(listen)
 
 
 def counted_model(counts: Counts) -> ImpactModel:

@@ -78,6 +78,11 @@ class StrictStore(WrapperStore[Store]):
     def _with_store(self, store: Store) -> StrictStore:
         return type(self)(store, label=self.label, keepalive=self.keepalive)
 
+    def with_read_only(self, read_only: bool = False) -> StrictStore:
+        """Return this wrapper around a copy of the store with ``read_only`` set."""
+        # (zarr before 3.1.6 does not forward this through wrapper stores)
+        return self._with_store(self._store.with_read_only(read_only))
+
     def __repr__(self) -> str:
         return f"StrictStore({self.label!r})"
 
