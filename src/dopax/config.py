@@ -38,9 +38,10 @@ class ExecutionConfig:
             ``sample_prior_predictive``, scoring) and 256 MiB for
             ``compare_scenarios``. An integer applies to every call.
             ``BENCHMARKS.md`` (W5) has the measurements behind the two: a
-            forward pass ran as fast with 128 MiB as with 256 MiB (W1) in half
-            the memory in flight, while scenario blocks, which hold every draw
-            of their rows, ran 10% slower at half the rows (W3).
+            forward pass ran about as fast with 128 MiB as with 256 MiB (W1:
+            within 4%, inside the run-to-run spread) with half the memory in
+            flight, while scenario blocks, which hold every draw of their
+            rows, ran 10% slower at half the rows (W3).
         pipeline_depth: Number of computed chunks that may wait for the writers.
             One is enough to keep two writers busy while the next chunk
             computes (W1 ran as fast with 1 as with 2, in one chunk less

@@ -4,11 +4,13 @@ Every call describes what its blocks hold with a :class:`Footprint`, and
 :func:`size_blocks` turns it into a :class:`~dopax.parallel.batching.BlockPlan`:
 
 * In-memory calls (the ``*_on_batch`` methods) run as one block.
-* The budget (``ExecutionConfig.memory_budget_bytes``) covers every block
-  alive at once: for a streamed forward pass ``pipeline_depth +
-  writer_threads + 1`` blocks of outputs (queued, being written, being
-  computed); for a scenario comparison ``host_threads + 1`` blocks of
-  per-row contrasts (one computing, the others summarised on the host).
+* The budget (``ExecutionConfig.budget_bytes``: ``memory_budget_bytes``, or
+  by default 128 MiB for forward passes and 256 MiB for scenario
+  comparisons) covers every block alive at once: for a streamed forward
+  pass ``pipeline_depth + writer_threads + 1`` blocks of outputs (queued,
+  being written, being computed); for a scenario comparison
+  ``host_threads + 1`` blocks of per-row contrasts (one computing, the
+  others summarised on the host).
 * A forward pass also pays the kernel's temporaries for one step of draws,
   read from XLA's memory analysis of the block program compiled at the
   chosen block shape: the very program the run then uses (JAX keeps the
