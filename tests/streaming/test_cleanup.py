@@ -142,8 +142,14 @@ def test_ctrl_c_while_the_store_is_created_leaves_no_skeleton(
         return await create(*args)
 
     monkeypatch.setattr(zarr_sink, "create_nodes", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        model.predict(X, output_dir=tmp_path, batch_size=10, progress=False)
+    # Python's own Ctrl-C handler, also when the suite was started in the
+    # background by a shell (which starts it with SIGINT ignored)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model.predict(X, output_dir=tmp_path, batch_size=10, progress=False)
+    finally:
+        signal.signal(signal.SIGINT, old)
     time.sleep(0.5)  # nothing is still being written in the background
     assert _empty(tmp_path)
 
