@@ -140,13 +140,6 @@ class ExecutionConfig:
     client: Any = None
 
     def __post_init__(self) -> None:
-        budget = self.memory_budget_bytes
-        if budget is not None and (
-            isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
-        ):
-            raise ValueError(
-                f"`memory_budget_bytes` must be a positive integer or None; got {budget!r}."
-            )
         if self.pipeline_depth < 1:
             raise ValueError("`pipeline_depth` must be at least 1.")
         if self.writer_threads < 1:
@@ -172,10 +165,14 @@ class ExecutionConfig:
             "input_window_bytes",
             "svi_steps_per_chunk",
         )
-        for name in positive:
+        optional = ("memory_budget_bytes",)  # None: a default per kind of call
+        for name in optional + positive:
             value = getattr(self, name)
+            if value is None and name in optional:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
+                also = " or None" if name in optional else ""
+                raise ValueError(f"`{name}` must be a positive integer{also}; got {value!r}.")
         if self.matmul_flops_per_cell <= 0:
             raise ValueError("`matmul_flops_per_cell` must be positive.")
         if self.direct_io_piece_bytes < 4096 or self.direct_io_piece_bytes % 4096:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from zarr.core.sync import sync
 
 __all__ = ["ChainMajorDraws", "Posterior", "stored_bytes_per_draw"]
 
@@ -73,8 +74,6 @@ class ChainMajorDraws:
         store_path = getattr(self.array, "store_path", None)
         if store_path is None:  # not a Zarr array: nothing to check
             return
-        from zarr.core.sync import sync
-
         key = f"{store_path.path}/zarr.json" if store_path.path else "zarr.json"
         if not sync(store_path.store.exists(key)):
             where = self.where or str(store_path.store)
@@ -86,6 +85,9 @@ class ChainMajorDraws:
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         self._check_present()
+        return self._read_present(start, stop)
+
+    def _read_present(self, start: int, stop: int) -> np.ndarray:
         pieces = []
         per = self.per_chain
         for chain in range(start // per if per else 0, -(-stop // per) if per else 0):
@@ -97,12 +99,13 @@ class ChainMajorDraws:
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def _take(self, flat: np.ndarray) -> np.ndarray:
+        self._check_present()  # once for the whole selection
         out = np.empty((len(flat), *self.shape[1:]), self.dtype)
         chains = flat // self.per_chain
         for chain in np.unique(chains):
             where = np.flatnonzero(chains == chain)
             lo, hi = int(flat[where].min()), int(flat[where].max()) + 1
-            out[where] = self._read(lo, hi)[flat[where] - lo]
+            out[where] = self._read_present(lo, hi)[flat[where] - lo]
         return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
