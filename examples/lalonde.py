@@ -135,7 +135,7 @@ def save_and_score(model: ImpactModel, X, treat, nodegree) -> None:
     """Save the model, load it back, and score ten people with `dopax predict`."""
     folder = OUT / "lalonde-model"
     dopax.save_model(model, folder, overwrite=True)  # the kernel above goes to kernel.py
-    loaded = dopax.load_model(folder)
+    loaded = dopax.load_model(folder, kernel=kernel)  # data only: the kernel is ours
     key = jax.random.key(1)
     args = {
         "treat": treat[:10],
@@ -155,6 +155,7 @@ def save_and_score(model: ImpactModel, X, treat, nodegree) -> None:
     script = Path(sys.executable).with_name("dopax")  # the console script of this environment
     dopax_cmd = [str(script)] if script.exists() else [sys.executable, "-m", "dopax"]
     args_cli = ["predict", os.path.relpath(folder), os.path.relpath(OUT / "new_people.csv")]
+    args_cli.append("--trust-code")  # the folder is our own: its kernel.py may run
     with tempfile.TemporaryDirectory(prefix="dopax-scored-") as scored:
         print("$ dopax " + " ".join([*args_cli, "-o", "<a temporary folder>", "-q"]))
         cmd = [*dopax_cmd, *args_cli, "-o", scored, "-q"]

@@ -58,9 +58,11 @@ class TraceMismatchError(DopaxError, ValueError):
 class SavedModelError(DopaxError, ValueError):
     """Raised when a saved model cannot be written or loaded as asked.
 
-    The message says why: the folder holds no saved model, the kernel's module
-    does not import, or the kernel could only be saved with a pickle (then
-    ``load_model(..., allow_pickle=True)`` loads it).
+    The message names the file and says why: the folder holds no saved model
+    or a damaged one, the kernel's module does not import, loading would run
+    code the caller has not trusted (``kernel=``, ``inference=`` or
+    ``trust_code=True`` fix that), or the kernel could only be saved with a
+    pickle (then ``load_model(..., allow_pickle=True)`` loads it).
     """
 
 

@@ -33,9 +33,14 @@ def table(xy):
 
 def _dopax(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "dopax.io.cli", *map(str, args)],
+        [sys.executable, "-m", "dopax.io.cli", *map(str, args), "--trust-code"],
         capture_output=True, text=True, cwd=cwd or ROOT, env=subprocess_env(), timeout=300,
     )  # fmt: skip
+
+
+def _main(argv):
+    """``main`` as a user who trusts the test's own model runs it."""
+    return main([str(a) for a in argv] + ["--trust-code"])
 
 
 def _result_path(stdout):
@@ -46,7 +51,7 @@ def test_predict_on_csv_and_parquet_equals_predict(saved, table, xy, tmp_path, c
     X, t, _ = xy
     table.to_csv(tmp_path / "rows.csv", index=False)
     table.to_parquet(tmp_path / "rows.parquet")
-    expected = dopax.load_model(saved).predict(
+    expected = dopax.load_model(saved, trust_code=True).predict(
         X, t=t, rng_key=jax.random.key(7), in_sample=False, output_dir=tmp_path / "ref",
         progress=False,
     )["predictions"]  # fmt: skip
@@ -55,7 +60,7 @@ def test_predict_on_csv_and_parquet_equals_predict(saved, table, xy, tmp_path, c
     assert "predict" in run.stderr and "100%" in run.stderr  # the progress bar
     paths = [_result_path(run.stdout)]
     argv = ["predict", saved, tmp_path / "rows.parquet", "-o", tmp_path / "out", "--seed", "7"]
-    assert main([str(a) for a in argv] + ["-q"]) == 0
+    assert _main([*argv, "-q"]) == 0
     paths.append(_result_path(capsys.readouterr().out))
     for path in paths:
         got = dopax.open_result(path)["predictions"]
@@ -74,7 +79,7 @@ def test_effect_matches_compare_scenarios_and_show_describes_it(saved, table, xy
     assert run.returncode == 0, run.stderr
     path = _result_path(run.stdout)
     got = EffectResult(dopax.open_result(path)).summary()
-    model = dopax.load_model(saved)
+    model = dopax.load_model(saved, trust_code=True)
     expected = model.compare_scenarios(
         X,
         {"treated": {"t": np.ones_like(t)}, "control": {"t": np.zeros_like(t)}},
@@ -97,7 +102,7 @@ def test_effect_matches_compare_scenarios_and_show_describes_it(saved, table, xy
 
 def _fails(argv, capsys, *needles):
     with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
+        _main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     for needle in needles:
@@ -141,7 +146,7 @@ def test_effect_to_a_url(saved, table, tmp_path, capsys):
     table.to_csv(tmp_path / "rows.csv", index=False)
     argv = ["effect", saved, tmp_path / "rows.csv", "--scenario", "on:t=1", "--scenario", "off"]
     argv += ["--baseline", "off", "-o", "memory://dopax-cli/results", "-q"]
-    assert main([str(a) for a in argv]) == 0
+    assert _main(argv) == 0
     url = _result_path(capsys.readouterr().out)
     assert url.startswith("memory://dopax-cli/results/effect-")
     assert EffectResult(dopax.open_result(url)).contrasts == ("on - off",)
@@ -156,7 +161,7 @@ def test_array_inputs_npz_and_zarr(saved, xy, tmp_path, capsys):
     group.create_array("t", data=t, chunks=(16,))
     paths = []
     for source in ("rows.npz", "rows.zarr"):
-        code = main(["predict", saved, str(tmp_path / source), "-o", str(tmp_path / "out"), "-q"])
+        code = _main(["predict", saved, tmp_path / source, "-o", tmp_path / "out", "-q"])
         assert code == 0
         paths.append(capsys.readouterr().out.strip().splitlines()[-1])
     a, b = (dopax.open_result(p)["predictions"]["y"].values for p in paths)

@@ -42,14 +42,15 @@ def test_svi_round_trip_is_bit_identical_and_pickle_free(svi_model, xy, tmp_path
     assert set(manifest["posterior"]["sites"]) == {"alpha", "beta", "tau", "sigma"}
     assert "alpha_auto_loc" in manifest["fit"]["params"]
 
-    loaded = dopax.load_model(path, allow_pickle=False)
+    # data only: the kernel is given, the SVI object rebuilt from NumPyro constructors
+    loaded = dopax.load_model(path, kernel=linear, allow_pickle=False)
     key = jax.random.key(11)
     _same(
         svi_model.predict_on_batch(X, t=t, rng_key=key, return_datatree=False),
         loaded.predict_on_batch(X, t=t, rng_key=key, return_datatree=False),
     )
     # the call counter travels too: derived keys continue where the saved model stood
-    again = dopax.load_model(path)
+    again = dopax.load_model(path, trust_code=True)
     _same(
         loaded.predict_on_batch(X, t=t, return_datatree=False),
         again.predict_on_batch(X, t=t, return_datatree=False),
@@ -68,7 +69,7 @@ def test_svi_resumes_from_the_saved_optimizer_state(xy, tmp_path):
         linear, jax.random.key(4), SVI(linear, AutoNormal(linear), _adam(), Trace_ELBO())
     )
     model = make().fit_on_batch(X, y, t=t, num_steps=30, num_samples=5, progress=False)
-    loaded = dopax.load_model(dopax.save_model(model, tmp_path / "m"))
+    loaded = dopax.load_model(dopax.save_model(model, tmp_path / "m"), linear)
     key = jax.random.key(5)
     model.fit_on_batch(X, y, t=t, num_steps=25, num_samples=5, rng_key=key, progress=False)
     loaded.fit_on_batch(X, y, t=t, num_steps=25, num_samples=5, rng_key=key, progress=False)
@@ -99,7 +100,7 @@ def test_mcmc_round_trip_keeps_draws_and_chains(mcmc_model, xy, tmp_path):
     manifest = json.loads((tmp_path / "mcmc" / "dopax_model.json").read_text())
     assert manifest["posterior"]["num_chains"] == 2
     assert manifest["inference"]["sampler"]["class"] == "numpyro.infer.hmc:NUTS"
-    loaded = dopax.load_model(path)
+    loaded = dopax.load_model(path, linear)
     assert loaded.inference.num_chains == 2 and loaded.inference.num_warmup == 60
     key = jax.random.key(2)
     a = mcmc_model.predict_on_batch(X, t=t, rng_key=key)
@@ -137,9 +138,9 @@ def test_unrecordable_inference_needs_inference_or_allow_pickle(tmp_path):
     path = dopax.save_model(model, tmp_path / "o")
     assert (tmp_path / "o" / "inference.pkl").exists()
     with pytest.raises(SavedModelError, match=r"inference=.*allow_pickle=True"):
-        dopax.load_model(path)
-    assert dopax.load_model(path, inference=svi).is_fitted()
-    assert dopax.load_model(path, allow_pickle=True).inference.optim is not None
+        dopax.load_model(path, linear)
+    assert dopax.load_model(path, linear, inference=svi).is_fitted()
+    assert dopax.load_model(path, linear, allow_pickle=True).inference.optim is not None
 
 
 def test_script_kernel_is_saved_as_a_code_file(tmp_path):
@@ -189,7 +190,7 @@ def test_script_kernel_is_saved_as_a_code_file(tmp_path):
     code = (folder / "kernel.py").read_text()
     assert "PRIOR_SCALE = 3.0" in code and "def shift(v):" in code
     assert "import numpyro.distributions as dist" in code
-    loaded = dopax.load_model(folder)
+    loaded = dopax.load_model(folder, trust_code=True)
     X = np.linspace(-1, 1, 12, dtype=np.float32)[:, None]
     out = loaded.predict_on_batch(X, rng_key=jax.random.key(9), return_datatree=False)
     np.testing.assert_array_equal(out["mu"], np.load(expected))
@@ -203,7 +204,7 @@ def test_a_reference_that_does_not_import_falls_back_to_the_saved_source(svi_mod
     manifest["kernel"]["ref"] = "io_kernels_renamed:linear"  # as if the module were gone
     (path / "dopax_model.json").write_text(json.dumps(manifest))
     with pytest.warns(UserWarning, match="does not import here.*source saved with the model"):
-        loaded = dopax.load_model(path)
+        loaded = dopax.load_model(path, trust_code=True)
     key = jax.random.key(6)
     _same(
         svi_model.predict_on_batch(X, t=t, rng_key=key, return_datatree=False),
@@ -218,7 +219,7 @@ def test_other_versions_warn_with_both_versions(svi_model, tmp_path):
     manifest["versions"]["numpyro"] = "0.0.1"
     (path / "dopax_model.json").write_text(json.dumps(manifest))
     with pytest.warns(UserWarning, match=r"saved with numpyro 0\.0\.1 and is loaded with numpyro"):
-        dopax.load_model(path)
+        dopax.load_model(path, linear)
 
 
 def test_folders_are_checked(svi_model, tmp_path):
@@ -232,13 +233,13 @@ def test_folders_are_checked(svi_model, tmp_path):
     target = tmp_path / "m"
     dopax.save_model(svi_model, target)
     dopax.save_model(svi_model, target, overwrite=True)
-    assert dopax.load_model(target).is_fitted()
+    assert dopax.load_model(target, linear).is_fitted()
 
 
 def test_unfitted_model_round_trips(tmp_path):
     svi = SVI(linear, AutoNormal(linear), _adam(), Trace_ELBO())
     model = dopax.ImpactModel(linear, jax.random.key(5), svi, param_input="X")
-    loaded = dopax.load_model(dopax.save_model(model, tmp_path / "u"))
+    loaded = dopax.load_model(dopax.save_model(model, tmp_path / "u"), linear)
     assert not loaded.is_fitted() and loaded.kernel_spec is None
     assert loaded.rng_key.dtype == model.rng_key.dtype
 
@@ -246,7 +247,7 @@ def test_unfitted_model_round_trips(tmp_path):
 def test_round_trip_through_an_fsspec_url(svi_model, xy):
     X, t, _ = xy
     url = dopax.save_model(svi_model, "memory://dopax-tests/saved-model")
-    loaded = dopax.load_model(url)
+    loaded = dopax.load_model(url, trust_code=True)
     key = jax.random.key(1)
     _same(
         svi_model.predict_on_batch(X, t=t, rng_key=key, return_datatree=False),

@@ -34,7 +34,8 @@ examples:
       the groups, variables, shapes and attributes of a result
 
 MODEL is a folder written by dopax.save_model (or the model/ folder inside an
-MLflow model of the dopax flavor). INPUT is a table (.parquet, .csv) whose
+MLflow model of the dopax flavor). Its kernel is code: loading imports its
+module or runs its kernel.py only with --trust-code. INPUT is a table (.parquet, .csv) whose
 columns hold the kernel's per-row arguments: a 1-D argument t is the column
 t, a 2-D argument X is the columns X_0, X_1, ...; or arrays named after the
 kernel's arguments (.npz, a .zarr folder); or the input array alone (.npy).
@@ -66,7 +67,15 @@ def _common(p: argparse.ArgumentParser, output: bool = True) -> None:
         help="random seed (default: one derived from the model's key, the same every run)",
     )  # fmt: skip
     p.add_argument("--batch-size", type=_positive, default=None, help="rows per block")
-    p.add_argument("--allow-pickle", action="store_true", help="load a pickled kernel")
+    p.add_argument(
+        "--trust-code", action="store_true",
+        help="run the model's own code: import its kernel's module, or run its kernel.py, and "
+        "call the functions its manifest names (only for models you trust)",
+    )  # fmt: skip
+    p.add_argument(
+        "--allow-pickle", action="store_true",
+        help="load a pickled kernel or inference object (runs the code it holds)",
+    )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -138,7 +147,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     from dopax.io.saved import load_model
 
     try:
-        model = load_model(args.model, allow_pickle=args.allow_pickle)
+        model = load_model(args.model, trust_code=args.trust_code, allow_pickle=args.allow_pickle)
     except (ValueError, OSError) as err:
         raise UsageError(f"MODEL {args.model}: {err}") from err
     try:

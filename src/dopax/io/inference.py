@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import types
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -24,15 +25,12 @@ import numpy as np
 from numpyro.infer import MCMC, SVI
 from numpyro.infer.autoguide import AutoGuide
 
+from dopax.io.allowed import COMPOSITE_GUIDES, SAMPLERS
 from dopax.io.source import CodeFile, NotRecordableError, importable_ref, load_code, resolve_ref
-from dopax.io.values import decode, encode, maker_call
+from dopax.io.values import UntrustedError, decode, encode, maker_call
 
 __all__ = ["describe_inference", "rebuild_inference"]
 
-#: Guides that hold other guides or models, which their signature does not describe.
-_COMPOSITE_GUIDES = frozenset({"AutoGuideList", "AutoSemiDAIS", "AutoSurrogateLikelihoodDAIS"})
-#: Samplers recorded by their signature (others wrap inner samplers).
-_SAMPLERS = frozenset({"HMC", "NUTS", "SA", "BarkerMH", "AIES", "ESS"})
 #: Attributes of numpyro optimizers that are not settings.
 _OPTIM_FUNCTIONS = frozenset({"init_fn", "update_fn", "get_params_fn"})
 
@@ -94,9 +92,35 @@ def _probe_module(code: CodeFile) -> types.ModuleType:
         raise NotRecordableError(f"its code file does not run ({err})") from err
 
 
-def _rebuild(desc: dict[str, Any], fixed: dict[str, Any], code: types.ModuleType | None) -> Any:
-    cls = resolve_ref(desc["class"])
-    kwargs = {k: decode(v, code) for k, v in desc["kwargs"].items()}
+def _rebuild(
+    desc: Any,
+    fixed: dict[str, Any],
+    code: types.ModuleType | None,
+    allow: Callable[[str], bool] | None = None,
+    where: str = "inference",
+) -> Any:
+    """Call the recorded class with the recorded arguments (and ``fixed``).
+
+    Args:
+        desc: ``{"class": ref, "kwargs": {...}}``.
+        fixed: Arguments supplied here (the kernel, the sampler).
+        code: The loaded code file, if any.
+        allow: Which references may be called (``None``: all; see
+            :func:`dopax.io.values.decode`).
+        where: Where the record sits, for messages.
+    """
+    if not isinstance(desc, dict) or not isinstance(desc.get("class"), str):
+        raise ValueError(f"{where}: a recorded object needs a `class` reference.")
+    ref = desc["class"]
+    if ":" not in ref:
+        raise ValueError(f"{where}.class: {ref!r} is not a `module:name` reference.")
+    if allow is not None and not allow(ref):
+        raise UntrustedError(f"{where}.class", repr(ref))
+    raw = desc.get("kwargs", {})
+    if not isinstance(raw, dict) or set(raw) & set(fixed):
+        raise ValueError(f"{where}.kwargs: not a mapping of constructor arguments.")
+    kwargs = {k: decode(v, code, allow=allow, where=f"{where}.kwargs.{k}") for k, v in raw.items()}
+    cls = resolve_ref(ref)
     return cls(**fixed, **kwargs)
 
 
@@ -146,7 +170,7 @@ def _describe_optim(optim: Any, code: CodeFile) -> dict[str, Any]:
 def _describe_guide(guide: Any, kernel: Any, code: CodeFile) -> dict[str, Any]:
     if isinstance(guide, AutoGuide):
         module = type(guide).__module__
-        if module != "numpyro.infer.autoguide" or type(guide).__name__ in _COMPOSITE_GUIDES:
+        if module != "numpyro.infer.autoguide" or type(guide).__name__ in COMPOSITE_GUIDES:
             raise NotRecordableError(
                 f"the guide {type(guide).__name__} is not a plain NumPyro AutoGuide"
             )
@@ -179,7 +203,7 @@ def describe_inference(inference: Any, kernel: Any, code: CodeFile) -> dict[str,
         }
     if isinstance(inference, MCMC):
         sampler = inference.sampler
-        if type(sampler).__name__ not in _SAMPLERS or importable_ref(type(sampler)) is None:
+        if type(sampler).__name__ not in SAMPLERS or importable_ref(type(sampler)) is None:
             raise NotRecordableError(f"the sampler {type(sampler).__name__} wraps other samplers")
         return {
             "kind": "mcmc",
@@ -189,23 +213,44 @@ def describe_inference(inference: Any, kernel: Any, code: CodeFile) -> dict[str,
     raise NotRecordableError(f"{type(inference).__name__} is neither SVI nor MCMC")
 
 
-def rebuild_inference(desc: dict[str, Any], kernel: Any, code: types.ModuleType | None) -> Any:
+def rebuild_inference(
+    desc: dict[str, Any],
+    kernel: Any,
+    code: types.ModuleType | None,
+    allow: Callable[[str], bool] | None = None,
+) -> Any:
     """Return a new SVI or MCMC object for ``kernel`` from what :func:`describe_inference` recorded.
 
     Args:
         desc: The record.
         kernel: The (loaded) kernel.
         code: The loaded code file, if any.
+        allow: Which references the record may name (``None``: all, the
+            code file included); see :func:`dopax.io.allowed.is_allowed`.
+
+    Raises:
+        UntrustedError: If the record names something ``allow`` refuses
+            (only allowed constructors have been called then).
+        ValueError: For a record :func:`describe_inference` did not write.
     """
-    if desc["kind"] == "svi":
-        g = desc["guide"]
+    w = "inference"
+    if not isinstance(desc, dict):
+        raise ValueError(f"{w}: not a recorded SVI or MCMC object.")
+    if desc.get("kind") == "svi":
+        g = desc.get("guide")
+        if not isinstance(g, dict):
+            raise ValueError(f"{w}.guide: not a recorded guide.")
         if "autoguide" in g:
-            guide = _rebuild(g["autoguide"], {"model": kernel}, code)
+            guide = _rebuild(g["autoguide"], {"model": kernel}, code, allow, f"{w}.guide.autoguide")
         else:
-            guide = decode(g["function"], code)
-        optim = _rebuild(desc["optim"], {}, code)
-        loss = _rebuild(desc["loss"], {}, code)
-        static = decode(desc["static_kwargs"], code)
+            guide = decode(g.get("function"), code, allow=allow, where=f"{w}.guide.function")
+        optim = _rebuild(desc.get("optim"), {}, code, allow, f"{w}.optim")
+        loss = _rebuild(desc.get("loss"), {}, code, allow, f"{w}.loss")
+        static = decode(desc.get("static_kwargs"), code, allow=allow, where=f"{w}.static_kwargs")
+        if not isinstance(static, dict):
+            raise ValueError(f"{w}.static_kwargs: not a mapping.")
         return SVI(kernel, guide, optim, loss, **static)
-    sampler = _rebuild(desc["sampler"], {"model": kernel}, code)
-    return _rebuild(desc["mcmc"], {"sampler": sampler}, code)
+    if desc.get("kind") != "mcmc":
+        raise ValueError(f"{w}.kind: {desc.get('kind')!r} is neither 'svi' nor 'mcmc'.")
+    sampler = _rebuild(desc.get("sampler"), {"model": kernel}, code, allow, f"{w}.sampler")
+    return _rebuild(desc.get("mcmc"), {"sampler": sampler}, code, allow, f"{w}.mcmc")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -36,7 +37,7 @@ from dopax._warn import warn
 from dopax.exceptions import SavedModelError
 from dopax.io.files import Folder
 from dopax.io.source import NotRecordableError
-from dopax.io.values import decode, encode
+from dopax.io.values import UntrustedError, decode, encode
 from dopax.kernel.spec import KernelSpec
 from dopax.sampling.inputs import ArgSchema, InputSchema
 
@@ -154,12 +155,34 @@ def schema_to_json(schema: InputSchema | None) -> dict[str, Any] | None:
     }
 
 
-def schema_from_json(data: dict[str, Any] | None) -> InputSchema | None:
-    """Read an input schema written by :func:`schema_to_json`."""
+def schema_from_json(
+    data: dict[str, Any] | None, allow: Callable[[str], bool] | None = None
+) -> InputSchema | None:
+    """Read an input schema written by :func:`schema_to_json`.
+
+    A static value naming a function ``allow`` refuses is left out with a
+    warning: calls then need that argument passed to them.
+
+    Args:
+        data: The manifest's ``inputs``.
+        allow: Which references a static value may name (``None``: any; see
+            :func:`dopax.io.values.decode`).
+    """
     if data is None:
         return None
+    static = {}
+    for name, value in data["static"].items():
+        try:
+            static[name] = decode(value, allow=allow, where=f"inputs.static.{name}")
+        except UntrustedError as err:
+            warn(
+                f"The static argument {name!r} of the saved model names {err.what}, which "
+                "loading calls only with `trust_code=True`; it is left out, so pass it to "
+                "each call.",
+                UserWarning,
+            )
     return InputSchema(
         tuple(ArgSchema.from_json(a) for a in data["rows"]),
         tuple(ArgSchema.from_json(a) for a in data["shared"]),
-        tuple(sorted((k, decode(v)) for k, v in data["static"].items())),
+        tuple(sorted(static.items())),
     )

@@ -227,27 +227,51 @@ def log_model(
     )
 
 
-def load_model(model_uri: str, dst_path: str | None = None, *, allow_pickle: bool = False) -> Any:
+def load_model(
+    model_uri: str,
+    dst_path: str | None = None,
+    *,
+    trust_code: bool = True,
+    allow_pickle: bool = False,
+) -> Any:
     """Load a model of the ``dopax`` flavor as an :class:`~dopax.ImpactModel`.
+
+    Like MLflow's own flavors, this trusts the model: its ``code_paths`` go on
+    ``sys.path`` and its kernel's code runs (see :func:`dopax.load_model`).
+    Load only models you trust, as MLflow's documentation says of every
+    flavor; ``trust_code=False`` loads a model's data only, as
+    :func:`dopax.load_model` does by default.
 
     Args:
         model_uri: Any MLflow model URI (``runs:/<run>/model``, ``models:/<name>/1``,
             a local folder).
         dst_path: Local folder to download the model to (default: a temporary one).
+        trust_code: Run the model's code (its ``code_paths``, its kernel's
+            module or ``kernel.py``); see :func:`dopax.load_model`.
         allow_pickle: See :func:`dopax.load_model`.
     """
     local = _download_artifact_from_uri(artifact_uri=model_uri, output_path=dst_path)
     conf = _get_flavor_configuration(model_path=local, flavor_name=FLAVOR_NAME)
-    _add_code_from_conf_to_system_path(local, conf)
-    return load_saved(os.path.join(local, conf.get("data", _DATA)), allow_pickle=allow_pickle)
+    if trust_code:
+        _add_code_from_conf_to_system_path(local, conf)
+    return load_saved(
+        os.path.join(local, conf.get("data", _DATA)),
+        trust_code=trust_code,
+        allow_pickle=allow_pickle,
+    )
 
 
 def _load_pyfunc(path: str, model_config: dict[str, Any] | None = None) -> TablePredictor:
     """Load the pyfunc implementation (called by ``mlflow.pyfunc.load_model``).
+
+    ``mlflow.pyfunc.load_model`` trusts the model it loads, for every flavor
+    (MLflow's own flavors unpickle theirs): the kernel's module is imported,
+    or the model's ``kernel.py`` run, as with ``dopax.load_model(path,
+    trust_code=True)``.
 
     Args:
         path: The ``model/`` folder of the MLflow model.
         model_config: ``{"allow_pickle": True}`` loads models whose kernel is pickled.
     """
     allow = bool((model_config or {}).get("allow_pickle", False))
-    return TablePredictor(load_saved(path, allow_pickle=allow))
+    return TablePredictor(load_saved(path, trust_code=True, allow_pickle=allow))

@@ -4,6 +4,8 @@ See :mod:`dopax.io.manifest` for the folder's layout. Nothing is pickled
 unless the kernel is a closure or a lambda, or the inference object cannot
 be recorded by its settings; loading such a folder then needs
 ``allow_pickle=True`` (or the object itself, ``kernel=`` / ``inference=``).
+Loading reads data only unless the caller passes ``trust_code=True``: the
+kernel's module is imported, and the folder's ``kernel.py`` run, only then.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from dopax._version import __version__
 from dopax._warn import warn
 from dopax.exceptions import SavedModelError
 from dopax.inference.posterior import Posterior
+from dopax.io.allowed import is_allowed
 from dopax.io.files import Folder
 from dopax.io.inference import describe_inference, rebuild_inference
 from dopax.io.source import CodeFile, NotRecordableError, importable_ref, load_code, resolve_ref
+from dopax.io.values import UntrustedError
 from dopax.model.impact_model import ImpactModel
 from dopax.sampling.inputs import InputSchema, input_schema
 
@@ -237,28 +241,78 @@ def _unpickle(folder: Folder, name: str) -> Any:
     return cloudpickle.loads(folder.read_bytes(name))
 
 
+_TRUST_FIX = (
+    "`trust_code=True` (`--trust-code` on the command line) if you trust this folder and "
+    "where it came from"
+)
+
+
+def _uses_code(data: Any) -> bool:
+    """Whether a recorded value names a definition of the code file."""
+    if isinstance(data, list):
+        return any(_uses_code(v) for v in data)
+    if not isinstance(data, dict):
+        return False
+    if set(data) == {"code"} and isinstance(data["code"], str):
+        return True
+    return any(_uses_code(v) for v in data.values())
+
+
+class _CodeFile:
+    """The folder's ``kernel.py``, run (once) only when asked for."""
+
+    def __init__(self, folder: Folder) -> None:
+        self.folder = folder
+        self._module: types.ModuleType | None = None
+
+    def module(self) -> types.ModuleType:
+        if self._module is None:
+            if not self.folder.exists(mf.CODE):
+                raise SavedModelError(
+                    f"The model at {self.folder} needs its code file {mf.CODE}, which is "
+                    "missing: restore the folder from where it came from, or pass the kernel "
+                    "as `kernel=` and the SVI or MCMC object as `inference=`."
+                )
+            self._module = load_code(self.folder.read_text(mf.CODE), self.folder.url_of(mf.CODE))
+        return self._module
+
+
 def _load_kernel(
-    m: dict[str, Any], folder: Folder, code: types.ModuleType | None, allow_pickle: bool
+    m: dict[str, Any], folder: Folder, code: _CodeFile, trust_code: bool, allow_pickle: bool
 ) -> Any:
     rec = m["kernel"]
     if rec["kind"] == "reference":
+        if not trust_code:
+            raise SavedModelError(
+                f"The kernel of the model at {folder} is {rec['ref']!r} ({mf.MANIFEST}); "
+                "loading it would import that module and run its code, which loading does "
+                "only when asked. Pass the kernel function as `load_model(path, kernel=...)`, "
+                f"or {_TRUST_FIX}."
+            )
         try:
             return resolve_ref(rec["ref"])
         except Exception as err:
-            if rec.get("code") and code is not None:
+            if rec.get("code") and folder.exists(mf.CODE):
                 warn(
                     f"The kernel {rec['ref']!r} of the model at {folder} does not import here "
                     f"({type(err).__name__}: {err}); using the source saved with the model.",
                     UserWarning,
                 )
-                return getattr(code, rec["code"])
+                return getattr(code.module(), rec["code"])
             raise SavedModelError(
                 f"The kernel of the model at {folder} is {rec['ref']!r}, which does not import "
                 f"here ({type(err).__name__}: {err}). Put its module on the Python path, or pass "
                 "the function as `load_model(path, kernel=...)`."
             ) from err
     if rec["kind"] == "code":
-        return getattr(code, rec["name"])
+        if not trust_code:
+            raise SavedModelError(
+                f"The kernel of the model at {folder} is defined in "
+                f"{folder.url_of(mf.CODE)}; loading it would run that file, which loading does "
+                "only when asked. Pass the kernel function as `load_model(path, kernel=...)`, "
+                f"or {_TRUST_FIX}."
+            )
+        return getattr(code.module(), rec["name"])
     if not allow_pickle:
         raise SavedModelError(
             f"The kernel of the model at {folder} was saved with cloudpickle because "
@@ -273,19 +327,36 @@ def _load_inference(
     m: dict[str, Any],
     folder: Folder,
     kernel: Any,
-    code: types.ModuleType | None,
+    code: _CodeFile,
+    trust_code: bool,
     allow_pickle: bool,
 ) -> Any:
     rec = m["inference"]
-    if rec["kind"] != "pickle":
-        return rebuild_inference(rec, kernel, code)
-    if not allow_pickle:
+    if rec["kind"] == "pickle":
+        if not allow_pickle:
+            raise SavedModelError(
+                f"The inference object of the model at {folder} was saved with cloudpickle "
+                f"because {rec['reason']}. Pass `inference=` (a new SVI or MCMC object for the "
+                "kernel), or `allow_pickle=True` if you trust this folder."
+            )
+        return _unpickle(folder, mf.INFERENCE_PICKLE)
+    manifest = folder.url_of(mf.MANIFEST)
+    try:
+        if trust_code:
+            module = code.module() if _uses_code(rec) else None
+            return rebuild_inference(rec, kernel, module)
+        return rebuild_inference(rec, kernel, None, allow=is_allowed)
+    except UntrustedError as err:
         raise SavedModelError(
-            f"The inference object of the model at {folder} was saved with cloudpickle "
-            f"because {rec['reason']}. Pass `inference=` (a new SVI or MCMC object for the "
-            "kernel), or `allow_pickle=True` if you trust this folder."
-        )
-    return _unpickle(folder, mf.INFERENCE_PICKLE)
+            f"{manifest}: `{err.where}` names {err.what}, which is not one of the NumPyro "
+            "constructors a model is rebuilt from without running its own code. Pass the SVI "
+            f"or MCMC object as `load_model(path, inference=...)`, or {_TRUST_FIX}."
+        ) from None
+    except (ValueError, TypeError, KeyError, AttributeError, ImportError) as err:
+        raise SavedModelError(
+            f"{manifest}: the SVI or MCMC settings cannot be rebuilt ({type(err).__name__}: "
+            f"{err}). Pass the SVI or MCMC object as `load_model(path, inference=...)`."
+        ) from err
 
 
 def load_model(
@@ -293,6 +364,7 @@ def load_model(
     kernel: Any = None,
     *,
     inference: Any = None,
+    trust_code: bool = False,
     allow_pickle: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> ImpactModel:
@@ -305,31 +377,42 @@ def load_model(
     ``vi_result`` holds the saved parameters and losses. ``sample`` needs
     that set-up (SVI) or a new run of the sampler (MCMC).
 
-    Loading runs the kernel's code (its module, or the saved code file), so
-    load only folders you trust; a pickle is loaded only with ``allow_pickle=True``.
+    Loading reads data only, unless asked for more. The kernel is code: pass
+    it as ``kernel=``, or let loading import the module the folder names, or
+    run the folder's ``kernel.py``, with ``trust_code=True``. The SVI or MCMC
+    object is rebuilt from its recorded settings when they name NumPyro's own
+    guides, ELBOs, samplers, optimizers and schedules with plain values (see
+    :mod:`dopax.io.allowed`); anything else the folder names (a function of
+    ``kernel.py``, a custom guide, any other callable) needs ``inference=`` or
+    ``trust_code=True``. With ``kernel=`` and ``inference=`` given, nothing the
+    folder names runs. A pickle is loaded only with ``allow_pickle=True``.
 
     Args:
         path: The folder, as a local path or an fsspec URL.
         kernel: The kernel function to use instead of the saved one.
         inference: An SVI or MCMC object to use instead of the saved one.
+        trust_code: Allow importing the kernel's module, running the folder's
+            ``kernel.py`` and calling any function the manifest names. Only
+            for folders you trust.
         allow_pickle: Allow loading a kernel or inference object that was
-            saved with cloudpickle (the error says when this is needed).
+            saved with cloudpickle (the error says when this is needed); a
+            pickle runs whatever code it holds.
         storage_options: fsspec options for URLs.
 
     Raises:
-        SavedModelError: If the folder holds no saved model, the kernel does
-            not import, or a pickle is needed and not allowed.
+        SavedModelError: If the folder holds no saved model or a damaged one,
+            the kernel does not import, or code or a pickle would have to run
+            and is not allowed; the message names the file and the fix.
     """
     folder = Folder(path, storage_options)
     m = mf.read_manifest(folder)
     mf.check_versions(m["versions"], str(folder))
-    code = None
-    if m["kernel"]["kind"] == "code" or folder.exists(mf.CODE):
-        code = load_code(folder.read_text(mf.CODE), folder.url_of(mf.CODE))
+    code = _CodeFile(folder)
     if kernel is None:
-        kernel = _load_kernel(m, folder, code, allow_pickle)
+        kernel = _load_kernel(m, folder, code, trust_code, allow_pickle)
     if inference is None:
-        inference = _load_inference(m, folder, kernel, code, allow_pickle)
+        inference = _load_inference(m, folder, kernel, code, trust_code, allow_pickle)
+    inputs = mf.schema_from_json(m["inputs"], allow=None if trust_code else is_allowed)
     rng = m["rng"]
     key = jax.random.wrap_key_data(jnp.asarray(rng["key_data"], jnp.uint32), impl=rng["impl"])
     model = ImpactModel(
@@ -338,7 +421,7 @@ def load_model(
     arrays = _read_arrays(folder, list(m["arrays"]))
     state = model._state
     state.ctx.spec = mf.spec_from_json(m["kernel_spec"])
-    state.ctx.inputs = mf.schema_from_json(m["inputs"])
+    state.ctx.inputs = inputs
     post = m["posterior"]
     if post is not None:
         draws = {name: arrays[f"posterior/{i:04d}"] for i, name in enumerate(post["sites"])}

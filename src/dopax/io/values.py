@@ -16,13 +16,14 @@ import functools
 import inspect
 import math
 import types
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from dopax.io.source import CodeFile, NotRecordableError, importable_ref, resolve_ref
 
-__all__ = ["decode", "encode", "maker_call"]
+__all__ = ["UntrustedError", "decode", "encode", "maker_call"]
 
 #: Largest array (elements) kept in a JSON document.
 _MAX_ARRAY = 100_000
@@ -107,37 +108,114 @@ def encode(value: Any, code: CodeFile | None = None, *, closures: bool = False) 
     raise NotRecordableError(f"{value!r} (a {type(value).__name__}) has no recorded form")
 
 
-def decode(data: Any, code: types.ModuleType | None = None) -> Any:
+class UntrustedError(ValueError):
+    """A recorded value names code that loading runs only when the caller trusts it.
+
+    Attributes:
+        where: Where the value sits in the record (``inference.optim.kwargs.step_size``).
+        what: What it names (``subprocess:run``, a function of the code file).
+    """
+
+    def __init__(self, where: str, what: str) -> None:
+        super().__init__(f"{where} names {what}")
+        self.where = where
+        self.what = what
+
+
+def _array(data: dict[str, Any], where: str) -> np.ndarray:
+    dtype = np.dtype(str(data.get("dtype")))
+    if dtype.kind not in "biuf":
+        raise ValueError(f"{where}: an array of dtype {dtype} (only numbers are recorded).")
+    values, shape = data["array"], data.get("shape")
+    if not isinstance(values, list) or not isinstance(shape, list):
+        raise ValueError(f"{where}: a recorded array needs a list of values and a shape.")
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in shape):
+        raise ValueError(f"{where}: the shape {shape} is not a list of non-negative integers.")
+    if math.prod(shape) != len(values) or len(values) > _MAX_ARRAY:
+        raise ValueError(f"{where}: {len(values)} values do not fill the shape {shape}.")
+    return np.asarray(values, dtype=dtype).reshape(shape)
+
+
+def decode(
+    data: Any,
+    code: types.ModuleType | None = None,
+    *,
+    allow: Callable[[str], bool] | None = None,
+    where: str = "value",
+) -> Any:
     """Return the value that :func:`encode` recorded.
 
     Args:
         data: What :func:`encode` returned (read back from JSON).
         code: The loaded code file, for ``{"code": name}`` entries.
+        allow: Which references may be resolved and called; ``None`` trusts
+            every one (and the code file). With a test, a reference it refuses
+            and any entry of the code file raise :class:`UntrustedError`
+            before anything is imported or called.
+        where: Where ``data`` sits, for messages.
+
+    Raises:
+        UntrustedError: For a reference ``allow`` refuses, or code, when ``allow`` is given.
+        ValueError: For a record that no :func:`encode` wrote.
     """
     if isinstance(data, list):
-        return [decode(v, code) for v in data]
-    if not isinstance(data, dict):
+        return [decode(v, code, allow=allow, where=f"{where}[{i}]") for i, v in enumerate(data)]
+    if data is None or isinstance(data, bool | int | float | str):
         return data
+    if not isinstance(data, dict) or len(data) == 0:
+        raise ValueError(f"{where}: unknown recorded value {data!r}.")
     if "float" in data:
-        return float(data["float"])
+        text = str(data["float"])
+        if text.strip().lower().lstrip("+-") not in ("inf", "nan", "infinity"):
+            raise ValueError(f"{where}: {text!r} is not a recorded non-finite float.")
+        return float(text)
     if "tuple" in data:
-        return tuple(decode(v, code) for v in data["tuple"])
+        items = data["tuple"]
+        if not isinstance(items, list):
+            raise ValueError(f"{where}: a recorded tuple needs a list.")
+        return tuple(
+            decode(v, code, allow=allow, where=f"{where}[{i}]") for i, v in enumerate(items)
+        )
     if "dict" in data:
-        return {k: decode(v, code) for k, v in data["dict"].items()}
+        return _decode_dict(data["dict"], code, allow, where)
     if "array" in data:
-        return np.asarray(data["array"], dtype=data["dtype"]).reshape(data["shape"])
+        return _array(data, where)
     if "partial" in data:
-        fn = decode(data["partial"], code)
-        args = [decode(v, code) for v in data["args"]]
-        kwargs = {k: decode(v, code) for k, v in data["kwargs"].items()}
+        fn = decode(data["partial"], code, allow=allow, where=f"{where}.partial")
+        if not callable(fn):
+            raise ValueError(f"{where}: a recorded partial of {fn!r}, which is not callable.")
+        args = decode(data.get("args", []), code, allow=allow, where=f"{where}.args")
+        kwargs = _decode_dict(data.get("kwargs", {}), code, allow, f"{where}.kwargs")
         return functools.partial(fn, *args, **kwargs)
     if "ref" in data:
+        _check(data["ref"], allow, where)
         return resolve_ref(data["ref"])
     if "call" in data:
-        maker = resolve_ref(data["call"])
-        return maker(**{k: decode(v, code) for k, v in data["kwargs"].items()})
+        _check(data["call"], allow, where)
+        kwargs = _decode_dict(data.get("kwargs", {}), code, allow, f"{where}.kwargs")
+        return resolve_ref(data["call"])(**kwargs)
     if "code" in data:
+        if allow is not None:
+            raise UntrustedError(where, f"{data['code']!r} of the saved code file")
         if code is None:
             raise ValueError(f"{data['code']!r} lives in a code file, but none was loaded.")
         return getattr(code, data["code"])
-    raise ValueError(f"Unknown recorded value {data!r}.")
+    raise ValueError(f"{where}: unknown recorded value {data!r}.")
+
+
+def _decode_dict(
+    data: Any,
+    code: types.ModuleType | None,
+    allow: Callable[[str], bool] | None,
+    where: str,
+) -> dict[str, Any]:
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise ValueError(f"{where}: a recorded mapping needs string keys.")
+    return {k: decode(v, code, allow=allow, where=f"{where}.{k}") for k, v in data.items()}
+
+
+def _check(ref: Any, allow: Callable[[str], bool] | None, where: str) -> None:
+    if not isinstance(ref, str) or ":" not in ref:
+        raise ValueError(f"{where}: {ref!r} is not a `module:name` reference.")
+    if allow is not None and not allow(ref):
+        raise UntrustedError(where, repr(ref))
