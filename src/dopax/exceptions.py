@@ -16,6 +16,7 @@ __all__ = [
     "SavedModelError",
     "ScenarioError",
     "StreamingError",
+    "TraceCorruptError",
     "TraceMismatchError",
 ]
 
@@ -45,13 +46,28 @@ class StreamingError(DopaxError, RuntimeError):
 
 
 class IncompleteResultError(DopaxError, OSError):
-    """Raised when a persisted result is opened but was never completed or has been deleted."""
+    """Raised when a persisted result was never completed, has been deleted, or is damaged.
+
+    Damaged: a chunk is missing, or its bytes do not match their checksum; the
+    message names the chunk.
+    """
 
 
 class TraceMismatchError(DopaxError, ValueError):
     """Raised when a run would resume a trace written with other data, kernel or settings.
 
     The message names what differs. The trace is left as it was.
+    """
+
+
+class TraceCorruptError(DopaxError, OSError):
+    """Raised when a trace's stored bytes are missing or damaged.
+
+    A chunk whose file is gone or whose checksum does not match, or a sampler
+    state (``_sampling_state``) that is incomplete or is not the one the
+    trace's progress marker recorded. The message names the file and what to
+    do (restore the trace from a copy, or sample again into a new trace). A
+    run refuses to resume from such a trace and leaves it as it was.
     """
 
 

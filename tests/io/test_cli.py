@@ -88,6 +88,11 @@ def test_effect_matches_compare_scenarios_and_show_describes_it(saved, table, xy
     ).summary()  # fmt: skip
     pd.testing.assert_frame_equal(got, expected)
     assert "treated - control" in run.stdout  # the summary is printed too
+    arrays = [a for _, a in zarr.open_group(path, mode="r").members(max_depth=None)]
+    arrays = [a for a in arrays if isinstance(a, zarr.Array)]
+    assert arrays and all(
+        type(a.metadata.codecs[-1]).__name__ == "Crc32cCodec" for a in arrays
+    )  # every chunk written carries a checksum
 
     assert main(["show", path]) == 0
     shown = capsys.readouterr().out

@@ -84,6 +84,30 @@ def test_missing_chunk_raises(result: Path) -> None:
         tree["posterior_predictive/y"].values  # noqa: B018
 
 
+def _flip(path: Path, at: int = 0, count: int = 4) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(at, at + count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("variable", "chunk"), [("y", ("1", "0", "0")), ("z", ("0", "0"))])
+def test_a_damaged_chunk_raises_naming_it(result: Path, variable: str, chunk: tuple) -> None:
+    # raw floats and compressed integers: every chunk carries a checksum
+    _flip(result / "posterior_predictive" / variable / "c" / Path(*chunk))
+    key = "/".join(("posterior_predictive", variable, "c", *chunk))
+    tree = open_result(result)
+    with pytest.raises(IncompleteResultError, match=f"{re.escape(key)}.*checksum.*again"):
+        tree["posterior_predictive"].to_dataset()[variable].values  # noqa: B018
+
+
+def test_a_damaged_checksum_raises_too(result: Path) -> None:
+    path = result / "posterior_predictive" / "y" / "c" / "0" / "0" / "0"
+    _flip(path, at=path.stat().st_size - 4, count=1)
+    with pytest.raises(IncompleteResultError, match=str(result.resolve())):
+        open_result(result)["posterior_predictive/y"].values  # noqa: B018
+
+
 def test_deleted_folder_raises(result: Path) -> None:
     tree = open_result(result)
     shutil.rmtree(result)

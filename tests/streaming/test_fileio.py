@@ -24,6 +24,35 @@ def test_written_file_holds_the_bytes(tmp_path: Path, direct: bool, size: int) -
     np.testing.assert_array_equal(np.fromfile(path, dtype=np.uint8), data)
 
 
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("size", SIZES)
+def test_pieces_are_written_one_after_the_other(tmp_path: Path, direct: bool, size: int) -> None:
+    # a chunk and its four checksum bytes, without joining them first
+    data = np.random.default_rng(size).integers(0, 256, size=size, dtype=np.uint8)
+    tail = b"\x01\x02\x03\x04"
+    path = tmp_path / "chunk"
+    FileWriter(direct=direct, piece_bytes=2**20).write(path, data, tail, b"")
+    assert path.read_bytes() == data.tobytes() + tail
+
+
+def test_a_short_direct_write_finishes_through_the_page_cache(tmp_path, monkeypatch) -> None:
+    real = os.pwrite
+    calls = []
+
+    def short_once(fd, data, offset):
+        calls.append(offset)
+        if len(calls) == 2:  # the second piece: half of it goes down
+            return real(fd, bytes(data)[: len(data) // 2], offset)
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", short_once)
+    data = np.random.default_rng(1).integers(0, 256, size=3 * 2**20 + 5, dtype=np.uint8)
+    path = tmp_path / "chunk"
+    FileWriter(direct=True, piece_bytes=2**20).write(path, data, b"tail")
+    monkeypatch.undo()
+    assert path.read_bytes() == data.tobytes() + b"tail"
+
+
 def test_arrays_and_bytes_are_written_in_memory_order(tmp_path: Path) -> None:
     array = np.arange(3000, dtype="<f4").reshape(30, 100)
     writer = FileWriter()
@@ -73,7 +102,7 @@ def test_tmpfs_folder_is_written_correctly(tmp_path: Path) -> None:
 class RefusingFileWriter(FileWriter):
     """A writer on a filesystem that refuses direct I/O (the OS's EINVAL, injected)."""
 
-    def _write_direct(self, path: Path, view: memoryview) -> None:
+    def _write_direct(self, path: Path, views: list[memoryview]) -> None:
         path.write_bytes(b"partial")  # what a refused write may leave behind
         path.unlink()
         raise OSError(errno.EINVAL, "Invalid argument", str(path))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import json
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pytest
 import xarray as xr
@@ -184,7 +186,8 @@ def test_zarr_sink_codecs(compressor: str | None) -> None:
     np.testing.assert_array_equal(tree["posterior_predictive/y"].values, EXPECTED["y"])
     codecs = zarr.open_array(store, path="posterior_predictive/y", mode="r").compressors
     names = [type(codec).__name__ for codec in codecs]
-    assert names == {None: [], "zstd": ["ZstdCodec"]}.get(compressor, ["BloscCodec"])
+    expected = {None: [], "zstd": ["ZstdCodec"]}.get(compressor, ["BloscCodec"])
+    assert names == [*expected, "Crc32cCodec"]  # every chunk ends with its checksum
 
 
 @pytest.mark.parametrize("direct_io", [True, False])
@@ -204,16 +207,18 @@ def test_auto_codec_stores_floats_raw_and_compresses_the_rest(
         )
         codecs = zarr.open_array(tmp_path / "out", path=f"{layout.group}/{layout.name}").compressors
         names = [type(codec).__name__ for codec in codecs]
+        assert names[-1:] == ["Crc32cCodec"], layout.name
         if np.dtype(layout.dtype).kind == "f":
-            assert codecs == (), layout.name
+            assert codecs[:-1] == (), layout.name
         else:
-            assert names == ["BloscCodec"], layout.name
-            (blosc,) = codecs
+            assert names[:-1] == ["BloscCodec"], layout.name
+            blosc = codecs[0]
             assert (blosc.cname.value, blosc.shuffle.value) == ("lz4", "bitshuffle")
             assert blosc.typesize == np.dtype(layout.dtype).itemsize
-    # the on-disk chunk of a float variable is its raw little-endian bytes
+    # the on-disk chunk of a float variable is its raw little-endian bytes, then their CRC-32C
     y = tmp_path / "out" / "posterior_predictive" / "y" / "c" / "0" / "0" / "0" / "0"
-    assert y.read_bytes() == np.ascontiguousarray(EXPECTED["y"][0:1, 0:3, 0:2, 0:3]).tobytes()
+    raw = np.ascontiguousarray(EXPECTED["y"][0:1, 0:3, 0:2, 0:3]).tobytes()
+    assert y.read_bytes() == raw + struct.pack("<I", google_crc32c.value(raw))
 
 
 @pytest.mark.parametrize("compressor", ["zstd", "lz4", "bitshuffle-lz4", None])

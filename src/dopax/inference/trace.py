@@ -20,9 +20,10 @@ import zarr.errors
 from zarr.abc.store import Store
 from zarr.core.sync import sync
 
-from dopax.exceptions import TraceMismatchError
+from dopax.exceptions import TraceCorruptError, TraceMismatchError
 from dopax.inference import trace_io
 from dopax.inference.trace_layout import (
+    FORMAT_VERSION,
     PROGRESS_ATTR,
     TRACE_ATTR,
     TraceLayout,
@@ -32,10 +33,39 @@ from dopax.inference.trace_layout import (
     to_json,
 )
 from dopax.output.schema import base_attrs
+from dopax.output.store import StrictStore
 
-__all__ = ["ZarrTrace"]
+__all__ = ["TraceStore", "ZarrTrace"]
 
 logger = logging.getLogger("dopax")
+
+_TRACE_FIX = (
+    "Restore the trace from a copy, or sample again into a new trace (a trace cannot "
+    "be repaired in place)."
+)
+
+
+class TraceStore(StrictStore):
+    """Reads of a trace: a missing chunk, or one whose checksum does not match, raises.
+
+    The error is :class:`~dopax.exceptions.TraceCorruptError` naming the chunk
+    and the trace.
+    """
+
+    def __repr__(self) -> str:
+        return f"TraceStore({self.label!r})"
+
+    def _missing(self, key: str) -> Exception:
+        return TraceCorruptError(
+            f"{key!r} is missing from the trace at {self.label}: a file of the trace was "
+            f"deleted or moved after it was written. {_TRACE_FIX}"
+        )
+
+    def _corrupt(self, key: str) -> Exception:
+        return TraceCorruptError(
+            f"Chunk {key!r} of the trace at {self.label} does not match its checksum: the "
+            f"file was modified or damaged after it was written. {_TRACE_FIX}"
+        )
 
 
 class ZarrTrace:
@@ -116,6 +146,11 @@ class ZarrTrace:
                 f"No dopax trace at {self._label} (a run stopped while laying out a new "
                 "trace leaves a store without one: delete it and start again)."
             )
+        if int(settings.get("format", 1)) > FORMAT_VERSION:
+            raise TraceMismatchError(
+                f"The trace at {self._label} has format {settings.get('format')}; this dopax "
+                f"reads formats up to {FORMAT_VERSION}. Upgrade dopax."
+            )
         self._draws_per_chunk = int(settings["draws_per_chunk"])
         self._include_transformed = bool(settings["include_transformed"])
         self._save_warmup = bool(settings["save_warmup"])
@@ -135,6 +170,16 @@ class ZarrTrace:
         # a trace being created has none yet.
         consolidated = True if mode == "r+" else None
         return zarr.open_group(self._store, mode=mode, zarr_format=3, use_consolidated=consolidated)
+
+    def _checked(self) -> bool:
+        """Whether the trace's chunks carry checksums and are all written (format 2 on)."""
+        settings = self._settings if self._settings is not None else self._read_settings()
+        return settings is not None and int(settings.get("format", 1)) >= 2
+
+    def _reader(self) -> zarr.Group:
+        """The root group for reading, through a :class:`TraceStore` when the trace is checked."""
+        store = TraceStore(self._store, label=self._label) if self._checked() else self._store
+        return zarr.open_group(store, mode="r", zarr_format=3)
 
     def _read_attrs(self) -> dict[str, Any] | None:
         try:
@@ -311,19 +356,19 @@ class ZarrTrace:
         progress = self._progress()
         assert progress is not None
         slot = int(progress["slot"][chain])
-        return trace_io.read_state(self._root(mode="r"), chain, slot)
+        return trace_io.read_state(self._reader(), chain, slot)
 
     def _state_meta(self) -> tuple[list[str], list[str | None]]:
         return trace_io.state_meta(self._root(mode="r"))
 
     def _read_chain_keys(self) -> tuple[np.ndarray, str]:
-        return trace_io.read_chain_keys(self._root(mode="r"))
+        return trace_io.read_chain_keys(self._reader())
 
     def _read_group(self, group: str) -> dict[str, np.ndarray]:
-        return trace_io.read_group(self._root(mode="r"), group)
+        return trace_io.read_group(self._reader(), group)
 
     def _stored_group(self, group: str) -> dict[str, Any]:
-        return trace_io.stored_group(self._root(mode="r"), group)
+        return trace_io.stored_group(self._reader(), group)
 
     # ------------------------------------------------------------------ reading
     def to_datatree(self) -> xr.DataTree:
@@ -344,6 +389,8 @@ class ZarrTrace:
         if not store.read_only:
             with contextlib.suppress(NotImplementedError):
                 store = store.with_read_only(True)
+        if self._checked():
+            store = TraceStore(store, label=self._label)
         done = min(int(i) for i in progress["iterations"])
         return trace_io.open_tree(store, self._settings, done)
 

@@ -18,6 +18,7 @@ from zarr.abc.store import Store
 from zarr.core.sync import sync
 
 from dopax.inference.trace_layout import (
+    ARRAY_CONFIG,
     CHAIN_KEY,
     FORMAT_VERSION,
     PHASE_GROUPS,
@@ -47,11 +48,17 @@ __all__ = [
 
 
 def open_arrays(root: zarr.Group) -> dict[str, zarr.Array]:
-    """Every array of the trace, by ``group/name``."""
+    """Every array of the trace, by ``group/name``, writing every chunk it is given.
+
+    (``write_empty_chunks`` is a setting of the array object, not of the
+    stored array: without it Zarr skips a chunk equal to the fill value, such
+    as a segment without divergences, and a missing chunk would no longer
+    tell damage from data.)
+    """
     out: dict[str, zarr.Array] = {}
     for group_name, node in root.groups():
         for name, arr in node.arrays():
-            out[f"{group_name}/{name}"] = arr
+            out[f"{group_name}/{name}"] = arr.with_config(ARRAY_CONFIG)
     return out
 
 
@@ -224,7 +231,7 @@ def resize_draws(root: zarr.Group, num_draws: int) -> None:
         for name, arr in node.arrays():
             if name == DRAW:
                 arr.resize((num_draws,))
-                arr[:] = np.arange(num_draws, dtype=np.int64)
+                arr.with_config(ARRAY_CONFIG)[:] = np.arange(num_draws, dtype=np.int64)
             elif name != CHAIN and len(arr.shape) >= 2:
                 arr.resize((arr.shape[0], num_draws, *arr.shape[2:]))
 

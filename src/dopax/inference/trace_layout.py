@@ -28,6 +28,14 @@ last durable segment.
 
 The metadata is consolidated, so ``xarray.open_datatree(path, engine="zarr")``
 reads a trace without dopax.
+
+Every chunk is written, even one equal to the fill value, and ends with a
+CRC-32C checksum (Zarr's ``crc32c`` codec after ``zstd``): dopax reads a
+trace through a store that raises
+:class:`~dopax.exceptions.TraceCorruptError` naming the chunk that is
+missing or does not match (Zarr alone would read a missing chunk as its fill
+value). Traces of format 1 (before checksums, when a chunk equal to the
+fill value could be left unwritten) are read as they were written, unchecked.
 """
 
 from __future__ import annotations
@@ -42,8 +50,10 @@ from typing import Any
 
 import numpy as np
 import zarr
+import zarr.codecs
 import zarr.errors
 from zarr.abc.store import Store
+from zarr.core.array_spec import ArrayConfigParams
 from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
 from dopax.output.schema import CHAIN, DRAW, POSITION_ATTRS, POSTERIOR
@@ -78,8 +88,12 @@ SAMPLING_STATE = "_sampling_state"
 TRACE_ATTR = "dopax_trace"
 #: Root attribute with the progress marker: ``{"iterations": [...], "slot": [...]}``.
 PROGRESS_ATTR = "dopax_trace_progress"
-#: Version of the layout written here.
-FORMAT_VERSION = 1
+#: Version of the layout written here (2: checksums, and every chunk written).
+FORMAT_VERSION = 2
+#: Codecs of every array: zstd (Zarr's default), then the checksum.
+CODECS = (zarr.codecs.ZstdCodec(level=0), zarr.codecs.Crc32cCodec())
+#: Array settings: every chunk is written, even one equal to the fill value.
+ARRAY_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 
 #: The per-draw groups of each phase: (draws, statistics, unconstrained draws).
 PHASE_GROUPS = {
@@ -267,6 +281,8 @@ async def create_nodes(
             dtype="int64",
             dimension_names=(dim,),
             attributes=dict(POSITION_ATTRS),
+            compressors=CODECS,
+            config=ARRAY_CONFIG,
         )
         await arr.setitem(slice(None), np.arange(size, dtype=np.int64))
 
@@ -293,7 +309,8 @@ async def create_nodes(
                         chunks=(1, dpc, *shape),
                         dtype=np_dtype,
                         dimension_names=dims,
-                        config={"write_empty_chunks": True},
+                        compressors=CODECS,
+                        config=ARRAY_CONFIG,
                         **fill_value(np_dtype),
                     )
                 )
@@ -315,6 +332,8 @@ async def create_nodes(
                 chunks=row_chunks(value.shape, value.dtype.itemsize),
                 dtype=value.dtype,
                 dimension_names=dims,
+                compressors=CODECS,
+                config=ARRAY_CONFIG,
                 **fill_value(value.dtype),
             )
             await arr.setitem(Ellipsis, value)
@@ -349,7 +368,8 @@ async def create_nodes(
                     *(f"{name}_dim_{j}" for j in range(len(shape))),
                 ),
                 attributes=attrs,
-                config={"write_empty_chunks": True},
+                compressors=CODECS,
+                config=ARRAY_CONFIG,
             )
         )
 
@@ -362,6 +382,8 @@ async def create_nodes(
             dtype=data.dtype,
             dimension_names=(CHAIN, *(f"key_dim_{j}" for j in range(data.ndim - 1))),
             attributes={"key_impl": layout.key_impl},
+            compressors=CODECS,
+            config=ARRAY_CONFIG,
         )
         await arr.setitem(Ellipsis, data)
 

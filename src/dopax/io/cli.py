@@ -257,15 +257,24 @@ def _write_effect(tree: Any, base: str) -> str:
     """Write an effect tree as a complete result (every chunk, then the completion marker)."""
     import xarray as xr
     import zarr
+    import zarr.codecs
 
     from dopax.io.files import Folder
     from dopax.output.store import COMPLETE_ATTR
     from dopax.streaming.targets import call_location
 
     where, _ = call_location(base, "effect", _no_temp)
+    from dopax.streaming.sinks.codecs import with_checksum
+
     nodes = {
         "/" if key == "." else f"/{key}": _variable_strings(node.to_dataset(inherit=False))
         for key, node in tree.subtree_with_keys
+    }
+    # every chunk ends with its checksum, as the sinks write them
+    codecs = with_checksum((zarr.codecs.ZstdCodec(level=0),))
+    encoding = {
+        path: {str(name): {"compressors": codecs} for name in ds.variables}
+        for path, ds in nodes.items()
     }
     if where.path is not None:
         where.path.parent.mkdir(parents=True, exist_ok=True)
@@ -274,7 +283,7 @@ def _write_effect(tree: Any, base: str) -> str:
         with warnings.catch_warnings(), zarr.config.set({"array.write_empty_chunks": True}):
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not")
             xr.DataTree.from_dict(nodes).to_zarr(
-                target, mode="w-", consolidated=True, zarr_format=3
+                target, mode="w-", consolidated=True, zarr_format=3, encoding=encoding
             )
             zarr.open_group(target, mode="r+", use_consolidated=True).attrs[COMPLETE_ATTR] = True
     except BaseException:

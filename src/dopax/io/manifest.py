@@ -18,8 +18,8 @@ with ``reason``); ``kernel_spec``; ``inputs`` (the input schema: per-row
 arguments with dtype and trailing shape, arrays passed whole, static values);
 ``posterior`` (site names, shapes and dtypes, number of chains and draws);
 ``fit`` (the fit driver's facts, e.g. guide parameter names); ``rng`` (the
-model's key and call counter); ``arrays`` (the name of every array in
-``state.zarr``).
+model's key and call counter); ``arrays`` (every array of ``state.zarr``
+with its ``shape``, ``dtype`` and ``chunks``; format 1 listed the names only).
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ __all__ = [
 ]
 
 FORMAT = "dopax-model"
-FORMAT_VERSION = 1
+#: 2: arrays stored with checksums and recorded with shape, dtype and chunks.
+FORMAT_VERSION = 2
 MANIFEST = "dopax_model.json"
 STATE = "state.zarr"
 CODE = "kernel.py"

@@ -20,7 +20,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import zarr
 
 import dopax.io.manifest as mf
 from dopax._version import __version__
@@ -31,6 +30,7 @@ from dopax.io.allowed import is_allowed
 from dopax.io.files import Folder
 from dopax.io.inference import describe_inference, rebuild_inference
 from dopax.io.source import CodeFile, NotRecordableError, importable_ref, load_code, resolve_ref
+from dopax.io.state import array_records, read_arrays, write_arrays
 from dopax.io.values import UntrustedError
 from dopax.model.impact_model import ImpactModel
 from dopax.sampling.inputs import InputSchema, input_schema
@@ -106,26 +106,6 @@ def _example_schema(model: ImpactModel, example: Any) -> InputSchema:
     X = args.pop(model.param_input)
     args.pop(model.param_output, None)
     return input_schema(ctx.bind(X, None, args), model.param_input, model.param_output)
-
-
-def _write_arrays(folder: Folder, arrays: Mapping[str, np.ndarray]) -> None:
-    root = zarr.open_group(folder.zarr_store(mf.STATE, read_only=False), mode="w", zarr_format=3)
-    for name, value in arrays.items():
-        group, _, leaf = name.rpartition("/")
-        parent = root.require_group(group) if group else root
-        parent.create_array(leaf, data=np.asarray(value, order="C"))
-
-
-def _read_arrays(folder: Folder, names: list[str]) -> dict[str, np.ndarray]:
-    if not names:
-        return {}
-    root = zarr.open_group(folder.zarr_store(mf.STATE, read_only=True), mode="r", zarr_format=3)
-    out = {}
-    for name in names:
-        array = root[name]
-        assert isinstance(array, zarr.Array)
-        out[name] = np.asarray(array[...])
-    return out
 
 
 def save_model(
@@ -211,14 +191,13 @@ def save_model(
             "impl": str(jax.random.key_impl(key)),
             "counter": state.call_count,
         },
-        "arrays": sorted(arrays),
     }
     existed = folder.exists()
     if overwrite:
         folder.remove(keep_folder=True)
     folder.make()
     try:
-        _write_arrays(folder, arrays)
+        manifest["arrays"] = dict(sorted(write_arrays(folder, arrays).items()))
         if code:
             origins = ", ".join(sorted(code.origins)) or "an unnamed source"
             folder.write_text(mf.CODE, code.text(f"Saved by dopax {__version__} from {origins}."))
@@ -418,7 +397,7 @@ def load_model(
     model = ImpactModel(
         kernel, key, inference, param_input=m["param_input"], param_output=m["param_output"]
     )
-    arrays = _read_arrays(folder, list(m["arrays"]))
+    arrays = read_arrays(folder, array_records(m, folder.url_of(mf.MANIFEST)))
     state = model._state
     state.ctx.spec = mf.spec_from_json(m["kernel_spec"])
     state.ctx.inputs = inputs

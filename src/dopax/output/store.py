@@ -8,7 +8,10 @@ was never finished (the call failed or is still running).
 Reads go through :class:`StrictStore`, which turns a missing chunk into
 :class:`~dopax.exceptions.IncompleteResultError` instead of letting Zarr fill
 the gap with its fill value. Sinks write every chunk (``write_empty_chunks``),
-so a missing chunk always means missing data.
+so a missing chunk always means missing data. Every chunk ends with a CRC-32C
+checksum (Zarr's ``crc32c`` codec); the store checks it as the chunk is read
+and names the chunk's file when it does not match. Results written before
+checksums were added have none and are read unchecked.
 
 Results are read lazily through dask, and xarray imports ``dask.array`` at the
 first variable it makes: importing it with this module keeps that (about
@@ -18,12 +21,16 @@ first variable it makes: importing it with this module keeps that (about
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import struct
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import dask.array  # noqa: F401
+import google_crc32c
+import numpy as np
 import xarray as xr
 import zarr
 import zarr.errors
@@ -53,13 +60,39 @@ def _is_metadata_key(key: str) -> bool:
     return key.rsplit("/", 1)[-1] in _METADATA_NAMES
 
 
+def array_of_chunk(key: str) -> str | None:
+    """Return the path of the array a chunk key belongs to (``a/b/c/0/1`` -> ``a/b``).
+
+    Keys of Zarr v3's default chunk key encoding only (``c`` then the chunk's
+    indices); ``None`` for any other key.
+    """
+    parts = key.split("/")
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "c" and all(p.isdigit() for p in parts[i + 1 :]):
+            return "/".join(parts[:i])
+        if not parts[i].isdigit():
+            return None
+    return None
+
+
+def checksum_matches(data: np.ndarray) -> bool:
+    """Whether the last four bytes of ``data`` are the CRC-32C of the bytes before them."""
+    if data.size < 4:
+        return False
+    body = np.ascontiguousarray(data[:-4])
+    return struct.pack("<I", google_crc32c.value(body)) == bytes(data[-4:])
+
+
 class StrictStore(WrapperStore[Store]):
-    """A Zarr store wrapper whose reads of missing chunks raise instead of returning nothing.
+    """A Zarr store wrapper whose reads of missing or damaged chunks raise.
 
     Metadata keys may be missing (Zarr probes for them); a missing data key
-    raises :class:`~dopax.exceptions.IncompleteResultError`. The wrapper also
-    holds a reference to ``keepalive`` so that whatever reads through it (lazy
-    arrays, a DataTree) keeps that object alive.
+    raises :class:`~dopax.exceptions.IncompleteResultError`, and so does a
+    chunk of an array whose codecs end with ``crc32c`` whose checksum does not
+    match its bytes (or whose array's own ``zarr.json`` is gone). The wrapper
+    also holds a reference to ``keepalive`` so that whatever reads through it
+    (lazy arrays, a DataTree) keeps that object alive. Subclasses raise their
+    own errors (:meth:`_missing`, :meth:`_corrupt`).
 
     Args:
         store: The store to read from.
@@ -74,6 +107,7 @@ class StrictStore(WrapperStore[Store]):
         super().__init__(store)
         self.label = label if label is not None else str(store)
         self.keepalive = keepalive
+        self._checked: dict[str, bool] = {}  # array path -> its chunks carry a checksum
 
     def _with_store(self, store: Store) -> StrictStore:
         return type(self)(store, label=self.label, keepalive=self.keepalive)
@@ -86,7 +120,7 @@ class StrictStore(WrapperStore[Store]):
     def __repr__(self) -> str:
         return f"StrictStore({self.label!r})"
 
-    def _missing(self, key: str) -> IncompleteResultError:
+    def _missing(self, key: str) -> Exception:
         inner = self._store
         if isinstance(inner, LocalStore) and not inner.root.exists():
             return IncompleteResultError(
@@ -96,13 +130,49 @@ class StrictStore(WrapperStore[Store]):
             )
         return IncompleteResultError(
             f"Chunk {key!r} is missing from the result at {self.label}: the result is "
-            "incomplete or has been modified since it was written."
+            "incomplete or has been modified since it was written. Compute it again."
         )
+
+    def _corrupt(self, key: str) -> Exception:
+        """The error for a chunk whose bytes do not match their checksum."""
+        return IncompleteResultError(
+            f"Chunk {key!r} of the result at {self.label} does not match its checksum: the "
+            "file was modified or damaged after the result was written. Compute the result "
+            "again (or restore the folder from a copy)."
+        )
+
+    async def _has_checksum(self, array: str, prototype: BufferPrototype) -> bool:
+        """Whether the chunks of ``array`` end with a checksum (read from its ``zarr.json``)."""
+        known = self._checked.get(array)
+        if known is not None:
+            return known
+        meta_key = f"{array}/zarr.json" if array else "zarr.json"
+        raw = await self._store.get(meta_key, prototype)
+        if raw is None:
+            raise self._missing(meta_key)
+        try:
+            codecs = json.loads(raw.to_bytes()).get("codecs") or []
+            last = codecs[-1]
+            name = last.get("name") if isinstance(last, dict) else last
+        except (ValueError, AttributeError, IndexError, TypeError):
+            name = None
+        self._checked[array] = found = name == "crc32c"
+        return found
+
+    async def _verified(self, key: str, value: Buffer, prototype: BufferPrototype) -> Buffer:
+        if _is_metadata_key(key):
+            return value
+        array = array_of_chunk(key)
+        if array is None or not await self._has_checksum(array, prototype):
+            return value
+        if not checksum_matches(value.as_numpy_array().view(np.uint8).reshape(-1)):
+            raise self._corrupt(key)
+        return value
 
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
-        """Return the value of ``key``; raise if it is a missing data key.
+        """Return the value of ``key``; raise if it is a missing or damaged data key.
 
         Args:
             key: The store key.
@@ -110,11 +180,16 @@ class StrictStore(WrapperStore[Store]):
             byte_range: Optional part of the value to read.
 
         Raises:
-            IncompleteResultError: If ``key`` names a chunk that is not in the store.
+            IncompleteResultError: If ``key`` names a chunk that is not in the store
+                or whose checksum does not match.
         """
         value = await self._store.get(key, prototype, byte_range)
-        if value is None and not _is_metadata_key(key):
-            raise self._missing(key)
+        if value is None:
+            if not _is_metadata_key(key):
+                raise self._missing(key)
+            return value
+        if byte_range is None:
+            return await self._verified(key, value, prototype)
         return value
 
     async def get_partial_values(
@@ -133,10 +208,14 @@ class StrictStore(WrapperStore[Store]):
         """
         key_ranges = list(key_ranges)
         values = await self._store.get_partial_values(prototype, key_ranges)
-        for (key, _), value in zip(key_ranges, values, strict=True):
+        out: list[Buffer | None] = []
+        for (key, byte_range), value in zip(key_ranges, values, strict=True):
             if value is None and not _is_metadata_key(key):
                 raise self._missing(key)
-        return values
+            if value is not None and byte_range is None:
+                value = await self._verified(key, value, prototype)
+            out.append(value)
+        return out
 
     async def _get_many(
         self, requests: Iterable[tuple[str, BufferPrototype, ByteRequest | None]]

@@ -64,18 +64,19 @@ class FileWriter:
         """Whether writes currently bypass the page cache."""
         return self._direct
 
-    def write(self, path: Path, data: Any) -> None:
-        """Write ``data`` (any contiguous buffer) to a new file at ``path``.
+    def write(self, path: Path, data: Any, *more: Any) -> None:
+        """Write ``data`` (any contiguous buffer), then ``more``, to a new file at ``path``.
 
         Args:
             path: The file to create or replace.
             data: The bytes to write (``bytes``, ``memoryview`` or a contiguous
                 array).
+            *more: Further buffers written after ``data`` (a chunk's checksum).
         """
-        view = memoryview(data).cast("B")
+        views = [memoryview(d).cast("B") for d in (data, *more)]
         if self._direct:
             try:
-                self._write_direct(path, view)
+                self._write_direct(path, views)
                 return
             except OSError as err:
                 if err.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
@@ -89,7 +90,8 @@ class FileWriter:
                         )
                     self._direct = False
         with open(path, "wb") as f:
-            f.write(view)
+            for view in views:
+                f.write(view)
 
     def _buffer(self) -> np.ndarray:
         buf = getattr(self._local, "buf", None)
@@ -102,26 +104,38 @@ class FileWriter:
         return buf  # type: ignore[no-any-return]
 
     @staticmethod
-    def _write_rest(path: Path, src: np.ndarray, start: int) -> None:
-        """Write ``src[start:]`` at offset ``start`` through the page cache."""
+    def _write_rest(path: Path, srcs: list[np.ndarray], start: int) -> None:
+        """Write the bytes of ``srcs`` (one after the other) from offset ``start`` on.
+
+        Written through the page cache.
+        """
         fd = os.open(path, os.O_WRONLY)
         try:
-            offset = start
-            while offset < src.size:
-                offset += os.pwrite(fd, src[offset:].data, offset)
+            base = 0
+            for src in srcs:
+                offset = max(start, base)
+                while offset < base + src.size:
+                    offset += os.pwrite(fd, src[offset - base :].data, offset)
+                base += src.size
         finally:
             os.close(fd)
 
-    def _write_direct(self, path: Path, view: memoryview) -> None:
+    def _write_direct(self, path: Path, views: list[memoryview]) -> None:
         buf = self._buffer()
-        src = np.frombuffer(view, dtype=np.uint8)
-        total = src.size
+        srcs = [np.frombuffer(v, dtype=np.uint8) for v in views]
+        total = sum(src.size for src in srcs)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_DIRECT, 0o644)
         try:
             offset = 0
+            part, pos = 0, 0  # where the next byte comes from
             while offset < total:
-                n = min(self._piece, total - offset)
-                buf[:n] = src[offset : offset + n]
+                n = 0
+                while n < self._piece and part < len(srcs):
+                    take = min(self._piece - n, srcs[part].size - pos)
+                    buf[n : n + take] = srcs[part][pos : pos + take]
+                    n, pos = n + take, pos + take
+                    if pos == srcs[part].size:
+                        part, pos = part + 1, 0
                 padded = -(-n // _ALIGN) * _ALIGN
                 if padded != n:
                     buf[n:padded] = 0
@@ -130,7 +144,7 @@ class FileWriter:
                     # A short direct write (tmpfs that is full, some network
                     # filesystems) says nothing of why: the rest goes through the
                     # page cache, which succeeds or raises the real error (ENOSPC).
-                    self._write_rest(path, src, offset + min(written, n))
+                    self._write_rest(path, srcs, offset + min(written, n))
                     offset = total
                     break
                 offset += n

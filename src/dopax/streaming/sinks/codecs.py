@@ -1,10 +1,18 @@
-"""Codecs of stored variables, and encoders giving the bytes Zarr itself stores."""
+"""Codecs of stored variables, and encoders giving the bytes Zarr itself stores.
+
+Every chunk dopax writes ends with a CRC-32C checksum of the bytes before it
+(Zarr v3's ``crc32c`` codec, after the compressor): Zarr checks it on every
+read, and :class:`~dopax.output.store.StrictStore` checks it first to name
+the file that does not match.
+"""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import google_crc32c
 import numcodecs
 import numpy as np
 import zarr
@@ -13,7 +21,33 @@ from zarr.abc.codec import BytesBytesCodec
 
 from dopax.config import ExecutionConfig
 
-__all__ = ["attr_value", "chunk_encoder", "codec_for", "compressors_for", "fill_value"]
+__all__ = [
+    "CHECKSUM",
+    "attr_value",
+    "checksum",
+    "chunk_encoder",
+    "codec_for",
+    "compressors_for",
+    "fill_value",
+    "with_checksum",
+]
+
+#: The checksum codec ending every array's codecs.
+CHECKSUM = zarr.codecs.Crc32cCodec()
+
+
+def checksum(data: Any) -> bytes:
+    """Return the four bytes the ``crc32c`` codec appends to ``data`` (little-endian CRC-32C)."""
+    if isinstance(data, np.ndarray):
+        view = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    else:
+        view = np.frombuffer(data, dtype=np.uint8)
+    return struct.pack("<I", google_crc32c.value(view))
+
+
+def with_checksum(compressors: Sequence[BytesBytesCodec]) -> tuple[BytesBytesCodec, ...]:
+    """Return ``compressors`` followed by the checksum codec."""
+    return (*compressors, CHECKSUM)
 
 
 def attr_value(value: Any) -> Any:
@@ -55,29 +89,50 @@ def codec_for(config: ExecutionConfig, dtype: Any) -> str | None:
 
 
 def compressors_for(codec: str | None, level: int, dtype: Any) -> tuple[BytesBytesCodec, ...]:
-    """Return the Zarr codecs for ``codec`` on variables of ``dtype``."""
+    """Return the Zarr codecs for ``codec`` on variables of ``dtype``, the checksum last."""
     if codec is None:
-        return ()
+        return with_checksum(())
     if codec == "zstd":
-        return (zarr.codecs.ZstdCodec(level=level),)
+        return with_checksum((zarr.codecs.ZstdCodec(level=level),))
     if codec in _BLOSC_SHUFFLE:
-        return (
-            zarr.codecs.BloscCodec(
-                typesize=np.dtype(dtype).itemsize,
-                cname="lz4",
-                clevel=min(max(level, 0), 9),
-                shuffle=_BLOSC_SHUFFLE[codec],
-            ),
+        return with_checksum(
+            (
+                zarr.codecs.BloscCodec(
+                    typesize=np.dtype(dtype).itemsize,
+                    cname="lz4",
+                    clevel=min(max(level, 0), 9),
+                    shuffle=_BLOSC_SHUFFLE[codec],
+                ),
+            )
         )
     raise ValueError(f"Unknown compressor {codec!r}.")  # pragma: no cover
 
 
-def chunk_encoder(compressors: Sequence[BytesBytesCodec]) -> Callable[[np.ndarray], Any]:
+def chunk_encoder(
+    compressors: Sequence[BytesBytesCodec],
+) -> Callable[[np.ndarray], tuple[Any, ...]]:
     """Return a function giving the stored bytes of a chunk under ``compressors``.
 
     The encoder is built from the Zarr codec's own settings, so the bytes are
-    those Zarr itself stores (asserted in the tests).
+    those Zarr itself stores (asserted in the tests). It returns the bytes in
+    pieces to be written one after the other: the (compressed) chunk, and its
+    checksum when the codecs end with one (an uncompressed chunk is not
+    copied to append four bytes).
     """
+    codecs = list(compressors)
+    checked = bool(codecs) and isinstance(codecs[-1], zarr.codecs.Crc32cCodec)
+    compress = _compressor(codecs[:-1] if checked else codecs)
+    if not checked:
+        return lambda chunk: (compress(chunk),)
+
+    def encode(chunk: np.ndarray) -> tuple[Any, ...]:
+        body = compress(chunk)
+        return body, checksum(body)
+
+    return encode
+
+
+def _compressor(compressors: Sequence[BytesBytesCodec]) -> Callable[[np.ndarray], Any]:
     if not compressors:
         return lambda chunk: chunk
     (codec,) = compressors

@@ -24,7 +24,7 @@ def write_whole_chunk(
     region: tuple[int | slice, ...],
     piece: np.ndarray,
     chunks: tuple[int, ...],
-    encoder: Callable[[np.ndarray], Any],
+    encoder: Callable[[np.ndarray], tuple[Any, ...]],
     files: FileWriter,
     guard: Any,
 ) -> bool:
@@ -45,7 +45,8 @@ def write_whole_chunk(
         region: Where the block goes in ``(chain, draw, *shape)``.
         piece: The block.
         chunks: The array's chunk shape.
-        encoder: Gives a chunk's stored bytes.
+        encoder: Gives a chunk's stored bytes, in pieces (see
+            :func:`~dopax.streaming.sinks.codecs.chunk_encoder`).
         files: The file writer.
         guard: The result folder's guard: ``makedirs`` creates folders below
             the result folder only (a removed result is never recreated) and
@@ -80,7 +81,7 @@ def write_whole_chunk(
     guard.makedirs(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
     try:
-        files.write(tmp, encoded)
+        files.write(tmp, *encoded)
         os.replace(tmp, path)
     except FileNotFoundError:
         guard.check()  # the result folder itself was deleted: say so
