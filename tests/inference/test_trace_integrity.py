@@ -70,7 +70,8 @@ def test_every_chunk_of_a_trace_carries_a_checksum(fitted: Path) -> None:
 
 def _flip(path: Path) -> None:
     data = bytearray(path.read_bytes())
-    for i in range(len(data) // 2, len(data) // 2 + 16):
+    start = max(0, len(data) // 2 - 8)
+    for i in range(start, min(len(data), start + 16)):
         data[i] ^= 0xFF
     path.write_bytes(bytes(data))
 
@@ -97,3 +98,57 @@ def test_the_trace_of_the_shared_case_is_checked(reference_trace: Any) -> None:
     # the shared run (warm-up and unconstrained groups too) reads back through the checks
     trace = dopax.ZarrTrace.open(reference_trace["path"])
     case.assert_same_groups(case.draw_groups(trace), reference_trace["groups"])
+
+
+def _extended(path: Path) -> dopax.ZarrTrace:
+    """The trace, reopened with room for 20 more draws: a run would resume from its state."""
+    trace = dopax.ZarrTrace.open(path).extend(20)
+    assert trace.status == "interrupted"
+    return trace
+
+
+def _refuses_to_resume(path: Path, *needles: str) -> None:
+    before = case.folder_digest(path)
+    with pytest.raises(TraceCorruptError) as info:
+        _fit(dopax.ZarrTrace.open(path))
+    message = str(info.value)
+    assert "does not resume" in message and "left as it was" in message, message
+    for needle in needles:
+        assert needle in message, message
+    assert case.folder_digest(path) == before  # the trace is left as it was
+    assert dopax.ZarrTrace.open(path).status == "interrupted"
+
+
+def test_a_deleted_sampling_state_refuses_to_resume(trace_copy: Path) -> None:
+    _extended(trace_copy)
+    shutil.rmtree(trace_copy / "_sampling_state")
+    _refuses_to_resume(trace_copy, "_sampling_state", "is missing")
+
+
+def test_a_damaged_sampling_state_refuses_to_resume(trace_copy: Path) -> None:
+    slot = _extended(trace_copy)._progress()["slot"][0]
+    leaf = next((trace_copy / "_sampling_state").glob(f"state_*/c/{slot}/0/*"))
+    _flip(leaf)
+    _refuses_to_resume(trace_copy, "sampler state of chain", "does not match its checksum")
+
+
+def test_a_stale_sampling_state_refuses_to_resume(trace_copy: Path) -> None:
+    # the other slot's state is whole and checksummed, but is not the state the
+    # marker recorded: copied over the current one, the digest tells them apart
+    trace = _extended(trace_copy)
+    slot = trace._progress()["slot"][0]
+    for folder in (trace_copy / "_sampling_state").glob("state_*"):
+        old, new = folder / "c" / str(1 - slot) / "0", folder / "c" / str(slot) / "0"
+        if old.is_dir():
+            shutil.rmtree(new)
+            shutil.copytree(old, new)
+        elif old.exists():
+            shutil.copyfile(old, new)
+    _refuses_to_resume(trace_copy, "chain 0", "not the one the trace's progress marker recorded")
+
+
+def test_an_intact_extended_trace_resumes(trace_copy: Path) -> None:
+    _extended(trace_copy)
+    model = _fit(dopax.ZarrTrace.open(trace_copy))
+    assert dopax.ZarrTrace.open(trace_copy).status == "complete"
+    assert model.posterior["b"].shape == (60, 2)

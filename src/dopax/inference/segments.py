@@ -167,7 +167,7 @@ def run_to_trace(
     fingerprint = fingerprint_of(template, execution, static, args, model_trace)
 
     resuming = trace.initialized
-    marker: dict[str, list[int]] | None = None
+    marker: dict[str, list[Any]] | None = None
     if resuming:
         trace._check(fingerprint)
         key_data, impl = trace._read_chain_keys()

@@ -25,11 +25,13 @@ from dopax.inference import trace_io
 from dopax.inference.trace_layout import (
     FORMAT_VERSION,
     PROGRESS_ATTR,
+    SAMPLING_STATE,
     TRACE_ATTR,
     TraceLayout,
     consolidate,
     create_nodes,
     resolve_store,
+    state_name,
     to_json,
 )
 from dopax.output.schema import base_attrs
@@ -222,13 +224,16 @@ class ZarrTrace:
         """Whether a run has laid out its arrays in the store."""
         return self._read_settings() is not None
 
-    def _progress(self) -> dict[str, list[int]] | None:
+    def _progress(self) -> dict[str, list[Any]] | None:
         attrs = self._read_attrs()
         if attrs is None or TRACE_ATTR not in attrs or PROGRESS_ATTR not in attrs:
             return None
         self._settings = dict(attrs[TRACE_ATTR])
         progress = attrs[PROGRESS_ATTR]
-        return {"iterations": list(progress["iterations"]), "slot": list(progress["slot"])}
+        out = {"iterations": list(progress["iterations"]), "slot": list(progress["slot"])}
+        if trace_io.DIGEST_KEY in progress:
+            out[trace_io.DIGEST_KEY] = list(progress[trace_io.DIGEST_KEY])
+        return out
 
     @property
     def num_chains(self) -> int | None:
@@ -311,6 +316,7 @@ class ZarrTrace:
                 PROGRESS_ATTR: {
                     "iterations": [0] * layout.num_chains,
                     "slot": [0] * layout.num_chains,
+                    trace_io.DIGEST_KEY: [None] * layout.num_chains,
                 },
             }
         )
@@ -343,7 +349,7 @@ class ZarrTrace:
         start: int,
         records: Mapping[str, Mapping[str, np.ndarray]],
         state_leaves: Sequence[np.ndarray],
-        progress: dict[str, list[int]],
+        progress: dict[str, list[Any]],
     ) -> None:
         """Write one segment and move the marker (see :func:`trace_io.write_segment`)."""
         assert self._settings is not None
@@ -352,17 +358,70 @@ class ZarrTrace:
         )
 
     def _read_state(self, chain: int) -> list[np.ndarray]:
-        """The leaves of ``chain``'s durable state (key leaves as key data)."""
+        """The leaves of ``chain``'s durable state (key leaves as key data), verified.
+
+        The state must be complete and be the one the progress marker
+        recorded (its digest); a trace of format 1, which recorded none,
+        must at least still hold every state array.
+
+        Raises:
+            TraceCorruptError: Naming what is missing or differs; nothing is
+                written.
+        """
         progress = self._progress()
         assert progress is not None
         slot = int(progress["slot"][chain])
-        return trace_io.read_state(self._reader(), chain, slot)
+        where = f"{self._label}/{SAMPLING_STATE}"
+        refuse = f"The run does not resume from it, and the trace is left as it was. {_TRACE_FIX}"
+        try:
+            if not self._checked():
+                self._check_state_arrays()
+            leaves = trace_io.read_state(self._reader(), chain, slot)
+        except TraceCorruptError as err:
+            raise TraceCorruptError(
+                f"The sampler state of chain {chain} in {where} is incomplete, so the run does "
+                f"not resume from it and the trace is left as it was: {err}"
+            ) from None
+        except (KeyError, ValueError, TypeError, zarr.errors.BaseZarrError) as err:
+            raise TraceCorruptError(
+                f"The sampler state of chain {chain} in {where} cannot be read "
+                f"({type(err).__name__}: {err}). {refuse}"
+            ) from err
+        digests = progress.get(trace_io.DIGEST_KEY)
+        recorded = digests[chain] if digests is not None and chain < len(digests) else None
+        if recorded is None and self._checked():
+            raise TraceCorruptError(
+                f"The progress marker of the trace at {self._label} records no digest of "
+                f"chain {chain}'s sampler state, which every segment writes. {refuse}"
+            )
+        if recorded is not None and trace_io.state_digest(leaves) != recorded:
+            raise TraceCorruptError(
+                f"The sampler state of chain {chain} in {where} (slot {slot}) is not the one "
+                f"the trace's progress marker recorded: it was modified, replaced or lost "
+                f"after it was written. {refuse}"
+            )
+        return leaves
+
+    def _check_state_arrays(self) -> None:
+        """Raise if a state array's metadata is gone (format 1: chunks may be absent)."""
+        paths, _ = trace_io.state_meta(self._root(mode="r"))
+        keys = [f"{SAMPLING_STATE}/zarr.json"]
+        keys += [f"{SAMPLING_STATE}/{state_name(i)}/zarr.json" for i in range(len(paths))]
+        for key in keys:
+            if not sync(self._store.exists(key)):
+                raise TraceCorruptError(f"{key!r} is missing from the trace at {self._label}.")
 
     def _state_meta(self) -> tuple[list[str], list[str | None]]:
         return trace_io.state_meta(self._root(mode="r"))
 
     def _read_chain_keys(self) -> tuple[np.ndarray, str]:
-        return trace_io.read_chain_keys(self._reader())
+        try:
+            return trace_io.read_chain_keys(self._reader())
+        except TraceCorruptError as err:
+            raise TraceCorruptError(
+                f"The chain keys of the trace at {self._label} are incomplete, so the run does "
+                f"not resume from it and the trace is left as it was: {err}"
+            ) from None
 
     def _read_group(self, group: str) -> dict[str, np.ndarray]:
         return trace_io.read_group(self._reader(), group)

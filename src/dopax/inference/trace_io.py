@@ -7,6 +7,7 @@ wraps them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,6 +33,7 @@ from dopax.inference.trace_layout import (
 from dopax.output.schema import CHAIN, DRAW, POSTERIOR
 
 __all__ = [
+    "DIGEST_KEY",
     "differences",
     "open_arrays",
     "open_tree",
@@ -41,6 +43,7 @@ __all__ = [
     "read_state",
     "resize_draws",
     "settings_for",
+    "state_digest",
     "state_meta",
     "stored_group",
     "write_segment",
@@ -70,7 +73,7 @@ def write_segment(
     start: int,
     records: Mapping[str, Mapping[str, np.ndarray]],
     state_leaves: Sequence[np.ndarray],
-    progress: dict[str, list[int]],
+    progress: dict[str, list[Any]],
 ) -> None:
     """Write one segment of ``chains``, then move their marker.
 
@@ -113,15 +116,34 @@ def write_segment(
     chain_ids = range(*chains.indices(len(slots)))
     new_slot = {c: 1 - int(slots[c]) for c in chain_ids}
     state_writes = []
+    per_chain: dict[int, list[np.ndarray]] = {c: [] for c in chain_ids}
     for i, leaf in enumerate(state_leaves):
         arr = arrays[f"{SAMPLING_STATE}/{state_name(i)}"]
         for j, c in enumerate(chain_ids):
-            state_writes.append((arr, (new_slot[c], c), leaf[j]))
+            value = np.asarray(leaf[j], dtype=arr.dtype)
+            per_chain[c].append(value)
+            state_writes.append((arr, (new_slot[c], c), value))
     sync(_set_all(state_writes))
+    digests = progress.setdefault(DIGEST_KEY, [None] * len(slots))
     for c in chain_ids:
         progress["iterations"][c] = start + n
         slots[c] = new_slot[c]
+        digests[c] = state_digest(per_chain[c])
     root.attrs.update({PROGRESS_ATTR: progress})
+
+
+#: Key of the progress marker holding the digest of each chain's state in its slot.
+DIGEST_KEY = "state_sha256"
+
+
+def state_digest(leaves: Sequence[np.ndarray]) -> str:
+    """SHA-256 of one chain's state: each leaf's dtype, shape and bytes, in order."""
+    h = hashlib.sha256()
+    for leaf in leaves:
+        value = np.asarray(leaf)
+        h.update(f"{value.dtype.str}{value.shape};".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    return h.hexdigest()
 
 
 async def _set_all(writes: Sequence[tuple[zarr.Array, tuple[Any, ...], np.ndarray]]) -> None:
