@@ -393,7 +393,12 @@ def load_model(
         inference = _load_inference(m, folder, kernel, code, trust_code, allow_pickle)
     inputs = mf.schema_from_json(m["inputs"], allow=None if trust_code else is_allowed)
     rng = m["rng"]
-    key = jax.random.wrap_key_data(jnp.asarray(rng["key_data"], jnp.uint32), impl=rng["impl"])
+    try:
+        key = jax.random.wrap_key_data(jnp.asarray(rng["key_data"], jnp.uint32), impl=rng["impl"])
+    except (ValueError, TypeError) as err:
+        raise SavedModelError(
+            f"{folder.url_of(mf.MANIFEST)}: `rng` is not a key of {rng['impl']} ({err})."
+        ) from err
     model = ImpactModel(
         kernel, key, inference, param_input=m["param_input"], param_output=m["param_output"]
     )
@@ -407,6 +412,13 @@ def load_model(
         state.posterior = Posterior(draws, int(post["num_chains"]))
     fit = {k[len("fit/") :]: v for k, v in arrays.items() if k.startswith("fit/")}
     if m["fit"].get("kind") == state.driver.kind:
-        state.driver.restore_state(fit, m["fit"])
+        try:
+            state.driver.restore_state(fit, m["fit"])
+        except (KeyError, ValueError, TypeError, IndexError) as err:
+            raise SavedModelError(
+                f"{folder.url_of(mf.MANIFEST)}: the fit state it records does not match "
+                f"{mf.STATE} ({type(err).__name__}: {err}). Restore the folder from where it "
+                "came from, or save the model again."
+            ) from err
     state.resume_count(int(rng["counter"]))
     return model

@@ -18,12 +18,17 @@ def _value(value: Any) -> str:
 
 
 def _show_model(path: str, out: TextIO) -> int:
-    from dopax.io.manifest import MANIFEST
-    from dopax.io.tabular import arg_columns
+    from dopax.exceptions import SavedModelError
+    from dopax.io.files import Folder
+    from dopax.io.manifest import read_manifest
+    from dopax.io.tabular import column_range
     from dopax.sampling.inputs import ArgSchema
 
-    with open(os.path.join(path, MANIFEST)) as f:
-        m = json.load(f)
+    try:
+        m = read_manifest(Folder(path))
+    except SavedModelError as err:
+        print(f"dopax show: error: {err}", file=sys.stderr)
+        return 2
     kernel = m["kernel"]
     where = kernel.get("ref") or kernel.get("name") or kernel.get("reason")
     print(f"saved model {os.path.abspath(path)}", file=out)
@@ -37,8 +42,8 @@ def _show_model(path: str, out: TextIO) -> int:
     inputs = m.get("inputs")
     if inputs:
         for arg in inputs["rows"]:
-            cols = arg_columns(ArgSchema.from_json(arg))
-            shown = cols[0] if len(cols) == 1 else f"{cols[0]} .. {cols[-1]}"
+            first, last = column_range(ArgSchema.from_json(arg))
+            shown = first if first == last else f"{first} .. {last}"
             print(f"  argument {arg['name']!r}: {arg['dtype']} per row {arg['shape']}, "
                   f"columns {shown}", file=out)  # fmt: skip
         for name, value in inputs["static"].items():

@@ -271,6 +271,10 @@ def read_arrays(
             out[name] = np.asarray(array[...])
         return out
     files = _listing(folder)
+    if "zarr.json" not in files:
+        raise SavedModelError(
+            f"{folder.url_of(mf.STATE)}/zarr.json is missing from the saved model. {_FIX}"
+        )
     for name, rec in records.items():
         _check_metadata(folder, name, rec, files)
         _check_chunks(folder, name, rec, files)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from dopax.sampling.inputs import ArgSchema, InputSchema
 
-__all__ = ["arg_columns", "bind_frame", "check_required", "with_static_defaults"]
+__all__ = ["arg_columns", "bind_frame", "check_required", "column_range", "with_static_defaults"]
 
 
 def arg_columns(arg: ArgSchema) -> list[str]:
@@ -27,6 +27,15 @@ def arg_columns(arg: ArgSchema) -> list[str]:
     if not arg.shape:
         return [arg.name]
     return [f"{arg.name}_{'_'.join(str(i) for i in idx)}" for idx in np.ndindex(*arg.shape)]
+
+
+def column_range(arg: ArgSchema) -> tuple[str, str]:
+    """Return the first and last column names of a per-row argument (without listing them)."""
+    if not arg.shape:
+        return arg.name, arg.name
+    first = f"{arg.name}_{'_'.join('0' for _ in arg.shape)}"
+    last = f"{arg.name}_{'_'.join(str(max(n - 1, 0)) for n in arg.shape)}"
+    return first, last
 
 
 def _inferred(columns: Iterable[str], names: Iterable[str]) -> list[ArgSchema]:
@@ -77,6 +86,13 @@ def bind_frame(
     columns = {str(c): c for c in frame.columns}
     args = {}
     for arg in rows:
+        wanted = int(np.prod(arg.shape, dtype=np.int64))
+        if wanted > len(columns):  # cannot all be there: say so without naming each
+            first, last = column_range(arg)
+            raise ValueError(
+                f"Kernel argument {arg.name!r} needs {wanted} columns ({first} .. {last}); "
+                f"{source} has {len(columns)}."
+            )
         names = arg_columns(arg)
         missing = [c for c in names if c not in columns]
         if missing:
