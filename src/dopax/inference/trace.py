@@ -20,54 +20,22 @@ import zarr.errors
 from zarr.abc.store import Store
 from zarr.core.sync import sync
 
-from dopax.exceptions import TraceCorruptError, TraceMismatchError
-from dopax.inference import trace_io
+from dopax.exceptions import TraceMismatchError
+from dopax.inference import trace_check, trace_io
 from dopax.inference.trace_layout import (
-    FORMAT_VERSION,
     PROGRESS_ATTR,
-    SAMPLING_STATE,
     TRACE_ATTR,
     TraceLayout,
     consolidate,
     create_nodes,
     resolve_store,
-    state_name,
     to_json,
 )
 from dopax.output.schema import base_attrs
-from dopax.output.store import StrictStore
 
-__all__ = ["TraceStore", "ZarrTrace"]
+__all__ = ["ZarrTrace"]
 
 logger = logging.getLogger("dopax")
-
-_TRACE_FIX = (
-    "Restore the trace from a copy, or sample again into a new trace (a trace cannot "
-    "be repaired in place)."
-)
-
-
-class TraceStore(StrictStore):
-    """Reads of a trace: a missing chunk, or one whose checksum does not match, raises.
-
-    The error is :class:`~dopax.exceptions.TraceCorruptError` naming the chunk
-    and the trace.
-    """
-
-    def __repr__(self) -> str:
-        return f"TraceStore({self.label!r})"
-
-    def _missing(self, key: str) -> Exception:
-        return TraceCorruptError(
-            f"{key!r} is missing from the trace at {self.label}: a file of the trace was "
-            f"deleted or moved after it was written. {_TRACE_FIX}"
-        )
-
-    def _corrupt(self, key: str) -> Exception:
-        return TraceCorruptError(
-            f"Chunk {key!r} of the trace at {self.label} does not match its checksum: the "
-            f"file was modified or damaged after it was written. {_TRACE_FIX}"
-        )
 
 
 class ZarrTrace:
@@ -148,11 +116,7 @@ class ZarrTrace:
                 f"No dopax trace at {self._label} (a run stopped while laying out a new "
                 "trace leaves a store without one: delete it and start again)."
             )
-        if int(settings.get("format", 1)) > FORMAT_VERSION:
-            raise TraceMismatchError(
-                f"The trace at {self._label} has format {settings.get('format')}; this dopax "
-                f"reads formats up to {FORMAT_VERSION}. Upgrade dopax."
-            )
+        trace_check.check_format(settings, self._label)
         self._draws_per_chunk = int(settings["draws_per_chunk"])
         self._include_transformed = bool(settings["include_transformed"])
         self._save_warmup = bool(settings["save_warmup"])
@@ -174,14 +138,10 @@ class ZarrTrace:
         return zarr.open_group(self._store, mode=mode, zarr_format=3, use_consolidated=consolidated)
 
     def _checked(self) -> bool:
-        """Whether the trace's chunks carry checksums and are all written (format 2 on)."""
-        settings = self._settings if self._settings is not None else self._read_settings()
-        return settings is not None and int(settings.get("format", 1)) >= 2
+        return trace_check.is_checked(self._settings or self._read_settings())
 
     def _reader(self) -> zarr.Group:
-        """The root group for reading, through a :class:`TraceStore` when the trace is checked."""
-        store = TraceStore(self._store, label=self._label) if self._checked() else self._store
-        return zarr.open_group(store, mode="r", zarr_format=3)
+        return trace_check.reader(self._store, self._label, self._checked())
 
     def _read_attrs(self) -> dict[str, Any] | None:
         try:
@@ -358,70 +318,18 @@ class ZarrTrace:
         )
 
     def _read_state(self, chain: int) -> list[np.ndarray]:
-        """The leaves of ``chain``'s durable state (key leaves as key data), verified.
-
-        The state must be complete and be the one the progress marker
-        recorded (its digest); a trace of format 1, which recorded none,
-        must at least still hold every state array.
-
-        Raises:
-            TraceCorruptError: Naming what is missing or differs; nothing is
-                written.
-        """
+        """The leaves of ``chain``'s state, verified (:func:`trace_check.verified_state`)."""
         progress = self._progress()
         assert progress is not None
-        slot = int(progress["slot"][chain])
-        where = f"{self._label}/{SAMPLING_STATE}"
-        refuse = f"The run does not resume from it, and the trace is left as it was. {_TRACE_FIX}"
-        try:
-            if not self._checked():
-                self._check_state_arrays()
-            leaves = trace_io.read_state(self._reader(), chain, slot)
-        except TraceCorruptError as err:
-            raise TraceCorruptError(
-                f"The sampler state of chain {chain} in {where} is incomplete, so the run does "
-                f"not resume from it and the trace is left as it was: {err}"
-            ) from None
-        except (KeyError, ValueError, TypeError, zarr.errors.BaseZarrError) as err:
-            raise TraceCorruptError(
-                f"The sampler state of chain {chain} in {where} cannot be read "
-                f"({type(err).__name__}: {err}). {refuse}"
-            ) from err
-        digests = progress.get(trace_io.DIGEST_KEY)
-        recorded = digests[chain] if digests is not None and chain < len(digests) else None
-        if recorded is None and self._checked():
-            raise TraceCorruptError(
-                f"The progress marker of the trace at {self._label} records no digest of "
-                f"chain {chain}'s sampler state, which every segment writes. {refuse}"
-            )
-        if recorded is not None and trace_io.state_digest(leaves) != recorded:
-            raise TraceCorruptError(
-                f"The sampler state of chain {chain} in {where} (slot {slot}) is not the one "
-                f"the trace's progress marker recorded: it was modified, replaced or lost "
-                f"after it was written. {refuse}"
-            )
-        return leaves
-
-    def _check_state_arrays(self) -> None:
-        """Raise if a state array's metadata is gone (format 1: chunks may be absent)."""
-        paths, _ = trace_io.state_meta(self._root(mode="r"))
-        keys = [f"{SAMPLING_STATE}/zarr.json"]
-        keys += [f"{SAMPLING_STATE}/{state_name(i)}/zarr.json" for i in range(len(paths))]
-        for key in keys:
-            if not sync(self._store.exists(key)):
-                raise TraceCorruptError(f"{key!r} is missing from the trace at {self._label}.")
+        return trace_check.verified_state(
+            self._store, self._label, self._checked(), progress, chain
+        )
 
     def _state_meta(self) -> tuple[list[str], list[str | None]]:
         return trace_io.state_meta(self._root(mode="r"))
 
     def _read_chain_keys(self) -> tuple[np.ndarray, str]:
-        try:
-            return trace_io.read_chain_keys(self._reader())
-        except TraceCorruptError as err:
-            raise TraceCorruptError(
-                f"The chain keys of the trace at {self._label} are incomplete, so the run does "
-                f"not resume from it and the trace is left as it was: {err}"
-            ) from None
+        return trace_check.chain_keys(self._reader(), self._label)
 
     def _read_group(self, group: str) -> dict[str, np.ndarray]:
         return trace_io.read_group(self._reader(), group)
@@ -449,7 +357,7 @@ class ZarrTrace:
             with contextlib.suppress(NotImplementedError):
                 store = store.with_read_only(True)
         if self._checked():
-            store = TraceStore(store, label=self._label)
+            store = trace_check.TraceStore(store, label=self._label)
         done = min(int(i) for i in progress["iterations"])
         return trace_io.open_tree(store, self._settings, done)
 
