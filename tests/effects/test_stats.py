@@ -93,3 +93,11 @@ class TestSummarizeDraws:
             summarize_draws(np.array([]))
         with pytest.raises(ValueError, match="prob"):
             summarize_draws(np.arange(3.0), prob=1.2)
+
+
+def test_nan_draws_give_no_summary_that_reads_as_a_number() -> None:
+    # a NaN is not > 0: without care P(> 0) of [NaN, -1, NaN] reads 0.0
+    out = summarize_draws(np.array([np.nan, -1.0, np.nan, 2.0]))
+    assert all(np.isnan(v) for v in out.values()), out
+    finite = summarize_draws(np.array([0.5, -1.0, 2.0, 3.0]))
+    assert finite["p_positive"] == 0.75

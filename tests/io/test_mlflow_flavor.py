@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -103,17 +104,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_served_model_answers_as_in_process(svi_model, xy, tmp_path):
-    X, t, _ = xy
-    frame = _frame(X, t, 5)
-    local = tmp_path / "served"
-    dopax.mlflow.save_model(svi_model, str(local))
-    params = {"num_draws": 40, "seed": 3}
-    expected = mlflow.pyfunc.load_model(str(local)).predict(frame, params=params)
+@contextlib.contextmanager
+def _served(local, tmp_path, workers=1):
+    """``mlflow models serve`` of the model folder ``local`` on loopback; yields its URL."""
     port = _free_port()
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed in the finally below
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(local)]
-    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)]
     proc = subprocess.Popen(
         cmd, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -130,14 +127,7 @@ def test_served_model_answers_as_in_process(svi_model, xy, tmp_path):
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the server did not start in time"
             time.sleep(0.5)
-        body = {"dataframe_split": frame.to_dict(orient="split"), "params": params}
-        request = urllib.request.Request(
-            f"{base}/invocations",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=240) as r:
-            got = pd.DataFrame(json.loads(r.read())["predictions"])
+        yield base
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -146,8 +136,50 @@ def test_served_model_answers_as_in_process(svi_model, xy, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+def _invoke(base, frame, params):
+    """POST rows to ``/invocations``: (HTTP status, parsed JSON body)."""
+    body = {"dataframe_split": frame.to_dict(orient="split"), "params": params}
+    request = urllib.request.Request(
+        f"{base}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=240) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_served_model_answers_as_in_process(svi_model, xy, tmp_path):
+    X, t, _ = xy
+    frame = _frame(X, t, 5)
+    local = tmp_path / "served"
+    dopax.mlflow.save_model(svi_model, str(local))
+    params = {"num_draws": 40, "seed": 3}
+    expected = mlflow.pyfunc.load_model(str(local)).predict(frame, params=params)
+    bad = frame.copy()
+    bad.loc[[1, 3], "t"] = np.nan
+    with _served(local, tmp_path) as base:
+        status, answer = _invoke(base, frame, params)
+        bad_status, bad_answer = _invoke(base, bad, params)
+        missing_status, missing_answer = _invoke(base, frame.drop(columns=["t"]), params)
+    assert status == 200
+    got = pd.DataFrame(answer["predictions"])
     assert list(got.columns) == list(expected.columns)
     np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-9)
+    # a bad request is the client's: 400, dopax's own message, nothing of the server's
+    for code, answer in ((bad_status, bad_answer), (missing_status, missing_answer)):
+        assert code == 400, answer
+        assert answer["error_code"] == "INVALID_PARAMETER_VALUE"
+        text = json.dumps(answer)
+        assert "stack_trace" not in answer and "Traceback" not in text
+        assert str(tmp_path) not in text and "site-packages" not in text
+    assert "column t (kernel argument 't')" in bad_answer["message"]
+    assert "NaN or Inf in 2 of 5 rows" in bad_answer["message"]
+    assert "missing inputs ['t']" in missing_answer["message"]  # MLflow's own schema check
 
 
 def _run_data(run_id):

@@ -132,6 +132,12 @@ def _summary_arrays(
     rope = check_rope(rope)
     if rope is not None:
         out["p_rope"] = ((values >= rope[0]) & (values <= rope[1])).mean(axis=axis)
+    # NaN draws say nothing: no summary of them is a number (a NaN is not > 0,
+    # so P(> 0) would otherwise read as a probability, and the intervals could
+    # end at finite draws)
+    missing = np.isnan(values).any(axis=axis)
+    if np.any(missing):
+        out = {k: np.where(missing, np.nan, v) for k, v in out.items()}
     return out
 
 

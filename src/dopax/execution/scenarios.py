@@ -16,6 +16,7 @@ import xarray as xr
 
 from dopax._warn import warn
 from dopax.config import get_config
+from dopax.data.finite import check_finite
 from dopax.effects.reduce import EffectAccumulator
 from dopax.effects.result import EffectResult
 from dopax.effects.scenarios import Scenario, ScenarioProgram, group_codes
@@ -135,6 +136,15 @@ def _scenarios(
     return scenarios, plans
 
 
+def _check_finite(scenarios: list[Scenario], n_rows: int) -> None:
+    """Refuse NaN or Inf in any scenario's per-row inputs (each array checked once)."""
+    seen: set[int] = set()
+    for s in scenarios:
+        fresh = {k: v for k, v in s.rows.items() if id(v) not in seen}
+        seen.update(id(v) for v in fresh.values())
+        check_finite(fresh, n_rows, f"compare_scenarios, scenario {s.name!r}")
+
+
 def _check(request: ScenarioRequest) -> None:
     if not isinstance(request.scenarios, Mapping) or len(request.scenarios) < 2:
         raise ScenarioError("`scenarios` must be a dict of at least two named scenarios.")
@@ -170,6 +180,7 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
     codes, labels = group_codes(request.by, n_rows)
     site = request.site or ctx.param_output
     scenarios, plans = _scenarios(ctx, request, base, site)
+    _check_finite(scenarios, n_rows)
     names = [s.name for s in scenarios]
     b_index = names.index(request.baseline)
     posterior = request.posterior

@@ -1,9 +1,11 @@
 """The ``dopax`` command line: score saved models on files, compare scenarios, inspect results.
 
 Run ``dopax --help`` (or ``python -m dopax --help``) for the commands. Every
-argument is checked before anything is written: a bad argument exits with
-status 2 and a message naming it, and leaves no folder behind. Status 0
-means a complete result was written; 1 means the run failed (what it had
+argument and input is checked before anything is written: a bad one (an
+unknown site, an input without rows or with NaN or Inf, a model that is
+damaged or would run code without ``--trust-code``) exits with status 2 and
+a message naming it, and leaves no folder behind. Status 0 means a complete
+result was written; 1 means the run failed while running (what it had
 written is removed).
 """
 
@@ -19,6 +21,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from dopax.exceptions import InputError, ScenarioError
 
 __all__ = ["build_parser", "main"]
 
@@ -187,7 +191,17 @@ def _predict(args: argparse.Namespace) -> str:
         raise UsageError(f"--intervention: unknown site(s) {unknown}; sample sites: {list(sites)}.")
     kwargs = dict(inp.args)
     X = kwargs.pop(model.param_input)
-    return_sites = args.return_sites.split(",") if args.return_sites else None
+    return_sites = None
+    if args.return_sites is not None:
+        return_sites = [n.strip() for n in args.return_sites.split(",") if n.strip()]
+        spec = model.kernel_spec
+        known = set(spec.return_sites) | set(spec.sample_sites) if spec is not None else None
+        if not return_sites or (known is not None and not set(return_sites) <= known):
+            unknown = sorted(set(return_sites) - (known or set()))
+            raise UsageError(
+                f"--return-sites {args.return_sites}: unknown site(s) {unknown}; the model's "
+                f"sites are {sorted(known or ())}."
+            )
     tree = model.predict(
         X, intervention=do or None, rng_key=_key(args.seed), in_sample=args.in_sample,
         return_sites=return_sites, batch_size=args.batch_size, output_dir=args.output,
@@ -326,6 +340,11 @@ def _show(path: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dopax`` command and return its exit status.
 
+    0: a complete result was written. 1: the run failed while running (what
+    it had written is removed). 2: a bad argument or input (checked before
+    anything is written, or found by the model: a kernel argument that does
+    not fit, NaN or Inf in the input, a scenario that cannot be). 130: interrupted.
+
     Args:
         argv: The arguments (default: ``sys.argv[1:]``).
     """
@@ -338,7 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = _output(args.output)
         created = where.path is not None and not where.path.exists()
         path = _predict(args) if args.command == "predict" else _effect(args)
-    except UsageError as err:
+    except (UsageError, InputError, ScenarioError) as err:
+        # (a kernel argument that does not fit, a scenario that cannot be: bad input too)
         _remove_new(args.output, created)
         parser.exit(2, f"dopax {args.command}: error: {err}\n")
         raise  # pragma: no cover - parser.exit raises SystemExit

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dopax.data.finite import check_finite
 from dopax.io.tabular import bind_frame, check_required, with_static_defaults
 from dopax.model.impact_model import ImpactModel
 
@@ -104,6 +105,20 @@ def read_input(path: str, model: ImpactModel) -> InputFile:
     X = args[model.param_input]
     if len(np.shape(X)) == 0:
         raise ValueError(f"{source}: kernel argument {model.param_input!r} has no row axis.")
+    n_rows = int(np.shape(X)[0])
+    for arg in schema.rows if schema is not None else ():
+        if arg.name not in args:
+            continue
+        shape = tuple(np.shape(args[arg.name]))
+        if not shape or shape[1:] != tuple(arg.shape):
+            raise ValueError(
+                f"{source}: kernel argument {arg.name!r} has shape {shape}; the model was "
+                f"fitted with one row of shape {tuple(arg.shape)} per row, so give "
+                f"{(n_rows, *arg.shape)}."
+            )
+    if n_rows == 0:
+        raise ValueError(f"{source} holds no rows (a header only?): give at least one row.")
+    check_finite(args, n_rows, source)
     out = InputFile(args, frame)
-    out.n_rows = int(np.shape(X)[0])
+    out.n_rows = n_rows
     return out

@@ -10,6 +10,7 @@ REST requests. Public names are re-exported by :mod:`dopax.mlflow`.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
@@ -52,6 +53,8 @@ __all__ = [
     "log_model",
     "save_model",
 ]
+
+logger = logging.getLogger("dopax")
 
 FLAVOR_NAME = "dopax"
 _DATA = "model"
@@ -274,4 +277,33 @@ def _load_pyfunc(path: str, model_config: dict[str, Any] | None = None) -> Table
         model_config: ``{"allow_pickle": True}`` loads models whose kernel is pickled.
     """
     allow = bool((model_config or {}).get("allow_pickle", False))
-    return TablePredictor(load_saved(path, trust_code=True, allow_pickle=allow))
+    return ServedPredictor(load_saved(path, trust_code=True, allow_pickle=allow))
+
+
+class ServedPredictor(TablePredictor):
+    """The pyfunc's predictor: dopax's errors become MLflow's, so REST clients get their status.
+
+    A bad request (rows that do not fit the model, NaN or Inf, an unknown
+    parameter: a ``ValueError`` or ``TypeError``, dopax's input errors among
+    them) is an ``MlflowException`` with ``INVALID_PARAMETER_VALUE`` (HTTP 400)
+    carrying dopax's message, and no traceback or server path. Any other
+    failure is logged on the server and answered with ``INTERNAL_ERROR``
+    (HTTP 500) and a message naming only the kind of error.
+    """
+
+    def predict(self, data: Any, params: Any = None) -> pd.DataFrame:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+
+        try:
+            return super().predict(data, params)
+        except (ValueError, TypeError, KeyError) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            raise MlflowException(str(message), error_code=INVALID_PARAMETER_VALUE) from None
+        except Exception as err:
+            logger.exception("dopax could not score a request")
+            raise MlflowException(
+                f"dopax could not score the request ({type(err).__name__}); the server's log "
+                "has the details.",
+                error_code=INTERNAL_ERROR,
+            ) from None

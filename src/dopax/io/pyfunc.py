@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pandas as pd
 
+from dopax.data.finite import check_finite
 from dopax.io.scoring import summarize_rows
 from dopax.io.tabular import arg_columns, bind_frame, check_required, with_static_defaults
 from dopax.model.impact_model import ImpactModel
@@ -98,6 +99,7 @@ class TablePredictor:
             raise ValueError(f"Unknown parameter(s) {unknown}; known: {sorted(PARAMS)}.")
         model = self.model
         args = bind_frame(frame, self.schema, model.kernel, model.param_output, "the input table")
+        check_finite(args, len(frame), "the input table")
         args = with_static_defaults(args, self.schema)
         check_required(args, model.kernel, model.param_output, "the input table")
         X = args.pop(model.param_input)
