@@ -13,6 +13,7 @@ from dopax.inference.trace import ZarrTrace
 from dopax.io.saved import load_model, save_model
 from dopax.kernel.spec import KernelSpec
 from dopax.model.impact_model import ImpactModel
+from dopax.output.cleanup import remove_incomplete
 from dopax.output.store import open_result
 
 logging.getLogger("dopax").addHandler(logging.NullHandler())
@@ -23,6 +24,7 @@ __all__ = [
     "ZarrTrace",
     "load_model",
     "open_result",
+    "remove_incomplete",
     "save_model",
     "__version__",
 ]

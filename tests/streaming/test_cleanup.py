@@ -22,6 +22,8 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
 from numpyro.optim import Adam
 
+import dopax
+import dopax.exceptions
 import dopax.streaming.sinks.zarr_sink as zarr_sink
 from dopax import ImpactModel
 
@@ -196,3 +198,83 @@ def test_output_dir_names(model: ImpactModel, tmp_path: Path, monkeypatch: Any) 
     assert _empty(work)  # no folder named '~' in the working directory
     with pytest.raises(ValueError, match="`output_dir` is an empty string"):
         model.predict(X, output_dir="", progress=False)
+
+
+# ------------------------------------------------------------------ the store stops answering
+class Outage:
+    """An in-memory fsspec file system that stops answering writes and removals on cue."""
+
+    def __init__(self, monkeypatch: Any, fail_after: int) -> None:
+        from fsspec.implementations.memory import MemoryFileSystem
+
+        self.down = False
+        self.writes = 0
+        real_pipe, real_rm = MemoryFileSystem.pipe_file, MemoryFileSystem.rm
+
+        def pipe_file(fs: Any, path: str, *args: Any, **kwargs: Any) -> Any:
+            self.writes += 1
+            if self.writes > fail_after:
+                self.down = True
+            if self.down:
+                raise OSError(errno.EIO, "the store does not answer")
+            return real_pipe(fs, path, *args, **kwargs)
+
+        def rm(fs: Any, path: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                raise OSError(errno.EIO, "the store does not answer")
+            return real_rm(fs, path, *args, **kwargs)
+
+        monkeypatch.setattr(MemoryFileSystem, "pipe_file", pipe_file)
+        monkeypatch.setattr(MemoryFileSystem, "rm", rm)
+
+
+def _results(base: str) -> list[str]:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(base)
+    return (
+        sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) if fs.exists(root) else []
+    )
+
+
+def test_a_result_left_by_an_outage_goes_once_the_store_answers(
+    model: ImpactModel, monkeypatch: Any
+) -> None:
+    from dopax.output.cleanup import pending_removals
+
+    base = "memory://dopax-outage/results"
+    outage = Outage(monkeypatch, fail_after=12)
+    with pytest.raises(OSError, match="does not answer") as info:
+        model.predict(X, output_dir=base, batch_size=10, progress=False)
+    (left,) = _results(base)  # the removal failed too: the partial result is still there
+    url = f"{base}/{left}"
+    notes = " ".join(getattr(info.value, "__notes__", []))
+    assert url in notes and "dopax.remove_incomplete('memory://dopax-outage/results')" in notes
+    assert url in pending_removals()
+    with pytest.raises(dopax.exceptions.IncompleteResultError):
+        dopax.open_result(url)
+    outage.down, outage.writes = False, -(10**9)  # the store answers again
+    tree = model.predict(X, output_dir=base, batch_size=10, progress=False)
+    assert _results(base) == [tree.attrs["artifact_path"].rsplit("/", 1)[-1]]
+    assert url not in pending_removals()
+
+
+def test_remove_incomplete_removes_only_old_incomplete_results(
+    model: ImpactModel, tmp_path: Path
+) -> None:
+    done = model.predict(X, output_dir=tmp_path, batch_size=10, progress=False)
+    complete = Path(done.attrs["artifact_path"])
+    partial = tmp_path / "predict-20200101T000000-0123abcd.zarr"
+    shutil.copytree(complete, partial)
+    zarr_json = partial / "zarr.json"
+    zarr_json.write_text(zarr_json.read_text().replace('"dopax_complete": true', '"x": 1'))
+    recent = tmp_path / f"predict-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-0123abcd.zarr"
+    shutil.copytree(partial, recent)  # may still be being written: kept
+    other = tmp_path / "notes"
+    other.mkdir()
+    assert dopax.remove_incomplete(tmp_path) == [str(partial)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [complete.name, recent.name, "notes"]
+    )
+    assert dopax.remove_incomplete(tmp_path, older_than=0) == [str(recent)]
+    assert dopax.open_result(complete)["posterior_predictive"]["y"].shape[-1] == N

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from dopax.output.cleanup import retry_removals
 from dopax.output.location import Location, location
 from dopax.streaming.sinks import MemorySink, Sink, ZarrSink
 
@@ -186,6 +187,7 @@ def sink_at(where: Location, keepalive: object | None = None) -> ZarrSink:
         where: The result's location.
         keepalive: What the finished result keeps referenced.
     """
+    retry_removals()  # what failed calls left, now that a call reaches a store again
     if where.path is not None:
         return ZarrSink(where.path, keepalive=keepalive)
     return ZarrSink(store=where.open_store(read_only=False), label=where.label)

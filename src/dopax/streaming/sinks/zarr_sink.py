@@ -21,6 +21,7 @@ import zarr.errors
 from zarr.abc.store import Store
 
 from dopax.config import ExecutionConfig, get_config
+from dopax.output.cleanup import removal_failed
 from dopax.output.location import Location
 from dopax.output.schema import POSITION_ATTRS, SiteLayout
 from dopax.output.store import COMPLETE_ATTR, open_result
@@ -378,8 +379,7 @@ class ZarrSink(LayoutSink):
     def abort(self) -> None:
         """Remove what was written: the folder (or its contents), or the store's keys.
 
-        Never raises; a failure to clean up is logged. A closed (complete)
-        result is left as it is (see :meth:`discard`).
+        Never raises (a failed removal is retried later); a closed result stays (:meth:`discard`).
         """
         if self._state == "closed":
             logger.debug("abort() after close() leaves the complete result in place.")
@@ -394,5 +394,7 @@ class ZarrSink(LayoutSink):
             return
         try:
             remove_written(self._path, self._created_folder, self._store)
-        except Exception:
-            logger.warning("Could not remove the partial result at %s.", self._store, exc_info=True)
+        except Exception as err:  # the store does not answer: try again later, and say so
+            where = str(self._path) if self._path is not None else self._label
+            args = (self._path, self._created_folder, self._store)
+            removal_failed(where or str(self._store), remove_written, args, err, bool(where))
