@@ -339,12 +339,14 @@ def load_model(
     state = model._state
     state.ctx.spec = mf.spec_from_json(m["kernel_spec"])
     state.ctx.inputs = mf.schema_from_json(m["inputs"])
-    post = m["posterior"]
-    if post is not None:
-        draws = {name: arrays[f"posterior/{i:04d}"] for i, name in enumerate(post["sites"])}
-        state.posterior = Posterior(draws, int(post["num_chains"]))
     fit = {k[len("fit/") :]: v for k, v in arrays.items() if k.startswith("fit/")}
     if m["fit"].get("kind") == state.driver.kind:
         state.driver.restore_state(fit, m["fit"])
+    post = m["posterior"]
+    if post is not None:
+        draws = {name: arrays[f"posterior/{i:04d}"] for i, name in enumerate(post["sites"])}
+        # the posterior goes with the fit's point values (``numpyro.param`` sites)
+        params = state.driver.current_params()
+        state.posterior = Posterior(draws, int(post["num_chains"]), params)
     state.resume_count(int(rng["counter"]))
     return model
