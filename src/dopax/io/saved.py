@@ -316,6 +316,9 @@ def load_model(
             saved with cloudpickle (the error says when this is needed).
         storage_options: fsspec options for URLs.
 
+    Returns:
+        The model, fitted as it was saved.
+
     Raises:
         SavedModelError: If the folder holds no saved model, the kernel does
             not import, or a pickle is needed and not allowed.

@@ -127,9 +127,10 @@ class ImpactModel(FittingMethods):
 
     @property
     def posterior(self) -> dict[str, np.ndarray] | None:
-        """Posterior draws (leading axis: all draws, chain-major), or ``None``.
+        """The posterior draws by site, or ``None`` before a fit.
 
-        Draws that a traced fit left in its trace are read into memory here.
+        Each array leads with all draws, chain-major. Draws that a traced fit
+        left in its trace are read into memory here.
         """
         post = self._state.posterior
         return None if post is None else post.in_memory()
@@ -320,6 +321,9 @@ class ImpactModel(FittingMethods):
         Args:
             X: Input with a leading row axis, or an ArrayLoader.
             **kwargs: Arguments of :meth:`predict_on_batch` and further kernel arguments.
+
+        Returns:
+            The draws, as :meth:`predict_on_batch` returns them.
         """
         if "in_sample" in kwargs:
             raise TypeError(
@@ -434,6 +438,9 @@ class ImpactModel(FittingMethods):
         Args:
             X: Input with a leading row axis, or an ArrayLoader.
             **kwargs: Arguments of :meth:`predict` and further kernel arguments.
+
+        Returns:
+            A DataTree with the ``posterior_predictive`` group and ``posterior``.
         """
         if "in_sample" in kwargs:
             raise TypeError("`sample_posterior_predictive` is in sample; drop `in_sample`.")
