@@ -1,4 +1,4 @@
-"""Every Python block of the README runs as written; the demo's report is consistent."""
+"""The README's and the documentation's Python blocks run as written; the demo's report agrees."""
 
 from __future__ import annotations
 
@@ -15,10 +15,20 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-BLOCKS = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+#: The README's and the documentation's pages, whose Python blocks run as written.
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+BLOCKS = list(
+    dict.fromkeys(  # a block shown on two pages runs once
+        block
+        for page in PAGES
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    )
+)
 
 
 def test_readme_has_python_blocks() -> None:
+    readme = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    assert readme
     assert len(BLOCKS) >= 3
 
 
@@ -61,7 +71,7 @@ def test_readme_blocks_run(tmp_path: Path, monkeypatch: Any) -> None:
             warnings.simplefilter("ignore")  # the README's own output is not under test
             # The block's text is registered as its source, as a script's file
             # would be, so kernels defined in it have source code to save.
-            name = f"README.md, block {BLOCKS.index(block) + 1}"
+            name = f"README.md and docs, block {BLOCKS.index(block) + 1}"
             linecache.cache[name] = (len(block), None, block.splitlines(True), name)
             exec(compile(block, name, "exec"), {"__name__": "__main__"})
         plt.close("all")

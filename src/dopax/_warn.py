@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+import threading
 import warnings
+from collections.abc import Iterator
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -28,3 +31,22 @@ def find_stack_level() -> int:
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """Emit ``message`` so that it points at the user's calling line."""
     warnings.warn(message, category, stacklevel=find_stack_level())
+
+
+#: Serialises dopax's changes to the process-wide warning filters: Python's
+#: ``catch_warnings`` saves and restores one global list, so two threads inside
+#: it at once would restore each other's filters.
+_FILTERS_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def ignoring(message: str, category: type[Warning]) -> Iterator[None]:
+    """Ignore warnings of ``category`` starting with ``message`` inside the block (thread-safe).
+
+    Args:
+        message: The start of the warning's text (a regular expression).
+        category: The warning's class.
+    """
+    with _FILTERS_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=message, category=category)
+        yield

@@ -184,6 +184,9 @@ class ExecutionConfig:
         Args:
             scenarios: The call is a scenario comparison (its blocks hold every
                 draw of their rows).
+
+        Returns:
+            The budget in bytes.
         """
         if self.memory_budget_bytes is not None:
             return self.memory_budget_bytes
@@ -203,6 +206,9 @@ def set_config(**changes: Any) -> ExecutionConfig:
 
     Args:
         **changes: Fields of :class:`ExecutionConfig` to change.
+
+    Returns:
+        The settings now in force.
     """
     global _CONFIG
     _CONFIG = dataclasses.replace(_CONFIG, **changes)
@@ -215,6 +221,9 @@ def config_context(**changes: Any) -> Iterator[ExecutionConfig]:
 
     Args:
         **changes: Fields of :class:`ExecutionConfig` to change.
+
+    Yields:
+        The settings in force inside the block.
     """
     global _CONFIG
     old = _CONFIG

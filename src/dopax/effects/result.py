@@ -80,7 +80,7 @@ def _pooled(da: xr.DataArray, *dims: str) -> np.ndarray:
 class EffectResult:
     """Posterior effects of interventions, wrapping an effect-result :class:`xarray.DataTree`.
 
-    The layout of the tree is described in :mod:`dopax.effects.result`. The wrapper
+    The layout of the tree is described in :mod:`dopax.effects`. The wrapper
     checks that layout on construction, reads names from it and adds summaries and
     plots; the tree itself is kept as given.
 
@@ -171,7 +171,7 @@ class EffectResult:
 
     @property
     def hdi_prob(self) -> float:
-        """Default interval probability: the root attribute ``hdi_prob`` or 0.94."""
+        """The default interval probability (the root attribute ``hdi_prob``, else 0.94)."""
         return float(self._tree.attrs.get("hdi_prob", DEFAULT_HDI_PROB))
 
     def _group_ate(self) -> np.ndarray:

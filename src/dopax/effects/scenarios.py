@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dopax.parallel.sharded import OutputAxes
-from dopax.sampling.forward import PassSpec, forward_draw, map_draws
+from dopax.parallel.sharded import BlockInputs, OutputAxes
+from dopax.sampling.forward import PassSpec, forward_draw, map_draws, with_params
 
 __all__ = ["Scenario", "ScenarioProgram", "group_codes"]
 
@@ -84,21 +84,13 @@ class ScenarioProgram:
         )
         return (*out, OutputAxes("draws", 0, 2)) if self.keep_draws else out
 
-    def local(
-        self,
-        call_key: jax.Array,
-        draw_indices: jax.Array,
-        row_offset: jax.Array,
-        latent: Mapping[str, Any],
-        rows: Mapping[str, Any],
-        shared: Mapping[str, Any],
-        row_do: tuple[Mapping[str, Any], ...],
-        shared_do: tuple[Mapping[str, Any], ...],
-        anchor: tuple[Mapping[str, Any], ...],
-        anchor_do: tuple[Mapping[str, Any], ...],
-    ) -> dict[str, jax.Array]:
+    def local(self, inputs: BlockInputs) -> dict[str, jax.Array]:
         """Evaluate every scenario on one block and reduce (see the class docstring)."""
-        s_rows, codes = rows["scenarios"], rows["codes"]
+        call_key, row_offset = inputs.call_key, inputs.row_offset
+        row_do, shared_do = inputs.row_do, inputs.shared_do
+        anchor, anchor_do = inputs.anchor, inputs.anchor_do
+        s_rows, codes = inputs.rows["scenarios"], inputs.rows["codes"]
+        shared = inputs.shared
         s_shared = shared["scenarios"]
         n_block = int(codes.shape[0])
         row_ids = row_offset + jnp.arange(n_block, dtype=jnp.uint32)
@@ -118,7 +110,7 @@ class ScenarioProgram:
                     call_key,
                     draw_index,
                     row_offset,
-                    latent_d,
+                    with_params(inputs.params, latent_d),
                     {**s_shared[s], **s_rows[s]},
                     {**shared_do[s], **row_do[s]},
                     {**s_shared[s], **anchor[s]},
@@ -136,7 +128,7 @@ class ScenarioProgram:
                 res["draws"] = jnp.stack(raws)
             return res
 
-        out = map_draws(one, draw_indices, latent, n_block, self.cells_per_step)
+        out = map_draws(one, inputs.draws, inputs.latent, n_block, self.cells_per_step)
         result = {
             "sums": out["sums"].T,  # (S, D)
             "group_sums": jnp.moveaxis(out["group_sums"], 0, 1),  # (S, D, G)

@@ -96,6 +96,13 @@ class ModelContext:
             )
         X_arr = arrays.pop(self.param_input)
         y_arr = arrays.pop(self.param_output, None)
+        both = sorted(set(arrays) & set(kwargs))
+        if both:
+            raise ValueError(
+                f"{both} are both fields of the ArrayLoader passed as `X` and keyword "
+                "arguments of the call, which would replace the loader's values; pass each "
+                "once: drop the keyword argument(s), or build the loader without the field(s)."
+            )
         return X_arr, y_arr, {**arrays, **kwargs}
 
     def bind(self, X: Any, y: Any, kwargs: Mapping[str, Any]) -> BoundArgs:

@@ -16,6 +16,7 @@ from dopax.exceptions import KernelValidationError, ScenarioError
 from dopax.execution.context import ModelContext
 from dopax.execution.request import LOG_LIKELIHOOD, PredictiveRequest
 from dopax.execution.runner import BlockJob
+from dopax.inference.posterior import Posterior
 from dopax.kernel.spec import observed_sites
 from dopax.parallel.sharded import DRAW, OBS
 from dopax.sampling import forward
@@ -24,7 +25,7 @@ from dopax.sampling.forward import ForwardProgram, PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan, make_plan
 from dopax.sampling.prepare import BoundArgs, anchor_rows
 
-__all__ = ["ForwardJob", "forward_job", "plan_pass", "return_sites"]
+__all__ = ["ForwardJob", "forward_job", "kernel_params", "plan_pass", "return_sites"]
 
 
 @dataclasses.dataclass
@@ -140,6 +141,22 @@ def return_sites(ctx: ModelContext, names: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(sites))
 
 
+def kernel_params(ctx: ModelContext, posterior: Posterior | None) -> dict[str, Any]:
+    """Return the fitted values of the kernel's ``numpyro.param`` sites that go with ``posterior``.
+
+    A prior call (no posterior) gets none: its ``numpyro.param`` sites take
+    their initial values, as in NumPyro's ``Predictive`` without ``params``.
+
+    Args:
+        ctx: The model's context (its spec is set).
+        posterior: The call's posterior, or ``None``.
+    """
+    if posterior is None or ctx.spec is None:
+        return {}
+    names = set(ctx.spec.param_sites)
+    return {k: v for k, v in posterior.params.items() if k in names}
+
+
 def _float32(values: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in values.items():
@@ -176,11 +193,12 @@ def _latent_policy(
                         "In-sample calls need the training rows; pass `in_sample=False` to "
                         "draw fresh per-row latents for new rows."
                     )
-            warn(
-                f"{plan.reason}: all rows are processed together and only draws are split "
-                "across batches and devices.",
-                UserWarning,
-            )
+            if request.shard_axis != DRAW:  # asking to split draws is asking for exactly this
+                warn(
+                    f"{plan.reason}: all rows are processed together and only draws are split "
+                    "across batches and devices.",
+                    UserWarning,
+                )
         else:
             draws = {k: v for k, v in draws.items() if k not in plan.local_latents}
             plan = plan_pass(
@@ -238,10 +256,12 @@ def forward_job(
         sites = return_sites(ctx, request.return_sites)
         kind = forward.PREDICT
     posterior = request.posterior
-    # Only latent sample sites are substituted: deterministic sites are recomputed
-    # (as numpyro's Predictive does by default) and unknown names are ignored.
-    latent_names = set(ctx.spec.sample_sites)
+    # Only latent sample sites (and ``numpyro.param`` sites given per draw) are
+    # substituted: deterministic sites are recomputed (as numpyro's Predictive does
+    # by default) and unknown names are ignored.
+    latent_names = {*ctx.spec.sample_sites, *ctx.spec.param_sites}
     draws = {k: v for k, v in (posterior.draws if posterior else {}).items() if k in latent_names}
+    params = kernel_params(ctx, posterior)
     base = PassSpec(ctx.kernel, bound.static, sites, kind)
     plan, draws = _latent_policy(ctx, request, bound, base, draws, check_split)
     sites = tuple(info.name for info in plan.outputs)
@@ -282,6 +302,7 @@ def forward_job(
         shard_axis=request.shard_axis,
         row_offset=int(request.row_offset),
         matmul_flops_per_cell=plan.matmul_flops_per_row,
+        params=params,
     )
     chains = posterior.num_chains if posterior is not None else 1
     return ForwardJob(job, plan, chains, bound)

@@ -22,6 +22,7 @@ from dopax.parallel.batching import BlockPlan, ceil_to
 from dopax.parallel.sharded import (
     DRAW,
     OBS,
+    BlockInputs,
     BlockProgram,
     OutputAxes,
     compiled_block,
@@ -89,6 +90,7 @@ class BlockJob:
         matmul_flops_per_cell: Flops of the program's matrix products per
             draw-row cell, when known from the kernel's probes (``None``: the
             sizing policy reads XLA's cost analysis of the program).
+        params: Values of the kernel's ``numpyro.param`` sites, used whole.
     """
 
     program: BlockProgram
@@ -106,6 +108,7 @@ class BlockJob:
     shard_axis: str = OBS
     row_offset: int = 0
     matmul_flops_per_cell: float | None = None
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def splits_rows(job: BlockJob, row_block: int) -> bool:
@@ -202,6 +205,7 @@ class _Runner:
         self.program = program if program is not None else job.program
         self.fn = compiled_block(self.program, self.shard_axis, self.n_dev)
         self.shared = _to_device(job.shared)
+        self.params = _to_device(dict(job.params))
         self.shared_do = _to_device(job.shared_do)
         self.anchor = _to_device(job.anchor)
         self.anchor_do = _to_device(job.anchor_do)
@@ -233,22 +237,23 @@ class _Runner:
             self._draw_cache[(d0, d1)] = cached
         return cached
 
-    def args(self, d0: int, d1: int, r0: int, r1: int) -> tuple[Any, ...]:
-        """Return the block function's arguments for one block."""
+    def args(self, d0: int, d1: int, r0: int, r1: int) -> BlockInputs:
+        """Return the block function's inputs for one block."""
         _, pad_r = self.padded(d1 - d0, r1 - r0)
         draws, latent = self._draw_args(d0, d1)
         split_rows = self.shard_axis == OBS and self.n_dev > 1
-        return (
-            self.job.call_key,
-            draws,
-            np.uint32(r0 + self.job.row_offset),
-            latent,
-            place(_slice(self.job.rows, r0, r1, pad_r), split_rows),
-            self.shared,
-            place(_slice(self.job.row_do, r0, r1, pad_r), split_rows),
-            self.shared_do,
-            self.anchor,
-            self.anchor_do,
+        return BlockInputs(
+            call_key=self.job.call_key,
+            draws=draws,
+            row_offset=np.uint32(r0 + self.job.row_offset),
+            latent=latent,
+            params=self.params,
+            rows=place(_slice(self.job.rows, r0, r1, pad_r), split_rows),
+            shared=self.shared,
+            row_do=place(_slice(self.job.row_do, r0, r1, pad_r), split_rows),
+            shared_do=self.shared_do,
+            anchor=self.anchor,
+            anchor_do=self.anchor_do,
         )
 
 
@@ -270,8 +275,7 @@ def lower_block(
     """
     runner = _Runner(job, program, row_block)
     args = runner.args(0, min(draws, job.n_draws), 0, min(rows, max(job.n_rows, 1)))
-    fn: Any = runner.fn
-    return fn.lower(*args)
+    return runner.fn.lower(args)
 
 
 def lowered_flops(lowered: Any) -> float:
@@ -333,7 +337,7 @@ def run_blocks(
     for d0, d1, r0, r1 in blocks.blocks() if select is None else select:
         nd, nr = d1 - d0, r1 - r0
         pad_d, pad_r = runner.padded(nd, nr)
-        raw = runner.fn(*runner.args(d0, d1, r0, r1))
+        raw = runner.fn(runner.args(d0, d1, r0, r1))
         out: dict[str, Any] = {}
         for ax in axes:
             value = raw.pop(ax.name)

@@ -25,7 +25,7 @@ from dopax.exceptions import ScenarioError
 from dopax.execution.cluster import run_on_cluster
 from dopax.execution.context import ModelContext
 from dopax.execution.engine import cluster_devices, result_attrs
-from dopax.execution.job import plan_pass
+from dopax.execution.job import kernel_params, plan_pass
 from dopax.execution.request import ScenarioRequest
 from dopax.execution.runner import Block, BlockJob, lower_block, run_blocks, splits_rows
 from dopax.execution.sizing import Footprint, size_blocks
@@ -64,6 +64,8 @@ def _bind_scenario(
             f"{sorted(params)}."
         )
     X_s = overrides.pop("X", overrides.pop(ctx.param_input, request.X))
+    if X_s is not request.X:
+        X_s = _per_row(X_s, request.X, n_rows)
     kwargs = request.kwargs
     for key, value in overrides.items():
         overrides[key] = _per_row(value, kwargs.get(key), n_rows)
@@ -85,14 +87,19 @@ def _bind_scenario(
 
 
 def _per_row(value: Any, base: Any, n_rows: int) -> Any:
-    """Broadcast a scalar scenario value to every row (like the base call's argument)."""
+    """Broadcast a scalar scenario value like the base call's argument (to every row).
+
+    With a base array (the row-indexed input itself, a per-row or a shared
+    argument), the scalar takes its shape and dtype; without one, one value
+    per row.
+    """
     if np.ndim(value) != 0 or isinstance(value, str | bytes) or value is None:
         return value
     arr = np.asarray(value)
     if arr.dtype.kind not in "biuf":
         return value
-    if base is not None and np.ndim(base) >= 1 and np.shape(base)[0] == n_rows:
-        return np.broadcast_to(arr.astype(np.asarray(base).dtype), np.shape(base))
+    if base is not None and hasattr(base, "shape") and hasattr(base, "dtype"):
+        return np.broadcast_to(arr.astype(np.dtype(base.dtype)), tuple(base.shape))
     return np.broadcast_to(
         arr.astype(np.float32 if arr.dtype.kind == "f" else arr.dtype), (n_rows,)
     )
@@ -211,6 +218,7 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
         anchor_do=tuple({k: anchor_rows(v) for k, v in s.row_do.items()} for s in scenarios),
         split_rows=not any(p.path == FULL for p in plans),
         shard_axis=OBS,
+        params=kernel_params(ctx, posterior),
     )
     info = next(o for o in plans[0].outputs if o.name == site)
     if request.site is None and np.dtype(info.dtype).kind in "biu":

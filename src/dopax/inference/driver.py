@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import MCMC, SVI
+from numpyro.infer.autoguide import AutoGuide
 
 from dopax.config import get_config
 from dopax.exceptions import FitDivergedError, NotFittedError
@@ -20,6 +21,7 @@ from dopax.inference.mcmc import MCMCDriver
 from dopax.inference.posterior import Posterior
 from dopax.inference.svi import SVIDriver, SVIRunResult, check_losses
 from dopax.inference.svi_fit import fit_epochs, fit_steps
+from dopax.kernel.tracing import TRACE_LOCK
 from dopax.sampling.prepare import BoundArgs
 
 __all__ = ["Driver", "MCMCFit", "SVIFit", "check_model", "make_driver"]
@@ -134,13 +136,45 @@ class Driver:
         raise NotImplementedError
 
     def sample(
-        self, key: jax.Array, num_samples: int, kwargs: Mapping[str, Any], exclude: Iterable[str]
+        self,
+        key: jax.Array,
+        num_samples: int,
+        kwargs: Mapping[str, Any],
+        exclude: Iterable[str],
+        bound: BoundArgs | None = None,
     ) -> Posterior:
-        """Draw more posterior samples without replacing the model's posterior."""
+        """Draw posterior samples without replacing the model's posterior.
+
+        Args:
+            key: PRNG key.
+            num_samples: Draws (per chain for MCMC).
+            kwargs: Kernel arguments as given (for guides that need data).
+            exclude: Site names to drop.
+            bound: The call's data bound to the kernel, when it gave the
+                kernel's input (MCMC then samples the posterior given them).
+        """
         raise NotImplementedError
 
     def sample_stats(self) -> dict[str, Any] | None:
         """The sampler statistics of the latest draws (flat over chains), or ``None``."""
+        return None
+
+    def current_params(self) -> dict[str, Any]:
+        """The point values draws are taken with: SVI's parameters (``{}`` for MCMC)."""
+        return {}
+
+    def use_result(self, result: Any) -> None:
+        """Take ``result`` (``params``, ``losses``) as the fit's outcome (``vi_result = ...``)."""
+        self.vi_result = result
+
+    def posterior_from_result(
+        self, key: jax.Array, num_samples: int, exclude: Iterable[str]
+    ) -> Posterior | None:
+        """Draw the posterior that :meth:`use_result`'s result implies, or ``None`` if none can.
+
+        Returns ``None`` when drawing needs the kernel's data (a guide that
+        takes arguments) or the inference method has no guide.
+        """
         return None
 
     def export_state(self) -> Exported:
@@ -204,6 +238,8 @@ class SVIFit(Driver):
         self.driver = SVIDriver(svi, get_config().svi_steps_per_chunk)
         self.state: Any = None
         self.vi_result = None
+        # whether ``vi_result`` was set by hand after the state last moved
+        self._from_result = False
         # a loaded model's state, put in once the guide is set up on data
         self._saved: Exported | None = None
 
@@ -228,16 +264,44 @@ class SVIFit(Driver):
             raise
         self.state = state
         self.vi_result = result
+        self._from_result = False
+
+    def _guide_ready(self) -> bool:
+        """Whether the guide can draw: an automatic guide needs its first run (``svi.init``)."""
+        guide = self.driver.svi.guide
+        return not isinstance(guide, AutoGuide) or guide.prototype_trace is not None
+
+    def current_params(self) -> dict[str, Any]:
+        """The parameters draws are taken with: the latest of the fit state and ``vi_result``."""
+        if self.state is not None and not self._from_result:
+            return dict(self.driver.params(self.state))
+        if self.vi_result is not None:
+            return dict(self.vi_result.params)
+        return {}
+
+    def use_result(self, result: Any) -> None:  # noqa: D102
+        self.vi_result = result
+        self._from_result = True
+
+    def posterior_from_result(  # noqa: D102
+        self, key: jax.Array, num_samples: int, exclude: Iterable[str]
+    ) -> Posterior | None:
+        guide = self.driver.svi.guide
+        if self.vi_result is None or not isinstance(guide, AutoGuide) or not self._guide_ready():
+            return None
+        params = self.current_params()
+        draws = self.driver.draw_posterior(key, params, num_samples, (), {}, exclude)
+        return Posterior(draws, 1, params)
 
     def draw(
         self, key: jax.Array, num_samples: int, bound: BoundArgs, exclude: Iterable[str]
     ) -> Posterior:
         """Draw posterior samples from the fitted guide."""
-        params = self.driver.params(self.state)
+        params = self.current_params()
         draws = self.driver.draw_posterior(
             key, params, num_samples, bound.static, _arrays(bound), exclude
         )
-        return Posterior(draws, 1)
+        return Posterior(draws, 1, params)
 
     def fit(
         self,
@@ -292,26 +356,33 @@ class SVIFit(Driver):
         """Run one compiled update step (initialising first with ``key``)."""
         self._init(key, bound)
         self.state, loss = self.driver.step(self.state, bound.static, _arrays(bound))
+        self._from_result = False
         return self.state, loss
 
     def sample(  # noqa: D102
-        self, key: jax.Array, num_samples: int, kwargs: Mapping[str, Any], exclude: Iterable[str]
+        self,
+        key: jax.Array,
+        num_samples: int,
+        kwargs: Mapping[str, Any],
+        exclude: Iterable[str],
+        bound: BoundArgs | None = None,
     ) -> Posterior:
-        if self.state is None and self._saved is not None:
+        if self.state is None and self._saved is not None and not self._guide_ready():
             raise NotFittedError(
                 "`sample` draws from the fitted guide, which a loaded model sets up again on "
                 "its next fitting call (`fit`, `fit_on_batch` or `train_on_batch` resume from "
                 "the saved state); its saved posterior draws serve `predict` as they are."
             )
-        if self.state is None:
+        params = self.current_params()
+        if not params or not self._guide_ready():
             raise NotFittedError(
-                "`sample` draws from the fitted guide: call `fit` or `fit_on_batch` first."
+                "`sample` draws from the fitted guide: call `fit` or `fit_on_batch` first, or "
+                "set `vi_result` to an SVI result (`model.vi_result = svi.run(...)`)."
             )
         static = tuple(sorted((k, v) for k, v in kwargs.items() if not hasattr(v, "shape")))
         args = {k: jnp.asarray(v) for k, v in kwargs.items() if hasattr(v, "shape")}
-        params = self.driver.params(self.state)
         draws = self.driver.draw_posterior(key, params, num_samples, static, args, exclude)
-        return Posterior(draws, 1)
+        return Posterior(draws, 1, params)
 
     def export_state(self) -> Exported:  # noqa: D102
         arrays: dict[str, np.ndarray] = {}
@@ -345,6 +416,7 @@ class SVIFit(Driver):
             "state": self.state,
             "vi_result": self.vi_result,
             "saved": self._saved,
+            "from_result": self._from_result,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -352,6 +424,7 @@ class SVIFit(Driver):
         self.state = state["state"]
         self.vi_result = state["vi_result"]
         self._saved = state.get("saved")
+        self._from_result = bool(state.get("from_result", False))
 
 
 class MCMCFit(Driver):
@@ -377,21 +450,45 @@ class MCMCFit(Driver):
         exclude: Iterable[str],
         trace: Any = None,
     ) -> Posterior:
-        if trace is None:
-            self.driver.run(key, bound.static, _arrays(bound), progress=progress)
-        else:
-            self.driver.run_to_trace(trace, key, bound.static, _arrays(bound), progress=progress)
+        # NumPyro traces the kernel while the sampler runs: other threads' tracing waits
+        with TRACE_LOCK:
+            if trace is None:
+                self.driver.run(key, bound.static, _arrays(bound), progress=progress)
+            else:
+                self.driver.run_to_trace(
+                    trace, key, bound.static, _arrays(bound), progress=progress
+                )
         return Posterior(self.driver.draws(exclude), self.driver.num_chains)
 
     def sample_stats(self) -> dict[str, Any] | None:  # noqa: D102
         return self.driver.sample_stats()
 
     def sample(  # noqa: D102
-        self, key: jax.Array, num_samples: int, kwargs: Mapping[str, Any], exclude: Iterable[str]
+        self,
+        key: jax.Array,
+        num_samples: int,
+        kwargs: Mapping[str, Any],
+        exclude: Iterable[str],
+        bound: BoundArgs | None = None,
     ) -> Posterior:
-        if self.driver.mcmc is None:
-            raise NotFittedError("`sample` continues the MCMC chains: call `fit_on_batch` first.")
-        self.driver.continue_chains(key, num_samples, progress=False)
+        if bound is None and kwargs:
+            raise ValueError(
+                f"`sample` got kernel arguments {sorted(kwargs)} but not both the input and "
+                "the output: MCMC samples the posterior given data (e.g. "
+                "`model.sample(X=X, y=y)`), or, with no arguments, continues its chains."
+            )
+        if bound is None and self.driver.mcmc is None:
+            raise NotFittedError(
+                "`sample` continues the MCMC chains: call `fit_on_batch` first, or give the "
+                "data to sample the posterior of, e.g. `model.sample(X=X, y=y)`."
+            )
+        with TRACE_LOCK:
+            if bound is None:
+                self.driver.continue_chains(key, num_samples, progress=False)
+            else:  # new data, a new posterior: warm up and sample on them
+                self.driver.run(
+                    key, bound.static, _arrays(bound), progress=False, num_samples=num_samples
+                )
         return Posterior(self.driver.draws(exclude), self.driver.num_chains)
 
     def diagnostics(self) -> dict[str, float]:  # noqa: D102

@@ -18,6 +18,8 @@ import numpy as np
 from numpyro import handlers
 from numpyro.infer import MCMC
 
+from dopax.kernel.tracing import TRACE_LOCK
+
 __all__ = ["digest", "fingerprint", "observed_and_constant", "trace_model"]
 
 
@@ -137,7 +139,8 @@ def trace_model(model: Callable[..., Any], kwargs: Mapping[str, Any]) -> dict[st
                 "value": value,
             }
 
-    jax.eval_shape(run)
+    with TRACE_LOCK:
+        jax.eval_shape(run)
     return sites
 
 

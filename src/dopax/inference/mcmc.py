@@ -66,6 +66,7 @@ class MCMCDriver:
         args: Mapping[str, Any],
         *,
         progress: bool,
+        num_samples: int | None = None,
     ) -> None:
         """Run warm-up and sampling on a fresh copy of the sampler.
 
@@ -74,8 +75,11 @@ class MCMCDriver:
             static: Static kernel arguments.
             args: Array kernel arguments.
             progress: Whether to show NumPyro's progress bar.
+            num_samples: Draws per chain, or ``None`` for the MCMC object's own.
         """
         mcmc = copy.deepcopy(self.template)
+        if num_samples is not None:
+            mcmc.num_samples = int(num_samples)
         mcmc.progress_bar = bool(progress) and mcmc.progress_bar
         self.args = {**dict(args), **dict(static)}
         mcmc.run(key, extra_fields=_stat_fields(mcmc), **self.args)

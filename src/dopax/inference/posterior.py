@@ -124,16 +124,22 @@ def stored_bytes_per_draw(draws: Mapping[str, Any]) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Posterior:
-    """Posterior draws, flat over chains (chain-major).
+    """Posterior draws, flat over chains (chain-major), and the point values they go with.
 
     Attributes:
         draws: Site name to array with a leading flat draw axis: a NumPy
             array, or a :class:`ChainMajorDraws` read block by block.
         num_chains: Number of chains the draws hold.
+        params: Point values of the fit that drew them (an SVI fit's
+            ``params``: the guide's and the kernel's ``numpyro.param``
+            sites), by name; every draw uses the kernel's among them, as
+            NumPyro's ``Predictive(..., params=...)`` does. Empty for MCMC,
+            whose ``numpyro.param`` sites keep their initial values.
     """
 
     draws: dict[str, Any]
     num_chains: int = 1
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def num_draws(self) -> int:

@@ -14,6 +14,8 @@ from numpyro.infer import SVI
 from numpyro.infer.autoguide import AutoGuide
 from numpyro.infer.util import Predictive
 
+from dopax.kernel.tracing import TRACE_LOCK, guarded_jit
+
 __all__ = ["SVIRunResult", "SVIDriver", "check_losses"]
 
 logger = logging.getLogger("dopax")
@@ -131,7 +133,7 @@ class SVIDriver:
         def step(state: Any, static: tuple[tuple[str, Any], ...], args: Mapping[str, Any]) -> Any:
             return svi.update(state, **args, **dict(static))
 
-        return jax.jit(step, static_argnums=1)
+        return guarded_jit(step, static_argnums=1)
 
     @functools.cached_property
     def _run_chunk(self) -> Callable[..., Any]:
@@ -145,7 +147,7 @@ class SVIDriver:
 
             return jax.lax.scan(body, state, None, length=length)
 
-        return jax.jit(chunk, static_argnums=1)
+        return guarded_jit(chunk, static_argnums=1)
 
     def init(
         self, key: jax.Array, static: tuple[tuple[str, Any], ...], args: Mapping[str, Any]
@@ -157,7 +159,8 @@ class SVIDriver:
             static: Static kernel arguments.
             args: Array kernel arguments.
         """
-        return self.svi.init(key, **args, **dict(static))
+        with TRACE_LOCK:
+            return self.svi.init(key, **args, **dict(static))
 
     def step(
         self, state: Any, static: tuple[tuple[str, Any], ...], args: Mapping[str, Any]
@@ -276,11 +279,19 @@ class SVIDriver:
             exclude: Site names to drop (the output site, observed sites).
         """
         guide = self.svi.guide
-        if isinstance(guide, AutoGuide):
-            draws = guide.sample_posterior(key, dict(params), sample_shape=(num_samples,))
-        else:
-            draws = Predictive(guide, params=dict(params), num_samples=num_samples)(
-                key, **args, **dict(static)
-            )
+        with TRACE_LOCK:
+            if isinstance(guide, AutoGuide):
+                draws = guide.sample_posterior(key, dict(params), sample_shape=(num_samples,))
+            else:
+                draws = Predictive(guide, params=dict(params), num_samples=num_samples)(
+                    key, **args, **dict(static)
+                )
         skip = set(exclude)
+        trace = getattr(guide, "prototype_trace", None)
+        if trace is not None:  # the model's own trace says which sites are latent
+            skip |= {
+                name
+                for name, site in trace.items()
+                if site["type"] != "sample" or site.get("is_observed")
+            }
         return {k: np.asarray(v) for k, v in draws.items() if k not in skip}

@@ -345,6 +345,9 @@ class ZarrTrace:
         out; while a run is unfinished, the per-draw groups hold the draws every
         chain has finished.
 
+        Returns:
+            The trace's groups (``posterior``, ``sample_stats``, ...) as a tree.
+
         Raises:
             FileNotFoundError: If no run has written to the trace yet.
         """

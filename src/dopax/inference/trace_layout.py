@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,7 @@ from zarr.abc.store import Store
 from zarr.core.array_spec import ArrayConfigParams
 from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
+from dopax._warn import ignoring
 from dopax.output.schema import CHAIN, DRAW, POSITION_ATTRS, POSTERIOR
 
 __all__ = [
@@ -232,10 +232,7 @@ def state_name(index: int) -> str:
 
 def consolidate(store: Store) -> None:
     """Consolidate the metadata (Zarr's warning that v3 has no such standard is expected)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=CONSOLIDATED_WARNING, category=zarr.errors.ZarrUserWarning
-        )
+    with ignoring(CONSOLIDATED_WARNING, zarr.errors.ZarrUserWarning):
         zarr.consolidate_metadata(store, zarr_format=3)
 
 

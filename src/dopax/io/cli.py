@@ -15,13 +15,13 @@ import argparse
 import os
 import shutil
 import sys
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
+from dopax._warn import ignoring
 from dopax.exceptions import InputError, ScenarioError
 
 __all__ = ["build_parser", "main"]
@@ -294,8 +294,10 @@ def _write_effect(tree: Any, base: str) -> str:
         where.path.parent.mkdir(parents=True, exist_ok=True)
     target = str(where.path) if where.path is not None else where.open_store(read_only=False)
     try:
-        with warnings.catch_warnings(), zarr.config.set({"array.write_empty_chunks": True}):
-            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not")
+        with (
+            ignoring("Consolidated metadata is currently not", zarr.errors.ZarrUserWarning),
+            zarr.config.set({"array.write_empty_chunks": True}),
+        ):
             xr.DataTree.from_dict(nodes).to_zarr(
                 target, mode="w-", consolidated=True, zarr_format=3, encoding=encoding
             )

@@ -321,6 +321,7 @@ def spec_to_json(spec: KernelSpec | None) -> dict[str, Any] | None:
         "sample_sites": list(spec.sample_sites),
         "return_sites": list(spec.return_sites),
         "output_observed": spec.output_observed,
+        "param_sites": list(spec.param_sites),
     }
 
 
@@ -329,7 +330,10 @@ def spec_from_json(data: dict[str, Any] | None) -> KernelSpec | None:
     if data is None:
         return None
     return KernelSpec(
-        tuple(data["sample_sites"]), tuple(data["return_sites"]), bool(data["output_observed"])
+        tuple(data["sample_sites"]),
+        tuple(data["return_sites"]),
+        bool(data["output_observed"]),
+        tuple(data.get("param_sites", ())),
     )
 
 

@@ -123,7 +123,7 @@ def save_model(
             ``sys.path`` when it loads (e.g. the module of the kernel).
         mlflow_model: The :class:`mlflow.models.Model` to add the flavor to.
         signature: The model signature; by default inputs from the model's
-            input schema (columns as :mod:`dopax.io.tabular` names them),
+            input schema (columns as the command line names them),
             outputs from ``input_example``'s summaries, and the pyfunc's
             parameters.
         input_example: A DataFrame of a few rows (saved with the model).
@@ -252,6 +252,9 @@ def load_model(
         trust_code: Run the model's code (its ``code_paths``, its kernel's
             module or ``kernel.py``); see :func:`dopax.load_model`.
         allow_pickle: See :func:`dopax.load_model`.
+
+    Returns:
+        The model.
     """
     local = _download_artifact_from_uri(artifact_uri=model_uri, output_path=dst_path)
     conf = _get_flavor_configuration(model_path=local, flavor_name=FLAVOR_NAME)

@@ -250,6 +250,9 @@ def load_model(
             pickle runs whatever code it holds.
         storage_options: fsspec options for URLs.
 
+    Returns:
+        The model, fitted as it was saved.
+
     Raises:
         SavedModelError: If the folder holds no saved model or a damaged one,
             the kernel does not import, or code or a pickle would have to run
@@ -278,10 +281,6 @@ def load_model(
     state = model._state
     state.ctx.spec = mf.spec_from_json(m["kernel_spec"])
     state.ctx.inputs = inputs
-    post = m["posterior"]
-    if post is not None:
-        draws = {name: arrays[f"posterior/{i:04d}"] for i, name in enumerate(post["sites"])}
-        state.posterior = Posterior(draws, int(post["num_chains"]))
     fit = {k[len("fit/") :]: v for k, v in arrays.items() if k.startswith("fit/")}
     if m["fit"].get("kind") == state.driver.kind:
         try:
@@ -292,5 +291,11 @@ def load_model(
                 f"{mf.STATE} ({type(err).__name__}: {err}). Restore the folder from where it "
                 "came from, or save the model again."
             ) from err
+    post = m["posterior"]
+    if post is not None:
+        draws = {name: arrays[f"posterior/{i:04d}"] for i, name in enumerate(post["sites"])}
+        # the posterior goes with the fit's point values (``numpyro.param`` sites)
+        params = state.driver.current_params()
+        state.posterior = Posterior(draws, int(post["num_chains"]), params)
     state.resume_count(int(rng["counter"]))
     return model

@@ -26,11 +26,14 @@ class KernelSpec:
         return_sites: The output site first, then every deterministic site.
         output_observed: Whether the output site was observed in the trace
             (``True`` when traced with data for the output).
+        param_sites: Names of the kernel's ``numpyro.param`` sites (point
+            estimates: an SVI fit's values replace their initial values).
     """
 
     sample_sites: tuple[str, ...]
     return_sites: tuple[str, ...]
     output_observed: bool
+    param_sites: tuple[str, ...] = ()
 
     @property
     def traced(self) -> bool:
@@ -95,12 +98,17 @@ def build_spec(trace: Mapping[str, Any], param_output: str) -> KernelSpec:
         for name, site in trace.items()
         if site["type"] == "sample" and not site.get("is_observed") and name != param_output
     )
-    deterministic = tuple(name for name, site in trace.items() if site["type"] == "deterministic")
+    deterministic = tuple(
+        name
+        for name, site in trace.items()
+        if site["type"] == "deterministic" and name != param_output
+    )
     out = trace[param_output]
     return KernelSpec(
         sample_sites=sample_sites,
         return_sites=(param_output, *deterministic),
         output_observed=bool(out.get("is_observed")),
+        param_sites=tuple(name for name, site in trace.items() if site["type"] == "param"),
     )
 
 
@@ -119,6 +127,7 @@ def merge_specs(first: KernelSpec, second: KernelSpec) -> KernelSpec:
         sample_sites=union(first.sample_sites, second.sample_sites),
         return_sites=union(first.return_sites, second.return_sites),
         output_observed=first.output_observed or second.output_observed,
+        param_sites=union(first.param_sites, second.param_sites),
     )
 
 

@@ -213,19 +213,31 @@ class FittingMethods:
 
         The model's own posterior is not replaced (see :meth:`set_posterior_sample`).
 
+        With MCMC and the kernel's input and output among ``kwargs`` (e.g.
+        ``sample(X=X, y=y)``), the sampler warms up and draws the posterior
+        given those data (``num_samples`` per chain); without data it
+        continues the chains where they stopped, on the data they ran on.
+
         Args:
             num_samples: Draws (per chain for MCMC).
             rng_key: Key for this call; derived from the model's key if omitted.
             return_sites: Sites to keep (default: all latent sites).
             return_datatree: Return a DataTree (``posterior`` group) or a dict.
-            **kwargs: Kernel arguments for guides that need data.
+            **kwargs: Kernel arguments: for guides that need data (SVI), or
+                the data to sample the posterior of (MCMC).
 
         Returns:
             The draws.
         """
         num_samples = positive_int(num_samples, "num_samples")
+        bound = None
+        name_in = self._state.ctx.param_input
+        if name_in in kwargs and self.param_output in kwargs:
+            data = dict(kwargs)
+            X, y = data.pop(name_in), data.pop(self.param_output)
+            bound = self._bind_fit(X, y, data, "sample")
         key = self._state.call_key(rng_key)
-        post = self._state.driver.sample(key, num_samples, kwargs, self._latent_only())
+        post = self._state.driver.sample(key, num_samples, kwargs, self._latent_only(), bound)
         draws = post.draws
         if return_sites is not None:
             names: Any = [return_sites] if isinstance(return_sites, str) else return_sites
@@ -288,6 +300,8 @@ class FittingMethods:
             raise ValueError(
                 f"`posterior_sample` arrays must share one leading (draw) size; got {sizes}."
             )
-        self._state.posterior = Posterior(draws, 1)
+        # ``numpyro.param`` sites keep the SVI parameters the model holds (its fit's,
+        # or a ``vi_result`` set by hand), as the draws were taken with them
+        self._state.posterior = Posterior(draws, 1, self._state.driver.current_params())
         self._state.observed = None
         return self

@@ -127,9 +127,10 @@ class ImpactModel(FittingMethods):
 
     @property
     def posterior(self) -> dict[str, np.ndarray] | None:
-        """Posterior draws (leading axis: all draws, chain-major), or ``None``.
+        """The posterior draws by site, or ``None`` before a fit.
 
-        Draws that a traced fit left in its trace are read into memory here.
+        Each array leads with all draws, chain-major. Draws that a traced fit
+        left in its trace are read into memory here.
         """
         post = self._state.posterior
         return None if post is None else post.in_memory()
@@ -146,12 +147,31 @@ class ImpactModel(FittingMethods):
 
     @vi_result.setter
     def vi_result(self, value: Any) -> None:
+        """Take an SVI result as the fit's outcome (aimz's manual workflow).
+
+        ``model.vi_result = svi.run(...)`` (or a result with ``params`` and
+        ``losses``) makes ``sample``, ``predict`` and the other calls draw
+        from the guide with these parameters: with an automatic guide the
+        model's posterior becomes 1,000 draws from it at once; a guide that
+        needs data draws with ``sample(**data)`` and ``set_posterior_sample``.
+        """
+        params = getattr(value, "params", None)
+        if not isinstance(params, Mapping):
+            raise TypeError(
+                "`vi_result` must have a `params` dict (e.g. the result of `svi.run(...)`); "
+                f"got {type(value).__name__}."
+            )
         losses = getattr(value, "losses", None)
         if losses is not None and not np.all(np.isfinite(np.asarray(losses))):
             warn(
                 "`vi_result.losses` contains NaN or Inf; the fit may have diverged.", RuntimeWarning
             )
-        self._state.driver.vi_result = value
+        driver = self._state.driver
+        driver.use_result(value)
+        drawn = driver.posterior_from_result(self._state.call_key(None), 1000, self._latent_only())
+        if drawn is not None:
+            self._state.posterior = drawn
+            self._state.observed = None
 
     def is_fitted(self) -> bool:
         """Return whether the model has posterior draws."""
@@ -301,6 +321,9 @@ class ImpactModel(FittingMethods):
         Args:
             X: Input with a leading row axis, or an ArrayLoader.
             **kwargs: Arguments of :meth:`predict_on_batch` and further kernel arguments.
+
+        Returns:
+            The draws, as :meth:`predict_on_batch` returns them.
         """
         if "in_sample" in kwargs:
             raise TypeError(
@@ -415,6 +438,9 @@ class ImpactModel(FittingMethods):
         Args:
             X: Input with a leading row axis, or an ArrayLoader.
             **kwargs: Arguments of :meth:`predict` and further kernel arguments.
+
+        Returns:
+            A DataTree with the ``posterior_predictive`` group and ``posterior``.
         """
         if "in_sample" in kwargs:
             raise TypeError("`sample_posterior_predictive` is in sample; drop `in_sample`.")

@@ -315,9 +315,8 @@ def open_result(
     Nothing is read until a value is asked for. The draws of the predictive
     groups are Dask arrays chunked as stored; the groups ArviZ's statistics
     read whole (``posterior``, ``log_likelihood``, ``observed_data``) are
-    lazily read arrays that ArviZ accepts (see
-    :data:`~dopax.output.schema.CHUNKED_GROUPS`). Every read goes through a
-    :class:`StrictStore`, so a chunk that disappears later (or a deleted
+    lazily read arrays that ArviZ accepts. Every read goes through a
+    store wrapper that checks each chunk is there, so a chunk that disappears later (or a deleted
     folder) raises :class:`~dopax.exceptions.IncompleteResultError` when read
     rather than yielding fill values.
 

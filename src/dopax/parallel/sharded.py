@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Hashable
-from typing import Any, Protocol
+from collections.abc import Hashable
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from dopax.kernel.tracing import GuardedJit, guarded_jit
+
 __all__ = [
     "OBS",
     "DRAW",
     "BlockFn",
+    "BlockInputs",
     "BlockProgram",
     "OutputAxes",
     "compiled_block",
@@ -41,7 +44,39 @@ OBS = "obs"
 DRAW = "draw"
 _AXIS = "devices"
 
-BlockFn = Callable[..., dict[str, jax.Array]]
+#: A compiled block function: ``fn(inputs)``, and ``fn.lower(inputs)``.
+BlockFn = GuardedJit
+
+
+class BlockInputs(NamedTuple):
+    """Everything one block's program takes, as one pytree.
+
+    Attributes:
+        call_key: The call's PRNG key.
+        draws: Global indices of the block's draws, shape ``(D,)``.
+        row_offset: Global index of the block's first row.
+        latent: Latent values to substitute, each leading with the block's draws.
+        params: Values of the kernel's ``numpyro.param`` sites, used whole by
+            every draw (an SVI fit's point estimates).
+        rows: Inputs whose leaves lead with the block's rows.
+        shared: Inputs used whole by every block.
+        row_do: Intervention values leading with the block's rows.
+        shared_do: Intervention values used whole.
+        anchor: The anchor row's inputs (the call's first row).
+        anchor_do: The anchor row's intervention values.
+    """
+
+    call_key: Any
+    draws: Any
+    row_offset: Any
+    latent: Any
+    params: Any
+    rows: Any
+    shared: Any
+    row_do: Any
+    shared_do: Any
+    anchor: Any
+    anchor_do: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,11 +100,8 @@ class OutputAxes:
 class BlockProgram(Hashable, Protocol):
     """A hashable description of what one block computes (it keys compilation).
 
-    ``local`` takes ``(call_key, draw_indices, row_offset, latent, rows,
-    shared, row_do, shared_do, anchor, anchor_do)``: ``latent`` and
-    ``draw_indices`` lead with the block's draws, ``rows`` and ``row_do`` are
-    pytrees whose leaves lead with the block's rows, the others are used
-    whole. It returns a dict of the outputs named in ``outputs``.
+    ``local`` takes one :class:`BlockInputs` (or one device's share of it)
+    and returns a dict of the outputs named in ``outputs``.
     """
 
     @property
@@ -77,7 +109,7 @@ class BlockProgram(Hashable, Protocol):
         """The program's outputs."""
         ...
 
-    def local(self, *args: Any) -> dict[str, jax.Array]:
+    def local(self, inputs: BlockInputs) -> dict[str, jax.Array]:
         """Compute one block (or one device's share of it)."""
         ...
 
@@ -121,43 +153,31 @@ def compiled_block(program: BlockProgram, shard_axis: str, n_dev: int) -> BlockF
     sharded_rows = shard_axis == OBS and n_dev > 1
     summed = [a.name for a in program.outputs if a.summed_over_rows]
 
-    def local(
-        call_key: jax.Array,
-        draw_indices: jax.Array,
-        row_offset: jax.Array,
-        latent: Any,
-        rows: Any,
-        shared: Any,
-        row_do: Any,
-        shared_do: Any,
-        anchor: Any,
-        anchor_do: Any,
-    ) -> dict[str, jax.Array]:
+    def local(inputs: BlockInputs) -> dict[str, jax.Array]:
         if sharded_rows:
-            row_offset = row_offset + jax.lax.axis_index(_AXIS) * _first_leaf_rows(rows)
-        out = program.local(
-            call_key, draw_indices, row_offset, latent, rows, shared, row_do, shared_do, anchor,
-            anchor_do,
-        )  # fmt: skip
+            offset = inputs.row_offset + jax.lax.axis_index(_AXIS) * _first_leaf_rows(inputs.rows)
+            inputs = inputs._replace(row_offset=offset)
+        out = program.local(inputs)
         if sharded_rows:
             for name in summed:
                 out[name] = jax.lax.psum(out[name], _AXIS)
         return out
 
     if n_dev == 1:
-        return jax.jit(local)
+        return guarded_jit(local)
 
     rep = PartitionSpec()
     split = PartitionSpec(_AXIS)
+    in_specs = BlockInputs(*([rep] * len(BlockInputs._fields)))
     if shard_axis == OBS:
-        in_specs = (rep, rep, rep, rep, split, rep, split, rep, rep, rep)
+        in_specs = in_specs._replace(rows=split, row_do=split)
     else:
-        in_specs = (rep, split, rep, split, rep, rep, rep, rep, rep, rep)
+        in_specs = in_specs._replace(draws=split, latent=split)
     out_specs = {axes.name: _out_spec(axes, shard_axis) for axes in program.outputs}
     mapped = jax.shard_map(
-        local, mesh=local_mesh(), in_specs=in_specs, out_specs=out_specs, check_vma=False
+        local, mesh=local_mesh(), in_specs=(in_specs,), out_specs=out_specs, check_vma=False
     )
-    return jax.jit(mapped)
+    return guarded_jit(mapped)
 
 
 def place(tree: Any, shard: bool) -> Any:

@@ -3,7 +3,8 @@
 Every predictive and log-likelihood computation in dopax, in memory or
 streamed, runs :func:`forward_draw` (vmapped over draws). Handlers compose in
 one order: ``do`` innermost (so it sees every site first), then ``substitute``
-with the draw's latent values, then :class:`~dopax.sampling.rng.RowKeySeed`.
+with the draw's latent values and the fitted values of ``numpyro.param``
+sites, then :class:`~dopax.sampling.rng.RowKeySeed`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,17 @@ import jax.numpy as jnp
 from numpyro import handlers
 
 from dopax.parallel.batching import largest_divisor_at_most
-from dopax.parallel.sharded import OutputAxes
+from dopax.parallel.sharded import BlockInputs, OutputAxes
 from dopax.sampling.rng import RowKeySeed, draw_words
 
-__all__ = ["ForwardProgram", "PassSpec", "forward_block", "forward_draw", "map_draws"]
+__all__ = [
+    "ForwardProgram",
+    "PassSpec",
+    "forward_block",
+    "forward_draw",
+    "map_draws",
+    "with_params",
+]
 
 PREDICT = "predict"
 LOG_LIKELIHOOD = "log_likelihood"
@@ -127,20 +135,7 @@ def forward_draw(
     return {name: jnp.asarray(site_value(trace, name, intervention)) for name in spec.return_sites}
 
 
-def forward_block(
-    spec: PassSpec,
-    call_key: jax.Array,
-    draw_indices: jax.Array,
-    row_offset: jax.Array,
-    latent: Mapping[str, Any],
-    row_args: Mapping[str, Any],
-    shared_args: Mapping[str, Any],
-    row_intervention: Mapping[str, Any],
-    shared_intervention: Mapping[str, Any],
-    anchor_args: Mapping[str, Any],
-    anchor_intervention: Mapping[str, Any],
-    cells_per_step: int,
-) -> dict[str, jax.Array]:
+def forward_block(spec: PassSpec, inputs: BlockInputs, cells_per_step: int) -> dict[str, jax.Array]:
     """Run :func:`forward_draw` for a block of draws on one block of rows.
 
     Draws run vmapped in sequential steps of about ``cells_per_step``
@@ -151,39 +146,45 @@ def forward_block(
 
     Args:
         spec: The static pass description.
-        call_key: The call's PRNG key.
-        draw_indices: Global indices of the block's draws, shape ``(D,)``.
-        row_offset: Global index of the block's first row.
-        latent: Latent values with a leading draw axis of size ``D``.
-        row_args: Kernel arguments with a leading row axis.
-        shared_args: Array kernel arguments used whole by every row block.
-        row_intervention: Intervention values with a leading row axis.
-        shared_intervention: Intervention values used whole.
-        anchor_args: Row arguments of the anchor row (see :func:`forward_draw`).
-        anchor_intervention: Row intervention values of the anchor row.
+        inputs: The block's inputs (draws, latent values, ``numpyro.param``
+            values, row and shared arguments and interventions, anchor row).
         cells_per_step: Draw-by-row cells per sequential step.
 
     Returns:
         Each output with a leading draw axis of size ``D``.
     """
+    args = {**inputs.shared, **inputs.rows}
+    intervention = {**inputs.shared_do, **inputs.row_do}
+    anchor_args = {**inputs.shared, **inputs.anchor}
+    anchor_do = {**inputs.shared_do, **inputs.anchor_do}
 
     def one(draw_index: jax.Array, latent_d: Mapping[str, Any]) -> dict[str, jax.Array]:
-        args = {**shared_args, **row_args}
-        intervention = {**shared_intervention, **row_intervention}
         return forward_draw(
             spec,
-            call_key,
+            inputs.call_key,
             draw_index,
-            row_offset,
-            latent_d,
+            inputs.row_offset,
+            with_params(inputs.params, latent_d),
             args,
             intervention,
-            {**shared_args, **anchor_args},
-            {**shared_intervention, **anchor_intervention},
+            anchor_args,
+            anchor_do,
         )
 
-    n_rows = max((jnp.shape(v)[0] for v in row_args.values()), default=1)
-    return map_draws(one, draw_indices, latent, int(n_rows), cells_per_step)
+    n_rows = max((jnp.shape(v)[0] for v in inputs.rows.values()), default=1)
+    return map_draws(one, inputs.draws, inputs.latent, int(n_rows), cells_per_step)
+
+
+def with_params(params: Mapping[str, Any], latent: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the values one draw substitutes: ``numpyro.param`` values, then the draw's latents.
+
+    A site with values per draw (a posterior that holds it) takes those.
+
+    Args:
+        params: Values of the kernel's ``numpyro.param`` sites, used by every draw.
+        latent: The draw's latent values.
+    """
+    return {**params, **latent} if params else dict(latent)
 
 
 def map_draws(
@@ -249,34 +250,9 @@ class ForwardProgram:
             for name, axis in zip(self.spec.return_sites, self.row_axes, strict=True)
         )
 
-    def local(
-        self,
-        call_key: jax.Array,
-        draw_indices: jax.Array,
-        row_offset: jax.Array,
-        latent: Mapping[str, Any],
-        rows: Mapping[str, Any],
-        shared: Mapping[str, Any],
-        row_do: Mapping[str, Any],
-        shared_do: Mapping[str, Any],
-        anchor: Mapping[str, Any],
-        anchor_do: Mapping[str, Any],
-    ) -> dict[str, jax.Array]:
+    def local(self, inputs: BlockInputs) -> dict[str, jax.Array]:
         """Run :func:`forward_block` on one block (see :class:`BlockProgram`)."""
-        out = forward_block(
-            self.spec,
-            call_key,
-            draw_indices,
-            row_offset,
-            latent,
-            rows,
-            shared,
-            row_do,
-            shared_do,
-            anchor,
-            anchor_do,
-            self.cells_per_step,
-        )
+        out = forward_block(self.spec, inputs, self.cells_per_step)
         sites = zip(self.spec.return_sites, self.row_axes, self.ndims, strict=False)
         for name, axis, ndim in sites:
             if axis is not None and out[name].ndim == ndim:  # the row axis was squeezed away

@@ -266,8 +266,8 @@ def _check_split(
     """
     import jax
     from numpyro import handlers
-    from numpyro.distributions.distribution import validation_enabled
 
+    from dopax.kernel.tracing import TRACE_LOCK
     from dopax.sampling.rng import RowKeySeed
 
     index = _probe_index(n_rows, 5)
@@ -319,17 +319,19 @@ def _check_split(
         )
 
     # The check is about the kernel's structure, not the data's values: like the
-    # compiled pass, which never sees concrete values, it runs without NumPyro's
-    # argument validation, so a NaN or an out-of-support value in the first rows
-    # decides nothing. The kernel failing on the five rows together is about the
-    # data (e.g. an input of the wrong shape): that error is the call's.
+    # compiled pass, it runs traced, where the rows are abstract and NumPyro's
+    # argument validation has no concrete value to check (no process-wide switch
+    # is flipped, so other threads' calls are untouched); a NaN or an
+    # out-of-support value in the first rows decides nothing. The kernel failing
+    # on the five rows together is about the data (e.g. an input of the wrong
+    # shape): that error is the call's.
     data = (rows, row_do, latent0, dict(shared_args), dict(shared_intervention))
     pieces = ((slice(0, 5), 0), (slice(0, 2), 0), (slice(2, 5), 2))
 
     def split_runs(d: tuple[Any, ...]) -> list[dict[str, tuple[Any, Any]]]:
         return [run(d, block, offset) for block, offset in pieces]
 
-    with validation_enabled(False):
+    with TRACE_LOCK:
         try:
             whole, head, tail = jax.device_get(jax.jit(split_runs)(data))
         except Exception as err:

@@ -14,6 +14,7 @@ import numpy as np
 from numpyro import handlers
 
 from dopax.exceptions import KernelValidationError
+from dopax.kernel.tracing import TRACE_LOCK
 from dopax.sampling.rng import RowKeySeed
 
 __all__ = ["Probe", "probe_kernel", "probe_sites"]
@@ -118,7 +119,8 @@ def probe_kernel(
         return values
 
     try:
-        closed, shapes = jax.make_jaxpr(run, return_shape=True)(abstract)
+        with TRACE_LOCK:
+            closed, shapes = jax.make_jaxpr(run, return_shape=True)(abstract)
     except NotImplementedError as err:
         if "threefry" not in str(err):
             raise

@@ -12,17 +12,19 @@ import contextlib
 import errno
 import os
 import shutil
-import warnings
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import zarr
 import zarr.api.asynchronous
 import zarr.errors
 from zarr.abc.store import Store
 from zarr.core.buffer import Buffer
 from zarr.core.sync import _get_loop
 from zarr.storage import LocalStore
+
+from dopax._warn import ignoring
 
 __all__ = [
     "FolderGuard",
@@ -63,22 +65,30 @@ def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
     return future.result()
 
 
-async def finish_store(store: Store, marker: str) -> None:
+#: Zarr's warning that consolidated metadata is not part of format 3 (expected here).
+CONSOLIDATED_WARNING = "Consolidated metadata is currently not part"
+
+
+def finish_store(store: Store, marker: str) -> None:
     """Consolidate a result's metadata, then set its completion ``marker`` (the last write).
+
+    Zarr's warning that format 3 has no standard for consolidated metadata
+    is expected: it is ignored while the calling thread waits, so the
+    (process-wide) warning filter is changed by one thread at a time, never
+    inside Zarr's event loop, where other calls' coroutines interleave.
 
     Args:
         store: The result's store.
         marker: The root attribute that marks the result complete.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore",
-            message="Consolidated metadata is currently not part",
-            category=zarr.errors.ZarrUserWarning,
-        )
+
+    async def finish() -> None:
         await zarr.api.asynchronous.consolidate_metadata(store, zarr_format=3)
-    root = await zarr.api.asynchronous.open_group(store, mode="r+", use_consolidated=True)
-    await root.update_attributes({marker: True})
+        root = await zarr.api.asynchronous.open_group(store, mode="r+", use_consolidated=True)
+        await root.update_attributes({marker: True})
+
+    with ignoring(CONSOLIDATED_WARNING, zarr.errors.ZarrUserWarning):
+        run_to_end(finish())
 
 
 class FolderGuard:
