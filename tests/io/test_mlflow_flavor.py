@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -153,19 +155,62 @@ def _invoke(base, frame, params):
         return err.code, json.loads(err.read())
 
 
-def test_served_model_answers_as_in_process(svi_model, xy, tmp_path):
+@pytest.fixture(scope="module")
+def served(svi_model, tmp_path_factory):
+    """The fitted model saved as an MLflow model and served on loopback: (folder, URL)."""
+    root = tmp_path_factory.mktemp("serve")
+    local = root / "served"
+    dopax.mlflow.save_model(svi_model, str(local))
+    with _served(local, root) as base:
+        yield local, base
+
+
+def test_concurrent_cold_requests_all_succeed_and_equal_sequential_ones(served, xy):
+    # The server's first requests: 8 clients at once, each with a row count the
+    # server has not seen (every request traces and compiles its own program),
+    # 5 rounds of new row counts; then the same requests one at a time: every
+    # answer 200 and equal. (Runs before the other test of the served model.)
+    X, t, _ = xy
+    _, base = served
+    params = {"num_draws": 30, "seed": 5}
+    rng = np.random.default_rng(0)
+    counts_seen: set[int] = set()
+    rounds = []
+    for _ in range(5):
+        fresh = rng.choice(sorted(set(range(1, 61)) - counts_seen), size=8, replace=False)
+        counts_seen.update(int(n) for n in fresh)
+        rounds.append(fresh)
+    for counts in rounds:
+        frames = [_frame(X, t, int(n)) for n in counts]
+        barrier = threading.Barrier(len(frames))
+
+        def call(frame, barrier=barrier):
+            barrier.wait()
+            return _invoke(base, frame, params)
+
+        with concurrent.futures.ThreadPoolExecutor(len(frames)) as pool:
+            together = list(pool.map(call, frames))
+        alone = [_invoke(base, frame, params) for frame in frames]
+        for n, (status, answer), (status_1, answer_1) in zip(counts, together, alone, strict=True):
+            assert status == 200 and status_1 == 200, (n, answer, answer_1)
+            got = pd.DataFrame(answer["predictions"]).to_numpy()
+            assert got.shape[0] == n
+            np.testing.assert_array_equal(got, pd.DataFrame(answer_1["predictions"]))
+    with urllib.request.urlopen(f"{base}/ping", timeout=5) as r:
+        assert r.status == 200
+
+
+def test_served_model_answers_as_in_process(served, xy, tmp_path):
     X, t, _ = xy
     frame = _frame(X, t, 5)
-    local = tmp_path / "served"
-    dopax.mlflow.save_model(svi_model, str(local))
+    local, base = served
     params = {"num_draws": 40, "seed": 3}
     expected = mlflow.pyfunc.load_model(str(local)).predict(frame, params=params)
     bad = frame.copy()
     bad.loc[[1, 3], "t"] = np.nan
-    with _served(local, tmp_path) as base:
-        status, answer = _invoke(base, frame, params)
-        bad_status, bad_answer = _invoke(base, bad, params)
-        missing_status, missing_answer = _invoke(base, frame.drop(columns=["t"]), params)
+    status, answer = _invoke(base, frame, params)
+    bad_status, bad_answer = _invoke(base, bad, params)
+    missing_status, missing_answer = _invoke(base, frame.drop(columns=["t"]), params)
     assert status == 200
     got = pd.DataFrame(answer["predictions"])
     assert list(got.columns) == list(expected.columns)
@@ -176,7 +221,7 @@ def test_served_model_answers_as_in_process(svi_model, xy, tmp_path):
         assert answer["error_code"] == "INVALID_PARAMETER_VALUE"
         text = json.dumps(answer)
         assert "stack_trace" not in answer and "Traceback" not in text
-        assert str(tmp_path) not in text and "site-packages" not in text
+        assert str(local.parent) not in text and "site-packages" not in text
     assert "column t (kernel argument 't')" in bad_answer["message"]
     assert "NaN or Inf in 2 of 5 rows" in bad_answer["message"]
     assert "missing inputs ['t']" in missing_answer["message"]  # MLflow's own schema check

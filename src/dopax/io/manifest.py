@@ -251,6 +251,7 @@ def check_manifest(m: dict[str, Any], where: str) -> None:
             raise _fail(where, "kernel_spec", "must hold the sites and `output_observed`")
         _names(spec.get("sample_sites"), where, "kernel_spec.sample_sites")
         _names(spec.get("return_sites"), where, "kernel_spec.return_sites")
+        _names(spec.get("param_sites", []), where, "kernel_spec.param_sites")
     inputs = m.get("inputs")
     if inputs is not None:
         if not isinstance(inputs, dict) or not isinstance(inputs.get("static"), dict):
