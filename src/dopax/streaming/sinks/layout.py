@@ -23,9 +23,10 @@ def resolve_index(
 ) -> list[slice]:
     """Return ``index`` as unit-step slices over ``(S, *shape)``, checked against the block."""
     flat_shape = layout.flat_shape
-    if not isinstance(index, tuple) or not 1 <= len(index) <= len(flat_shape):
+    fewest = 1 if flat_shape else 0  # a 0-d data variable is written whole, by ()
+    if not isinstance(index, tuple) or not fewest <= len(index) <= len(flat_shape):
         raise ValueError(
-            f"`index` for {layout.group}/{layout.name} must be a tuple of 1 to "
+            f"`index` for {layout.group}/{layout.name} must be a tuple of {fewest} to "
             f"{len(flat_shape)} slices; got {index!r}."
         )
     full = (*index, *(slice(None),) * (len(flat_shape) - len(index)))
@@ -115,7 +116,18 @@ class LayoutSink:
         self._layouts: dict[tuple[str, str], SiteLayout] = {}
         self._static: dict[str, dict[str, Any]] = {}
         self._attrs: dict[str, Any] = {}
+        self._late_attrs: dict[str, Any] = {}
         self._state = "new"
+
+    def add_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Add root attributes known only once every block is written (before ``close``).
+
+        Args:
+            attrs: JSON-serialisable attributes.
+        """
+        self._check_open()
+        self._attrs.update(attrs)
+        self._late_attrs.update(attrs)
 
     def _declare(
         self,
@@ -133,7 +145,7 @@ class LayoutSink:
                 raise ValueError(f"Variable {layout.group}/{layout.name} is declared twice.")
             if layout.num_chains < 1 or layout.num_draws < 1:
                 raise ValueError(f"{layout.group}/{layout.name}: need at least one chain and draw.")
-            if len(layout.chunks) != len(layout.full_shape) or min(layout.chunks) < 1:
+            if len(layout.chunks) != len(layout.full_shape) or min(layout.chunks, default=1) < 1:
                 raise ValueError(
                     f"{layout.group}/{layout.name}: `chunks` {layout.chunks} must give a positive "
                     f"size for each of the {len(layout.full_shape)} dimensions."
