@@ -9,4 +9,6 @@ calibration of a model from a summary result's PIT values.
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from dopax.answers.calibration import PitEcdf, pit_ecdf, pit_values, plot_calibration
+
+__all__ = ["PitEcdf", "pit_ecdf", "pit_values", "plot_calibration"]

@@ -149,7 +149,7 @@ def tails(values: jax.Array, k_low: int, k_high: int) -> Tails:
     if k_low + k_high >= n:
         ordered = jnp.sort(values, axis=-1)
         return Tails(n, ordered[..., :k_low], ordered[..., n - k_high :])
-    low = -largest(-values, k_low)[..., ::-1] if k_low else values[..., :0]
+    low = -largest(-values, k_low) if k_low else values[..., :0]
     high = largest(values, k_high)[..., ::-1] if k_high else values[..., :0]
     return Tails(n, low, high)
 

@@ -55,7 +55,7 @@ def _probability(value: Any, name: str, *, closed: bool = False) -> float:
     prob = float(value)
     ok = 0.0 <= prob <= 1.0 if closed else 0.0 < prob < 1.0
     if not ok or math.isnan(prob):
-        where = "[0, 1]" if closed else "strictly between 0 and 1"
+        where = "in [0, 1]" if closed else "strictly between 0 and 1"
         raise ValueError(f"`{name}` must lie {where}; got {value!r}.")
     return prob
 

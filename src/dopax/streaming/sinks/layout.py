@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import EllipsisType
 from typing import Any
 
 import numpy as np
@@ -49,15 +50,16 @@ def resolve_index(
 
 def pieces(
     layout: SiteLayout, resolved: Sequence[slice]
-) -> Iterator[tuple[tuple[int | slice, ...], slice]]:
+) -> Iterator[tuple[tuple[int | slice, ...], slice | EllipsisType]]:
     """Split a flat region at chain boundaries.
 
     Yields ``(region, rows)``: ``region`` indexes the ``(chain, draw, *shape)``
     array and ``rows`` selects the matching leading part of the block. A data
-    variable (no chain and draw axes) is one piece.
+    variable (no chain and draw axes) is one piece: the whole block (``...``,
+    which a 0-d block takes too).
     """
     if layout.is_data:
-        yield tuple(resolved), slice(None)
+        yield tuple(resolved), ...
         return
     flat, rest = resolved[0], tuple(resolved[1:])
     s, offset = flat.start, 0
