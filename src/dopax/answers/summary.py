@@ -25,7 +25,15 @@ from dopax.parallel.sharded import OutputAxes
 from dopax.sampling.forward import ForwardProgram
 from dopax.sampling.threefry import threefry2x32
 
-__all__ = ["COVERED", "INTERVALS", "SiteSummary", "SummaryProgram", "quantile_name", "stat_names"]
+__all__ = [
+    "COVERED",
+    "INTERVALS",
+    "SiteSummary",
+    "SummaryProgram",
+    "quantile_name",
+    "stat_names",
+    "summarize_draws",
+]
 
 #: Interval kinds of :meth:`ImpactModel.summarize`.
 INTERVALS = ("eti", "hdi")
@@ -82,6 +90,57 @@ def _uniforms(call_key: jax.Array, row_offset: jax.Array, shape: tuple[int, ...]
     return one_two - 1.0
 
 
+def _tail_sizes(
+    n: int, prob: float, interval: str, quantiles: tuple[float, ...]
+) -> tuple[int, int]:
+    """How many of the smallest and largest draws the interval and quantiles read."""
+    ranks = []
+    probs = (*quantiles, (1 - prob) / 2, (1 + prob) / 2) if interval == "eti" else quantiles
+    for p in probs:
+        plan = quantile_plan(n, p)
+        ranks += [plan.below, plan.above]
+    k_low, k_high = tail_sizes(n, ranks)
+    if interval == "hdi":
+        count = n - hdi_width(n, prob)
+        k_low, k_high = max(k_low, count), max(k_high, count)
+    return k_low, k_high
+
+
+def summarize_draws(
+    values: jax.Array, prob: float, interval: str = "eti", quantiles: tuple[float, ...] = ()
+) -> dict[str, jax.Array]:
+    """Reduce draws (leading axis) to ``mean``, ``sd``, ``lower``, ``upper`` and ``q<p>``.
+
+    Inside a compiled program: the mean and the standard deviation (``ddof=1``;
+    0 for one draw) in float32, the interval and quantiles from the draws'
+    ordered tails (:mod:`dopax.answers.order`). Every result has the shape of
+    one draw.
+
+    Args:
+        values: Draws on the leading axis (any real or boolean dtype).
+        prob: Probability of the interval.
+        interval: ``"eti"`` (NumPy's linear quantiles) or ``"hdi"`` (ArviZ's).
+        quantiles: Extra quantiles.
+    """
+    x = values.astype(jnp.float32)
+    n = int(x.shape[0])
+    mean = jnp.sum(x, axis=0) / n
+    if n > 1:
+        sd = jnp.sqrt(jnp.sum(jnp.square(x - mean), axis=0) / (n - 1))
+    else:
+        sd = jnp.zeros_like(mean)
+    ordered = tails(jnp.moveaxis(x, 0, -1), *_tail_sizes(n, prob, interval, quantiles))
+    if interval == "eti":
+        lower = ordered.quantile(quantile_plan(n, (1 - prob) / 2))
+        upper = ordered.quantile(quantile_plan(n, (1 + prob) / 2))
+    else:
+        lower, upper = ordered.hdi(prob)
+    out = {"mean": mean, "sd": sd, "lower": lower, "upper": upper}
+    for p in quantiles:
+        out[quantile_name(p)] = ordered.quantile(quantile_plan(n, p))
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class SummaryProgram:
     """Per-row summaries of every return site over all draws of a block.
@@ -129,39 +188,8 @@ class SummaryProgram:
             out.append(OutputAxes(COVERED, None, None, summed_over_rows=True))
         return tuple(out)
 
-    def _ranks(self) -> tuple[int, int]:
-        n = self.n_draws
-        ranks = []
-        for prob in self.quantiles:
-            plan = quantile_plan(n, prob)
-            ranks += [plan.below, plan.above]
-        if self.interval == "eti":
-            for prob in ((1 - self.prob) / 2, (1 + self.prob) / 2):
-                plan = quantile_plan(n, prob)
-                ranks += [plan.below, plan.above]
-        k_low, k_high = tail_sizes(n, ranks)
-        if self.interval == "hdi":
-            count = n - hdi_width(n, self.prob)
-            k_low, k_high = max(k_low, count), max(k_high, count)
-        return k_low, k_high
-
     def _site(self, site: SiteSummary, value: jax.Array) -> dict[str, jax.Array]:
-        x = value.astype(jnp.float32)
-        n = x.shape[0]
-        mean = jnp.sum(x, axis=0) / n
-        if n > 1:
-            sd = jnp.sqrt(jnp.sum(jnp.square(x - mean), axis=0) / (n - 1))
-        else:
-            sd = jnp.zeros_like(mean)
-        ordered = tails(jnp.moveaxis(x, 0, -1), *self._ranks())
-        if self.interval == "eti":
-            lower = ordered.quantile(quantile_plan(n, (1 - self.prob) / 2))
-            upper = ordered.quantile(quantile_plan(n, (1 + self.prob) / 2))
-        else:
-            lower, upper = ordered.hdi(self.prob)
-        out = {"mean": mean, "sd": sd, "lower": lower, "upper": upper}
-        for prob in self.quantiles:
-            out[quantile_name(prob)] = ordered.quantile(quantile_plan(n, prob))
+        out = summarize_draws(value, self.prob, self.interval, self.quantiles)
         return {f"{site.name}_{k}": v for k, v in out.items()}
 
     def _observed(
