@@ -205,7 +205,8 @@ def elpd_data(tree: xr.DataTree) -> Any:
     """Return ArviZ's ``ELPDData`` (``pointwise=True`` fields) of a ``loo`` result.
 
     ``loo_i`` and ``pareto_k`` are the result's variables, read lazily when
-    their values are asked for.
+    their values are asked for; ``attrs["artifact_path"]`` is the result's
+    folder (``None`` in memory).
 
     Args:
         tree: A result written by :meth:`ImpactModel.loo`.
@@ -216,7 +217,7 @@ def elpd_data(tree: xr.DataTree) -> Any:
     assert isinstance(node, xr.DataTree)
     ds = node.to_dataset()
     a = tree.attrs
-    return elpd_type(
+    elpd = elpd_type(
         data=[
             float(a["elpd_loo"]),
             float(a["se"]),
@@ -242,3 +243,6 @@ def elpd_data(tree: xr.DataTree) -> Any:
             "good_k",
         ],
     )
+    # where the pointwise values are read from (pandas keeps ``attrs`` with the series)
+    elpd.attrs["artifact_path"] = a.get("artifact_path")
+    return elpd

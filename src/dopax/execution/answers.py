@@ -302,6 +302,11 @@ def run_summary(ctx: ModelContext, request: SummaryRequest) -> xr.DataTree:
             "quantiles": [float(q) for q in request.quantiles],
             "in_sample": int(fwd.in_sample),
             "intervention": repr(sorted((fwd.intervention or {}).keys())),
+            # each site's dimension of rows (None: a site without rows)
+            "row_dims": {
+                s.name: None if s.row_axis is None else f"{s.name}_dim_{s.row_axis}"
+                for s in program.sites
+            },
         }
         if program.observed is not None:
             attrs["observed"] = program.observed
