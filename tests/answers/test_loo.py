@@ -18,7 +18,7 @@ from numpyro.infer import MCMC, NUTS
 
 from answers.models import N_DRAWS, linear
 from dopax import ImpactModel
-from dopax.answers.psis import psis_loo, tail_length
+from dopax.reductions.psis import psis_loo, tail_length
 
 
 def _arviz_loo(tree: xr.DataTree) -> Any:

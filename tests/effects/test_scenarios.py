@@ -217,7 +217,7 @@ def test_row_quantiles_equal_numpy_quantile(
     # the per-row reduction of the scenario (and summary) block programs
     import jax
 
-    from dopax.answers.summary import quantile_name, summarize_draws
+    from dopax.reductions.draws import quantile_name, summarize_draws
 
     d = np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)
     ref = np.quantile(d, probs, axis=0)

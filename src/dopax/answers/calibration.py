@@ -121,6 +121,9 @@ def pit_ecdf(
         prob: Probability of the simultaneous band (DKW:
             ``sqrt(log(2 / (1 - prob)) / (2 n))``).
 
+    Returns:
+        The ECDF on the grid, the number of values and the band.
+
     Raises:
         ValueError: For no PIT values, NaN values, or ``prob`` outside ``(0, 1)``.
     """

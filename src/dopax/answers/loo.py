@@ -1,7 +1,7 @@
 """PSIS-LOO as a block program, and the ArviZ ``ELPDData`` of a finished result.
 
 :class:`LooProgram` runs the pointwise log-likelihood of a block (every draw
-of its rows) and reduces it with :func:`~dopax.answers.psis.psis_loo` inside
+of its rows) and reduces it with :func:`~dopax.reductions.psis.psis_loo` inside
 the same compiled program: only per-row ``loo_i``, ``pareto_k`` and
 ``lppd_i`` leave it, never the draws x rows matrix. :class:`LooTotals`
 gathers the sums that ArviZ reports, block by block; :func:`elpd_data`
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import jax
@@ -21,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from dopax.answers.psis import psis_loo
-from dopax.parallel.sharded import OutputAxes
+from dopax.parallel.sharded import BlockInputs, OutputAxes
+from dopax.reductions.psis import psis_loo
 from dopax.sampling.forward import ForwardProgram
 
 __all__ = [
@@ -116,24 +115,9 @@ class LooProgram:
         """``loo_i``, ``pareto_k`` and ``lppd_i``, each shaped like the site."""
         return tuple(OutputAxes(n, None, self.row_axis) for n in (*LOO_VARIABLES, "lppd_i"))
 
-    def local(
-        self,
-        call_key: jax.Array,
-        draw_indices: jax.Array,
-        row_offset: jax.Array,
-        latent: Mapping[str, Any],
-        rows: Mapping[str, Any],
-        shared: Mapping[str, Any],
-        row_do: Mapping[str, Any],
-        shared_do: Mapping[str, Any],
-        anchor: Mapping[str, Any],
-        anchor_do: Mapping[str, Any],
-    ) -> dict[str, jax.Array]:
+    def local(self, inputs: BlockInputs) -> dict[str, jax.Array]:
         """Run the log-likelihood of one block and reduce it (see the class docstring)."""
-        log_lik = self.forward.local(
-            call_key, draw_indices, row_offset, latent, rows, shared, row_do, shared_do,
-            anchor, anchor_do,
-        )[self.site]  # fmt: skip
+        log_lik = self.forward.local(inputs)[self.site]
         loo_i, pareto_k, lppd_i = psis_loo(jnp.moveaxis(log_lik, 0, -1), self.reff)
         return {"loo_i": loo_i, "pareto_k": pareto_k, "lppd_i": lppd_i}
 

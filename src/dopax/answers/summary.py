@@ -20,32 +20,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dopax.answers.order import hdi_width, quantile_plan, tail_sizes, tails
-from dopax.parallel.sharded import OutputAxes
+from dopax.parallel.sharded import BlockInputs, OutputAxes
+from dopax.reductions.draws import quantile_name, summarize_draws
 from dopax.sampling.forward import ForwardProgram
 from dopax.sampling.threefry import threefry2x32
 
-__all__ = [
-    "COVERED",
-    "INTERVALS",
-    "SiteSummary",
-    "SummaryProgram",
-    "quantile_name",
-    "stat_names",
-    "summarize_draws",
-]
+__all__ = ["COVERED", "SiteSummary", "SummaryProgram", "stat_names"]
 
-#: Interval kinds of :meth:`ImpactModel.summarize`.
-INTERVALS = ("eti", "hdi")
 #: Output holding how many observed values of a block lie in their interval.
 COVERED = "covered"
 #: Stream of the uniforms that break ties of discrete PIT values (folded into the call key).
 _PIT_STREAM = 0x9E3779B9
-
-
-def quantile_name(prob: float) -> str:
-    """Return the suffix of an extra quantile's variable, e.g. ``q0.5``."""
-    return f"q{prob:g}"
 
 
 def stat_names(site: str, quantiles: tuple[float, ...], observed: bool) -> list[str]:
@@ -88,57 +73,6 @@ def _uniforms(call_key: jax.Array, row_offset: jax.Array, shape: tuple[int, ...]
     # 23 random mantissa bits: a float in [1, 2), minus one
     one_two = jax.lax.bitcast_convert_type((bits >> 9) | np.uint32(0x3F800000), jnp.float32)
     return one_two - 1.0
-
-
-def _tail_sizes(
-    n: int, prob: float, interval: str, quantiles: tuple[float, ...]
-) -> tuple[int, int]:
-    """How many of the smallest and largest draws the interval and quantiles read."""
-    ranks = []
-    probs = (*quantiles, (1 - prob) / 2, (1 + prob) / 2) if interval == "eti" else quantiles
-    for p in probs:
-        plan = quantile_plan(n, p)
-        ranks += [plan.below, plan.above]
-    k_low, k_high = tail_sizes(n, ranks)
-    if interval == "hdi":
-        count = n - hdi_width(n, prob)
-        k_low, k_high = max(k_low, count), max(k_high, count)
-    return k_low, k_high
-
-
-def summarize_draws(
-    values: jax.Array, prob: float, interval: str = "eti", quantiles: tuple[float, ...] = ()
-) -> dict[str, jax.Array]:
-    """Reduce draws (leading axis) to ``mean``, ``sd``, ``lower``, ``upper`` and ``q<p>``.
-
-    Inside a compiled program: the mean and the standard deviation (``ddof=1``;
-    0 for one draw) in float32, the interval and quantiles from the draws'
-    ordered tails (:mod:`dopax.answers.order`). Every result has the shape of
-    one draw.
-
-    Args:
-        values: Draws on the leading axis (any real or boolean dtype).
-        prob: Probability of the interval.
-        interval: ``"eti"`` (NumPy's linear quantiles) or ``"hdi"`` (ArviZ's).
-        quantiles: Extra quantiles.
-    """
-    x = values.astype(jnp.float32)
-    n = int(x.shape[0])
-    mean = jnp.sum(x, axis=0) / n
-    if n > 1:
-        sd = jnp.sqrt(jnp.sum(jnp.square(x - mean), axis=0) / (n - 1))
-    else:
-        sd = jnp.zeros_like(mean)
-    ordered = tails(jnp.moveaxis(x, 0, -1), *_tail_sizes(n, prob, interval, quantiles))
-    if interval == "eti":
-        lower = ordered.quantile(quantile_plan(n, (1 - prob) / 2))
-        upper = ordered.quantile(quantile_plan(n, (1 + prob) / 2))
-    else:
-        lower, upper = ordered.hdi(prob)
-    out = {"mean": mean, "sd": sd, "lower": lower, "upper": upper}
-    for p in quantiles:
-        out[quantile_name(p)] = ordered.quantile(quantile_plan(n, p))
-    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,31 +153,20 @@ class SummaryProgram:
         covered = jnp.sum(((y >= lower) & (y <= upper) & real).astype(jnp.int32))
         return {f"{site.name}_pit": pit, COVERED: covered}
 
-    def local(
-        self,
-        call_key: jax.Array,
-        draw_indices: jax.Array,
-        row_offset: jax.Array,
-        latent: Mapping[str, Any],
-        rows: Mapping[str, Any],
-        shared: Mapping[str, Any],
-        row_do: Mapping[str, Any],
-        shared_do: Mapping[str, Any],
-        anchor: Mapping[str, Any],
-        anchor_do: Mapping[str, Any],
-    ) -> dict[str, jax.Array]:
+    def local(self, inputs: BlockInputs) -> dict[str, jax.Array]:
         """Run the forward pass on one block and summarise it (see the class docstring)."""
-        draws = self.forward.local(
-            call_key, draw_indices, row_offset, latent, rows["kernel"], shared["kernel"],
-            row_do, shared_do, anchor, anchor_do,
-        )  # fmt: skip
+        kernel_inputs = inputs._replace(rows=inputs.rows["kernel"], shared=inputs.shared["kernel"])
+        draws = self.forward.local(kernel_inputs)
         out: dict[str, jax.Array] = {}
         for site in self.sites:
             value = draws[site.name]
             stats = self._site(site, value)
             out.update(stats)
             if site.name == self.observed:
-                observed = rows["observed"]
-                end = shared["n_rows"]
-                out.update(self._observed(site, value, observed, stats, call_key, row_offset, end))
+                observed, end = inputs.rows["observed"], inputs.shared["n_rows"]
+                out.update(
+                    self._observed(
+                        site, value, observed, stats, inputs.call_key, inputs.row_offset, end
+                    )
+                )
         return out

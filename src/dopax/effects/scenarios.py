@@ -6,7 +6,7 @@ numbers): observation noise cancels in contrasts. Reductions run inside the
 compiled function and only small summaries leave the device: per draw the sum
 of the outcome per scenario (and per group), and per row the posterior mean
 and a central interval of each contrast (the reductions of
-:func:`dopax.answers.summary.summarize_draws`, as ``summarize`` takes them).
+:func:`dopax.reductions.draws.summarize_draws`, as ``summarize`` takes them).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dopax.answers.summary import summarize_draws
 from dopax.parallel.sharded import BlockInputs, OutputAxes
+from dopax.reductions.draws import summarize_draws
 from dopax.sampling.forward import PassSpec, forward_draw, map_draws, with_params
 
 __all__ = ["Scenario", "ScenarioProgram", "group_codes"]

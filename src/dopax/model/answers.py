@@ -9,7 +9,6 @@ from typing import Any
 
 import xarray as xr
 
-from dopax.answers.summary import INTERVALS
 from dopax.execution.answers import run_loo, run_summary
 from dopax.execution.request import (
     LOG_LIKELIHOOD,
@@ -21,6 +20,7 @@ from dopax.execution.request import (
 )
 from dopax.model.checks import optional_positive_int
 from dopax.model.state import FittedState, require_posterior
+from dopax.reductions.draws import INTERVALS
 from dopax.streaming.targets import check_output
 
 __all__ = ["AnswerMethods"]

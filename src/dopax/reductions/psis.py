@@ -28,7 +28,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from dopax.answers.order import largest
+from dopax.reductions.order import largest
 
 __all__ = ["PRIOR_STRENGTH", "psis_loo", "tail_length"]
 
