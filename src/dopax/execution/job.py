@@ -244,8 +244,8 @@ def forward_job(
     if request.kind == LOG_LIKELIHOOD:
         if ctx.param_output not in bound.rows:
             raise ValueError(
-                f"`log_likelihood` needs the observed output: pass `y` with one entry per row "
-                f"of `X` ({bound.n_rows} rows), e.g. `model.log_likelihood(X, y)`, or an "
+                f"`{request.method}` needs the observed output: pass `y` with one entry per "
+                f"row of `X` ({bound.n_rows} rows), e.g. `model.{request.method}(X, y)`, or an "
                 f"ArrayLoader with the field {ctx.param_output!r}."
             )
         traced = ctx.probe(bound)

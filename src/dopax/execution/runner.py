@@ -123,9 +123,12 @@ def sharding_of(job: BlockJob) -> tuple[str, int]:
     """Return ``(shard axis, devices)`` a job actually runs with.
 
     Rows that cannot be split are never split across devices: such jobs
-    split draws instead.
+    split draws instead, unless their program reduces over every draw of a
+    row (``whole_draws``): those split rows, or run on one device.
     """
     n_dev = device_count()
+    if getattr(job.program, "whole_draws", False):
+        return OBS, (n_dev if job.split_rows else 1)
     if n_dev == 1:
         return OBS if job.split_rows else DRAW, 1
     return (job.shard_axis if job.split_rows else DRAW), n_dev
@@ -346,7 +349,8 @@ def run_blocks(
                 index[ax.draw_axis] = slice(0, nd)
             if pad_r != nr and ax.row_axis is not None and not ax.summed_over_rows:
                 index[ax.row_axis] = slice(0, nr)
-            out[ax.name] = value if pad_d == nd and pad_r == nr else Trimmed(value, tuple(index))
+            trimmed = any(sl != slice(None) for sl in index)
+            out[ax.name] = Trimmed(value, tuple(index)) if trimmed else value
             del value
         del raw
         consume(Block(d0, d1, r0, r1), out)

@@ -200,6 +200,7 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
         len(labels),
         request.keep_draws,
         cfg.min_cells_per_step,
+        request.interval,
     )
     job = BlockJob(
         program=program,
@@ -231,10 +232,12 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
             )
         rest = int(np.prod(info.shape[1:], dtype=np.int64))
         kept_bytes = len(names) * rest * np.dtype(info.dtype).itemsize
+    # per draw and row: every scenario's outcome, the contrasts, and the contrasts
+    # again with the draws last (for the per-row intervals) and their selection
     footprint = Footprint(
-        per_row=4 * (2 * len(names) + 1) + kept_bytes,
+        per_row=4 * (2 * len(names) + 1 + 2 * (len(names) - 1)) + kept_bytes,
         per_draw=0,
-        alive=cfg.host_threads + 1,
+        alive=2,
         whole_draws=True,
         one_draw_steps=True,
         probe=False,
@@ -260,9 +263,7 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
             job.split_rows = False
             blocks = sized()
     job.program = dataclasses.replace(program, cells_per_step=blocks.step_cells)
-    acc = EffectAccumulator(
-        len(names), posterior.num_draws, len(labels), n_rows, request.interval, cfg.host_threads
-    )
+    acc = EffectAccumulator(len(names), posterior.num_draws, len(labels), n_rows, request.interval)
     attrs = result_attrs(job, {"baseline": request.baseline, "site": site})
 
     def run(submit: Submit | None, advance: Any) -> None:
@@ -312,9 +313,9 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
     kept_attrs = {**attrs, "method": "compare_scenarios", "scenarios": list(names)}
     client = out.client if out.client is not None else cfg.client
     if cfg.trim_memory:
-        # The host summaries allocate per-row blocks in fresh threads; without a
-        # fixed mmap threshold glibc keeps them in per-thread heaps, and RSS grows
-        # with every call (W3: 30 identical calls, +275 MB).
+        # Block outputs are read on the host (and kept draws written) in threads;
+        # without a fixed mmap threshold glibc keeps such buffers in per-thread
+        # heaps, and RSS grew with every call (W3: 30 identical calls, +275 MB).
         map_large_allocations(cfg.mmap_threshold_bytes)
     try:
         if client is not None:
@@ -339,7 +340,6 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
                     config=cfg,
                     progress=out.progress,
                     desc="compare_scenarios",
-                    interval=request.interval,
                     collect=acc.add_summaries,
                 )
             finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import EllipsisType
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,10 @@ def resolve_index(
 ) -> list[slice]:
     """Return ``index`` as unit-step slices over ``(S, *shape)``, checked against the block."""
     flat_shape = layout.flat_shape
-    if not isinstance(index, tuple) or not 1 <= len(index) <= len(flat_shape):
+    fewest = 1 if flat_shape else 0  # a 0-d data variable is written whole, by ()
+    if not isinstance(index, tuple) or not fewest <= len(index) <= len(flat_shape):
         raise ValueError(
-            f"`index` for {layout.group}/{layout.name} must be a tuple of 1 to "
+            f"`index` for {layout.group}/{layout.name} must be a tuple of {fewest} to "
             f"{len(flat_shape)} slices; got {index!r}."
         )
     full = (*index, *(slice(None),) * (len(flat_shape) - len(index)))
@@ -48,15 +50,16 @@ def resolve_index(
 
 def pieces(
     layout: SiteLayout, resolved: Sequence[slice]
-) -> Iterator[tuple[tuple[int | slice, ...], slice]]:
+) -> Iterator[tuple[tuple[int | slice, ...], slice | EllipsisType]]:
     """Split a flat region at chain boundaries.
 
     Yields ``(region, rows)``: ``region`` indexes the ``(chain, draw, *shape)``
     array and ``rows`` selects the matching leading part of the block. A data
-    variable (no chain and draw axes) is one piece.
+    variable (no chain and draw axes) is one piece: the whole block (``...``,
+    which a 0-d block takes too).
     """
     if layout.is_data:
-        yield tuple(resolved), slice(None)
+        yield tuple(resolved), ...
         return
     flat, rest = resolved[0], tuple(resolved[1:])
     s, offset = flat.start, 0
@@ -115,7 +118,18 @@ class LayoutSink:
         self._layouts: dict[tuple[str, str], SiteLayout] = {}
         self._static: dict[str, dict[str, Any]] = {}
         self._attrs: dict[str, Any] = {}
+        self._late_attrs: dict[str, Any] = {}
         self._state = "new"
+
+    def add_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Add root attributes known only once every block is written (before ``close``).
+
+        Args:
+            attrs: JSON-serialisable attributes.
+        """
+        self._check_open()
+        self._attrs.update(attrs)
+        self._late_attrs.update(attrs)
 
     def _declare(
         self,
@@ -133,7 +147,7 @@ class LayoutSink:
                 raise ValueError(f"Variable {layout.group}/{layout.name} is declared twice.")
             if layout.num_chains < 1 or layout.num_draws < 1:
                 raise ValueError(f"{layout.group}/{layout.name}: need at least one chain and draw.")
-            if len(layout.chunks) != len(layout.full_shape) or min(layout.chunks) < 1:
+            if len(layout.chunks) != len(layout.full_shape) or min(layout.chunks, default=1) < 1:
                 raise ValueError(
                     f"{layout.group}/{layout.name}: `chunks` {layout.chunks} must give a positive "
                     f"size for each of the {len(layout.full_shape)} dimensions."

@@ -353,7 +353,7 @@ class ZarrSink(LayoutSink):
                 raise self._static_error
             if self._guard is not None:
                 self._guard.check()
-            finish_store(self._store, COMPLETE_ATTR)
+            finish_store(self._store, COMPLETE_ATTR, self._late_attrs)
             if self._guard is not None:
                 self._guard.check()
         except BaseException:
