@@ -180,11 +180,11 @@ def test_summarize_and_loo_commands_equal_the_methods(saved, table, xy, tmp_path
     X, t, y = xy
     table.assign(y=y).to_csv(tmp_path / "rows.csv", index=False)
     out = tmp_path / "out"
-    argv = ["summarize", saved, tmp_path / "rows.csv", "-o", out, "--seed", 5]
+    argv = ["summarize", saved, tmp_path / "rows.csv", "-o", out, "--seed", 5, "--trust-code"]
     assert main([str(a) for a in [*argv, "--quantiles", "0.5", "--prob", "0.9", "-q"]]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     got = dopax.open_result(printed[-1])
-    model = dopax.load_model(saved)
+    model = dopax.load_model(saved, trust_code=True)
     want = model.summarize(
         X, y, t=t, prob=0.9, quantiles=(0.5,), in_sample=False, rng_key=jax.random.key(5),
         store="memory", progress=False,
@@ -195,7 +195,8 @@ def test_summarize_and_loo_commands_equal_the_methods(saved, table, xy, tmp_path
 
     # (a model fitted in 300 steps on 64 rows: some rows have Pareto k above good_k)
     with pytest.warns(UserWarning, match="Pareto k above"):
-        assert main([str(a) for a in ["loo", saved, tmp_path / "rows.csv", "-o", out, "-q"]]) == 0
+        argv = ["loo", saved, tmp_path / "rows.csv", "-o", out, "-q", "--trust-code"]
+        assert main([str(a) for a in argv]) == 0
     printed = capsys.readouterr().out
     with pytest.warns(UserWarning, match="Pareto k above"):
         elpd = model.loo(X, y, t=t, store="memory", progress=False)
@@ -205,8 +206,11 @@ def test_summarize_and_loo_commands_equal_the_methods(saved, table, xy, tmp_path
 
     never = tmp_path / "never"
     rows = tmp_path / "rows.csv"
-    _fails(["summarize", saved, rows, "-o", never, "--prob", "1.5"], capsys, "--prob 1.5")
-    _fails(["summarize", saved, rows, "-o", never, "--quantiles", "a"], capsys, "--quantiles")
+    trust = "--trust-code"
+    _fails(["summarize", saved, rows, "-o", never, "--prob", "1.5", trust], capsys, "--prob 1.5")
+    bad_quantiles = ["summarize", saved, rows, "-o", never, "--quantiles", "a", trust]
+    _fails(bad_quantiles, capsys, "--quantiles")
     table.to_csv(tmp_path / "no_y.csv", index=False)
-    _fails(["loo", saved, tmp_path / "no_y.csv", "-o", never], capsys, "needs the observed", "'y'")
+    no_y = ["loo", saved, tmp_path / "no_y.csv", "-o", never, trust]
+    _fails(no_y, capsys, "needs the observed", "'y'")
     assert not never.exists()
