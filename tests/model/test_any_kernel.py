@@ -119,7 +119,9 @@ def test_log_likelihood_and_scenarios_use_the_fitted_params(param_model: ImpactM
 
 def test_params_survive_save_and_load(param_model: ImpactModel, data: Any, tmp_path):
     X, _ = data
-    loaded = dopax.load_model(dopax.save_model(param_model, tmp_path / "m"))
+    # data only: the kernel and the inference object come from the caller
+    path = dopax.save_model(param_model, tmp_path / "m")
+    loaded = dopax.load_model(path, kernel=with_param, inference=_svi(with_param))
     assert loaded.kernel_spec is not None
     assert loaded.kernel_spec.param_sites == ("b0", "scale")
     key = jax.random.key(3)
