@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -64,6 +63,8 @@ class ScenarioProgram:
         n_groups: Number of groups (1 when there is no grouping).
         keep_draws: Whether to also return every scenario's draws.
         cells_per_step: Draw-by-row cells per sequential step.
+        row_axis: The outcome site's row axis (a panel's outcome ``(T, units)``
+            has it second); a row's outcome is the mean over its other axes.
     """
 
     spec: PassSpec
@@ -73,6 +74,7 @@ class ScenarioProgram:
     n_groups: int
     keep_draws: bool
     cells_per_step: int
+    row_axis: int = 0
 
     @property
     def outputs(self) -> tuple[OutputAxes, ...]:
@@ -99,9 +101,10 @@ class ScenarioProgram:
         n_s, baseline, site = self.n_scenarios, self.baseline, self.site
         others = [s for s in range(n_s) if s != baseline]
 
-        def one(draw_index: jax.Array, latent_d: Mapping[str, Any]) -> dict[str, jax.Array]:
+        def one(draw_index: jax.Array, per_draw: Any) -> dict[str, jax.Array]:
             # Every scenario of one draw in one place: their random numbers are
             # the same computation, which XLA evaluates once.
+            latent_d, row_values = per_draw
             values = []
             raws = []
             for s in range(n_s):
@@ -115,9 +118,12 @@ class ScenarioProgram:
                     {**shared_do[s], **row_do[s]},
                     {**s_shared[s], **anchor[s]},
                     {**shared_do[s], **anchor_do[s]},
+                    row_values,
+                    inputs.row_params,
                 )[site]
                 raws.append(out)
-                values.append(out.reshape(n_block, -1).mean(axis=-1).astype(jnp.float32))
+                by_row = jnp.moveaxis(out, self.row_axis, 0) if self.row_axis else out
+                values.append(by_row.reshape(n_block, -1).mean(axis=-1).astype(jnp.float32))
             stacked = jnp.stack(values)  # (S, R)
             res = {
                 "sums": (stacked * row_mask).sum(axis=-1),
@@ -128,7 +134,8 @@ class ScenarioProgram:
                 res["draws"] = jnp.stack(raws)
             return res
 
-        out = map_draws(one, inputs.draws, inputs.latent, n_block, self.cells_per_step)
+        per_draw = (dict(inputs.latent), dict(inputs.row_latent))
+        out = map_draws(one, inputs.draws, per_draw, n_block, self.cells_per_step)
         result = {
             "sums": out["sums"].T,  # (S, D)
             "group_sums": jnp.moveaxis(out["group_sums"], 0, 1),  # (S, D, G)

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from zarr.core.sync import sync
 
+from dopax.sampling.row_latent import COUPLED, DELTA, NORMAL, RowGuide
+
 __all__ = ["ChainMajorDraws", "Posterior", "stored_bytes_per_draw"]
 
 
@@ -108,6 +110,44 @@ class ChainMajorDraws:
             out[where] = self._read_present(lo, hi)[flat[where] - lo]
         return out
 
+    def block(self, start: int, stop: int, axis: int, rows: Any) -> np.ndarray:
+        """Read draws ``start:stop`` at ``rows`` along ``axis`` only (a per-row site's block).
+
+        Only the chunks holding those draws and rows are read: a block of a
+        per-row site never loads the site's whole posterior.
+
+        Args:
+            start: First flat draw.
+            stop: One past the last flat draw.
+            axis: The axis of the flat ``(draws, *shape)`` layout that indexes rows.
+            rows: A slice or an integer index array.
+        """
+        if axis < 1 or axis >= len(self.shape):
+            raise ValueError(f"`axis` must be one of the site's own axes; got {axis}.")
+        take = None
+        if isinstance(rows, slice):
+            span = rows
+        else:
+            index = np.asarray(rows, dtype=np.int64)
+            lo = int(index.min()) if index.size else 0
+            span, take = slice(lo, int(index.max()) + 1 if index.size else 0), index - lo
+        self._check_present()
+        pieces = []
+        per = self.per_chain
+        lead = (slice(None),) * (axis - 1)
+        for chain in range(start // per if per else 0, -(-stop // per) if per else 0):
+            lo, hi = max(start, chain * per), min(stop, (chain + 1) * per)
+            if lo < hi:
+                where = (chain, slice(lo - chain * per, hi - chain * per), *lead, span)
+                pieces.append(np.asarray(self.array[where]))
+        if pieces:
+            out = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        else:
+            shape = list(self.shape)
+            shape[0] = 0
+            out = np.empty(shape, self.dtype)
+        return out if take is None else np.take(out, take, axis=axis)
+
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self._read(0, self.shape[0])
         return out if dtype is None else out.astype(dtype, copy=False)
@@ -135,15 +175,35 @@ class Posterior:
             sites), by name; every draw uses the kernel's among them, as
             NumPyro's ``Predictive(..., params=...)`` does. Empty for MCMC,
             whose ``numpyro.param`` sites keep their initial values.
+        row_guides: Per-row latent sites of the fit's guide, by site name.
+            Sites of a guide that factorises over rows (``AutoNormal``,
+            ``AutoDelta``) have no stored draws: each call draws them block
+            by block from ``params`` with its own key. Sites of a guide that
+            couples rows are marked :data:`~dopax.sampling.row_latent.COUPLED`
+            (their draws are in ``draws``).
+        n_draws: Number of draws when ``draws`` is empty (every latent site
+            is drawn per call).
     """
 
     draws: dict[str, Any]
     num_chains: int = 1
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    row_guides: Mapping[str, RowGuide] = dataclasses.field(default_factory=dict)
+    n_draws: int = 0
+
+    def drawn_per_call(self) -> dict[str, RowGuide]:
+        """Return the per-row sites drawn from the guide's parameters by each call."""
+        return {k: g for k, g in self.row_guides.items() if g.kind in (NORMAL, DELTA)}
+
+    def coupled_by(self) -> dict[str, str]:
+        """Return the per-row sites whose guide couples rows, with the guide's name."""
+        return {k: g.guide for k, g in self.row_guides.items() if g.kind == COUPLED}
 
     @property
     def num_draws(self) -> int:
         """Total number of draws (all chains)."""
+        if not self.draws:
+            return int(self.n_draws)
         return int(next(iter(self.draws.values())).shape[0])
 
     def in_memory(self) -> dict[str, np.ndarray]:
