@@ -9,12 +9,14 @@ its posterior in memory.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from zarr.core.sync import sync
 
+from dopax.config import get_config
 from dopax.sampling.row_latent import COUPLED, DELTA, NORMAL, RowGuide
 
 __all__ = ["ChainMajorDraws", "Posterior", "stored_bytes_per_draw"]
@@ -48,6 +50,18 @@ class ChainMajorDraws:
         )
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
+        self._window: tuple[Any, int, int, np.ndarray] | None = None
+        self._window_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_window"] = None
+        del state["_window_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._window_lock = threading.Lock()
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -114,7 +128,11 @@ class ChainMajorDraws:
         """Read draws ``start:stop`` at ``rows`` along ``axis`` only (a per-row site's block).
 
         Only the chunks holding those draws and rows are read: a block of a
-        per-row site never loads the site's whole posterior.
+        per-row site never loads the site's whole posterior. The rows read
+        are whole chunks of the store along ``axis``; when they fit
+        ``ExecutionConfig.input_window_bytes`` they are kept for the next
+        block, so each chunk is decompressed once even when blocks have
+        fewer rows than the chunks.
 
         Args:
             start: First flat draw.
@@ -124,33 +142,72 @@ class ChainMajorDraws:
         """
         if axis < 1 or axis >= len(self.shape):
             raise ValueError(f"`axis` must be one of the site's own axes; got {axis}.")
+        n = self.shape[axis]
         take = None
         if isinstance(rows, slice):
-            span = rows
+            r0, r1, _ = rows.indices(n)
+            r1 = max(r0, r1)
         else:
             index = np.asarray(rows, dtype=np.int64)
-            lo = int(index.min()) if index.size else 0
-            span, take = slice(lo, int(index.max()) + 1 if index.size else 0), index - lo
+            r0 = int(index.min()) if index.size else 0
+            r1 = int(index.max()) + 1 if index.size else 0
+            take = index - r0
+        with self._window_lock:
+            window = self._window
+            if (
+                window is not None
+                and window[0] == (start, stop, axis)
+                and window[1] <= r0
+                and r1 <= window[2]
+            ):
+                out = window[3][(slice(None),) * axis + (slice(r0 - window[1], r1 - window[1]),)]
+            else:
+                window = self._window = None  # drop the old span before reading a new one
+                step = self._row_chunk(axis)
+                lo, hi = (r0 // step) * step, min(n, -(-r1 // step) * step)
+                span = self._read_span(start, stop, axis, lo, hi)
+                keep = span.nbytes <= _window_bytes()
+                if keep:
+                    self._window = ((start, stop, axis), lo, hi, span)
+                out = span[(slice(None),) * axis + (slice(r0 - lo, r1 - lo),)]
+        return out if take is None else np.take(out, take, axis=axis)
+
+    def _row_chunk(self, axis: int) -> int:
+        """Chunk length of the store along ``axis`` of the flat layout (0: draws)."""
+        chunks = getattr(self.array, "chunks", None)
+        try:
+            return max(1, int(chunks[axis + 1]))  # type: ignore[index]
+        except (TypeError, IndexError, ValueError):
+            return max(1, self.shape[axis])
+
+    def _read_span(self, start: int, stop: int, axis: int, lo: int, hi: int) -> np.ndarray:
+        """Read draws ``start:stop`` and rows ``lo:hi`` along ``axis`` into one array."""
         self._check_present()
-        pieces = []
+        shape = list(self.shape)
+        shape[0], shape[axis] = max(0, stop - start), max(0, hi - lo)
+        out = np.empty(shape, self.dtype)
         per = self.per_chain
         lead = (slice(None),) * (axis - 1)
+        # one chunk of draws at a time: Zarr holds every chunk of a read at once
+        # (compressed, decoded and assembled), so bigger reads cost a multiple
+        step = self._row_chunk(0)
         for chain in range(start // per if per else 0, -(-stop // per) if per else 0):
-            lo, hi = max(start, chain * per), min(stop, (chain + 1) * per)
-            if lo < hi:
-                where = (chain, slice(lo - chain * per, hi - chain * per), *lead, span)
-                pieces.append(np.asarray(self.array[where]))
-        if pieces:
-            out = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-        else:
-            shape = list(self.shape)
-            shape[0] = 0
-            out = np.empty(shape, self.dtype)
-        return out if take is None else np.take(out, take, axis=axis)
+            a, b = max(start, chain * per), min(stop, (chain + 1) * per)
+            first = a - chain * per
+            while a < b:
+                c = min(b, chain * per + (first // step + 1) * step)
+                where = (chain, slice(a - chain * per, c - chain * per), *lead, slice(lo, hi))
+                out[a - start : c - start] = self.array[where]
+                a, first = c, c - chain * per
+        return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self._read(0, self.shape[0])
         return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def _window_bytes() -> int:
+    return int(get_config().input_window_bytes)
 
 
 def stored_bytes_per_draw(draws: Mapping[str, Any]) -> int:
