@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -361,7 +362,13 @@ def test_per_row_latent_in_sample_and_fresh(tmp_path: Path) -> None:
     model = make_model(latent_kernel).set_posterior_sample(post)
     X = make_x()
     key = jax.random.key(KEY)
-    ref, streamed = on_batch_and_streamed(model, X, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rows are split like any kernel's: no warning
+        ref = values(model.predict_on_batch(X, rng_key=key))  # type: ignore[arg-type]
+        tree = model.predict(X, rng_key=key, batch_size=7, output_dir=tmp_path, progress=False)
+    assert tree.attrs["path"] == "rows" and tree.attrs["batch_size"] == 7
+    assert tree["posterior_predictive"]["y"].encoding["chunks"][-1] == 7
+    streamed = values(tree)
     assert_same(streamed, ref)
     # the posterior z is used: mean of y - X beta is z (noise sd 0.5, 50 draws)
     resid = ref["y"][0] - post["beta"] @ X.T

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import jax
@@ -69,6 +68,8 @@ class ScenarioProgram:
         keep_draws: Whether to also return every scenario's draws.
         cells_per_step: Draw-by-row cells per sequential step.
         interval: Probability of the per-row central intervals.
+        row_axis: The outcome site's row axis (a panel's outcome ``(T, units)``
+            has it second); a row's outcome is the mean over its other axes.
     """
 
     spec: PassSpec
@@ -79,6 +80,7 @@ class ScenarioProgram:
     keep_draws: bool
     cells_per_step: int
     interval: float = 0.94
+    row_axis: int = 0
 
     #: Every block holds every draw of its rows (per-row intervals are over all draws).
     whole_draws: ClassVar[bool] = True
@@ -108,9 +110,10 @@ class ScenarioProgram:
         n_s, baseline, site = self.n_scenarios, self.baseline, self.site
         others = [s for s in range(n_s) if s != baseline]
 
-        def one(draw_index: jax.Array, latent_d: Mapping[str, Any]) -> dict[str, jax.Array]:
+        def one(draw_index: jax.Array, per_draw: Any) -> dict[str, jax.Array]:
             # Every scenario of one draw in one place: their random numbers are
             # the same computation, which XLA evaluates once.
+            latent_d, row_values = per_draw
             values = []
             raws = []
             for s in range(n_s):
@@ -124,9 +127,12 @@ class ScenarioProgram:
                     {**shared_do[s], **row_do[s]},
                     {**s_shared[s], **anchor[s]},
                     {**shared_do[s], **anchor_do[s]},
+                    row_values,
+                    inputs.row_params,
                 )[site]
                 raws.append(out)
-                values.append(out.reshape(n_block, -1).mean(axis=-1).astype(jnp.float32))
+                by_row = jnp.moveaxis(out, self.row_axis, 0) if self.row_axis else out
+                values.append(by_row.reshape(n_block, -1).mean(axis=-1).astype(jnp.float32))
             stacked = jnp.stack(values)  # (S, R)
             res = {
                 "sums": (stacked * row_mask).sum(axis=-1),
@@ -137,7 +143,8 @@ class ScenarioProgram:
                 res["draws"] = jnp.stack(raws)
             return res
 
-        out = map_draws(one, inputs.draws, inputs.latent, n_block, self.cells_per_step)
+        per_draw = (dict(inputs.latent), dict(inputs.row_latent))
+        out = map_draws(one, inputs.draws, per_draw, n_block, self.cells_per_step)
         rows_summary = summarize_draws(out["diffs"], self.interval)  # over the draws (D, C, R)
         result = {
             "sums": out["sums"].T,  # (S, D)

@@ -102,6 +102,36 @@ def draw_chunks(layout: SiteLayout) -> Iterator[tuple[slice, int, slice]]:
         yield slice(chain * draws + start, chain * draws + stop), chain, slice(start, stop)
 
 
+def read_stored(value: Any, chain: int, draws: slice) -> np.ndarray:
+    """Read ``value[chain, draws]`` of a stored array one source chunk at a time.
+
+    Zarr holds every chunk of one read at once (compressed and decoded); a
+    stored posterior chunked along its site's axes too (a per-row latent of
+    many rows) is read piece by piece along the first such axis, so a copy
+    holds its output and one source chunk.
+
+    Args:
+        value: A stored ``(chain, draw, ...)`` array, or any array.
+        chain: The chain.
+        draws: The draws of the chain.
+    """
+    shape = tuple(int(n) for n in value.shape)
+    if not is_stored(value):
+        return np.asarray(value[chain, draws])
+    chunks = tuple(int(n) for n in value.chunks)
+    cut = next((a for a in range(2, len(shape)) if chunks[a] < shape[a]), None)
+    if cut is None:
+        return np.asarray(value[chain, draws])
+    start, stop, _ = draws.indices(shape[1])
+    out = np.empty((max(0, stop - start), *shape[2:]), np.dtype(value.dtype))
+    step = int(chunks[cut])
+    lead = (slice(None),) * (cut - 2)
+    for lo in range(0, shape[cut], step):
+        part = slice(lo, min(shape[cut], lo + step))
+        out[(slice(None), *lead, part)] = value[(chain, draws, *lead, part)]
+    return out
+
+
 def is_stored(value: Any) -> bool:
     """Whether a static variable is a stored (Zarr) array, read piece by piece."""
     return isinstance(value, zarr.Array)
