@@ -186,9 +186,14 @@ def plot_calibration(
         curve = pit_ecdf(result, site=site, prob=prob)
         zero = np.zeros_like(curve.grid)
         ax.fill_between(
-            curve.grid, zero - curve.band, zero + curve.band, color="C0", alpha=0.2,
-            linewidth=0, label=f"{prob:.0%} band for a calibrated model",
-        )  # fmt: skip
+            curve.grid,
+            zero - curve.band,
+            zero + curve.band,
+            color="C0",
+            alpha=0.2,
+            linewidth=0,
+            label=f"{prob:.0%} band for a calibrated model",
+        )
         ax.plot(curve.grid, curve.ecdf - curve.grid, color="C1", label="PIT ECDF - uniform")
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set_ylabel("ECDF difference")

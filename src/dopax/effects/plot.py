@@ -56,9 +56,12 @@ def _interval(values: np.ndarray, prob: float, interval: str, axis: int = 0) -> 
 def _legend_outside(ax: Axes) -> None:
     """Place the legend to the right of the data, never over it."""
     ax.legend(
-        loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small",
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+        fontsize="small",
         frameon=False,
-    )  # fmt: skip
+    )
 
 
 def plot_ate_density(

@@ -216,8 +216,12 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
             forward(block, outputs)
             if observed is not None and block.d0 == 0:
                 values, layout = observed
-                submit(layout.group, layout.name, (slice(block.r0, block.r1),),
-                       np.asarray(read_rows(values, block.r0, block.r1)))  # fmt: skip
+                submit(
+                    layout.group,
+                    layout.name,
+                    (slice(block.r0, block.r1),),
+                    np.asarray(read_rows(values, block.r0, block.r1)),
+                )
 
         run_blocks(job, blocks, consume, on_block=lambda rows, draws: advance(rows * draws))
 

@@ -325,9 +325,16 @@ class SVIFit(Driver):
             )
         else:
             state, losses = fit_epochs(
-                self.driver, self.state, bound, k_shuffle, batch_size, epochs, shuffle, loader,
+                self.driver,
+                self.state,
+                bound,
+                k_shuffle,
+                batch_size,
+                epochs,
+                shuffle,
+                loader,
                 progress,
-            )  # fmt: skip
+            )
         self._finish(state, losses)
         return self.draw(k_post, num_samples, bound, exclude)
 

@@ -74,24 +74,31 @@ def _common(p: argparse.ArgumentParser, output: bool = True) -> None:
     p.add_argument("input", metavar="INPUT", help="rows to score (.parquet .csv .zarr .npz .npy)")
     if output:
         p.add_argument(
-            "-o", "--output", required=True, metavar="OUTPUT",
+            "-o",
+            "--output",
+            required=True,
+            metavar="OUTPUT",
             help="base folder or URL (as output_dir takes); the result goes to a new "
             "sub-folder whose path is printed",
-        )  # fmt: skip
+        )
     p.add_argument(
-        "--seed", type=int, default=None,
+        "--seed",
+        type=int,
+        default=None,
         help="random seed (default: one derived from the model's key, the same every run)",
-    )  # fmt: skip
+    )
     p.add_argument("--batch-size", type=_positive, default=None, help="rows per block")
     p.add_argument(
-        "--trust-code", action="store_true",
+        "--trust-code",
+        action="store_true",
         help="run the model's own code: import its kernel's module, or run its kernel.py, and "
         "call the functions its manifest names (only for models you trust)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--allow-pickle", action="store_true",
+        "--allow-pickle",
+        action="store_true",
         help="load a pickled kernel or inference object (runs the code it holds)",
-    )  # fmt: skip
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -120,10 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(e)
     e.add_argument(
-        "--scenario", action="append", required=True, metavar="NAME:ARG=VALUE[,ARG=VALUE]",
+        "--scenario",
+        action="append",
+        required=True,
+        metavar="NAME:ARG=VALUE[,ARG=VALUE]",
         help="a scenario: kernel arguments set to a value for every row, or sample sites "
         "fixed by intervention; 'NAME' alone keeps INPUT as it is (repeatable)",
-    )  # fmt: skip
+    )
     e.add_argument("--baseline", required=True, metavar="NAME", help="scenario to compare with")
     e.add_argument("--site", default=None, help="outcome site (default: the output site)")
     e.add_argument("--by", default=None, metavar="COLUMN", help="group rows by this column")
@@ -213,10 +223,16 @@ def _predict(args: argparse.Namespace) -> str:
                 f"sites are {sorted(known or ())}."
             )
     tree = model.predict(
-        X, intervention=do or None, rng_key=_key(args.seed), in_sample=args.in_sample,
-        return_sites=return_sites, batch_size=args.batch_size, output_dir=args.output,
-        progress=not args.quiet, **kwargs,
-    )  # fmt: skip
+        X,
+        intervention=do or None,
+        rng_key=_key(args.seed),
+        in_sample=args.in_sample,
+        return_sites=return_sites,
+        batch_size=args.batch_size,
+        output_dir=args.output,
+        progress=not args.quiet,
+        **kwargs,
+    )
     return str(tree.attrs["artifact_path"])
 
 
@@ -353,9 +369,17 @@ def _effect(args: argparse.Namespace) -> str:
     kwargs = dict(inp.args)
     X = kwargs.pop(model.param_input)
     result = model.compare_scenarios(
-        X, scenarios, baseline=args.baseline, site=args.site, by=by, interval=args.interval,
-        rng_key=_key(args.seed), batch_size=args.batch_size, progress=not args.quiet, **kwargs,
-    )  # fmt: skip
+        X,
+        scenarios,
+        baseline=args.baseline,
+        site=args.site,
+        by=by,
+        interval=args.interval,
+        rng_key=_key(args.seed),
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        **kwargs,
+    )
     path = _write_effect(result.tree, args.output)
     print(result.summary(prob=args.interval).to_string())
     return path

@@ -25,13 +25,17 @@ def forward_options(p: argparse.ArgumentParser) -> None:
     """Add a forward pass's options: ``--return-sites``, ``--intervention``, ``--in-sample``."""
     p.add_argument("--return-sites", default=None, help="comma-separated sites (default: all)")
     p.add_argument(
-        "--intervention", action="append", default=[], metavar="SITE=VALUE",
+        "--intervention",
+        action="append",
+        default=[],
+        metavar="SITE=VALUE",
         help="fix a sample site to a value (repeatable)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--in-sample", action="store_true",
+        "--in-sample",
+        action="store_true",
         help="INPUT holds the training rows (group 'posterior_predictive')",
-    )  # fmt: skip
+    )
 
 
 def add_answer_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -95,13 +99,20 @@ def run_summarize(
     kwargs = dict(inp.args)
     X = kwargs.pop(model.param_input)
     tree = model.summarize(
-        X, inp.observed, prob=args.prob, interval=args.interval,
+        X,
+        inp.observed,
+        prob=args.prob,
+        interval=args.interval,
         quantiles=_quantiles(args.quantiles),
         return_sites=args.return_sites.split(",") if args.return_sites else None,
-        in_sample=args.in_sample, intervention=intervention or None,
-        batch_size=args.batch_size, rng_key=key, output_dir=args.output,
-        progress=not args.quiet, **kwargs,
-    )  # fmt: skip
+        in_sample=args.in_sample,
+        intervention=intervention or None,
+        batch_size=args.batch_size,
+        rng_key=key,
+        output_dir=args.output,
+        progress=not args.quiet,
+        **kwargs,
+    )
     if "coverage" in tree.attrs:
         print(f"coverage of the {args.prob:.0%} intervals: {tree.attrs['coverage']:.4f}")
     return str(tree.attrs["artifact_path"])
@@ -119,8 +130,13 @@ def run_loo(args: argparse.Namespace, model: Any, inp: Any, key: Any) -> str:
     kwargs = dict(inp.args)
     X = kwargs.pop(model.param_input)
     elpd = model.loo(
-        X, inp.observed, batch_size=args.batch_size, rng_key=key, output_dir=args.output,
-        progress=not args.quiet, **kwargs,
-    )  # fmt: skip
+        X,
+        inp.observed,
+        batch_size=args.batch_size,
+        rng_key=key,
+        output_dir=args.output,
+        progress=not args.quiet,
+        **kwargs,
+    )
     print(elpd)
     return str(elpd.attrs["artifact_path"])

@@ -44,8 +44,11 @@ def _show_model(path: str, out: TextIO) -> int:
         for arg in inputs["rows"]:
             first, last = column_range(ArgSchema.from_json(arg))
             shown = first if first == last else f"{first} .. {last}"
-            print(f"  argument {arg['name']!r}: {arg['dtype']} per row {arg['shape']}, "
-                  f"columns {shown}", file=out)  # fmt: skip
+            print(
+                f"  argument {arg['name']!r}: {arg['dtype']} per row {arg['shape']}, "
+                f"columns {shown}",
+                file=out,
+            )
         for name, value in inputs["static"].items():
             print(f"  argument {name!r}: static {_value(value)}", file=out)
     post = m.get("posterior")

@@ -337,9 +337,16 @@ class ZarrSink(LayoutSink):
             return False
         assert self._guard is not None
         return write_whole_chunk(
-            self._path / layout.group / layout.name, layout, target, region, piece, chunks,
-            encoder, self._files, self._guard,
-        )  # fmt: skip
+            self._path / layout.group / layout.name,
+            layout,
+            target,
+            region,
+            piece,
+            chunks,
+            encoder,
+            self._files,
+            self._guard,
+        )
 
     def close(self) -> xr.DataTree:
         """Wait for the static variables, consolidate metadata, mark the store complete.
