@@ -72,7 +72,10 @@ def test_order_statistics_are_the_draws_themselves(linear_fit: Any) -> None:
     tree = model.summarize(X[:50], rng_key=KEY, quantiles=probs, store="memory", progress=False)
     ordered = np.sort(_draws(model, X[:50])["y"], axis=0)
     for rank, p in zip((0, N_DRAWS - 1, 1, 7), probs, strict=True):
-        np.testing.assert_array_equal(tree["summary"][f"y_q{p:g}"].values, ordered[rank])
+        # equal on CPU; on a GPU the two programs' draws may differ in their last bit
+        np.testing.assert_allclose(
+            tree["summary"][f"y_q{p:g}"].values, ordered[rank], rtol=1e-6, atol=0
+        )
 
 
 def test_hdi_is_the_narrowest_window_of_the_draws(linear_fit: Any) -> None:
@@ -83,8 +86,9 @@ def test_hdi_is_the_narrowest_window_of_the_draws(linear_fit: Any) -> None:
     draws = _draws(model, X[:60])
     for site in ("y", "mu"):
         want = hdi(draws[site], prob=0.8, axis=0)
-        np.testing.assert_array_equal(tree["summary"][f"{site}_lower"].values, want[:, 0])
-        np.testing.assert_array_equal(tree["summary"][f"{site}_upper"].values, want[:, 1])
+        # equal on CPU; on a GPU the two programs' draws may differ in their last bit
+        np.testing.assert_allclose(tree["summary"][f"{site}_lower"].values, want[:, 0], rtol=1e-6)
+        np.testing.assert_allclose(tree["summary"][f"{site}_upper"].values, want[:, 1], rtol=1e-6)
         ref = az.hdi(draws[site][None].astype(np.float64), hdi_prob=0.8)
         np.testing.assert_allclose(tree["summary"][f"{site}_lower"].values, ref[:, 0])
     assert tree.attrs["interval"] == "hdi" and tree.attrs["prob"] == 0.8
