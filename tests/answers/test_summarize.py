@@ -205,3 +205,34 @@ def test_observed_output_must_fit_the_site(linear_fit: Any) -> None:
         model.summarize(X, y[:-1], progress=False)
     with pytest.raises(ValueError, match="add it to `return_sites`"):
         model.summarize(X, y, return_sites=["mu"], progress=False)
+
+
+def test_per_row_latents_stream_by_rows_into_summaries() -> None:
+    def latent(X: Any, y: Any = None) -> None:
+        b = numpyro.sample("b", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
+        with numpyro.plate("obs", X.shape[0]):
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+            numpyro.sample("y", dist.Normal(X @ b + 0.5 * z, 0.5), obs=y)
+
+    X, y = simulate(90)
+    rng = np.random.default_rng(4)
+    model = ImpactModel(
+        latent, jax.random.key(0), SVI(latent, AutoNormal(latent), Adam(0.05), Trace_ELBO())
+    )
+    model.set_posterior_sample(
+        {
+            "b": rng.normal(size=(60, 3)).astype(np.float32),
+            "z": rng.normal(size=(60, 90)).astype(np.float32),
+        }
+    )
+    draws = _draws(model, X)["y"]
+    for batch_size in (16, None):
+        tree = model.summarize(X, y, rng_key=KEY, batch_size=batch_size, store="memory",
+                               progress=False)  # fmt: skip
+        assert tree.attrs["path"] == "rows"
+        s = tree["summary"]
+        np.testing.assert_allclose(s["y_mean"], draws.mean(0), rtol=1e-5, atol=1e-6)
+        low, high = np.quantile(draws, [0.03, 0.97], axis=0)
+        np.testing.assert_allclose(s["y_lower"], low, rtol=2e-6, atol=1e-6)
+        np.testing.assert_allclose(s["y_upper"], high, rtol=2e-6, atol=1e-6)
+        np.testing.assert_allclose(s["y_pit"], (draws < y).mean(0), atol=1e-7)
