@@ -22,7 +22,8 @@ peak-RSS ratio of the largest to the smallest.
 Usage:
     python benchmarks/w10_answers.py --n 1000000 --reps 3 --rss-sizes 100000,10000000
     python benchmarks/w10_answers.py --quick   # a few minutes: 100k rows, RSS at 20k/200k
-    python benchmarks/w10_answers.py --n 1000000 --cases predictive,summarize   # a GPU
+    python benchmarks/w10_answers.py --gpu      # on a GPU: 1M rows against Predictive on
+                                                # the device, loo against log_likelihood
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def _dopax_case(params: dict[str, Any], method: str) -> common.Case:
     post, X = _setup(params)
     y = observed(X)
     model = common.new_impact_model("dopax", w1_linear.kernel, post)
+    if params.get("workdir"):
+        Path(params["workdir"]).mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="w10-bench-", dir=params.get("workdir")))
     key = jax.random.key(2)
     kwargs: dict[str, Any] = {"progress": False, "rng_key": key}
@@ -206,6 +209,8 @@ def run_workload(
     rounds: int,
 ) -> dict[str, Any]:
     """Run every case at ``n`` rows, then ``summarize`` and ``loo`` at each RSS size."""
+    if workdir:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
     params = {"n": n, "reps": reps, "draws": draws, "workdir": workdir, "batch_size": batch_size}
     results = common.run_cases(NAME, cases, rounds=rounds, timeout=timeout, **params)
     memory: dict[str, dict[str, Any]] = {}
@@ -317,10 +322,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quick", action="store_true",
         help="a run of a few minutes: --n 100000, RSS at 20000 and 200000 rows",
     )  # fmt: skip
+    parser.add_argument(
+        "--gpu", action="store_true",
+        help="the GPU run: --n 1000000 --cases predictive,summarize,log_likelihood,loo "
+        "--workdir /tmp/dopax-bench",
+    )  # fmt: skip
     common.add_rounds_argument(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.rss_sizes = 100_000, args.rss_sizes or "20000,200000"
+    if args.gpu:
+        args.n, args.cases = 1_000_000, "predictive,summarize,log_likelihood,loo"
+        args.workdir = args.workdir or "/tmp/dopax-bench"
     common.use_dopax_settings(args.set)
     machine = common.machine_info()
     payload = run_workload(

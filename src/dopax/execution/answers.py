@@ -27,7 +27,7 @@ from dopax.execution.context import ModelContext
 from dopax.execution.engine import result_attrs
 from dopax.execution.job import ForwardJob, forward_job
 from dopax.execution.request import LooRequest, PredictiveRequest, SummaryRequest
-from dopax.execution.runner import Block, BlockJob, run_blocks, splits_rows
+from dopax.execution.runner import Block, BlockJob, row_latent_bytes, run_blocks, splits_rows
 from dopax.execution.sizing import Footprint, size_blocks
 from dopax.output import schema
 from dopax.output.schema import SiteLayout
@@ -78,7 +78,8 @@ def _plan(
             and flops >= cfg.matmul_flops_per_cell
         )
         footprint = Footprint(
-            per_row=_COPIES * _site_bytes(fj),
+            # the block's draws (and their copies), and its slice of per-row latent draws
+            per_row=_COPIES * _site_bytes(fj) + row_latent_bytes(job),
             per_draw=0,
             alive=2,
             whole_draws=True,
