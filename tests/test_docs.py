@@ -20,6 +20,7 @@ PUBLIC = (
     "dopax.exceptions",
     "dopax.data",
     "dopax.effects",
+    "dopax.answers",
     "dopax.mlflow",
 )
 

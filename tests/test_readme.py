@@ -76,6 +76,7 @@ def test_readme_blocks_run(tmp_path: Path, monkeypatch: Any) -> None:
             exec(compile(block, name, "exec"), {"__name__": "__main__"})
         plt.close("all")
     assert (tmp_path / "effect.png").stat().st_size > 0
+    assert (tmp_path / "calibration.png").stat().st_size > 0
 
 
 def _demo() -> Any:

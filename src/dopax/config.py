@@ -80,8 +80,9 @@ class ExecutionConfig:
         row_multiple: Automatic scenario blocks hold a multiple of this many
             rows: XLA's CPU code for a W3 block ran at half speed on an odd
             row count (``BENCHMARKS.md``, W3).
-        host_threads: Host threads taking per-row effect summaries of
-            ``compare_scenarios`` (a selection over draws for every row).
+        host_threads: Unused: ``compare_scenarios`` takes its per-row
+            summaries inside the block program now; kept so that settings
+            naming it still apply.
         static_chunk_bytes: Largest chunk of a variable written whole at open
             (the posterior); chunks split the draws.
         coord_chunk: Elements per chunk of a stored dimension coordinate.

@@ -214,14 +214,17 @@ def test_estimate_effect_rejects_mismatched_results(setup: Any) -> None:
 def test_row_quantiles_equal_numpy_quantile(
     shape: tuple[int, ...], probs: tuple[float, ...]
 ) -> None:
-    from dopax.effects.reduce import row_quantiles
+    # the per-row reduction of the scenario (and summary) block programs
+    import jax
+
+    from dopax.reductions.draws import quantile_name, summarize_draws
 
     d = np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)
     ref = np.quantile(d, probs, axis=0)
-    got = row_quantiles(d, probs)
-    for i in range(len(probs)):
+    got = jax.jit(summarize_draws, static_argnums=(1, 2, 3))(d, 0.5, "eti", tuple(probs))
+    for i, p in enumerate(probs):
         # numpy interpolates in a different order: equal to one float32 rounding
-        np.testing.assert_allclose(got[i], ref[i], rtol=0, atol=4e-7)
+        np.testing.assert_allclose(got[quantile_name(p)], ref[i], rtol=0, atol=4e-7)
 
 
 def test_automatic_blocks_hold_a_multiple_of_eight_rows(setup: Any, tmp_path: Any) -> None:

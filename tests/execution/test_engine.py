@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +235,7 @@ import json, sys
 import jax, numpy as np
 sys.path.insert(0, {tests!r})
 from execution.test_engine import (make_model, make_posterior, make_x, linear_kernel, values,
-    KEY, scenarios_of)
+    KEY, scenarios_of, answers_of)
 assert jax.device_count() == 4, jax.devices()
 model = make_model(linear_kernel).set_posterior_sample(make_posterior())
 X = make_x()
@@ -262,12 +263,39 @@ out["effect__devices"] = np.asarray(effect.tree.attrs["dopax_devices"])
 out["effect__draws"] = effect.tree["scenario_draws"]["y"].values
 out["effect__ate"] = effect.tree["draws"]["ate"].values
 out["effect__rows"] = effect.tree["rows"]["effect_mean"].values
+out.update(answers_of(model, X))
 np.savez({npz!r}, **out)
 """
 
 
 def scenarios_of(X: np.ndarray) -> dict[str, dict[str, Any]]:
     return {"base": {}, "shift": {"X": X + 1.0}}
+
+
+def answers_of(model: ImpactModel, X: np.ndarray) -> dict[str, np.ndarray]:
+    """``summarize`` and ``loo`` of ``model``, and ``summarize`` of a kernel coupling rows."""
+    import warnings
+
+    key = jax.random.key(KEY)
+    # an outcome drawn apart from the summarised draws (a draw's own value would tie)
+    y = np.asarray(
+        model.predict_on_batch(X, rng_key=jax.random.key(KEY + 1), return_datatree=False)["y"][0]  # type: ignore[index]
+    )
+    tree = model.summarize(X, y, rng_key=key, batch_size=8, store="memory", progress=False)
+    out = {f"summary__{k}": np.asarray(v.values) for k, v in tree["summary"].data_vars.items()}
+    out["summary__devices"] = np.asarray(tree.attrs["dopax_devices"])
+    with warnings.catch_warnings():
+        # the fixed draws are no posterior of these rows: every Pareto k is large
+        warnings.filterwarnings("ignore", message=".*estimated Pareto k above")
+        elpd = model.loo(X, y, batch_size=8, store="memory", progress=False)
+    out["loo__loo_i"], out["loo__pareto_k"] = elpd.loo_i.values, elpd.pareto_k.values
+    coupled = make_model(coupled_kernel).set_posterior_sample(make_posterior())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*rows are processed together")
+        tree = coupled.summarize(X, rng_key=key, batch_size=8, store="memory", progress=False)
+    out["coupled__y_upper"] = tree["summary"]["y_upper"].values
+    out["coupled__devices"] = np.asarray(tree.attrs["dopax_devices"])
+    return out
 
 
 def test_four_devices_match_one_device(tmp_path: Path) -> None:
@@ -313,6 +341,13 @@ def test_four_devices_match_one_device(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         four["effect__rows"], effect.tree["rows"]["effect_mean"].values, rtol=1e-5, atol=1e-6
     )
+    # summaries and PSIS-LOO reduce every draw of a row on one device: rows are
+    # split across the four, and a kernel that couples rows runs on one of them
+    one_device = answers_of(model, X)
+    assert int(four["summary__devices"]) == 4 and int(four["coupled__devices"]) == 1
+    for name, value in one_device.items():
+        if not name.endswith("devices"):
+            np.testing.assert_allclose(four[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 # --------------------------------------------------------------------------- 3. per-row latents
@@ -327,7 +362,13 @@ def test_per_row_latent_in_sample_and_fresh(tmp_path: Path) -> None:
     model = make_model(latent_kernel).set_posterior_sample(post)
     X = make_x()
     key = jax.random.key(KEY)
-    ref, streamed = on_batch_and_streamed(model, X, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rows are split like any kernel's: no warning
+        ref = values(model.predict_on_batch(X, rng_key=key))  # type: ignore[arg-type]
+        tree = model.predict(X, rng_key=key, batch_size=7, output_dir=tmp_path, progress=False)
+    assert tree.attrs["path"] == "rows" and tree.attrs["batch_size"] == 7
+    assert tree["posterior_predictive"]["y"].encoding["chunks"][-1] == 7
+    streamed = values(tree)
     assert_same(streamed, ref)
     # the posterior z is used: mean of y - X beta is z (noise sd 0.5, 50 draws)
     resid = ref["y"][0] - post["beta"] @ X.T

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-import pytest
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
 from numpyro.optim import Adam
@@ -103,8 +102,9 @@ def test_squeezing_kernel_runs_on_any_batch(tmp_path: Path) -> None:
     assert by_row.shape == (9,) and np.all(np.isfinite(by_row))
 
 
-def test_squeezing_kernel_with_rows_together_keeps_its_row_axis(tmp_path: Path) -> None:
-    """A kernel that must run with all rows together, called on one row."""
+def test_squeezing_kernel_with_a_per_row_latent_keeps_its_row_axis(tmp_path: Path) -> None:
+    """A kernel with a per-row latent in the posterior (each block carries its rows'
+    values), called on one row."""
 
     def coupled(X: Any, y: Any = None) -> None:
         w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1], 1]).to_event(2))
@@ -116,13 +116,14 @@ def test_squeezing_kernel_with_rows_together_keeps_its_row_axis(tmp_path: Path) 
     svi = SVI(coupled, AutoNormal(coupled), Adam(0.01), Trace_ELBO())
     model = ImpactModel(coupled, jax.random.key(0), svi)
     rng = np.random.default_rng(4)
-    model.set_posterior_sample(
-        {
-            "w": rng.normal(size=(N_DRAWS, 3, 1)).astype(np.float32),
-            "z": rng.normal(size=(N_DRAWS, 1)).astype(np.float32),
-        }
-    )
+    rng_w = rng.normal(size=(N_DRAWS, 3, 1)).astype(np.float32)
+    rng_z = rng.normal(size=(N_DRAWS, 1)).astype(np.float32)
+    model.set_posterior_sample({"w": rng_w, "z": rng_z})
     X = jnp.ones((1, 3), jnp.float32)
-    with pytest.warns(UserWarning, match="per-row latent"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         tree = model.predict(X, output_dir=tmp_path, progress=False)
-    assert values(tree, "posterior_predictive")["p"].shape == (1, N_DRAWS, 1)
+    p = values(tree, "posterior_predictive")["p"]
+    assert p.shape == (1, N_DRAWS, 1)
+    expected = 1.0 / (1.0 + np.exp(-(np.asarray(X) @ rng_w[:, :, 0].T + rng_z.T)))
+    np.testing.assert_allclose(p[0], expected.T, rtol=1e-5, atol=1e-6)

@@ -174,3 +174,43 @@ def test_array_inputs_npz_and_zarr(saved, xy, tmp_path, capsys):
     assert main(["show", saved]) == 0
     shown = capsys.readouterr().out
     assert "io_kernels:linear" in shown and "columns X_0 .. X_2" in shown
+
+
+def test_summarize_and_loo_commands_equal_the_methods(saved, table, xy, tmp_path, capsys):
+    X, t, y = xy
+    table.assign(y=y).to_csv(tmp_path / "rows.csv", index=False)
+    out = tmp_path / "out"
+    argv = ["summarize", saved, tmp_path / "rows.csv", "-o", out, "--seed", 5, "--trust-code"]
+    assert main([str(a) for a in [*argv, "--quantiles", "0.5", "--prob", "0.9", "-q"]]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    got = dopax.open_result(printed[-1])
+    model = dopax.load_model(saved, trust_code=True)
+    want = model.summarize(
+        X, y, t=t, prob=0.9, quantiles=(0.5,), in_sample=False, rng_key=jax.random.key(5),
+        store="memory", progress=False,
+    )  # fmt: skip
+    for name, value in want["summary"].data_vars.items():
+        np.testing.assert_allclose(got["summary"][name].values, value.values, rtol=1e-6)
+    assert printed[0] == f"coverage of the 90% intervals: {want.attrs['coverage']:.4f}"
+
+    # (a model fitted in 300 steps on 64 rows: some rows have Pareto k above good_k)
+    with pytest.warns(UserWarning, match="Pareto k above"):
+        argv = ["loo", saved, tmp_path / "rows.csv", "-o", out, "-q", "--trust-code"]
+        assert main([str(a) for a in argv]) == 0
+    printed = capsys.readouterr().out
+    with pytest.warns(UserWarning, match="Pareto k above"):
+        elpd = model.loo(X, y, t=t, store="memory", progress=False)
+    assert f"{elpd.elpd_loo:.2f}" in printed and "Pareto k diagnostic values" in printed
+    stored = dopax.open_result(_result_path(printed))["loo"]
+    np.testing.assert_allclose(stored["loo_i"].values, elpd.loo_i.values, rtol=1e-6)
+
+    never = tmp_path / "never"
+    rows = tmp_path / "rows.csv"
+    trust = "--trust-code"
+    _fails(["summarize", saved, rows, "-o", never, "--prob", "1.5", trust], capsys, "--prob 1.5")
+    bad_quantiles = ["summarize", saved, rows, "-o", never, "--quantiles", "a", trust]
+    _fails(bad_quantiles, capsys, "--quantiles")
+    table.to_csv(tmp_path / "no_y.csv", index=False)
+    no_y = ["loo", saved, tmp_path / "no_y.csv", "-o", never, trust]
+    _fails(no_y, capsys, "needs the observed", "'y'")
+    assert not never.exists()

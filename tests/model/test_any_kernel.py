@@ -119,7 +119,9 @@ def test_log_likelihood_and_scenarios_use_the_fitted_params(param_model: ImpactM
 
 def test_params_survive_save_and_load(param_model: ImpactModel, data: Any, tmp_path):
     X, _ = data
-    loaded = dopax.load_model(dopax.save_model(param_model, tmp_path / "m"))
+    # data only: the kernel and the inference object come from the caller
+    path = dopax.save_model(param_model, tmp_path / "m")
+    loaded = dopax.load_model(path, kernel=with_param, inference=_svi(with_param))
     assert loaded.kernel_spec is not None
     assert loaded.kernel_spec.param_sites == ("b0", "scale")
     key = jax.random.key(3)
@@ -250,15 +252,16 @@ def local_latent(X: Any, y: Any = None) -> None:
         numpyro.sample("y", dist.Normal(a + X[:, 0] + 0.1 * z, 1.0), obs=y)
 
 
-def test_draw_sharding_on_per_row_latents_is_not_warned_about(data: Any) -> None:
+def test_per_row_latents_are_not_warned_about_on_either_shard_axis(data: Any) -> None:
     X, y = data
     model = ImpactModel(local_latent, jax.random.key(0), _svi(local_latent))
     model.fit_on_batch(X, y, num_steps=20, num_samples=4, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model.predict(X, shard_axis="draw", store="memory", progress=False)
-    with pytest.warns(UserWarning, match="per-row latent"):
-        model.predict(X, store="memory", progress=False)
+        by_draw = model.predict(X, shard_axis="draw", store="memory", progress=False)
+        by_row = model.predict(X, store="memory", progress=False)
+    assert by_row.attrs["path"] == "rows"
+    assert by_draw["posterior_predictive"]["y"].shape == by_row["posterior_predictive"]["y"].shape
 
 
 def with_t(X: Any, t: Any, y: Any = None) -> None:

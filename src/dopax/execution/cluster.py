@@ -54,7 +54,6 @@ class Payload:
         layouts: The streamed variables' layouts.
         where: The store's location, or ``None`` when nothing is stored.
         config: Execution settings of the call.
-        interval: Central interval probability (scenario comparisons).
     """
 
     job: BlockJob
@@ -64,7 +63,6 @@ class Payload:
     layouts: Sequence[SiteLayout]
     where: Location | None
     config: ExecutionConfig
-    interval: float = 0.0
 
 
 _attached: dict[int, tuple[Payload, BlockJob, ZarrSink | None]] = {}
@@ -143,7 +141,7 @@ def compute_scenario_blocks(
                 layout = payload.layouts[0]
                 index = (slice(block.d0, block.d1), slice(None), slice(block.r0, block.r1))
                 pool.submit(layout.group, layout.name, index, outputs.pop("draws"))
-            out.append((block.r0, block.r1, block_summary(outputs, payload.interval)))
+            out.append((block.r0, block.r1, block_summary(outputs)))
 
         run_blocks(job, payload.blocks, consume, select=select)
     return out
@@ -163,7 +161,6 @@ def run_on_cluster(
     config: ExecutionConfig,
     progress: bool,
     desc: str,
-    interval: float = 0.0,
     collect: Callable[[list[Any]], None] | None = None,
     driver_writes: Sequence[tuple[SiteLayout, tuple[slice, ...], np.ndarray]] = (),
 ) -> xr.DataTree | None:
@@ -189,7 +186,6 @@ def run_on_cluster(
         config: Execution settings.
         progress: Whether to show a progress bar.
         desc: Progress bar label.
-        interval: Central interval probability (scenario comparisons).
         collect: Receives the tasks' results in block order (scenario comparisons).
         driver_writes: Small variables the driver writes itself, as
             ``(layout, index, values)`` (the observed data).
@@ -226,7 +222,6 @@ def run_on_cluster(
             [layout for layout in layouts if all(layout is not w[0] for w in driver_writes)],
             where,
             dataclasses.replace(config, client=None),
-            interval,
         )
         [remote] = client.scatter([payload], broadcast=True, hash=False)
         all_blocks = blocks.blocks()

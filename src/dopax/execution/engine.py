@@ -14,7 +14,14 @@ from dopax.execution.cluster import run_on_cluster
 from dopax.execution.context import ModelContext
 from dopax.execution.job import ForwardJob, forward_job
 from dopax.execution.request import LOG_LIKELIHOOD, PRIOR, PredictiveRequest
-from dopax.execution.runner import Block, forward_consumer, run_blocks, sharding_of, splits_rows
+from dopax.execution.runner import (
+    Block,
+    forward_consumer,
+    row_latent_bytes,
+    run_blocks,
+    sharding_of,
+    splits_rows,
+)
 from dopax.execution.sizing import Footprint, size_blocks
 from dopax.inference.posterior import stored_bytes_per_draw
 from dopax.output import schema
@@ -62,8 +69,10 @@ def _footprint(fj: ForwardJob, in_one_block: bool) -> Footprint:
             rest = [s for i, s in enumerate(info.shape) if i != info.row_axis]
             per_row += int(np.prod(rest, dtype=np.int64)) * itemsize
     # draws read from a trace per block count against the budget (in-memory
-    # draws are resident whatever the blocks)
+    # draws are resident whatever the blocks); a block's slice of per-row
+    # latent draws is read or copied for the block, in memory or not
     per_draw += stored_bytes_per_draw(fj.job.latent)
+    per_row += row_latent_bytes(fj.job)
     cfg = get_config()
     return Footprint(
         per_row=per_row,

@@ -24,8 +24,16 @@ from dopax.sampling.explain import check_observed_shape
 from dopax.sampling.forward import ForwardProgram, PassSpec
 from dopax.sampling.plan import FULL, ForwardPlan, make_plan
 from dopax.sampling.prepare import BoundArgs, anchor_rows
+from dopax.sampling.row_latent import DRAWS
 
-__all__ = ["ForwardJob", "forward_job", "kernel_params", "plan_pass", "return_sites"]
+__all__ = [
+    "ForwardJob",
+    "forward_job",
+    "kernel_params",
+    "plan_pass",
+    "return_sites",
+    "row_latent_plan",
+]
 
 
 @dataclasses.dataclass
@@ -54,6 +62,7 @@ def plan_pass(
     *,
     strict_sites: bool = True,
     check_split: bool = False,
+    row_guides: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None,
 ) -> ForwardPlan:
     """Return the plan of a pass, from the model's cache when the inputs' shapes were seen.
 
@@ -67,7 +76,10 @@ def plan_pass(
             for by name); otherwise leave it out (the default sites).
         check_split: Whether the plan must say if rows may be split (the call
             splits them); otherwise that check waits for a call that does.
+        row_guides: Per-row sites drawn from a guide's parameters: site to
+            ``(kind, parameters by role)``.
     """
+    guides = dict(row_guides or {})
     signature = (
         spec,
         strict_sites,
@@ -75,6 +87,10 @@ def plan_pass(
         tuple((k, v.shape[1:], str(v.dtype)) for k, v in sorted(bound.rows.items())),
         tuple((k, v.shape, str(v.dtype)) for k, v in sorted(bound.shared.items())),
         tuple((k, np.shape(v)[1:]) for k, v in sorted(latent.items())),
+        tuple(
+            (k, kind, tuple((r, np.shape(a)) for r, a in sorted(arrays.items())))
+            for k, (kind, arrays) in sorted(guides.items())
+        ),
         None
         if intervention is None
         else tuple((k, np.shape(v)) for k, v in sorted(dict(intervention).items())),
@@ -91,6 +107,7 @@ def plan_pass(
                 intervention=intervention,
                 strict_sites=strict_sites,
                 check_split=check_split,
+                row_guides=guides,
             )
         except (KeyError, ScenarioError):
             raise
@@ -165,58 +182,119 @@ def _float32(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _latent_policy(
-    ctx: ModelContext,
-    request: PredictiveRequest,
-    bound: BoundArgs,
-    base: PassSpec,
-    draws: dict[str, Any],
-    check_split: bool,
-) -> tuple[ForwardPlan, dict[str, Any]]:
-    """Plan the pass, deciding what to do with per-row latent sites of the posterior.
-
-    In-sample calls keep them (all rows then run together, with a warning);
-    out-of-sample calls draw them fresh for the new rows.
-    """
-    strict = request.return_sites is not None
-    plan = plan_pass(
-        ctx, base, bound, draws, request.intervention, strict_sites=strict, check_split=check_split
-    )
-    if plan.local_latents:
-        if request.in_sample:
-            for name in plan.local_latents:
-                post_shape = np.shape(draws[name])[1:]
-                if len(post_shape) == 0 or bound.n_rows not in post_shape:
-                    raise ValueError(
-                        f"Per-row latent site {name!r} has posterior shape "
-                        f"{np.shape(draws[name])}, which does not fit {bound.n_rows} rows. "
-                        "In-sample calls need the training rows; pass `in_sample=False` to "
-                        "draw fresh per-row latents for new rows."
-                    )
-            if request.shard_axis != DRAW:  # asking to split draws is asking for exactly this
-                warn(
-                    f"{plan.reason}: all rows are processed together and only draws are split "
-                    "across batches and devices.",
-                    UserWarning,
-                )
+def _check_rows_fit(plan: ForwardPlan, sources: Mapping[str, Any], n_rows: int) -> None:
+    """Raise unless every per-row latent's values have the call's rows along their row axis."""
+    for spec in plan.row_latents:
+        source = sources[spec.name]
+        if spec.kind == DRAWS:
+            shape = tuple(np.shape(source))
+            axis = 1 + spec.row_axis
         else:
-            draws = {k: v for k, v in draws.items() if k not in plan.local_latents}
-            plan = plan_pass(
-                ctx,
-                base,
-                bound,
-                draws,
-                request.intervention,
-                strict_sites=strict,
-                check_split=check_split,
+            shape = tuple(np.shape(source["loc"]))
+            axis = spec.row_axis
+        if len(shape) <= axis or shape[axis] != n_rows:
+            what = "posterior draws" if spec.kind == DRAWS else "guide parameters"
+            raise ValueError(
+                f"Per-row latent site {spec.name!r} has {what} of shape {shape}, which do "
+                f"not fit {n_rows} rows. In-sample calls need the training rows; pass "
+                "`in_sample=False` to draw fresh per-row latents for new rows."
             )
-    elif plan.path == FULL:
+
+
+def row_latent_plan(
+    ctx: ModelContext,
+    base: PassSpec,
+    bound: BoundArgs,
+    posterior: Posterior | None,
+    draws: dict[str, Any],
+    intervention: Any,
+    *,
+    in_sample: bool,
+    shard_axis: str,
+    strict_sites: bool,
+    check_split: bool,
+    warn_full: bool = True,
+) -> tuple[ForwardPlan, dict[str, Any], dict[str, Any], bool]:
+    """Plan a pass, deciding what to do with the posterior's per-row latent sites.
+
+    In-sample calls keep them: each block carries its own rows' values (from
+    the draws, or drawn from a guide that factorises over rows), and rows are
+    split as for any kernel. When the guide couples the rows of such a site,
+    all rows run together (with a warning naming the guide). Out-of-sample
+    calls draw them fresh for the new rows.
+
+    Args:
+        ctx: The model's context.
+        base: The pass description.
+        bound: The call's bound inputs.
+        posterior: The call's posterior, or ``None``.
+        draws: Latent draws to substitute (per-row sites among them).
+        intervention: Site name to value, or ``None``.
+        in_sample: Whether the rows are the training rows.
+        shard_axis: The call's shard axis.
+        strict_sites: Raise for a return site the pass lacks.
+        check_split: Whether the plan must say if rows may be split.
+        warn_full: Whether to warn when the kernel's rows run together.
+
+    Returns:
+        ``(plan, global draws, per-row sources by site, whether rows may be split)``.
+    """
+    names = set(ctx.spec.sample_sites) if ctx.spec is not None else set()
+    guides: dict[str, tuple[str, dict[str, Any]]] = {}
+    if posterior is not None:
+        guides = {
+            k: (g.kind, g.arrays(posterior.params))
+            for k, g in posterior.drawn_per_call().items()
+            if k in names
+        }
+
+    def plan_with(lat: dict[str, Any], gds: dict[str, Any]) -> ForwardPlan:
+        return plan_pass(
+            ctx,
+            base,
+            bound,
+            lat,
+            intervention,
+            strict_sites=strict_sites,
+            check_split=check_split,
+            row_guides=gds,
+        )
+
+    plan = plan_with(draws, guides)
+    split_rows = plan.path != FULL
+    if plan.local_latents and not in_sample:
+        draws = {k: v for k, v in draws.items() if k not in plan.local_latents}
+        plan = plan_with(draws, {})
+        split_rows = plan.path != FULL
+    sources = {
+        spec.name: draws[spec.name] if spec.kind == DRAWS else guides[spec.name][1]
+        for spec in plan.row_latents
+    }
+    draws = {k: v for k, v in draws.items() if k not in sources}
+    if plan.row_latents:
+        _check_rows_fit(plan, sources, bound.n_rows)
+    coupled = {
+        k: g for k, g in (posterior.coupled_by() if posterior else {}).items() if k in sources
+    }
+    quiet = shard_axis == DRAW  # asking to split draws is asking for exactly this
+    if coupled and split_rows:
+        split_rows = False
+        if not quiet:
+            by = ", ".join(f"{site!r} ({guide})" for site, guide in sorted(coupled.items()))
+            warn(
+                f"The guide couples the rows of per-row latent site(s) {by}: all rows are "
+                "processed together and only draws are split across batches and devices. "
+                "Guides that factorise over rows (AutoNormal, AutoDelta, or an AutoGuideList "
+                "of them for those sites) stream by rows.",
+                UserWarning,
+            )
+    elif plan.path == FULL and warn_full and not (quiet and plan.row_latents):
         warn(
             f"{plan.reason}: rows are processed together and only draws are split across "
             "batches and devices.",
             UserWarning,
         )
-    return plan, draws
+    return plan, draws, sources, split_rows
 
 
 def forward_job(
@@ -244,8 +322,8 @@ def forward_job(
     if request.kind == LOG_LIKELIHOOD:
         if ctx.param_output not in bound.rows:
             raise ValueError(
-                f"`log_likelihood` needs the observed output: pass `y` with one entry per row "
-                f"of `X` ({bound.n_rows} rows), e.g. `model.log_likelihood(X, y)`, or an "
+                f"`{request.method}` needs the observed output: pass `y` with one entry per "
+                f"row of `X` ({bound.n_rows} rows), e.g. `model.{request.method}(X, y)`, or an "
                 f"ArrayLoader with the field {ctx.param_output!r}."
             )
         traced = ctx.probe(bound)
@@ -263,7 +341,18 @@ def forward_job(
     draws = {k: v for k, v in (posterior.draws if posterior else {}).items() if k in latent_names}
     params = kernel_params(ctx, posterior)
     base = PassSpec(ctx.kernel, bound.static, sites, kind)
-    plan, draws = _latent_policy(ctx, request, bound, base, draws, check_split)
+    plan, draws, sources, split_rows = row_latent_plan(
+        ctx,
+        base,
+        bound,
+        posterior,
+        draws,
+        request.intervention,
+        in_sample=request.in_sample,
+        shard_axis=request.shard_axis,
+        strict_sites=request.return_sites is not None,
+        check_split=check_split,
+    )
     sites = tuple(info.name for info in plan.outputs)
     if kind == forward.PREDICT and request.return_sites is None and ctx.param_output not in sites:
         raise KernelValidationError(
@@ -272,11 +361,13 @@ def forward_job(
             f"in every branch, e.g. `numpyro.sample({ctx.param_output!r}, dist, "
             f"obs={ctx.param_output})`, which draws it when `{ctx.param_output}` is None."
         )
-    spec = PassSpec(ctx.kernel, bound.static, sites, kind, plan.global_latents)
+    spec = PassSpec(ctx.kernel, bound.static, sites, kind, plan.global_latents, plan.row_latents)
     if request.num_samples is not None:
         n_draws = request.num_samples
+    elif draws:
+        n_draws = next(iter(draws.values())).shape[0]
     else:
-        n_draws = next(iter(draws.values())).shape[0] if draws else 1
+        n_draws = posterior.num_draws if posterior is not None and sources else 1
     intervention = _float32(request.intervention or {})
     row_names = set(plan.row_intervention_sites)
     row_do = {k: v for k, v in intervention.items() if k in row_names}
@@ -298,11 +389,13 @@ def forward_job(
         shared_do={k: v for k, v in intervention.items() if k not in row_names},
         anchor={k: anchor_rows(v) for k, v in bound.rows.items()},
         anchor_do={k: anchor_rows(v) for k, v in row_do.items()},
-        split_rows=plan.path != FULL,
+        split_rows=split_rows,
         shard_axis=request.shard_axis,
         row_offset=int(request.row_offset),
         matmul_flops_per_cell=plan.matmul_flops_per_row,
         params=params,
+        row_latents=plan.row_latents,
+        row_sources=sources,
     )
     chains = posterior.num_chains if posterior is not None else 1
     return ForwardJob(job, plan, chains, bound)

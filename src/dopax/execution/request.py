@@ -14,7 +14,16 @@ import jax
 
 from dopax.inference.posterior import Posterior
 
-__all__ = ["PREDICT", "PRIOR", "LOG_LIKELIHOOD", "Output", "PredictiveRequest", "ScenarioRequest"]
+__all__ = [
+    "PREDICT",
+    "PRIOR",
+    "LOG_LIKELIHOOD",
+    "LooRequest",
+    "Output",
+    "PredictiveRequest",
+    "ScenarioRequest",
+    "SummaryRequest",
+]
 
 #: Request kinds.
 PREDICT = "predict"
@@ -120,3 +129,36 @@ class ScenarioRequest:
     kwargs: Mapping[str, Any]
     posterior: Posterior
     output: Output = dataclasses.field(default_factory=Output)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SummaryRequest:
+    """Per-row summaries of a posterior-predictive pass (``summarize``).
+
+    Attributes:
+        forward: The forward pass (a :data:`PREDICT` request) to summarise.
+        observed: The observed output (one entry per row), or ``None``.
+        prob: Probability of the interval.
+        interval: ``"eti"`` or ``"hdi"``.
+        quantiles: Extra quantiles.
+    """
+
+    forward: PredictiveRequest
+    observed: Any = None
+    prob: float = 0.94
+    interval: str = "eti"
+    quantiles: tuple[float, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LooRequest:
+    """PSIS-LOO of the output site (``loo``).
+
+    Attributes:
+        forward: The log-likelihood pass (a :data:`LOG_LIKELIHOOD` request).
+        reff: Relative effective sample size of the draws, or ``None`` to
+            estimate it from the posterior as ArviZ does.
+    """
+
+    forward: PredictiveRequest
+    reff: float | None = None

@@ -31,6 +31,7 @@ from dopax.parallel.sharded import (
     place,
 )
 from dopax.sampling.prepare import read_rows
+from dopax.sampling.row_latent import DRAWS, RowLatentSpec, block_draws, block_params
 
 __all__ = [
     "Block",
@@ -43,6 +44,7 @@ __all__ = [
     "lower_block",
     "lowered_flops",
     "padded_rows",
+    "row_latent_bytes",
     "run_blocks",
     "sharding_of",
     "splits_rows",
@@ -91,6 +93,10 @@ class BlockJob:
             draw-row cell, when known from the kernel's probes (``None``: the
             sizing policy reads XLA's cost analysis of the program).
         params: Values of the kernel's ``numpyro.param`` sites, used whole.
+        row_latents: Per-row latent sites whose values each block carries
+            for its own rows.
+        row_sources: Their sources by site: draws ``(draws, *site_shape)``
+            (in memory or stored) or a guide's parameters by role.
     """
 
     program: BlockProgram
@@ -109,6 +115,21 @@ class BlockJob:
     row_offset: int = 0
     matmul_flops_per_cell: float | None = None
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    row_latents: tuple[RowLatentSpec, ...] = ()
+    row_sources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def row_latent_bytes(job: BlockJob) -> int:
+    """Bytes per draw and row of the per-row latent draws a block carries."""
+    total = 0
+    for spec in job.row_latents:
+        if spec.kind != DRAWS:
+            continue
+        source = job.row_sources[spec.name]
+        shape = tuple(np.shape(source))[1:]
+        rest = [n for i, n in enumerate(shape) if i != spec.row_axis]
+        total += int(np.prod(rest, dtype=np.int64)) * np.dtype(source.dtype).itemsize
+    return total
 
 
 def splits_rows(job: BlockJob, row_block: int) -> bool:
@@ -123,9 +144,12 @@ def sharding_of(job: BlockJob) -> tuple[str, int]:
     """Return ``(shard axis, devices)`` a job actually runs with.
 
     Rows that cannot be split are never split across devices: such jobs
-    split draws instead.
+    split draws instead, unless their program reduces over every draw of a
+    row (``whole_draws``): those split rows, or run on one device.
     """
     n_dev = device_count()
+    if getattr(job.program, "whole_draws", False):
+        return OBS, (n_dev if job.split_rows else 1)
     if n_dev == 1:
         return OBS if job.split_rows else DRAW, 1
     return (job.shard_axis if job.split_rows else DRAW), n_dev
@@ -237,11 +261,30 @@ class _Runner:
             self._draw_cache[(d0, d1)] = cached
         return cached
 
+    def _row_latent(
+        self, d0: int, d1: int, r0: int, r1: int, pad_d: int, pad_r: int
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Return the block's per-row latent values and guide parameters, rows leading."""
+        values: dict[str, Any] = {}
+        params: dict[str, Any] = {}
+        rows = slice(r0, r1)
+        for spec in self.job.row_latents:
+            source = self.job.row_sources[spec.name]
+            if spec.kind == DRAWS:
+                values[spec.name] = block_draws(source, spec.row_axis, d0, d1, rows, pad_d, pad_r)
+            else:
+                params[spec.name] = block_params(source, spec.row_axis, rows, pad_r)
+        split_rows = self.shard_axis == OBS and self.n_dev > 1
+        split_draws = self.shard_axis == DRAW and self.n_dev > 1
+        placed = place(values, split_rows or split_draws, 1 if split_rows else 0)
+        return placed, place(params, split_rows)
+
     def args(self, d0: int, d1: int, r0: int, r1: int) -> BlockInputs:
         """Return the block function's inputs for one block."""
-        _, pad_r = self.padded(d1 - d0, r1 - r0)
+        pad_d, pad_r = self.padded(d1 - d0, r1 - r0)
         draws, latent = self._draw_args(d0, d1)
         split_rows = self.shard_axis == OBS and self.n_dev > 1
+        row_latent, row_params = self._row_latent(d0, d1, r0, r1, pad_d, pad_r)
         return BlockInputs(
             call_key=self.job.call_key,
             draws=draws,
@@ -254,6 +297,8 @@ class _Runner:
             shared_do=self.shared_do,
             anchor=self.anchor,
             anchor_do=self.anchor_do,
+            row_latent=row_latent,
+            row_params=row_params,
         )
 
 
@@ -346,7 +391,8 @@ def run_blocks(
                 index[ax.draw_axis] = slice(0, nd)
             if pad_r != nr and ax.row_axis is not None and not ax.summed_over_rows:
                 index[ax.row_axis] = slice(0, nr)
-            out[ax.name] = value if pad_d == nd and pad_r == nr else Trimmed(value, tuple(index))
+            trimmed = any(sl != slice(None) for sl in index)
+            out[ax.name] = Trimmed(value, tuple(index)) if trimmed else value
             del value
         del raw
         consume(Block(d0, d1, r0, r1), out)

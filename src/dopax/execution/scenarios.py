@@ -25,9 +25,16 @@ from dopax.exceptions import ScenarioError
 from dopax.execution.cluster import run_on_cluster
 from dopax.execution.context import ModelContext
 from dopax.execution.engine import cluster_devices, result_attrs
-from dopax.execution.job import kernel_params, plan_pass
+from dopax.execution.job import kernel_params, row_latent_plan
 from dopax.execution.request import ScenarioRequest
-from dopax.execution.runner import Block, BlockJob, lower_block, run_blocks, splits_rows
+from dopax.execution.runner import (
+    Block,
+    BlockJob,
+    lower_block,
+    row_latent_bytes,
+    run_blocks,
+    splits_rows,
+)
 from dopax.execution.sizing import Footprint, size_blocks
 from dopax.kernel.signature import kernel_parameters
 from dopax.output import schema
@@ -36,7 +43,7 @@ from dopax.output.schema import SiteLayout
 from dopax.parallel.batching import BlockPlan
 from dopax.parallel.sharded import OBS
 from dopax.sampling.forward import PREDICT, PassSpec
-from dopax.sampling.plan import FULL, ForwardPlan
+from dopax.sampling.plan import ForwardPlan
 from dopax.sampling.prepare import BoundArgs, anchor_rows
 from dopax.streaming.memory import map_large_allocations, release_free_memory
 from dopax.streaming.stream import Progress, Submit, stream_into
@@ -105,15 +112,29 @@ def _per_row(value: Any, base: Any, n_rows: int) -> Any:
     )
 
 
+@dataclasses.dataclass
+class _Planned:
+    """The scenarios of a call, their plans, and what their blocks share."""
+
+    scenarios: list[Scenario]
+    plans: list[ForwardPlan]
+    latent: dict[str, Any]
+    row_sources: dict[str, Any]
+    split_rows: bool
+
+
 def _scenarios(
     ctx: ModelContext,
     request: ScenarioRequest,
     base: BoundArgs,
     site: str,
     check_split: bool = False,
-) -> tuple[list[Scenario], list[ForwardPlan]]:
+) -> _Planned:
     draws = dict(request.posterior.draws)
     scenarios, plans = [], []
+    latent: dict[str, Any] = {}
+    sources: dict[str, Any] = {}
+    split_rows = True
     for name, spec_in in request.scenarios.items():
         bound, intervention = _bind_scenario(ctx, name, spec_in, request, base.n_rows)
         if bound.static != base.static:
@@ -122,9 +143,22 @@ def _scenarios(
             )
         spec = PassSpec(ctx.kernel, bound.static, (site,), PREDICT)
         try:
-            plan = plan_pass(ctx, spec, bound, draws, intervention, check_split=check_split)
+            plan, latent, sources, splits = row_latent_plan(
+                ctx,
+                spec,
+                bound,
+                request.posterior,
+                draws,
+                intervention,
+                in_sample=True,
+                shard_axis=OBS,
+                strict_sites=True,
+                check_split=check_split,
+                warn_full=False,
+            )
         except KeyError as err:
             raise ScenarioError(str(err.args[0])) from err
+        split_rows = split_rows and splits
         row_names = set(plan.row_intervention_sites)
         do = {}
         for k, v in (intervention or {}).items():
@@ -140,7 +174,7 @@ def _scenarios(
             )
         )
         plans.append(plan)
-    return scenarios, plans
+    return _Planned(scenarios, plans, latent, sources, split_rows)
 
 
 def _check_finite(scenarios: list[Scenario], n_rows: int) -> None:
@@ -186,25 +220,36 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
     n_rows = base.n_rows
     codes, labels = group_codes(request.by, n_rows)
     site = request.site or ctx.param_output
-    scenarios, plans = _scenarios(ctx, request, base, site)
+    planned = _scenarios(ctx, request, base, site)
+    scenarios, plans = planned.scenarios, planned.plans
     _check_finite(scenarios, n_rows)
     names = [s.name for s in scenarios]
     b_index = names.index(request.baseline)
     posterior = request.posterior
     cfg = get_config()
+    info = next(o for o in plans[0].outputs if o.name == site)
     program = ScenarioProgram(
-        PassSpec(ctx.kernel, base.static, (site,), PREDICT, plans[0].global_latents),
+        PassSpec(
+            ctx.kernel,
+            base.static,
+            (site,),
+            PREDICT,
+            plans[0].global_latents,
+            plans[0].row_latents,
+        ),
         site,
         len(names),
         b_index,
         len(labels),
         request.keep_draws,
         cfg.min_cells_per_step,
+        request.interval,
+        info.row_axis or 0,
     )
     job = BlockJob(
         program=program,
         call_key=request.key,
-        latent=dict(posterior.draws),
+        latent=planned.latent,
         n_draws=posterior.num_draws,
         n_rows=n_rows,
         rows={"scenarios": tuple(s.rows for s in scenarios), "codes": codes},
@@ -216,11 +261,12 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
         shared_do=tuple(s.shared_do for s in scenarios),
         anchor=tuple({k: anchor_rows(v) for k, v in s.rows.items()} for s in scenarios),
         anchor_do=tuple({k: anchor_rows(v) for k, v in s.row_do.items()} for s in scenarios),
-        split_rows=not any(p.path == FULL for p in plans),
+        split_rows=planned.split_rows,
         shard_axis=OBS,
         params=kernel_params(ctx, posterior),
+        row_latents=plans[0].row_latents,
+        row_sources=planned.row_sources,
     )
-    info = next(o for o in plans[0].outputs if o.name == site)
     if request.site is None and np.dtype(info.dtype).kind in "biu":
         _warn_discrete(ctx, site, info.dtype)
     kept_bytes = 0
@@ -231,10 +277,14 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
             )
         rest = int(np.prod(info.shape[1:], dtype=np.int64))
         kept_bytes = len(names) * rest * np.dtype(info.dtype).itemsize
+    # per draw and row: every scenario's outcome, the contrasts, and the contrasts
+    # again with the draws last (for the per-row intervals) and their selection
     footprint = Footprint(
-        per_row=4 * (2 * len(names) + 1) + kept_bytes,
+        per_row=4 * (2 * len(names) + 1 + 2 * (len(names) - 1))
+        + kept_bytes
+        + row_latent_bytes(job),
         per_draw=0,
-        alive=cfg.host_threads + 1,
+        alive=2,
         whole_draws=True,
         one_draw_steps=True,
         probe=False,
@@ -255,14 +305,13 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
     if not all(p.split_checked for p in plans) and splits_rows(job, blocks.row_block):
         # rows are about to be split: first make sure the kernel allows it
         progress.stage("checking that the kernel's rows may be split")
-        _, plans = _scenarios(ctx, request, base, site, check_split=True)
-        if any(p.path == FULL for p in plans):
+        planned = _scenarios(ctx, request, base, site, check_split=True)
+        plans = planned.plans
+        if not planned.split_rows:
             job.split_rows = False
             blocks = sized()
     job.program = dataclasses.replace(program, cells_per_step=blocks.step_cells)
-    acc = EffectAccumulator(
-        len(names), posterior.num_draws, len(labels), n_rows, request.interval, cfg.host_threads
-    )
+    acc = EffectAccumulator(len(names), posterior.num_draws, len(labels), n_rows, request.interval)
     attrs = result_attrs(job, {"baseline": request.baseline, "site": site})
 
     def run(submit: Submit | None, advance: Any) -> None:
@@ -312,9 +361,9 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
     kept_attrs = {**attrs, "method": "compare_scenarios", "scenarios": list(names)}
     client = out.client if out.client is not None else cfg.client
     if cfg.trim_memory:
-        # The host summaries allocate per-row blocks in fresh threads; without a
-        # fixed mmap threshold glibc keeps them in per-thread heaps, and RSS grows
-        # with every call (W3: 30 identical calls, +275 MB).
+        # Block outputs are read on the host (and kept draws written) in threads;
+        # without a fixed mmap threshold glibc keeps such buffers in per-thread
+        # heaps, and RSS grew with every call (W3: 30 identical calls, +275 MB).
         map_large_allocations(cfg.mmap_threshold_bytes)
     try:
         if client is not None:
@@ -339,7 +388,6 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
                     config=cfg,
                     progress=out.progress,
                     desc="compare_scenarios",
-                    interval=request.interval,
                     collect=acc.add_summaries,
                 )
             finally:

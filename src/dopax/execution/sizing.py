@@ -8,9 +8,9 @@ Every call describes what its blocks hold with a :class:`Footprint`, and
   by default 128 MiB for forward passes and 256 MiB for scenario
   comparisons) covers every block alive at once: for a streamed forward
   pass ``pipeline_depth + writer_threads + 1`` blocks of outputs (queued,
-  being written, being computed); for a scenario comparison
-  ``host_threads + 1`` blocks of per-row contrasts (one computing, the
-  others summarised on the host).
+  being written, being computed); for calls that reduce over every draw of
+  their rows (scenario comparisons, ``summarize``, ``loo``) the blocks their
+  callers count, each holding every draw of its rows.
 * A forward pass also pays the kernel's temporaries for one step of draws,
   read from XLA's memory analysis of the block program compiled at the
   chosen block shape: the very program the run then uses (JAX keeps the
@@ -83,7 +83,7 @@ def _lower(job: BlockJob, plan: BlockPlan) -> Any:
 
 
 def _budget(footprint: Footprint, config: ExecutionConfig) -> int:
-    # blocks holding every draw of their rows are scenario comparisons
+    # blocks holding every draw of their rows (scenario comparisons, summaries)
     return config.budget_bytes(scenarios=footprint.whole_draws)
 
 

@@ -9,11 +9,15 @@ its posterior in memory.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from zarr.core.sync import sync
+
+from dopax.config import get_config
+from dopax.sampling.row_latent import COUPLED, DELTA, NORMAL, RowGuide
 
 __all__ = ["ChainMajorDraws", "Posterior", "stored_bytes_per_draw"]
 
@@ -46,6 +50,18 @@ class ChainMajorDraws:
         )
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
+        self._window: tuple[Any, int, int, np.ndarray] | None = None
+        self._window_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_window"] = None
+        del state["_window_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._window_lock = threading.Lock()
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -108,9 +124,90 @@ class ChainMajorDraws:
             out[where] = self._read_present(lo, hi)[flat[where] - lo]
         return out
 
+    def block(self, start: int, stop: int, axis: int, rows: Any) -> np.ndarray:
+        """Read draws ``start:stop`` at ``rows`` along ``axis`` only (a per-row site's block).
+
+        Only the chunks holding those draws and rows are read: a block of a
+        per-row site never loads the site's whole posterior. The rows read
+        are whole chunks of the store along ``axis``; when they fit
+        ``ExecutionConfig.input_window_bytes`` they are kept for the next
+        block, so each chunk is decompressed once even when blocks have
+        fewer rows than the chunks.
+
+        Args:
+            start: First flat draw.
+            stop: One past the last flat draw.
+            axis: The axis of the flat ``(draws, *shape)`` layout that indexes rows.
+            rows: A slice or an integer index array.
+        """
+        if axis < 1 or axis >= len(self.shape):
+            raise ValueError(f"`axis` must be one of the site's own axes; got {axis}.")
+        n = self.shape[axis]
+        take = None
+        if isinstance(rows, slice):
+            r0, r1, _ = rows.indices(n)
+            r1 = max(r0, r1)
+        else:
+            index = np.asarray(rows, dtype=np.int64)
+            r0 = int(index.min()) if index.size else 0
+            r1 = int(index.max()) + 1 if index.size else 0
+            take = index - r0
+        with self._window_lock:
+            window = self._window
+            if (
+                window is not None
+                and window[0] == (start, stop, axis)
+                and window[1] <= r0
+                and r1 <= window[2]
+            ):
+                out = window[3][(slice(None),) * axis + (slice(r0 - window[1], r1 - window[1]),)]
+            else:
+                window = self._window = None  # drop the old span before reading a new one
+                step = self._row_chunk(axis)
+                lo, hi = (r0 // step) * step, min(n, -(-r1 // step) * step)
+                span = self._read_span(start, stop, axis, lo, hi)
+                keep = span.nbytes <= _window_bytes()
+                if keep:
+                    self._window = ((start, stop, axis), lo, hi, span)
+                out = span[(slice(None),) * axis + (slice(r0 - lo, r1 - lo),)]
+        return out if take is None else np.take(out, take, axis=axis)
+
+    def _row_chunk(self, axis: int) -> int:
+        """Chunk length of the store along ``axis`` of the flat layout (0: draws)."""
+        chunks = getattr(self.array, "chunks", None)
+        try:
+            return max(1, int(chunks[axis + 1]))  # type: ignore[index]
+        except (TypeError, IndexError, ValueError):
+            return max(1, self.shape[axis])
+
+    def _read_span(self, start: int, stop: int, axis: int, lo: int, hi: int) -> np.ndarray:
+        """Read draws ``start:stop`` and rows ``lo:hi`` along ``axis`` into one array."""
+        self._check_present()
+        shape = list(self.shape)
+        shape[0], shape[axis] = max(0, stop - start), max(0, hi - lo)
+        out = np.empty(shape, self.dtype)
+        per = self.per_chain
+        lead = (slice(None),) * (axis - 1)
+        # one chunk of draws at a time: Zarr holds every chunk of a read at once
+        # (compressed, decoded and assembled), so bigger reads cost a multiple
+        step = self._row_chunk(0)
+        for chain in range(start // per if per else 0, -(-stop // per) if per else 0):
+            a, b = max(start, chain * per), min(stop, (chain + 1) * per)
+            first = a - chain * per
+            while a < b:
+                c = min(b, chain * per + (first // step + 1) * step)
+                where = (chain, slice(a - chain * per, c - chain * per), *lead, slice(lo, hi))
+                out[a - start : c - start] = self.array[where]
+                a, first = c, c - chain * per
+        return out
+
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self._read(0, self.shape[0])
         return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def _window_bytes() -> int:
+    return int(get_config().input_window_bytes)
 
 
 def stored_bytes_per_draw(draws: Mapping[str, Any]) -> int:
@@ -135,15 +232,35 @@ class Posterior:
             sites), by name; every draw uses the kernel's among them, as
             NumPyro's ``Predictive(..., params=...)`` does. Empty for MCMC,
             whose ``numpyro.param`` sites keep their initial values.
+        row_guides: Per-row latent sites of the fit's guide, by site name.
+            Sites of a guide that factorises over rows (``AutoNormal``,
+            ``AutoDelta``) have no stored draws: each call draws them block
+            by block from ``params`` with its own key. Sites of a guide that
+            couples rows are marked :data:`~dopax.sampling.row_latent.COUPLED`
+            (their draws are in ``draws``).
+        n_draws: Number of draws when ``draws`` is empty (every latent site
+            is drawn per call).
     """
 
     draws: dict[str, Any]
     num_chains: int = 1
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    row_guides: Mapping[str, RowGuide] = dataclasses.field(default_factory=dict)
+    n_draws: int = 0
+
+    def drawn_per_call(self) -> dict[str, RowGuide]:
+        """Return the per-row sites drawn from the guide's parameters by each call."""
+        return {k: g for k, g in self.row_guides.items() if g.kind in (NORMAL, DELTA)}
+
+    def coupled_by(self) -> dict[str, str]:
+        """Return the per-row sites whose guide couples rows, with the guide's name."""
+        return {k: g.guide for k, g in self.row_guides.items() if g.kind == COUPLED}
 
     @property
     def num_draws(self) -> int:
         """Total number of draws (all chains)."""
+        if not self.draws:
+            return int(self.n_draws)
         return int(next(iter(self.draws.values())).shape[0])
 
     def in_memory(self) -> dict[str, np.ndarray]:

@@ -4,7 +4,10 @@ A trace is a Zarr v3 hierarchy laid out like an ArviZ ``InferenceData``:
 
 ``posterior``, ``sample_stats``
     Draws of the latent sites and the sampler's statistics, arrays
-    ``(chain, draw, ...)`` chunked ``(1, draws_per_chunk, ...)``.
+    ``(chain, draw, ...)`` chunked ``(1, draws_per_chunk, ...)``; a site
+    whose chunk would exceed :data:`DRAW_CHUNK_BYTES` (a per-row latent of
+    many rows) is chunked along its longest axis too, so a block of rows
+    reads only its rows' chunks.
 ``unconstrained_posterior``
     The sampler's own (unconstrained) values, with ``include_transformed``.
 ``warmup_posterior``, ``warmup_sample_stats``, ``warmup_unconstrained_posterior``
@@ -103,6 +106,8 @@ PHASE_GROUPS = {
 SLOTS = 2
 CHAIN_KEY = "chain_key"
 STATIC_CHUNK_BYTES = 64 * 2**20
+#: Largest chunk of a per-draw array (larger ones are cut along their longest axis).
+DRAW_CHUNK_BYTES = 2**20
 CONSOLIDATED_WARNING = "Consolidated metadata is currently not part"
 
 
@@ -161,6 +166,28 @@ def _json_default(value: Any) -> Any:
 def fill_value(dtype: np.dtype[Any]) -> dict[str, Any]:
     """NaN for floating point (what xarray writes), Zarr's default otherwise."""
     return {"fill_value": np.nan} if dtype.kind == "f" else {}
+
+
+def draw_chunks(shape: tuple[int, ...], draws_per_chunk: int, itemsize: int) -> tuple[int, ...]:
+    """Chunks of one site's ``(chain, draw, *shape)`` array.
+
+    ``draws_per_chunk`` draws of the whole site per chunk, unless that
+    exceeds :data:`DRAW_CHUNK_BYTES`: then the site's longest axis (the rows
+    of a per-row latent) is cut too, so that reading a block of rows reads
+    chunks of about that size, never the site's whole posterior.
+
+    Args:
+        shape: The site's shape for one draw.
+        draws_per_chunk: Draws per chunk.
+        itemsize: Bytes per value.
+    """
+    inner = list(shape)
+    total = draws_per_chunk * int(np.prod(shape, dtype=np.int64)) * itemsize
+    if shape and total > DRAW_CHUNK_BYTES:
+        axis = int(np.argmax(shape))
+        others = total // max(shape[axis], 1)
+        inner[axis] = int(max(1, min(shape[axis], DRAW_CHUNK_BYTES // max(others, 1))))
+    return (1, draws_per_chunk, *inner)
 
 
 def row_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -303,7 +330,7 @@ async def create_nodes(
                     node.create_array(
                         var,
                         shape=(chains, draws, *shape),
-                        chunks=(1, dpc, *shape),
+                        chunks=draw_chunks(shape, dpc, np_dtype.itemsize),
                         dtype=np_dtype,
                         dimension_names=dims,
                         compressors=CODECS,

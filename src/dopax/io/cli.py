@@ -1,4 +1,4 @@
-"""The ``dopax`` command line: score saved models on files, compare scenarios, inspect results.
+"""The ``dopax`` command line: score, summarise and cross-validate saved models, compare scenarios.
 
 Run ``dopax --help`` (or ``python -m dopax --help``) for the commands. Every
 argument and input is checked before anything is written: a bad one (an
@@ -23,6 +23,13 @@ import numpy as np
 
 from dopax._warn import ignoring
 from dopax.exceptions import InputError, ScenarioError
+from dopax.io.cli_answers import (
+    add_answer_parsers,
+    forward_options,
+    run_loo,
+    run_summarize,
+    summarize_problem,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -34,6 +41,11 @@ examples:
   dopax effect model/ people.csv --scenario treated:t=1 --scenario control:t=0 \\
         --baseline control -o results/
       the average effect of setting t to 1 instead of 0, with its uncertainty
+  dopax summarize model/ people.csv -o results/
+      per-row mean, sd and 94% interval of every return site, with PIT values
+      and the intervals' coverage when people.csv holds the observed output
+  dopax loo model/ people.csv -o results/
+      PSIS-LOO of the model on rows holding the observed output
   dopax show results/predict-20250101T120000-ab12cd34.zarr
       the groups, variables, shapes and attributes of a result
 
@@ -99,15 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default: group 'predictions') to a new Zarr folder under OUTPUT.",
     )
     _common(p)
-    p.add_argument("--return-sites", default=None, help="comma-separated sites (default: all)")
-    p.add_argument(
-        "--intervention", action="append", default=[], metavar="SITE=VALUE",
-        help="fix a sample site to a value (repeatable)",
-    )  # fmt: skip
-    p.add_argument(
-        "--in-sample", action="store_true",
-        help="INPUT holds the training rows (group 'posterior_predictive')",
-    )  # fmt: skip
+    forward_options(p)
     e = sub.add_parser(
         "effect",
         help="compare scenarios on the rows of INPUT",
@@ -124,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--site", default=None, help="outcome site (default: the output site)")
     e.add_argument("--by", default=None, metavar="COLUMN", help="group rows by this column")
     e.add_argument("--interval", type=float, default=0.94, help="interval probability")
+    add_answer_parsers(sub, _common)
     s = sub.add_parser(
         "show",
         help="print the groups, variables, shapes and attributes of a result or saved model",
@@ -177,8 +182,7 @@ def _key(seed: int | None) -> Any:
     return None if seed is None else jax.random.key(seed)
 
 
-def _predict(args: argparse.Namespace) -> str:
-    model, inp = _load(args)
+def _intervention(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     do = {}
     for item in args.intervention:
         site, eq, value = item.partition("=")
@@ -189,6 +193,12 @@ def _predict(args: argparse.Namespace) -> str:
     unknown = sorted(set(do) - set(sites))
     if unknown:
         raise UsageError(f"--intervention: unknown site(s) {unknown}; sample sites: {list(sites)}.")
+    return do
+
+
+def _predict(args: argparse.Namespace) -> str:
+    model, inp = _load(args)
+    do = _intervention(args, model)
     kwargs = dict(inp.args)
     X = kwargs.pop(model.param_input)
     return_sites = None
@@ -208,6 +218,24 @@ def _predict(args: argparse.Namespace) -> str:
         progress=not args.quiet, **kwargs,
     )  # fmt: skip
     return str(tree.attrs["artifact_path"])
+
+
+def _summarize(args: argparse.Namespace) -> str:
+    problem = summarize_problem(args)
+    if problem:
+        raise UsageError(problem)
+    model, inp = _load(args)
+    return run_summarize(args, model, inp, _intervention(args, model), _key(args.seed))
+
+
+def _loo(args: argparse.Namespace) -> str:
+    model, inp = _load(args)
+    if inp.observed is None:
+        raise UsageError(
+            f"INPUT {args.input}: `loo` needs the observed output {model.param_output!r} "
+            "(a column or array of that name)."
+        )
+    return run_loo(args, model, inp, _key(args.seed))
 
 
 def _scenarios(args: argparse.Namespace, model: Any, inp: Any) -> dict[str, dict[str, Any]]:
@@ -358,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         where = _output(args.output)
         created = where.path is not None and not where.path.exists()
-        path = _predict(args) if args.command == "predict" else _effect(args)
+        commands = {"predict": _predict, "summarize": _summarize, "loo": _loo, "effect": _effect}
+        path = commands[args.command](args)
     except (UsageError, InputError, ScenarioError) as err:
         # (a kernel argument that does not fit, a scenario that cannot be: bad input too)
         _remove_new(args.output, created)

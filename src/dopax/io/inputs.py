@@ -34,12 +34,15 @@ class InputFile:
         args: Kernel arguments, the input included.
         frame: The table, for tabular files (``--by`` reads its columns).
         n_rows: Number of rows.
+        observed: The observed output (the column or array named after the
+            kernel's output), or ``None``.
     """
 
     def __init__(self, args: dict[str, Any], frame: pd.DataFrame | None) -> None:
         self.args = args
         self.frame = frame
         self.n_rows = 0
+        self.observed: Any = None
 
     def column(self, name: str) -> np.ndarray | None:
         """Return a column of the table or an array of the file named ``name``, if any."""
@@ -99,7 +102,9 @@ def read_input(path: str, model: ImpactModel) -> InputFile:
 
         group = zarr.open_group(path, mode="r")
         args = {name: array for name, array in group.arrays()}
-    args.pop(model.param_output, None)
+    observed = args.pop(model.param_output, None)
+    if observed is None and frame is not None and model.param_output in frame.columns:
+        observed = frame[model.param_output].to_numpy()
     args = with_static_defaults(args, schema)
     check_required(args, model.kernel, model.param_output, source)
     X = args[model.param_input]
@@ -121,4 +126,5 @@ def read_input(path: str, model: ImpactModel) -> InputFile:
     check_finite(args, n_rows, source)
     out = InputFile(args, frame)
     out.n_rows = n_rows
+    out.observed = observed
     return out

@@ -233,7 +233,7 @@ def load_model(
     run the folder's ``kernel.py``, with ``trust_code=True``. The SVI or MCMC
     object is rebuilt from its recorded settings when they name NumPyro's own
     guides, ELBOs, samplers, optimizers and schedules with plain values (see
-    :mod:`dopax.io.allowed`); anything else the folder names (a function of
+    ``dopax.io.allowed``); anything else the folder names (a function of
     ``kernel.py``, a custom guide, any other callable) needs ``inference=`` or
     ``trust_code=True``. With ``kernel=`` and ``inference=`` given, nothing the
     folder names runs. A pickle is loaded only with ``allow_pickle=True``.

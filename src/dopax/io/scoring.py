@@ -1,11 +1,10 @@
 """Per-row predictive summaries in bounded memory: what the MLflow pyfunc serves.
 
-Rows run in blocks sized so that one block's draws stay within
-``ExecutionConfig.memory_budget_bytes``; each block is an in-memory forward
-request whose row offset is the block's first row, so every row gets the
-same random numbers as in one call over all rows: the summaries do not
-depend on the block size. Kernels that couple rows (see the README) run all
-rows in one block.
+The summaries are those of :meth:`~dopax.ImpactModel.summarize`: rows run
+in blocks sized from ``ExecutionConfig.memory_budget_bytes``, each block's
+draws reduced inside its compiled program, with random numbers that follow
+the rows, so the summaries do not depend on the block size. Kernels that
+couple rows (see the README) run all rows in one block.
 """
 
 from __future__ import annotations
@@ -16,15 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dopax.config import get_config
-from dopax.execution.engine import run_predictive
-from dopax.execution.job import forward_job
-from dopax.execution.request import PREDICT, Output, PredictiveRequest
+from dopax.execution.answers import run_summary
+from dopax.execution.request import PREDICT, Output, PredictiveRequest, SummaryRequest
 from dopax.inference.posterior import Posterior
 from dopax.model.impact_model import ImpactModel
 from dopax.model.state import require_posterior
 from dopax.sampling.keys import check_key, typed_key
-from dopax.sampling.plan import FULL
 
 __all__ = ["STATS", "summarize_rows"]
 
@@ -40,20 +36,6 @@ def _thinned(posterior: Posterior, num_draws: int | None) -> Posterior:
         raise ValueError(f"`num_draws` must be a positive int; got {num_draws}.")
     index = np.unique(np.round(np.linspace(0, total - 1, num_draws)).astype(np.int64))
     return Posterior({k: np.asarray(v[index]) for k, v in posterior.draws.items()}, 1)
-
-
-def _rows_of(value: Any, n: int, r0: int, r1: int) -> Any:
-    if hasattr(value, "shape") and len(value.shape) >= 1 and value.shape[0] == n:
-        return value[r0:r1]
-    return value
-
-
-def _stats(values: np.ndarray, prob: float) -> dict[str, np.ndarray]:
-    """Return mean, sd and the central interval over the leading (draw) axis."""
-    values = values.astype(np.float64, copy=False)
-    lo, hi = np.quantile(values, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
-    sd = values.std(axis=0, ddof=1) if values.shape[0] > 1 else np.zeros(values.shape[1:])
-    return {"mean": values.mean(axis=0), "sd": sd, "lower": lo, "upper": hi}
 
 
 def _suffixes(shape: tuple[int, ...]) -> list[str]:
@@ -76,8 +58,9 @@ def summarize_rows(
 
     For every return site and every element of it per row, the columns
     ``<site>[_<index>]_mean``, ``_sd``, ``_lower`` and ``_upper`` (the central
-    ``prob`` interval). Sites without a row axis are summarised once and
-    repeated on every row.
+    ``prob`` interval), reduced inside the block program as
+    :meth:`~dopax.ImpactModel.summarize` does. Sites without a row axis are
+    summarised once and repeated on every row.
 
     Args:
         model: A fitted model.
@@ -98,61 +81,42 @@ def summarize_rows(
     if rng_key is not None:
         check_key(rng_key)
     key = typed_key(rng_key) if rng_key is not None else state.key
-    kwargs = dict(kwargs or {})
     n = int(np.shape(X)[0])
     if n == 0:
         raise ValueError("The input has no rows.")
-
-    def request(r0: int, r1: int) -> PredictiveRequest:
-        return PredictiveRequest(
-            kind=PREDICT,
-            method="predict_on_batch",
-            key=key,
-            X=X[r0:r1],
-            kwargs={k: _rows_of(v, n, r0, r1) for k, v in kwargs.items()},
-            posterior=posterior,
-            intervention=None
-            if intervention is None
-            else {k: _rows_of(np.asarray(v), n, r0, r1) for k, v in intervention.items()},
-            return_sites=return_sites,
-            in_sample=False,
-            output=Output(in_memory=True, return_datatree=False),
-            row_offset=r0,
-        )
-
-    plan = forward_job(state.ctx, request(0, n)).plan
-    row_axis = {info.name: info.row_axis for info in plan.outputs}
-    if plan.path == FULL:  # the kernel couples rows: they run together
-        block_rows = n
-    elif block_rows is None:
-        per_row = sum(
-            int(np.prod([s for i, s in enumerate(info.shape) if i != info.row_axis]))
-            * np.dtype(info.dtype).itemsize
-            for info in plan.outputs
-            if info.row_axis is not None
-        )
-        # draws as stored plus their float64 copy and sorted copy for quantiles
-        per_row_bytes = max(1, 4 * posterior.num_draws * max(per_row, 1))
-        block_rows = max(1, get_config().budget_bytes() // per_row_bytes)
-    columns: dict[str, list[np.ndarray]] = {}
-    for r0 in range(0, n, max(1, int(block_rows))):
-        r1 = min(n, r0 + int(block_rows))
-        draws = run_predictive(state.ctx, request(r0, r1))
-        assert isinstance(draws, dict)
-        for site, value in draws.items():
-            value = np.asarray(value)
-            axis = row_axis.get(site)
-            if axis is None:
-                flat = value.reshape(value.shape[0], 1, -1)
-                rest: tuple[int, ...] = value.shape[1:]
-            else:
-                moved = np.moveaxis(value, axis + 1, 1)
-                rest = moved.shape[2:]
-                flat = moved.reshape(moved.shape[0], moved.shape[1], -1)
-            stats = _stats(flat, prob)
-            for j, suffix in enumerate(_suffixes(rest)):
-                for stat in STATS:
-                    col = np.broadcast_to(stats[stat][:, j], (r1 - r0,))
-                    columns.setdefault(f"{site}{suffix}_{stat}", []).append(col)
-        del draws
-    return pd.DataFrame({k: np.concatenate(v) for k, v in columns.items()})
+    forward = PredictiveRequest(
+        kind=PREDICT,
+        method="summarize",
+        key=key,
+        X=X,
+        kwargs=dict(kwargs or {}),
+        posterior=posterior,
+        intervention=intervention,
+        return_sites=return_sites,
+        in_sample=False,
+        output=Output(batch_size=block_rows, store="memory", progress=False),
+    )
+    tree = run_summary(state.ctx, SummaryRequest(forward, prob=prob))
+    summary = tree["summary"].to_dataset()
+    columns: dict[str, np.ndarray] = {}
+    row_dims = tree.attrs["row_dims"]  # every site, in order, with its row dimension
+    for site, row_dim in row_dims.items():
+        stats = {stat: summary[f"{site}_{stat}"] for stat in STATS}
+        first = stats["mean"]
+        if row_dim is None:
+            rest: tuple[int, ...] = tuple(first.shape)
+            flat = {
+                k: np.broadcast_to(np.asarray(v).reshape(1, -1), (n, v.size))
+                for k, v in stats.items()
+            }
+        else:
+            others = [d for d in first.dims if d != row_dim]
+            rest = tuple(first.sizes[d] for d in others)
+            flat = {
+                k: np.asarray(v.transpose(row_dim, *others).values).reshape(n, -1)
+                for k, v in stats.items()
+            }
+        for j, suffix in enumerate(_suffixes(rest)):
+            for stat in STATS:
+                columns[f"{site}{suffix}_{stat}"] = flat[stat][:, j]
+    return pd.DataFrame(columns)

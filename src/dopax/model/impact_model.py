@@ -25,6 +25,7 @@ from dopax.execution.scenarios import run_scenarios
 from dopax.inference.driver import check_model, make_driver
 from dopax.kernel.signature import check_reserved_kwargs, validate_signature
 from dopax.kernel.spec import KernelSpec
+from dopax.model.answers import AnswerMethods
 from dopax.model.checks import optional_positive_int, positive_int
 from dopax.model.fitting import FittingMethods
 from dopax.model.state import FittedState, require_posterior
@@ -34,7 +35,7 @@ from dopax.streaming.targets import check_output
 __all__ = ["ImpactModel"]
 
 
-class ImpactModel(FittingMethods):
+class ImpactModel(FittingMethods, AnswerMethods):
     """A NumPyro kernel with its inference method, posterior and outputs.
 
     Streamed methods (``predict``, ``sample_posterior_predictive``,
@@ -49,6 +50,8 @@ class ImpactModel(FittingMethods):
     workers compute the blocks and write them into the store) and
     ``progress`` (a progress bar). Array keyword arguments of the
     kernel whose leading length is the number of rows are batched with ``X``.
+    ``summarize`` and ``loo`` reduce each block over its draws where it is
+    drawn and keep only per-row answers.
 
     Args:
         kernel: A NumPyro model function taking ``param_input`` (no default)

@@ -22,6 +22,8 @@ __all__ = [
     "PREDICTIONS",
     "LOG_LIKELIHOOD",
     "OBSERVED_DATA",
+    "SUMMARY",
+    "LOO",
     "DATA_GROUPS",
     "CHUNKED_GROUPS",
     "POSITION_ATTRS",
@@ -42,6 +44,10 @@ LOG_LIKELIHOOD = "log_likelihood"
 #: Sampler statistics of MCMC draws (ArviZ's name).
 SAMPLE_STATS = "sample_stats"
 OBSERVED_DATA = "observed_data"
+#: Per-row summaries over draws (``summarize``): no chain and draw dimensions.
+SUMMARY = "summary"
+#: Pointwise PSIS-LOO values (``loo``): no chain and draw dimensions.
+LOO = "loo"
 
 #: Every group a dopax result may hold (ArviZ's names).
 GROUPS: tuple[str, ...] = (
@@ -51,10 +57,13 @@ GROUPS: tuple[str, ...] = (
     PREDICTIONS,
     LOG_LIKELIHOOD,
     OBSERVED_DATA,
+    SUMMARY,
+    LOO,
 )
 
-#: Groups without chain and draw dimensions (ArviZ's data groups).
-DATA_GROUPS: tuple[str, ...] = (OBSERVED_DATA,)
+#: Groups without chain and draw dimensions (ArviZ's data groups, and dopax's
+#: per-row answers).
+DATA_GROUPS: tuple[str, ...] = (OBSERVED_DATA, SUMMARY, LOO)
 
 #: Groups returned as Dask arrays, chunked as stored: the draws a user reduces
 #: (means, quantiles over millions of rows), which then run chunk by chunk in
@@ -157,6 +166,8 @@ class SiteLayout:
         dtype: NumPy dtype string.
         chunks: Chunk shape over ``(chain, draw, *shape)`` (over ``shape`` for
             a data group).
+        dim_names: Names of the dimensions of ``shape`` (default
+            ``<name>_dim_<i>``), e.g. a summary's site dimensions.
     """
 
     group: str
@@ -166,6 +177,7 @@ class SiteLayout:
     shape: tuple[int, ...]
     dtype: str
     chunks: tuple[int, ...]
+    dim_names: tuple[str, ...] | None = None
 
     @property
     def is_data(self) -> bool:
@@ -190,6 +202,8 @@ class SiteLayout:
     def dims(self) -> tuple[str, ...]:
         """Dimension names of the stored array."""
         dims = site_dims(self.name, len(self.shape))
+        if self.dim_names is not None:
+            dims = (*dims[:2], *self.dim_names)
         return dims[2:] if self.is_data else dims
 
 

@@ -64,6 +64,11 @@ class BlockInputs(NamedTuple):
         shared_do: Intervention values used whole.
         anchor: The anchor row's inputs (the call's first row).
         anchor_do: The anchor row's intervention values.
+        row_latent: Values of per-row latent sites for the block's draws and
+            rows, each ``(D, R, *rest)`` (rows second, whatever the site's
+            own row axis).
+        row_params: A guide's per-row parameters of per-row latent sites
+            drawn in the program, by site and role, each ``(R, *rest)``.
     """
 
     call_key: Any
@@ -77,6 +82,8 @@ class BlockInputs(NamedTuple):
     shared_do: Any
     anchor: Any
     anchor_do: Any
+    row_latent: Any
+    row_params: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,9 +177,11 @@ def compiled_block(program: BlockProgram, shard_axis: str, n_dev: int) -> BlockF
     split = PartitionSpec(_AXIS)
     in_specs = BlockInputs(*([rep] * len(BlockInputs._fields)))
     if shard_axis == OBS:
-        in_specs = in_specs._replace(rows=split, row_do=split)
+        in_specs = in_specs._replace(
+            rows=split, row_do=split, row_latent=PartitionSpec(None, _AXIS), row_params=split
+        )
     else:
-        in_specs = in_specs._replace(draws=split, latent=split)
+        in_specs = in_specs._replace(draws=split, latent=split, row_latent=split)
     out_specs = {axes.name: _out_spec(axes, shard_axis) for axes in program.outputs}
     mapped = jax.shard_map(
         local, mesh=local_mesh(), in_specs=(in_specs,), out_specs=out_specs, check_vma=False
@@ -180,17 +189,19 @@ def compiled_block(program: BlockProgram, shard_axis: str, n_dev: int) -> BlockF
     return guarded_jit(mapped)
 
 
-def place(tree: Any, shard: bool) -> Any:
-    """Put a pytree of host arrays on the mesh, split on the leading axis or replicated.
+def place(tree: Any, shard: bool, axis: int = 0) -> Any:
+    """Put a pytree of host arrays on the mesh, split on one axis or replicated.
 
     Args:
-        tree: Arrays (leading axis divisible by the device count when ``shard``).
-        shard: Whether to split the leading axis across devices.
+        tree: Arrays (the split axis divisible by the device count when ``shard``).
+        shard: Whether to split ``axis`` across devices.
+        axis: The axis to split (the leading one by default).
     """
     mesh = local_mesh()
     if len(mesh.devices.flat) == 1:
         return jax.device_put(tree, mesh.devices.flat[0])
-    sharding = NamedSharding(mesh, PartitionSpec(_AXIS) if shard else PartitionSpec())
+    spec = PartitionSpec(*([None] * axis), _AXIS) if shard else PartitionSpec()
+    sharding = NamedSharding(mesh, spec)
     return jax.device_put(tree, sharding)
 
 

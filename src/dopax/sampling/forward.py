@@ -20,6 +20,7 @@ from numpyro import handlers
 from dopax.parallel.batching import largest_divisor_at_most
 from dopax.parallel.sharded import BlockInputs, OutputAxes
 from dopax.sampling.rng import RowKeySeed, draw_words
+from dopax.sampling.row_latent import RowLatentSpec, substitute_fn
 
 __all__ = [
     "ForwardProgram",
@@ -27,6 +28,7 @@ __all__ = [
     "forward_block",
     "forward_draw",
     "map_draws",
+    "run_trace",
     "with_params",
 ]
 
@@ -46,6 +48,8 @@ class PassSpec:
         global_latents: Latent sites without a row axis that are not supplied:
             they are drawn once per draw on the anchor row (row offset 0), so
             every batch of rows shares them.
+        row_latents: Per-row latent sites whose values each block carries
+            for its own rows (see :mod:`dopax.sampling.row_latent`).
     """
 
     kernel: Callable[..., Any]
@@ -53,21 +57,36 @@ class PassSpec:
     return_sites: tuple[str, ...]
     kind: str = PREDICT
     global_latents: tuple[str, ...] = ()
+    row_latents: tuple[RowLatentSpec, ...] = ()
 
 
-def _run_trace(
+def run_trace(
     spec: PassSpec,
     words: jax.Array,
     row_offset: Any,
     latent: Mapping[str, Any],
     args: Mapping[str, Any],
     intervention: Mapping[str, Any],
+    rows_fn: Callable[[Mapping[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
+    """Trace the kernel once under dopax's handlers.
+
+    Args:
+        spec: The static pass description.
+        words: The draw's two key words.
+        row_offset: Global index of the first row of ``args``.
+        latent: Values to substitute (whole).
+        args: Array arguments of the kernel.
+        intervention: Site values to impose with ``numpyro.handlers.do``.
+        rows_fn: A ``substitute_fn`` giving per-row latents their values, or ``None``.
+    """
     model: Callable[..., Any] = spec.kernel
     if intervention:
         model = handlers.do(model, data=dict(intervention))
     if latent:
         model = handlers.substitute(model, data=dict(latent))
+    if rows_fn is not None:
+        model = handlers.substitute(model, substitute_fn=rows_fn)
     model = RowKeySeed(model, words, row_offset)
     return handlers.trace(model).get_trace(**args, **dict(spec.static))
 
@@ -100,6 +119,8 @@ def forward_draw(
     intervention: Mapping[str, Any],
     anchor_args: Mapping[str, Any],
     intervention_anchor: Mapping[str, Any],
+    row_values: Mapping[str, Any] | None = None,
+    row_params: Mapping[str, Any] | None = None,
 ) -> dict[str, jax.Array]:
     """Run the kernel for one posterior draw on one block of rows.
 
@@ -115,6 +136,10 @@ def forward_draw(
         anchor_args: ``args`` for the anchor row (the call's first row), used to
             draw ``spec.global_latents``.
         intervention_anchor: ``intervention`` for the anchor row.
+        row_values: This draw's values of the per-row latents given by draws,
+            rows leading (``spec.row_latents``).
+        row_params: The block's guide parameters of the other per-row
+            latents, rows leading.
 
     Returns:
         For ``kind="predict"``, each return site's value; for
@@ -122,12 +147,17 @@ def forward_draw(
     """
     words = draw_words(call_key, draw_index)
     if spec.global_latents:
-        anchor_trace = _run_trace(spec, words, 0, latent, anchor_args, intervention_anchor)
+        anchor_trace = run_trace(spec, words, 0, latent, anchor_args, intervention_anchor)
         latent = {
             **latent,
             **{name: anchor_trace[name]["value"] for name in spec.global_latents},
         }
-    trace = _run_trace(spec, words, row_offset, latent, args, intervention)
+    rows_fn = None
+    if spec.row_latents:
+        rows_fn = substitute_fn(
+            spec.row_latents, row_values or {}, row_params or {}, words, row_offset
+        )
+    trace = run_trace(spec, words, row_offset, latent, args, intervention, rows_fn)
     if spec.kind == LOG_LIKELIHOOD:
         return {
             name: trace[name]["fn"].log_prob(trace[name]["value"]) for name in spec.return_sites
@@ -158,7 +188,8 @@ def forward_block(spec: PassSpec, inputs: BlockInputs, cells_per_step: int) -> d
     anchor_args = {**inputs.shared, **inputs.anchor}
     anchor_do = {**inputs.shared_do, **inputs.anchor_do}
 
-    def one(draw_index: jax.Array, latent_d: Mapping[str, Any]) -> dict[str, jax.Array]:
+    def one(draw_index: jax.Array, per_draw: Any) -> dict[str, jax.Array]:
+        latent_d, row_values = per_draw
         return forward_draw(
             spec,
             inputs.call_key,
@@ -169,10 +200,13 @@ def forward_block(spec: PassSpec, inputs: BlockInputs, cells_per_step: int) -> d
             intervention,
             anchor_args,
             anchor_do,
+            row_values,
+            inputs.row_params,
         )
 
     n_rows = max((jnp.shape(v)[0] for v in inputs.rows.values()), default=1)
-    return map_draws(one, inputs.draws, inputs.latent, int(n_rows), cells_per_step)
+    per_draw = (dict(inputs.latent), dict(inputs.row_latent))
+    return map_draws(one, inputs.draws, per_draw, int(n_rows), cells_per_step)
 
 
 def with_params(params: Mapping[str, Any], latent: Mapping[str, Any]) -> dict[str, Any]:
@@ -188,9 +222,9 @@ def with_params(params: Mapping[str, Any], latent: Mapping[str, Any]) -> dict[st
 
 
 def map_draws(
-    one: Callable[[jax.Array, Mapping[str, Any]], Any],
+    one: Callable[[jax.Array, Any], Any],
     draw_indices: jax.Array,
-    latent: Mapping[str, Any],
+    latent: Any,
     n_rows: int,
     cells_per_step: int,
 ) -> Any:
@@ -204,7 +238,7 @@ def map_draws(
     Args:
         one: The per-draw function.
         draw_indices: Global indices of the draws, shape ``(D,)``.
-        latent: Latent values with a leading draw axis of size ``D``.
+        latent: A pytree of values per draw (leading draw axis of size ``D``).
         n_rows: Rows of the block.
         cells_per_step: Draw-by-row cells per step.
     """
@@ -216,12 +250,12 @@ def map_draws(
         even = largest_divisor_at_most(n_draws, per_step)
         per_step = even if 2 * even >= per_step else per_step
     if per_step >= n_draws:
-        return jax.vmap(one)(draw_indices, dict(latent))
+        return jax.vmap(one)(draw_indices, latent)
     if per_step == 1:
         # A plain loop: ``batch_size=1`` would wrap each draw in a vmap of one,
         # turning matrix products into batched ones, slower on CPU.
-        return jax.lax.map(lambda xs: one(*xs), (draw_indices, dict(latent)))
-    return jax.lax.map(lambda xs: one(*xs), (draw_indices, dict(latent)), batch_size=per_step)
+        return jax.lax.map(lambda xs: one(*xs), (draw_indices, latent))
+    return jax.lax.map(lambda xs: one(*xs), (draw_indices, latent), batch_size=per_step)
 
 
 @dataclasses.dataclass(frozen=True)

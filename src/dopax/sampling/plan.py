@@ -4,16 +4,21 @@ Pure: it runs the kernel on tiny probes, never on the user's full data.
 
 * A site's *row axis* is the one axis whose length follows the number of rows
   (probed at 2 and 3 rows, so no shape coincidence with the data can fool it).
-* A latent site with a row axis that is also in the posterior is a *per-row
-  latent* (local latent): in-sample predictions need all rows together.
+  The row axis may fall anywhere in a site's shape: a ``scan`` over time
+  stacks its sites time first, so a panel's output is ``(T, units)``.
+* A latent site with a row axis that the posterior gives values for (draws,
+  or a guide's per-row parameters) is a *per-row latent* (local latent):
+  in-sample, each block carries its own rows' values of it
+  (:mod:`dopax.sampling.row_latent`).
 * Whether splitting rows into batches leaves every value unchanged is then
-  checked directly: the kernel runs on five probe rows at once and split 2 + 3,
-  and the results must agree. No probe has a single row: a kernel may drop the
-  row axis of a one-row batch (e.g. a network ending in ``.squeeze()``), and
-  the engine never runs such a batch when rows are split (it pads to two).
-  Kernels that couple rows (e.g. standardise ``X`` inside the model) or whose
-  random sites do not lead with the row axis fail this check and run with all
-  rows together (the draw-axis path).
+  checked directly: the kernel runs on five probe rows at once and split 2 + 3
+  (per-row latents take the probe rows' values), and the results must agree
+  along each site's row axis. No probe has a single row: a kernel may drop
+  the row axis of a one-row batch (e.g. a network ending in ``.squeeze()``),
+  and the engine never runs such a batch when rows are split (it pads to
+  two). Kernels that couple rows (e.g. standardise ``X`` inside the model) or
+  whose random sites do not give each row its own random stream fail this
+  check and run with all rows together (the draw-axis path).
 """
 
 from __future__ import annotations
@@ -29,6 +34,13 @@ import numpy as np
 from dopax.sampling.forward import LOG_LIKELIHOOD, PassSpec
 from dopax.sampling.prepare import read_rows, split_intervention
 from dopax.sampling.probe import probe_kernel
+from dopax.sampling.row_latent import (
+    DRAWS,
+    RowLatentSpec,
+    block_draws,
+    block_params,
+    substitute_fn,
+)
 
 __all__ = ["ForwardPlan", "SiteInfo", "make_plan", "ROWS", "FULL"]
 
@@ -65,6 +77,8 @@ class ForwardPlan:
         outputs: Shape facts of each output site, in output order.
         row_sites: Every site of the kernel that has a row axis.
         local_latents: Posterior sites with a row axis (per-row latents).
+        row_latents: How each per-row latent reaches a block (its row axis
+            and source), in the order of ``local_latents``.
         global_latents: Latent sites without a row axis that the call does not
             supply (drawn once per draw on the anchor row).
         row_intervention_sites: Intervened sites given one value per row.
@@ -80,6 +94,7 @@ class ForwardPlan:
     outputs: tuple[SiteInfo, ...]
     row_sites: frozenset[str]
     local_latents: tuple[str, ...]
+    row_latents: tuple[RowLatentSpec, ...] = ()
     global_latents: tuple[str, ...] = ()
     row_intervention_sites: tuple[str, ...] = ()
     sample_sites: tuple[str, ...] = ()
@@ -134,6 +149,7 @@ def make_plan(
     intervention: Mapping[str, Any] | None,
     strict_sites: bool = True,
     check_split: bool = True,
+    row_guides: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None,
 ) -> ForwardPlan:
     """Plan a forward pass by probing the kernel on a few rows.
 
@@ -154,6 +170,9 @@ def make_plan(
             kernel, e.g. one that exists only when the output is observed).
         check_split: Whether to run the kernel split when nothing else
             decides the path.
+        row_guides: Per-row sites drawn from a guide's parameters: site name
+            to ``(kind, parameters by role)`` (see
+            :mod:`dopax.sampling.row_latent`).
 
     Returns:
         The plan.
@@ -175,7 +194,18 @@ def make_plan(
         row_axes[name] = _row_axis(shape2, shape3, 2, 3)
     row_sites = frozenset(name for name, axis in row_axes.items() if axis is not None)
     coupled = sorted(name for name, axis in row_axes.items() if axis == -1)
-    local = tuple(name for name in latent if name in row_sites)
+    guides = dict(row_guides or {})
+    local_axes = {
+        name: axis
+        for name in [*latent, *guides]
+        if (axis := row_axes.get(name)) is not None and axis >= 0
+    }
+    local = tuple(local_axes)
+    row_specs = tuple(
+        RowLatentSpec(name, axis, guides[name][0] if name in guides else DRAWS)
+        for name, axis in local_axes.items()
+    )
+    global_draws = {k: v for k, v in latent.items() if k not in local}
     kinds = {
         name: "observed" if info["is_observed"] else "latent"
         for name, info in sites2.items()
@@ -184,7 +214,10 @@ def make_plan(
     global_latents = tuple(
         name
         for name, kind in kinds.items()
-        if kind == "latent" and row_axes.get(name) is None and name not in latent
+        if kind == "latent"
+        and row_axes.get(name) is None
+        and name not in latent
+        and name not in guides
     )
     sample_axes = {name: row_axes.get(name) for name in kinds}
     row_intervention, shared_intervention = split_intervention(
@@ -203,21 +236,18 @@ def make_plan(
     reason = None
     if coupled:
         reason = f"site(s) {coupled} change shape with the number of rows in an irregular way"
-    if reason is None and local:
-        reason = (
-            f"the posterior holds per-row latent site(s) {list(local)}, which tie each "
-            "draw to all rows"
-        )
     checked = reason is not None or check_split
     if reason is None and check_split:
         reason = _check_split(
-            dataclasses.replace(spec, global_latents=global_latents),
+            dataclasses.replace(spec, global_latents=global_latents, row_latents=row_specs),
             n_rows,
             row_args,
             shared_args,
-            latent,
+            global_draws,
             row_intervention,
             shared_intervention,
+            _ProbeRows(latent, guides),
+            row_axes,
         )
 
     outputs = []
@@ -244,10 +274,41 @@ def make_plan(
         outputs=tuple(outputs),
         row_sites=row_sites,
         local_latents=local,
+        row_latents=row_specs,
         reason=reason,
         split_checked=checked,
         matmul_flops_per_row=max(0.0, probe3.matmul_flops - probe2.matmul_flops),
     )
+
+
+class _ProbeRows:
+    """The probe rows' values of per-row latents (one draw), rows leading.
+
+    Args:
+        latent: Latent draws (per-row sites among them).
+        guides: Per-row sites drawn from a guide: ``(kind, parameters by role)``.
+    """
+
+    def __init__(
+        self, latent: Mapping[str, Any], guides: Mapping[str, tuple[str, Mapping[str, Any]]]
+    ) -> None:
+        self.latent = latent
+        self.guides = guides
+
+    def values(
+        self, specs: tuple[RowLatentSpec, ...], index: np.ndarray
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Return ``(draw values, guide parameters)`` of the rows ``index``, rows leading."""
+        draws, params = {}, {}
+        n = len(index)
+        for spec in specs:
+            if spec.kind == DRAWS:
+                draws[spec.name] = block_draws(
+                    self.latent[spec.name], spec.row_axis, 0, 1, index, 1, n
+                )[0]
+            else:
+                params[spec.name] = block_params(self.guides[spec.name][1], spec.row_axis, index, n)
+        return draws, params
 
 
 def _check_split(
@@ -258,35 +319,50 @@ def _check_split(
     latent: Mapping[str, Any],
     row_intervention: Mapping[str, Any],
     shared_intervention: Mapping[str, Any],
+    row_latent: _ProbeRows | None = None,
+    row_axes: Mapping[str, int | None] | None = None,
 ) -> str | None:
     """Return ``None`` if splitting five probe rows 2 + 3 changes nothing, else why not.
 
     The three runs (whole, first two rows, last three) are one compiled
-    program, with the probe rows as its arguments.
+    program, with the probe rows as its arguments. Per-row latents take the
+    probe rows' values (one draw), as a block of those rows would.
     """
     import jax
-    from numpyro import handlers
 
     from dopax.kernel.tracing import TRACE_LOCK
-    from dopax.sampling.rng import RowKeySeed
+    from dopax.sampling.forward import run_trace
 
     index = _probe_index(n_rows, 5)
     rows = {k: _take_rows(v, index) for k, v in row_args.items()}
     row_do = {k: _take_rows(v, index) for k, v in row_intervention.items()}
     latent0 = {k: np.asarray(read_rows(v, 0, 1))[0] for k, v in latent.items()}
+    row_values, row_params = (
+        ({}, {}) if row_latent is None else row_latent.values(spec.row_latents, index)
+    )
+    row_axes = dict(row_axes or {})
     words = jax.device_put(np.asarray([0x9E3779B9, _PROBE_KEY], np.uint32))
 
     def run(data: tuple[Any, ...], block: slice, offset: int) -> dict[str, tuple[Any, Any]]:
-        rows, row_do, latent0, shared_args, shared_intervention = data
+        rows, row_do, latent0, shared_args, shared_intervention, values, params = data
         intervention = {**shared_intervention, **{k: v[block] for k, v in row_do.items()}}
         anchor_do = {**shared_intervention, **{k: v[0:2] for k, v in row_do.items()}}
         latent_d = dict(latent0)
         if spec.global_latents:
             anchor = {**shared_args, **{k: v[0:2] for k, v in rows.items()}}
-            anchor_trace = _trace(anchor, anchor_do, latent_d, 0)
+            anchor_trace = run_trace(spec, words, 0, latent_d, anchor, anchor_do)
             latent_d.update({n: anchor_trace[n]["value"] for n in spec.global_latents})
         args = {**shared_args, **{k: v[block] for k, v in rows.items()}}
-        trace = _trace(args, intervention, latent_d, offset)
+        rows_fn = None
+        if spec.row_latents:
+            rows_fn = substitute_fn(
+                spec.row_latents,
+                {k: v[block] for k, v in values.items()},
+                jax.tree.map(lambda v: v[block], params),
+                words,
+                offset,
+            )
+        trace = run_trace(spec, words, offset, latent_d, args, intervention, rows_fn)
         out = {}
         for name, site in trace.items():
             if site["type"] not in ("sample", "deterministic"):
@@ -295,20 +371,9 @@ def _check_split(
             out[name] = (jnp.asarray(site["value"]), fn)
         return out
 
-    def _trace(
-        args: Mapping[str, Any], intervention: Mapping[str, Any], lat: Mapping[str, Any], off: int
-    ) -> Any:
-        model = spec.kernel
-        if intervention:
-            model = handlers.do(model, data=dict(intervention))
-        if lat:
-            model = handlers.substitute(model, data=dict(lat))
-        seeded = RowKeySeed(model, words, off)
-        return handlers.trace(seeded).get_trace(**args, **dict(spec.static))
-
     def depends(name: str) -> str:
         fns = (whole[name][1], head[name][1], tail[name][1])
-        if fns[0] is not None and _same_distribution(*fns):
+        if fns[0] is not None and _same_distribution(*fns, axis=row_axes.get(name)):
             return (
                 f"site {name!r} ({type(fns[0]).__name__}) draws values that depend on which "
                 "rows share its batch: its sampler does not give each row its own random stream"
@@ -325,7 +390,15 @@ def _check_split(
     # out-of-support value in the first rows decides nothing. The kernel failing
     # on the five rows together is about the data (e.g. an input of the wrong
     # shape): that error is the call's.
-    data = (rows, row_do, latent0, dict(shared_args), dict(shared_intervention))
+    data = (
+        rows,
+        row_do,
+        latent0,
+        dict(shared_args),
+        dict(shared_intervention),
+        row_values,
+        row_params,
+    )
     pieces = ((slice(0, 5), 0), (slice(0, 2), 0), (slice(2, 5), 2))
 
     def split_runs(d: tuple[Any, ...]) -> list[dict[str, tuple[Any, Any]]]:
@@ -340,33 +413,57 @@ def _check_split(
     for name, (value, _) in whole.items():
         if name not in head or name not in tail:
             return f"site {name!r} appears only for some batch sizes"
-        verdict = _split_agrees(value, head[name][0], tail[name][0])
+        verdict = _split_agrees(value, head[name][0], tail[name][0], row_axes.get(name))
         if verdict is None:
-            return f"site {name!r} does not lead with the row axis"
+            return f"site {name!r} has no axis that follows the rows in every split"
         if not verdict:
             return depends(name)
     return None
 
 
-def _split_agrees(whole: Any, head: Any, tail: Any) -> bool | None:
+def _rows_axis(
+    whole: np.ndarray, head: np.ndarray, tail: np.ndarray, hint: int | None
+) -> int | None:
+    """Return the axis along which five probe rows split into 2 + 3, or ``None``."""
+
+    def fits(axis: int) -> bool:
+        rest = [i for i in range(whole.ndim) if i != axis]
+        return (
+            whole.shape[axis] == 5
+            and head.shape[axis] == 2
+            and tail.shape[axis] == 3
+            and all(whole.shape[i] == head.shape[i] == tail.shape[i] for i in rest)
+        )
+
+    if not whole.ndim == head.ndim == tail.ndim:
+        return None
+    if hint is not None and 0 <= hint < whole.ndim and fits(hint):
+        return hint
+    axes = [a for a in range(whole.ndim) if fits(a)]
+    return axes[0] if len(axes) == 1 else None
+
+
+def _split_agrees(whole: Any, head: Any, tail: Any, axis: int | None = None) -> bool | None:
     """Whether a value on five probe rows equals its values on rows 0..1 and 2..4.
 
     (Two rows at least in every part: a kernel may squeeze away a row axis of
-    length one.)
+    length one.) The rows run along ``axis`` (the site's row axis, from the
+    probes) or else the one axis of length 5 that splits into 2 and 3.
 
-    ``None`` when the shapes do not lead with the row axis.
+    ``None`` when no axis follows the rows.
     """
     whole, head, tail = np.asarray(whole), np.asarray(head), np.asarray(tail)
     if whole.ndim == 0 or whole.shape == head.shape == tail.shape:
         return _agree(whole, head) and _agree(whole, tail)
-    if whole.shape[0] != 5 or head.shape[0] != 2 or tail.shape[0] != 3:
+    found = _rows_axis(whole, head, tail, axis)
+    if found is None:
         return None
-    return _agree(whole, np.concatenate([head, tail], axis=0))
+    return _agree(whole, np.concatenate([head, tail], axis=found))
 
 
-def _same_distribution(whole: Any, head: Any, tail: Any) -> bool:
+def _same_distribution(whole: Any, head: Any, tail: Any, axis: int | None = None) -> bool:
     """Whether a site's distribution has the same parameters whole and split."""
     leaves = [jax.tree.leaves(fn) for fn in (whole, head, tail)]
     if type(whole) is not type(head) or not len(leaves[0]) == len(leaves[1]) == len(leaves[2]):
         return False
-    return all(_split_agrees(w, h, t) for w, h, t in zip(*leaves, strict=True))
+    return all(_split_agrees(w, h, t, axis) for w, h, t in zip(*leaves, strict=True))

@@ -24,6 +24,8 @@ _U32 = jnp.uint32
 _TAG_SPLIT = np.uint32(0x80000000)
 _TAG_FOLD = np.uint32(0xFFFFFFFF)
 _TAG_SITE = np.uint32(0xFFFFFFFE)
+_TAG_GUIDE = np.uint32(0xFFFFFFFD)
+_TAG_STEP = np.uint32(0xFFFFFFFC)
 
 
 def _seed(seed: jax.Array) -> jax.Array:

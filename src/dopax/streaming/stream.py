@@ -103,6 +103,7 @@ def stream_into(
     progress: bool | Progress,
     desc: str,
     finish: Callable[[xr.DataTree], Any] | None = None,
+    late_attrs: Callable[[], Mapping[str, Any]] | None = None,
 ) -> Any:
     """Run ``run`` with writers into ``sink`` and return the finished result.
 
@@ -125,6 +126,8 @@ def stream_into(
         desc: Progress bar label.
         finish: Called with the finished result; its return value is the
             call's. If it fails, the result is removed.
+        late_attrs: Called once every block is written; returns root
+            attributes that depend on all of them (e.g. a coverage).
     """
     bar = progress if isinstance(progress, Progress) else Progress(desc, progress)
     bar.start(total)
@@ -146,6 +149,8 @@ def stream_into(
 
             run(submit, bar.update)
             open_sink()  # a call with no blocks still gets its (empty) store
+        if late_attrs is not None:
+            sink.add_attrs(late_attrs())
     except BaseException as err:
         if opened:
             sink.abort()

@@ -36,7 +36,8 @@ def write_whole_chunk(
     which is about twice as fast with several writers (``BENCHMARKS.md``).
     The chunk file is written under a temporary name and renamed, so a chunk
     is either whole or absent, and writing it again (a recomputed block) is
-    harmless. Returns ``False`` (nothing written) for any other block.
+    harmless. Returns ``False`` (nothing written) for any other block, and
+    for a 0-d variable (Zarr writes its one value).
 
     Args:
         folder: The variable's folder.
@@ -53,7 +54,7 @@ def write_whole_chunk(
             ``check`` raises if the result folder itself was deleted.
     """
     full = layout.full_shape
-    if len(region) != len(full):
+    if not full or len(region) != len(full):
         return False
     coords = []
     extent = []

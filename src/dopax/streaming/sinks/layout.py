@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import EllipsisType
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,10 @@ def resolve_index(
 ) -> list[slice]:
     """Return ``index`` as unit-step slices over ``(S, *shape)``, checked against the block."""
     flat_shape = layout.flat_shape
-    if not isinstance(index, tuple) or not 1 <= len(index) <= len(flat_shape):
+    fewest = 1 if flat_shape else 0  # a 0-d data variable is written whole, by ()
+    if not isinstance(index, tuple) or not fewest <= len(index) <= len(flat_shape):
         raise ValueError(
-            f"`index` for {layout.group}/{layout.name} must be a tuple of 1 to "
+            f"`index` for {layout.group}/{layout.name} must be a tuple of {fewest} to "
             f"{len(flat_shape)} slices; got {index!r}."
         )
     full = (*index, *(slice(None),) * (len(flat_shape) - len(index)))
@@ -48,15 +50,16 @@ def resolve_index(
 
 def pieces(
     layout: SiteLayout, resolved: Sequence[slice]
-) -> Iterator[tuple[tuple[int | slice, ...], slice]]:
+) -> Iterator[tuple[tuple[int | slice, ...], slice | EllipsisType]]:
     """Split a flat region at chain boundaries.
 
     Yields ``(region, rows)``: ``region`` indexes the ``(chain, draw, *shape)``
     array and ``rows`` selects the matching leading part of the block. A data
-    variable (no chain and draw axes) is one piece.
+    variable (no chain and draw axes) is one piece: the whole block (``...``,
+    which a 0-d block takes too).
     """
     if layout.is_data:
-        yield tuple(resolved), slice(None)
+        yield tuple(resolved), ...
         return
     flat, rest = resolved[0], tuple(resolved[1:])
     s, offset = flat.start, 0
@@ -99,6 +102,36 @@ def draw_chunks(layout: SiteLayout) -> Iterator[tuple[slice, int, slice]]:
         yield slice(chain * draws + start, chain * draws + stop), chain, slice(start, stop)
 
 
+def read_stored(value: Any, chain: int, draws: slice) -> np.ndarray:
+    """Read ``value[chain, draws]`` of a stored array one source chunk at a time.
+
+    Zarr holds every chunk of one read at once (compressed and decoded); a
+    stored posterior chunked along its site's axes too (a per-row latent of
+    many rows) is read piece by piece along the first such axis, so a copy
+    holds its output and one source chunk.
+
+    Args:
+        value: A stored ``(chain, draw, ...)`` array, or any array.
+        chain: The chain.
+        draws: The draws of the chain.
+    """
+    shape = tuple(int(n) for n in value.shape)
+    if not is_stored(value):
+        return np.asarray(value[chain, draws])
+    chunks = tuple(int(n) for n in value.chunks)
+    cut = next((a for a in range(2, len(shape)) if chunks[a] < shape[a]), None)
+    if cut is None:
+        return np.asarray(value[chain, draws])
+    start, stop, _ = draws.indices(shape[1])
+    out = np.empty((max(0, stop - start), *shape[2:]), np.dtype(value.dtype))
+    step = int(chunks[cut])
+    lead = (slice(None),) * (cut - 2)
+    for lo in range(0, shape[cut], step):
+        part = slice(lo, min(shape[cut], lo + step))
+        out[(slice(None), *lead, part)] = value[(chain, draws, *lead, part)]
+    return out
+
+
 def is_stored(value: Any) -> bool:
     """Whether a static variable is a stored (Zarr) array, read piece by piece."""
     return isinstance(value, zarr.Array)
@@ -115,7 +148,18 @@ class LayoutSink:
         self._layouts: dict[tuple[str, str], SiteLayout] = {}
         self._static: dict[str, dict[str, Any]] = {}
         self._attrs: dict[str, Any] = {}
+        self._late_attrs: dict[str, Any] = {}
         self._state = "new"
+
+    def add_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Add root attributes known only once every block is written (before ``close``).
+
+        Args:
+            attrs: JSON-serialisable attributes.
+        """
+        self._check_open()
+        self._attrs.update(attrs)
+        self._late_attrs.update(attrs)
 
     def _declare(
         self,
@@ -133,7 +177,7 @@ class LayoutSink:
                 raise ValueError(f"Variable {layout.group}/{layout.name} is declared twice.")
             if layout.num_chains < 1 or layout.num_draws < 1:
                 raise ValueError(f"{layout.group}/{layout.name}: need at least one chain and draw.")
-            if len(layout.chunks) != len(layout.full_shape) or min(layout.chunks) < 1:
+            if len(layout.chunks) != len(layout.full_shape) or min(layout.chunks, default=1) < 1:
                 raise ValueError(
                     f"{layout.group}/{layout.name}: `chunks` {layout.chunks} must give a positive "
                     f"size for each of the {len(layout.full_shape)} dimensions."

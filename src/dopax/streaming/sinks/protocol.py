@@ -6,7 +6,7 @@ draw ``s`` is chain ``s // num_draws``, draw ``s % num_draws``), and stores
 them in the result layout ``(chain, draw, *shape)`` of
 :mod:`dopax.output.schema`. Every sink follows the same life cycle:
 :meth:`Sink.open`, any number of (thread-safe) :meth:`Sink.write` calls,
-then either :meth:`Sink.close`, which returns the result as an
+optionally :meth:`Sink.add_attrs`, then either :meth:`Sink.close`, which returns the result as an
 :class:`xarray.DataTree`, or :meth:`Sink.abort` on failure; a call that fails
 after :meth:`Sink.close` calls :meth:`Sink.discard`.
 """
@@ -62,6 +62,14 @@ class Sink(Protocol):
             index: Slices into the flat layout ``(S, *shape)``; trailing
                 dimensions left out are taken whole.
             block: The values, shaped like ``index`` selects.
+        """
+        ...
+
+    def add_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Add root attributes known only after the last block (called before ``close``).
+
+        Args:
+            attrs: JSON-serialisable attributes.
         """
         ...
 

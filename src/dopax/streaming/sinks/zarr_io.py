@@ -12,7 +12,7 @@ import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,7 +69,7 @@ def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
 CONSOLIDATED_WARNING = "Consolidated metadata is currently not part"
 
 
-def finish_store(store: Store, marker: str) -> None:
+def finish_store(store: Store, marker: str, attrs: Mapping[str, Any] | None = None) -> None:
     """Consolidate a result's metadata, then set its completion ``marker`` (the last write).
 
     Zarr's warning that format 3 has no standard for consolidated metadata
@@ -80,12 +80,13 @@ def finish_store(store: Store, marker: str) -> None:
     Args:
         store: The result's store.
         marker: The root attribute that marks the result complete.
+        attrs: Further root attributes, written with the marker.
     """
 
     async def finish() -> None:
         await zarr.api.asynchronous.consolidate_metadata(store, zarr_format=3)
         root = await zarr.api.asynchronous.open_group(store, mode="r+", use_consolidated=True)
-        await root.update_attributes({marker: True})
+        await root.update_attributes({**dict(attrs or {}), marker: True})
 
     with ignoring(CONSOLIDATED_WARNING, zarr.errors.ZarrUserWarning):
         run_to_end(finish())

@@ -30,7 +30,13 @@ from dopax.streaming.sinks.codecs import chunk_encoder, codec_for, compressors_f
 from dopax.streaming.sinks.declare import ArraySpec, create_nodes
 from dopax.streaming.sinks.declare import static_layout as make_static_layout
 from dopax.streaming.sinks.direct import write_whole_chunk
-from dopax.streaming.sinks.layout import LayoutSink, draw_chunks, partial_chunks, pieces
+from dopax.streaming.sinks.layout import (
+    LayoutSink,
+    draw_chunks,
+    partial_chunks,
+    pieces,
+    read_stored,
+)
 from dopax.streaming.sinks.protocol import StaticData
 from dopax.streaming.sinks.zarr_io import (
     FolderGuard,
@@ -266,7 +272,8 @@ class ZarrSink(LayoutSink):
                 for where, chain, draws in draw_chunks(layout):
                     if self._state != "open":
                         return
-                    self.write(layout.group, layout.name, (where,), np.asarray(value[chain, draws]))
+                    piece = read_stored(value, chain, draws)
+                    self.write(layout.group, layout.name, (where,), piece)
         except BaseException as err:  # reported by close()
             self._static_error = err
 
@@ -353,7 +360,7 @@ class ZarrSink(LayoutSink):
                 raise self._static_error
             if self._guard is not None:
                 self._guard.check()
-            finish_store(self._store, COMPLETE_ATTR)
+            finish_store(self._store, COMPLETE_ATTR, self._late_attrs)
             if self._guard is not None:
                 self._guard.check()
         except BaseException:

@@ -1,0 +1,342 @@
+"""W10: answers, not draws (``summarize`` and ``loo`` against persisting the draws).
+
+W1's kernel, posterior and inputs (``benchmarks/w1_linear.py``), with an
+observed ``y`` simulated from the parameters W1's training data came from.
+
+Cases (each in its own process):
+    predict           reference: W1's ``predict`` of ``y`` and ``mu``, persisted to Zarr.
+    summarize         ``summarize`` of ``y`` and ``mu`` (mean, sd, 94% ETI per row), persisted.
+    predictive_numpy  NumPyro ``Predictive`` in memory, then NumPy's mean, sd (ddof 1)
+                      and 3%/97% quantiles per row (as far as it fits in memory).
+    predictive        NumPyro ``Predictive`` with its draws left on the device (the GPU
+                      reference: ``jax.block_until_ready``, nothing copied back).
+    log_likelihood    reference: ``log_likelihood(X, y)`` persisted to Zarr.
+    loo               ``loo(X, y)`` (persisted pointwise ``loo_i`` and ``pareto_k``).
+    az_loo            NumPyro's ``log_likelihood`` matrix in memory, then ``arviz.loo``
+                      (as far as it fits in memory).
+
+``--rss-sizes`` adds untimed-reference memory runs of ``summarize`` and ``loo``
+at each size (one timed call after the warm-up, as every case) for the
+peak-RSS ratio of the largest to the smallest.
+
+Usage:
+    python benchmarks/w10_answers.py --n 1000000 --reps 3 --rss-sizes 100000,10000000
+    python benchmarks/w10_answers.py --quick   # a few minutes: 100k rows, RSS at 20k/200k
+    python benchmarks/w10_answers.py --n 1000000 --cases predictive,summarize   # a GPU
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    from benchmarks import common, w1_linear
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    import common  # type: ignore[no-redef]
+    import w1_linear  # type: ignore[no-redef]
+
+NAME = "w10_answers"
+CASES = ("predict", "summarize", "predictive_numpy", "log_likelihood", "loo", "az_loo")
+SITES = w1_linear.SITES
+TARGET_SUMMARIZE_VS_PREDICT = 0.5
+TARGET_SUMMARIZE_VS_NUMPY = 0.35
+TARGET_RSS_RATIO = 1.1
+TARGET_LOO_VS_LOG_LIK = 0.5
+TARGET_LOO_RSS_GIB = 1.5
+TARGET_SUMMARIZE_VS_DEVICE = 1.5
+
+
+def observed(X: np.ndarray) -> np.ndarray:
+    """``y`` from the parameters W1's training data were simulated with, in row chunks."""
+    rng = np.random.default_rng(2)
+    beta = rng.standard_normal(w1_linear.NUM_FEATURES).astype(np.float32)
+    y = np.empty(len(X), np.float32)
+    noise = np.random.default_rng(5)
+    for start in range(0, len(X), 1_000_000):
+        part = X[start : start + 1_000_000]
+        eps = noise.standard_normal(len(part), dtype=np.float32)
+        y[start : start + len(part)] = 1.0 + part @ beta + 0.5 * eps
+    return y
+
+
+def _setup(params: dict[str, Any]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    post = w1_linear.posterior(int(params.get("draws", 1000)))
+    return post, common.make_X(int(params["n"]), w1_linear.NUM_FEATURES)
+
+
+def _dopax_case(params: dict[str, Any], method: str) -> common.Case:
+    """Time one persisted dopax call (``summarize``, ``log_likelihood`` or ``loo``)."""
+    import jax
+
+    common.import_impact_model("dopax")
+    post, X = _setup(params)
+    y = observed(X)
+    model = common.new_impact_model("dopax", w1_linear.kernel, post)
+    scratch = Path(tempfile.mkdtemp(prefix="w10-bench-", dir=params.get("workdir")))
+    key = jax.random.key(2)
+    kwargs: dict[str, Any] = {"progress": False, "rng_key": key}
+    if params.get("batch_size") is not None:
+        kwargs["batch_size"] = int(params["batch_size"])
+
+    def call() -> tuple[Any, Path]:
+        out_dir = Path(tempfile.mkdtemp(prefix=f"{method}-", dir=scratch))
+        if method == "summarize":
+            out = model.summarize(X, return_sites=SITES, output_dir=str(out_dir), **kwargs)
+        elif method == "loo":
+            out = model.loo(X, y, output_dir=str(out_dir), **kwargs)
+        else:
+            kwargs.pop("rng_key", None)
+            out = model.log_likelihood(X, y, output_dir=str(out_dir), **kwargs)
+        return out, out_dir
+
+    def finish(out: tuple[Any, Path]) -> dict[str, Any]:
+        result, out_dir = out
+        extra: dict[str, Any] = {"disk_bytes": common.dir_bytes(out_dir)}
+        if method == "summarize":
+            last = float(result["summary"]["y_upper"][-1])
+            extra.update(complete=bool(np.isfinite(last)), batch_size=result.attrs["batch_size"])
+        elif method == "loo":
+            extra.update(
+                elpd_loo=float(result.elpd_loo),
+                se=float(result.se),
+                p_loo=float(result.p_loo),
+                max_pareto_k=float(np.nanmax(result.pareto_k.values)),
+                complete=bool(np.isfinite(float(result.loo_i[-1]))),
+            )
+        else:
+            extra.update(common.check_persisted(result, "y", (int(X.shape[0]),)))
+        del result
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return extra
+
+    def close() -> None:
+        with contextlib.suppress(Exception):
+            model.cleanup()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    return common.Case(call=call, finish=finish, close=close, info={"input_bytes": int(X.nbytes)})
+
+
+def build_predictive_numpy(params: dict[str, Any]) -> common.Case:
+    """``Predictive`` in memory, then NumPy's per-row summaries of ``y`` and ``mu``."""
+    import jax
+    from numpyro.infer import Predictive
+
+    post, X = _setup(params)
+    predictive = Predictive(w1_linear.kernel, posterior_samples=post, return_sites=list(SITES))
+    key = jax.random.key(2)
+
+    def call() -> dict[str, np.ndarray]:
+        draws = predictive(key, X)
+        out = {}
+        for site in SITES:
+            values = np.asarray(draws.pop(site))
+            out[f"{site}_mean"] = values.mean(axis=0)
+            out[f"{site}_sd"] = values.std(axis=0, ddof=1)
+            out[f"{site}_lower"], out[f"{site}_upper"] = np.quantile(values, [0.03, 0.97], axis=0)
+            del values
+        return out
+
+    def finish(out: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {"complete": bool(np.isfinite(out["y_upper"][-1]))}
+
+    return common.Case(call=call, finish=finish, info={"input_bytes": int(X.nbytes)})
+
+
+def build_az_loo(params: dict[str, Any]) -> common.Case:
+    """NumPyro's log-likelihood matrix in memory, then ``arviz.loo`` (pointwise)."""
+    import warnings
+
+    import arviz as az
+    import xarray as xr
+    from numpyro.infer import log_likelihood
+
+    post, X = _setup(params)
+    y = observed(X)
+
+    def call() -> Any:
+        ll = np.asarray(log_likelihood(w1_linear.kernel, post, X, y)["y"])
+        data = xr.Dataset({"y": (("chain", "draw", "y_dim_0"), ll[None])})
+        idata = az.InferenceData(log_likelihood=data)
+        del ll
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return az.loo(idata, pointwise=True, reff=1.0)
+
+    def finish(out: Any) -> dict[str, Any]:
+        return {"elpd_loo": float(out.elpd_loo), "se": float(out.se), "p_loo": float(out.p_loo)}
+
+    return common.Case(call=call, finish=finish, info={"input_bytes": int(X.nbytes)})
+
+
+BUILDERS = {
+    "predict": lambda params: w1_linear.build_impact_model("dopax", params),
+    "summarize": lambda params: _dopax_case(params, "summarize"),
+    "predictive_numpy": build_predictive_numpy,
+    "predictive": w1_linear.build_predictive,
+    "log_likelihood": lambda params: _dopax_case(params, "log_likelihood"),
+    "loo": lambda params: _dopax_case(params, "loo"),
+    "az_loo": build_az_loo,
+}
+
+
+# ----------------------------------------------------------------------------
+# The parent side
+# ----------------------------------------------------------------------------
+
+
+def run_workload(
+    *,
+    n: int,
+    reps: int,
+    draws: int,
+    cases: Sequence[str],
+    rss_sizes: Sequence[int],
+    workdir: str | None,
+    batch_size: int | None,
+    timeout: float | None,
+    rounds: int,
+) -> dict[str, Any]:
+    """Run every case at ``n`` rows, then ``summarize`` and ``loo`` at each RSS size."""
+    params = {"n": n, "reps": reps, "draws": draws, "workdir": workdir, "batch_size": batch_size}
+    results = common.run_cases(NAME, cases, rounds=rounds, timeout=timeout, **params)
+    memory: dict[str, dict[str, Any]] = {}
+    for size in rss_sizes:
+        for case in ("summarize", "loo"):
+            memory[f"{case}@{size}"] = common.run_case(
+                NAME, case, timeout=timeout, **{**params, "n": size, "reps": 1}
+            )
+    return {
+        "workload": NAME,
+        "params": {**params, "rounds": rounds, "rss_sizes": list(rss_sizes)},
+        "results": results,
+        "memory": memory,
+    }
+
+
+def report(payload: dict[str, Any]) -> str:
+    """Markdown tables and target checks for a W10 payload."""
+    results = payload["results"]
+    p = payload["params"]
+    sec = {case: common.seconds_of(res) for case, res in results.items()}
+    headers = ["case", "median s", "CPU s", "x predict", "x log_likelihood", "peak RSS GiB"]
+    headers += ["disk GB", "status"]
+    rows = []
+    for case, res in results.items():
+        disk = res.get("extra", {}).get("disk_bytes")
+        rows.append(
+            [
+                case,
+                sec[case],
+                common.cpu_seconds_of(res),
+                common.ratio(sec[case], sec.get("predict")),
+                common.ratio(sec[case], sec.get("log_likelihood")),
+                common.rss_of(res),
+                None if disk is None else disk / common.GB,
+                res.get("status"),
+            ]
+        )
+    lines = [
+        f"### W10 answers: n = {p['n']:,} rows, {p['draws']:,} draws, sites {', '.join(SITES)}",
+        "",
+        common.markdown_table(headers, rows),
+        *common.status_notes(results),
+    ]
+    memory = payload.get("memory") or {}
+    if memory:
+        mem_rows = [
+            [key, common.seconds_of(res), common.rss_of(res), res.get("status")]
+            for key, res in memory.items()
+        ]
+        lines += ["", common.markdown_table(["case@rows", "s", "peak RSS GiB", "status"], mem_rows)]
+    sizes = p.get("rss_sizes") or []
+    rss_ratio: dict[str, float | None] = {}
+    if len(sizes) >= 2:
+        lo, hi = min(sizes), max(sizes)
+        for case in ("summarize", "loo"):
+            rss_ratio[case] = common.ratio(
+                common.rss_of(memory.get(f"{case}@{hi}")), common.rss_of(memory.get(f"{case}@{lo}"))
+            )
+    loo_rss = common.rss_of(memory.get(f"loo@{max(sizes)}")) if sizes else None
+    lines += [
+        "",
+        "Targets (same run):",
+        common.target_line(
+            "summarize / predict",
+            common.ratio(sec.get("summarize"), sec.get("predict")),
+            TARGET_SUMMARIZE_VS_PREDICT,
+        ),
+        common.target_line(
+            "summarize / (Predictive + NumPy)",
+            common.ratio(sec.get("summarize"), sec.get("predictive_numpy")),
+            TARGET_SUMMARIZE_VS_NUMPY,
+        ),
+        common.target_line(
+            "loo / log_likelihood",
+            common.ratio(sec.get("loo"), sec.get("log_likelihood")),
+            TARGET_LOO_VS_LOG_LIK,
+        ),
+        common.target_line(
+            "summarize / Predictive on the device",
+            common.ratio(sec.get("summarize"), sec.get("predictive")),
+            TARGET_SUMMARIZE_VS_DEVICE,
+        ),
+    ]
+    for case, value in rss_ratio.items():
+        lines.append(common.target_line(f"{case} peak RSS {max(sizes):,} / {min(sizes):,} rows",
+                                        value, TARGET_RSS_RATIO))  # fmt: skip
+    if sizes:
+        lines.append(
+            common.target_line(
+                f"loo peak RSS GiB at {max(sizes):,} rows", loo_rss, TARGET_LOO_RSS_GIB
+            )
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--case" in argv:
+        return common.worker_main(NAME, BUILDERS, argv)
+    parser = common.base_arg_parser(__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000, help="rows of the timed cases")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per block")
+    parser.add_argument(
+        "--rss-sizes", default="", help="comma-separated row counts for the memory runs"
+    )
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="a run of a few minutes: --n 100000, RSS at 20000 and 200000 rows",
+    )  # fmt: skip
+    common.add_rounds_argument(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.rss_sizes = 100_000, args.rss_sizes or "20000,200000"
+    common.use_dopax_settings(args.set)
+    machine = common.machine_info()
+    payload = run_workload(
+        n=args.n,
+        reps=args.reps,
+        draws=args.draws,
+        cases=[c for c in args.cases.split(",") if c],
+        rss_sizes=[int(s) for s in args.rss_sizes.split(",") if s],
+        workdir=args.workdir,
+        batch_size=args.batch_size,
+        timeout=args.timeout,
+        rounds=args.rounds,
+    )
+    common.publish(payload, machine, args, NAME, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,232 @@
+"""PSIS-LOO as a block program, and the ArviZ ``ELPDData`` of a finished result.
+
+:class:`LooProgram` runs the pointwise log-likelihood of a block (every draw
+of its rows) and reduces it with :func:`~dopax.reductions.psis.psis_loo` inside
+the same compiled program: only per-row ``loo_i``, ``pareto_k`` and
+``lppd_i`` leave it, never the draws x rows matrix. :class:`LooTotals`
+gathers the sums that ArviZ reports, block by block; :func:`elpd_data`
+makes ArviZ's ``ELPDData`` whose pointwise values are read lazily from the
+result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from dopax.parallel.sharded import BlockInputs, OutputAxes
+from dopax.reductions.psis import psis_loo
+from dopax.sampling.forward import ForwardProgram
+
+__all__ = [
+    "LOO_GROUP",
+    "LooProgram",
+    "LooTotals",
+    "elpd_data",
+    "good_k",
+    "relative_ess",
+    "require_arviz",
+]
+
+#: The result group of ``loo``.
+LOO_GROUP = "loo"
+#: The variables of a ``loo`` result.
+LOO_VARIABLES = ("loo_i", "pareto_k")
+
+
+def require_arviz() -> Any:
+    """Return the ``arviz`` module, or raise an ImportError saying how to install it."""
+    try:
+        import arviz
+    except ImportError as err:  # pragma: no cover - the test environment has ArviZ
+        raise ImportError(
+            "`loo` returns ArviZ's ELPDData: install ArviZ, e.g. `pip install 'dopax[arviz]'`."
+        ) from err
+    return arviz
+
+
+def relative_ess(posterior: Any) -> float:
+    """Return the relative effective sample size ``arviz.loo`` would use for ``posterior``.
+
+    1 for one chain; for several, the mean over every posterior element of
+    its effective sample size (``arviz.ess``, ``method="mean"``), over the
+    number of draws.
+
+    Args:
+        posterior: A :class:`~dopax.inference.posterior.Posterior`.
+    """
+    if posterior.num_chains <= 1:
+        return 1.0
+    az = require_arviz()
+    data = {}
+    for name, value in posterior.by_chain().items():
+        array = np.asarray(value)
+        dims = ("chain", "draw", *(f"{name}_dim_{i}" for i in range(array.ndim - 2)))
+        data[name] = (dims, array)
+    ess = az.ess(xr.Dataset(data), method="mean")
+    values = np.hstack([np.asarray(ess[v]).ravel() for v in ess.data_vars])
+    return float(values.mean() / posterior.num_draws)
+
+
+def good_k(num_draws: int) -> float:
+    """Return the Pareto ``k`` above which PSIS is unreliable: ``min(1 - 1 / log10(S), 0.7)``.
+
+    Args:
+        num_draws: Number of draws ``S``.
+    """
+    return min(1 - 1 / math.log10(num_draws), 0.7) if num_draws > 1 else 0.7
+
+
+@dataclasses.dataclass(frozen=True)
+class LooProgram:
+    """PSIS-LOO of one observed site over all draws of a block.
+
+    Block arguments are the forward pass's (the kernel's rows include the
+    observed output). Blocks must hold every draw (:attr:`whole_draws`).
+
+    Attributes:
+        forward: The log-likelihood pass of the block.
+        site: The observed site.
+        row_axis: The site's row axis (within its shape), or ``None``.
+        reff: Relative effective sample size of the draws.
+    """
+
+    forward: ForwardProgram
+    site: str
+    row_axis: int | None
+    reff: float = 1.0
+
+    #: Every block holds every draw of its rows (the runner never splits draws).
+    whole_draws: ClassVar[bool] = True
+
+    def with_step(self, cells_per_step: int) -> LooProgram:
+        """Return the program with the forward pass's draw steps set."""
+        forward = dataclasses.replace(self.forward, cells_per_step=cells_per_step)
+        return dataclasses.replace(self, forward=forward)
+
+    @property
+    def outputs(self) -> tuple[OutputAxes, ...]:
+        """``loo_i``, ``pareto_k`` and ``lppd_i``, each shaped like the site."""
+        return tuple(OutputAxes(n, None, self.row_axis) for n in (*LOO_VARIABLES, "lppd_i"))
+
+    def local(self, inputs: BlockInputs) -> dict[str, jax.Array]:
+        """Run the log-likelihood of one block and reduce it (see the class docstring)."""
+        log_lik = self.forward.local(inputs)[self.site]
+        loo_i, pareto_k, lppd_i = psis_loo(jnp.moveaxis(log_lik, 0, -1), self.reff)
+        return {"loo_i": loo_i, "pareto_k": pareto_k, "lppd_i": lppd_i}
+
+
+class LooTotals:
+    """Sums over rows of a ``loo`` call's blocks, in float64.
+
+    ``loo_i`` is summed with its spread (Chan's pairwise update of the mean
+    and the sum of squared deviations), so the standard error does not
+    cancel however many rows.
+
+    Args:
+        threshold: Pareto ``k`` above which a row counts as unreliable.
+    """
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.lppd = 0.0
+        self.above = 0
+        self.above_07 = 0
+
+    def add(self, loo_i: Any, pareto_k: Any, lppd_i: Any) -> None:
+        """Take one block's pointwise values."""
+        values = np.asarray(loo_i, np.float64).ravel()
+        k = np.asarray(pareto_k, np.float64).ravel()
+        if values.size == 0:
+            return
+        b_mean = float(values.mean())
+        b_m2 = float(np.square(values - b_mean).sum())
+        total = self.count + values.size
+        delta = b_mean - self.mean
+        self.m2 += b_m2 + delta * delta * self.count * values.size / total
+        self.mean += delta * values.size / total
+        self.count = total
+        self.lppd += float(np.asarray(lppd_i, np.float64).sum())
+        self.above += int(np.sum(k > self.threshold))
+        self.above_07 += int(np.sum(k > 0.7))
+
+    @property
+    def elpd(self) -> float:
+        """The sum of ``loo_i``."""
+        return self.mean * self.count
+
+    @property
+    def se(self) -> float:
+        """ArviZ's standard error: ``sqrt(n * var(loo_i))`` (population variance)."""
+        return math.sqrt(self.m2) if self.count else math.nan
+
+    def attrs(self, num_draws: int) -> dict[str, Any]:
+        """Return the totals as root attributes of the result."""
+        return {
+            "elpd_loo": self.elpd,
+            "se": self.se,
+            "p_loo": self.lppd - self.elpd,
+            "n_samples": int(num_draws),
+            "n_data_points": int(self.count),
+            "warning": bool(self.above > 0),
+            "good_k": float(self.threshold),
+            "pareto_k_above_good_k": int(self.above),
+            "pareto_k_above_0_7": int(self.above_07),
+            "scale": "log",
+        }
+
+
+def elpd_data(tree: xr.DataTree) -> Any:
+    """Return ArviZ's ``ELPDData`` (``pointwise=True`` fields) of a ``loo`` result.
+
+    ``loo_i`` and ``pareto_k`` are the result's variables, read lazily when
+    their values are asked for; ``attrs["artifact_path"]`` is the result's
+    folder (``None`` in memory).
+
+    Args:
+        tree: A result written by :meth:`ImpactModel.loo`.
+    """
+    elpd_type = require_arviz().stats.ELPDData
+
+    node = tree[LOO_GROUP]
+    assert isinstance(node, xr.DataTree)
+    ds = node.to_dataset()
+    a = tree.attrs
+    elpd = elpd_type(
+        data=[
+            float(a["elpd_loo"]),
+            float(a["se"]),
+            float(a["p_loo"]),
+            int(a["n_samples"]),
+            int(a["n_data_points"]),
+            bool(a["warning"]),
+            ds["loo_i"].rename("loo_i"),
+            ds["pareto_k"].rename("pareto_shape"),
+            str(a["scale"]),
+            float(a["good_k"]),
+        ],
+        index=[
+            "elpd_loo",
+            "se",
+            "p_loo",
+            "n_samples",
+            "n_data_points",
+            "warning",
+            "loo_i",
+            "pareto_k",
+            "scale",
+            "good_k",
+        ],
+    )
+    # where the pointwise values are read from (pandas keeps ``attrs`` with the series)
+    elpd.attrs["artifact_path"] = a.get("artifact_path")
+    return elpd

@@ -1,0 +1,165 @@
+"""``loo``: PSIS-LOO block by block agrees with ArviZ on the same log-likelihood draws."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+import xarray as xr
+from numpyro.infer import MCMC, NUTS
+
+from answers.models import N_DRAWS, linear
+from dopax import ImpactModel
+from dopax.reductions.psis import psis_loo, tail_length
+
+
+def _arviz_loo(tree: xr.DataTree) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # ArviZ's own high-k note
+        return az.loo(az.from_datatree(tree), pointwise=True)
+
+
+def _agrees(ours: Any, ref: Any) -> None:
+    assert ours.elpd_loo == pytest.approx(ref.elpd_loo, rel=1e-4)
+    assert ours.p_loo == pytest.approx(ref.p_loo, rel=1e-3, abs=1e-3)
+    assert ours.se == pytest.approx(ref.se, rel=1e-4)
+    assert (ours.n_samples, ours.n_data_points) == (ref.n_samples, ref.n_data_points)
+    assert ours.good_k == pytest.approx(ref.good_k) and ours.scale == ref.scale == "log"
+    assert ours.warning == ref.warning
+    assert _k_agreement(ours.pareto_k.values, ref.pareto_k.values) >= 0.999
+    np.testing.assert_allclose(ours.loo_i.values, ref.loo_i.values, rtol=1e-4, atol=1e-4)
+    assert ours.loo_i.dims == ref.loo_i.dims
+
+
+def _k_agreement(k: np.ndarray, k_ref: np.ndarray) -> float:
+    """Share of rows whose Pareto k is within 0.02 of ArviZ's (both infinite counts too)."""
+    both_inf = np.isinf(k) & np.isinf(k_ref)
+    finite = np.isfinite(k) & np.isfinite(k_ref)
+    close = np.zeros(k.shape, bool)
+    close[finite] = np.abs(k[finite] - k_ref[finite]) <= 0.02
+    return float(np.mean(close | both_inf))
+
+
+def _heavy_tailed(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the linear model with Student-t(2) noise: outliers give large Pareto k."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3)).astype(np.float32)
+    y = (0.5 + X @ np.array([1.0, -0.5, 0.25]) + rng.standard_t(2, n)).astype(np.float32)
+    return X, y
+
+
+def test_loo_agrees_with_arviz_on_the_same_draws(linear_fit: Any, tmp_path: Any) -> None:
+    model, X, y = linear_fit
+    X, y = X.copy(), y.copy()
+    y[:5] += np.float32(6.0)  # a few outliers, for Pareto k over the whole range
+    with pytest.warns(UserWarning, match=r"of 400 observations have an estimated Pareto k"):
+        ours = model.loo(X, y, batch_size=57, output_dir=tmp_path, progress=False)
+    ref = _arviz_loo(model.log_likelihood(X, y, progress=False))
+    _agrees(ours, ref)
+    assert ours.warning and np.sum(ours.pareto_k.values > ours.good_k) >= 1
+    # the pointwise values are read from the result when asked for, not held
+    assert not isinstance(ours.loo_i.variable._data, np.ndarray)
+    assert str(tmp_path) in ours.loo_i.encoding.get("source", "") or any(tmp_path.iterdir())
+    text = str(ours)
+    assert "elpd_loo" in text and "Pareto k diagnostic values" in text
+
+
+def test_loo_does_not_depend_on_the_blocks(linear_fit: Any) -> None:
+    model, X, y = linear_fit
+    a = model.loo(X, y, batch_size=400, store="memory", progress=False)
+    b = model.loo(X, y, batch_size=13, progress=False)
+    np.testing.assert_allclose(a.loo_i.values, b.loo_i.values, rtol=1e-6, atol=1e-6)
+    # the fit's float32 sums may round differently with another block shape
+    np.testing.assert_allclose(a.pareto_k.values, b.pareto_k.values, atol=1e-4)
+    assert a.elpd_loo == pytest.approx(b.elpd_loo, rel=1e-6)
+
+
+def test_compare_and_plot_khat_take_two_loo_results(linear_fit: Any) -> None:
+    model, X, y = linear_fit
+
+    def constant(X: Any, y: Any = None) -> None:  # ignores the predictors
+        alpha = numpyro.sample("alpha", dist.Normal(0.0, 5.0))
+        sigma = numpyro.sample("sigma", dist.HalfNormal(3.0))
+        with numpyro.plate("obs", X.shape[0]):
+            numpyro.sample("y", dist.Normal(alpha, sigma), obs=y)
+
+    from answers.models import fit
+
+    flat = fit(constant, X, y, steps=400)
+    results = {
+        "linear": model.loo(X, y, progress=False),
+        "constant": flat.loo(X, y, progress=False),
+    }
+    with warnings.catch_warnings():
+        # ArviZ 0.23 sorts with pandas' deprecated `inplace=` (not dopax's to fix)
+        warnings.filterwarnings("ignore", message="The inplace keyword")
+        table = az.compare(results)
+    assert list(table.index) == ["linear", "constant"]
+    assert table.loc["constant", "elpd_diff"] > 0 and table.loc["constant", "dse"] > 0
+    with warnings.catch_warnings():
+        # ArviZ 0.23 calls a Matplotlib helper deprecated in 3.11
+        warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
+        ax = az.plot_khat(results["linear"])
+    assert len(ax.collections) >= 1
+
+
+def test_loo_of_mcmc_chains_uses_their_relative_ess() -> None:
+    X, y = _heavy_tailed(120, seed=4)
+    model = ImpactModel(
+        linear,
+        jax.random.key(1),
+        MCMC(NUTS(linear), num_warmup=100, num_samples=100, num_chains=2, progress_bar=False,
+             chain_method="sequential"),
+    )  # fmt: skip
+    model.fit_on_batch(X, y, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ours = model.loo(X, y, batch_size=50, progress=False)
+    ref = _arviz_loo(model.log_likelihood(X, y, progress=False))
+    _agrees(ours, ref)
+    assert ours.n_samples == 200
+
+
+@pytest.mark.parametrize("draws", [N_DRAWS, 1000])
+def test_psis_of_a_log_likelihood_matrix_agrees_with_arviz(draws: int) -> None:
+    # heavy-tailed data under a normal model: Pareto k from about 0 to several
+    # (ArviZ itself gives NaN for the most extreme rows of t(2) or t(3) data)
+    rng = np.random.default_rng(draws)
+    rows = 3000
+    mu = rng.normal(0.0, 0.15, (draws, 1))
+    sd = np.exp(rng.normal(0.0, 0.08, (draws, 1)))
+    y = rng.standard_t(4, rows)
+    log_lik = (-0.5 * ((y - mu) / sd) ** 2 - np.log(sd) - 0.9189385).astype(np.float32)
+    log_lik[:, :3] = np.float32(-1.25)  # every draw tied: no tail to fit
+    loo_i, k, lppd = (np.asarray(v) for v in jax.jit(psis_loo)(jnp.asarray(log_lik.T)))
+    idata = az.InferenceData(
+        log_likelihood=xr.Dataset({"y": (("chain", "draw", "y_dim_0"), log_lik[None])}),
+        posterior=xr.Dataset({"mu": (("chain", "draw"), mu.T)}),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = az.loo(idata, pointwise=True)
+    assert loo_i.sum() == pytest.approx(ref.elpd_loo, rel=1e-4)
+    assert _k_agreement(k, ref.pareto_k.values) >= 0.999
+    assert np.nanmax(k[np.isfinite(k)]) > 1.0 and np.median(k) < 0.5
+    np.testing.assert_array_equal(np.isinf(k), np.isinf(ref.pareto_k.values))
+    assert np.isinf(k[:3]).all()
+    np.testing.assert_allclose(loo_i[:3], -1.25, rtol=1e-6)
+    assert (lppd.sum() - loo_i.sum()) == pytest.approx(ref.p_loo, rel=1e-3)
+    assert tail_length(draws) == int(np.ceil(min(0.2 * draws, 3 * np.sqrt(draws))))
+
+
+def test_loo_needs_the_observed_output(linear_fit: Any) -> None:
+    model, X, _ = linear_fit
+    with pytest.raises(ValueError, match="`loo` needs the observed output"):
+        model.loo(X, progress=False)
+    with pytest.raises(ValueError, match="`reff` must be a positive number"):
+        model.loo(X, X[:, 0], reff=0.0, progress=False)
