@@ -2,13 +2,15 @@
 
 import errno
 import os
+import struct
 import threading
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pytest
 
-from dopax.streaming.fileio import FileWriter
+from dopax.streaming.fileio import CRC32C, FileWriter
 
 SIZES = [0, 1, 511, 4095, 4096, 4097, 8 * 2**20, 8 * 2**20 + 12345]
 
@@ -35,6 +37,18 @@ def test_pieces_are_written_one_after_the_other(tmp_path: Path, direct: bool, si
     assert path.read_bytes() == data.tobytes() + tail
 
 
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("size", SIZES)
+def test_the_checksum_piece_is_the_crc32c_of_the_bytes_before_it(
+    tmp_path: Path, direct: bool, size: int
+) -> None:
+    data = np.random.default_rng(size).integers(0, 256, size=size, dtype=np.uint8)
+    path = tmp_path / "chunk"
+    FileWriter(direct=direct, piece_bytes=2**20).write(path, data[:7], data[7:], CRC32C)
+    crc = struct.pack("<I", google_crc32c.value(data.tobytes()))
+    assert path.read_bytes() == data.tobytes() + crc
+
+
 def test_a_short_direct_write_finishes_through_the_page_cache(tmp_path, monkeypatch) -> None:
     real = os.pwrite
     calls = []
@@ -48,9 +62,10 @@ def test_a_short_direct_write_finishes_through_the_page_cache(tmp_path, monkeypa
     monkeypatch.setattr(os, "pwrite", short_once)
     data = np.random.default_rng(1).integers(0, 256, size=3 * 2**20 + 5, dtype=np.uint8)
     path = tmp_path / "chunk"
-    FileWriter(direct=True, piece_bytes=2**20).write(path, data, b"tail")
+    FileWriter(direct=True, piece_bytes=2**20).write(path, data, b"tail", CRC32C)
     monkeypatch.undo()
-    assert path.read_bytes() == data.tobytes() + b"tail"
+    body = data.tobytes() + b"tail"
+    assert path.read_bytes() == body + struct.pack("<I", google_crc32c.value(body))
 
 
 def test_arrays_and_bytes_are_written_in_memory_order(tmp_path: Path) -> None:

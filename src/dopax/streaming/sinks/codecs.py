@@ -8,11 +8,9 @@ the file that does not match.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import google_crc32c
 import numcodecs
 import numpy as np
 import zarr
@@ -20,11 +18,11 @@ import zarr.codecs
 from zarr.abc.codec import BytesBytesCodec
 
 from dopax.config import ExecutionConfig
+from dopax.streaming.fileio import CRC32C
 
 __all__ = [
     "CHECKSUM",
     "attr_value",
-    "checksum",
     "chunk_encoder",
     "codec_for",
     "compressors_for",
@@ -34,15 +32,6 @@ __all__ = [
 
 #: The checksum codec ending every array's codecs.
 CHECKSUM = zarr.codecs.Crc32cCodec()
-
-
-def checksum(data: Any) -> bytes:
-    """Return the four bytes the ``crc32c`` codec appends to ``data`` (little-endian CRC-32C)."""
-    if isinstance(data, np.ndarray):
-        view = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-    else:
-        view = np.frombuffer(data, dtype=np.uint8)
-    return struct.pack("<I", google_crc32c.value(view))
 
 
 def with_checksum(compressors: Sequence[BytesBytesCodec]) -> tuple[BytesBytesCodec, ...]:
@@ -115,9 +104,10 @@ def chunk_encoder(
 
     The encoder is built from the Zarr codec's own settings, so the bytes are
     those Zarr itself stores (asserted in the tests). It returns the bytes in
-    pieces to be written one after the other: the (compressed) chunk, and its
-    checksum when the codecs end with one (an uncompressed chunk is not
-    copied to append four bytes).
+    pieces for :meth:`~dopax.streaming.fileio.FileWriter.write`: the
+    (compressed) chunk, and :data:`~dopax.streaming.fileio.CRC32C` when the
+    codecs end with a checksum (the writer computes it as it copies the
+    chunk, and an uncompressed chunk is not copied to append four bytes).
     """
     codecs = list(compressors)
     checked = bool(codecs) and isinstance(codecs[-1], zarr.codecs.Crc32cCodec)
@@ -126,8 +116,8 @@ def chunk_encoder(
         return lambda chunk: (compress(chunk),)
 
     def encode(chunk: np.ndarray) -> tuple[Any, ...]:
-        body = compress(chunk)
-        return body, checksum(body)
+        # the writer computes the checksum as it copies the bytes (FileWriter)
+        return compress(chunk), CRC32C
 
     return encode
 
