@@ -27,6 +27,7 @@ from dopax.inference.posterior import stored_bytes_per_draw
 from dopax.output import schema
 from dopax.output.schema import SiteLayout
 from dopax.parallel.batching import BlockPlan
+from dopax.sampling.plan import FULL
 from dopax.sampling.prepare import read_rows
 from dopax.streaming.sinks import MemorySink, Sink
 from dopax.streaming.stream import Progress, Submit, stream_into
@@ -282,7 +283,7 @@ def _call_attrs(request: PredictiveRequest, blocks: BlockPlan, fj: ForwardJob) -
     attrs: dict[str, Any] = {
         "shard_axis": request.shard_axis,
         "batch_size": int(blocks.row_block),
-        "path": fj.plan.path,
+        "path": fj.plan.path if fj.job.split_rows else FULL,
     }
     if request.kind not in (PRIOR, LOG_LIKELIHOOD):
         attrs["in_sample"] = int(request.in_sample)

@@ -243,7 +243,7 @@ def row_latent_plan(
     guides: dict[str, tuple[str, dict[str, Any]]] = {}
     if posterior is not None:
         guides = {
-            k: (g.kind, g.arrays(posterior.params))
+            k: (g.kind, {r: np.asarray(a) for r, a in g.arrays(posterior.params).items()})
             for k, g in posterior.drawn_per_call().items()
             if k in names
         }
@@ -262,6 +262,13 @@ def row_latent_plan(
 
     plan = plan_with(draws, guides)
     split_rows = plan.path != FULL
+    lost = sorted(set(guides) - set(plan.local_latents))
+    if lost:
+        raise ValueError(
+            f"Site(s) {lost} are per-row latents of the fit's guide (drawn row by row from its "
+            "parameters), but in this call they have no axis that follows the rows: call the "
+            "kernel with inputs shaped like the data it was fitted on."
+        )
     if plan.local_latents and not in_sample:
         draws = {k: v for k, v in draws.items() if k not in plan.local_latents}
         plan = plan_with(draws, {})
@@ -396,6 +403,7 @@ def forward_job(
         params=params,
         row_latents=plan.row_latents,
         row_sources=sources,
+        row_words=posterior.row_words if posterior is not None else None,
     )
     chains = posterior.num_chains if posterior is not None else 1
     return ForwardJob(job, plan, chains, bound)

@@ -266,6 +266,7 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
         params=kernel_params(ctx, posterior),
         row_latents=plans[0].row_latents,
         row_sources=planned.row_sources,
+        row_words=posterior.row_words,
     )
     if request.site is None and np.dtype(info.dtype).kind in "biu":
         _warn_discrete(ctx, site, info.dtype)

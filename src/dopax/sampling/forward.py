@@ -20,7 +20,7 @@ from numpyro import handlers
 from dopax.parallel.batching import largest_divisor_at_most
 from dopax.parallel.sharded import BlockInputs, OutputAxes
 from dopax.sampling.rng import RowKeySeed, draw_words
-from dopax.sampling.row_latent import RowLatentSpec, substitute_fn
+from dopax.sampling.row_latent import RowLatentSpec, guide_draw_words, substitute_fn
 
 __all__ = [
     "ForwardProgram",
@@ -120,7 +120,7 @@ def forward_draw(
     anchor_args: Mapping[str, Any],
     intervention_anchor: Mapping[str, Any],
     row_values: Mapping[str, Any] | None = None,
-    row_params: Mapping[str, Any] | None = None,
+    row_params: tuple[Any, Mapping[str, Any]] | None = None,
 ) -> dict[str, jax.Array]:
     """Run the kernel for one posterior draw on one block of rows.
 
@@ -138,8 +138,9 @@ def forward_draw(
         intervention_anchor: ``intervention`` for the anchor row.
         row_values: This draw's values of the per-row latents given by draws,
             rows leading (``spec.row_latents``).
-        row_params: The block's guide parameters of the other per-row
-            latents, rows leading.
+        row_params: ``(row key words, parameters)``: the posterior's row
+            key and the block's guide parameters of the other per-row
+            latents by site and role, rows leading.
 
     Returns:
         For ``kind="predict"``, each return site's value; for
@@ -154,8 +155,10 @@ def forward_draw(
         }
     rows_fn = None
     if spec.row_latents:
+        row_words, site_params = row_params if row_params is not None else (None, {})
+        guide_words = words if row_words is None else guide_draw_words(row_words, draw_index)
         rows_fn = substitute_fn(
-            spec.row_latents, row_values or {}, row_params or {}, words, row_offset
+            spec.row_latents, row_values or {}, site_params, guide_words, row_offset
         )
     trace = run_trace(spec, words, row_offset, latent, args, intervention, rows_fn)
     if spec.kind == LOG_LIKELIHOOD:

@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 
 from dopax.sampling.forward import LOG_LIKELIHOOD, PassSpec
 from dopax.sampling.prepare import read_rows, split_intervention
@@ -220,12 +221,11 @@ def make_plan(
         and name not in guides
     )
     sample_axes = {name: row_axes.get(name) for name in kinds}
+    site_shapes = {name: _full_shape(shapes2[name][0], sample_axes[name], n_rows) for name in kinds}
     row_intervention, shared_intervention = split_intervention(
-        intervention,
-        sites=sample_axes,
-        n_rows=n_rows,
-        shapes={name: _full_shape(shapes2[name][0], sample_axes[name], n_rows) for name in kinds},
+        intervention, sites=sample_axes, n_rows=n_rows, shapes=site_shapes
     )
+
     missing = [name for name in spec.return_sites if name not in shapes2]
     if missing and strict_sites:
         raise KeyError(
@@ -418,6 +418,16 @@ def _check_split(
             return f"site {name!r} has no axis that follows the rows in every split"
         if not verdict:
             return depends(name)
+    # a discrete site may draw the same values from another distribution: its
+    # parameters must agree too (factors, whose values are empty, excepted)
+    for name, (_, fn) in whole.items():
+        if fn is None or isinstance(fn, dist.Unit):
+            continue
+        if not _same_distribution(fn, head[name][1], tail[name][1], row_axes.get(name)):
+            return (
+                f"the distribution of site {name!r} depends on which rows share its batch "
+                "(the kernel couples rows)"
+            )
     return None
 
 
