@@ -368,7 +368,15 @@ def forward_job(
             f"in every branch, e.g. `numpyro.sample({ctx.param_output!r}, dist, "
             f"obs={ctx.param_output})`, which draws it when `{ctx.param_output}` is None."
         )
-    spec = PassSpec(ctx.kernel, bound.static, sites, kind, plan.global_latents, plan.row_latents)
+    spec = PassSpec(
+        ctx.kernel,
+        bound.static,
+        sites,
+        kind,
+        plan.global_latents,
+        plan.row_latents,
+        plan.row_intervention_axes,
+    )
     if request.num_samples is not None:
         n_draws = request.num_samples
     elif draws:
@@ -377,7 +385,12 @@ def forward_job(
         n_draws = posterior.num_draws if posterior is not None and sources else 1
     intervention = _float32(request.intervention or {})
     row_names = set(plan.row_intervention_sites)
-    row_do = {k: v for k, v in intervention.items() if k in row_names}
+    do_axes = dict(plan.row_intervention_axes)
+    row_do = {
+        k: np.moveaxis(np.asarray(v), do_axes[k], 0) if k in do_axes else v
+        for k, v in intervention.items()
+        if k in row_names
+    }
     program = ForwardProgram(
         spec,
         tuple(info.row_axis for info in plan.outputs),

@@ -33,7 +33,7 @@ import numpy as np
 import numpyro.distributions as dist
 
 from dopax.sampling.forward import LOG_LIKELIHOOD, PassSpec
-from dopax.sampling.prepare import read_rows, split_intervention
+from dopax.sampling.prepare import intervention_row_axes, read_rows, split_intervention
 from dopax.sampling.probe import probe_kernel
 from dopax.sampling.row_latent import (
     DRAWS,
@@ -83,6 +83,9 @@ class ForwardPlan:
         global_latents: Latent sites without a row axis that the call does not
             supply (drawn once per draw on the anchor row).
         row_intervention_sites: Intervened sites given one value per row.
+        row_intervention_axes: For those whose value holds the rows on
+            another axis than its first (a site whose row axis is not its
+            first), that axis: the value travels with the rows first.
         sample_sites: Every sample site of the kernel.
         reason: Why the ``"full"`` path was chosen, for the user's warning.
         split_checked: Whether the kernel was run split (see :func:`make_plan`);
@@ -98,6 +101,7 @@ class ForwardPlan:
     row_latents: tuple[RowLatentSpec, ...] = ()
     global_latents: tuple[str, ...] = ()
     row_intervention_sites: tuple[str, ...] = ()
+    row_intervention_axes: tuple[tuple[str, int], ...] = ()
     sample_sites: tuple[str, ...] = ()
     reason: str | None = None
     split_checked: bool = True
@@ -225,7 +229,15 @@ def make_plan(
     row_intervention, shared_intervention = split_intervention(
         intervention, sites=sample_axes, n_rows=n_rows, shapes=site_shapes
     )
-
+    do_axes = tuple(
+        sorted(
+            (name, pos)
+            for name, pos in intervention_row_axes(
+                intervention, sites=sample_axes, n_rows=n_rows, shapes=site_shapes
+            ).items()
+            if pos
+        )
+    )
     missing = [name for name in spec.return_sites if name not in shapes2]
     if missing and strict_sites:
         raise KeyError(
@@ -239,7 +251,9 @@ def make_plan(
     checked = reason is not None or check_split
     if reason is None and check_split:
         reason = _check_split(
-            dataclasses.replace(spec, global_latents=global_latents, row_latents=row_specs),
+            dataclasses.replace(
+                spec, global_latents=global_latents, row_latents=row_specs, row_do_axes=do_axes
+            ),
             n_rows,
             row_args,
             shared_args,
@@ -270,6 +284,7 @@ def make_plan(
         path=ROWS if reason is None else FULL,
         global_latents=global_latents,
         row_intervention_sites=tuple(sorted(row_intervention)),
+        row_intervention_axes=do_axes,
         sample_sites=tuple(kinds),
         outputs=tuple(outputs),
         row_sites=row_sites,
@@ -331,7 +346,7 @@ def _check_split(
     import jax
 
     from dopax.kernel.tracing import TRACE_LOCK
-    from dopax.sampling.forward import run_trace
+    from dopax.sampling.forward import restore_row_axes, run_trace
 
     index = _probe_index(n_rows, 5)
     rows = {k: _take_rows(v, index) for k, v in row_args.items()}
@@ -345,8 +360,10 @@ def _check_split(
 
     def run(data: tuple[Any, ...], block: slice, offset: int) -> dict[str, tuple[Any, Any]]:
         rows, row_do, latent0, shared_args, shared_intervention, values, params = data
-        intervention = {**shared_intervention, **{k: v[block] for k, v in row_do.items()}}
-        anchor_do = {**shared_intervention, **{k: v[0:2] for k, v in row_do.items()}}
+        block_do = restore_row_axes(spec, {k: v[block] for k, v in row_do.items()})
+        intervention = {**shared_intervention, **block_do}
+        first_do = restore_row_axes(spec, {k: v[0:2] for k, v in row_do.items()})
+        anchor_do = {**shared_intervention, **first_do}
         latent_d = dict(latent0)
         if spec.global_latents:
             anchor = {**shared_args, **{k: v[0:2] for k, v in rows.items()}}
