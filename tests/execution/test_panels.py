@@ -201,3 +201,16 @@ def test_interventions_vary_over_time_or_by_row_on_a_second_row_axis() -> None:
             np.testing.assert_allclose(mu, np.broadcast_to(want, mu.shape), rtol=1e-5)
     with pytest.raises(Exception, match="entries along axis 1"):
         model.predict(X, intervention={"u": per_row[:, :7]}, store="memory", progress=False)
+
+
+def test_a_panel_summarises_by_unit_in_the_sites_order(
+    model: ImpactModel, data: dict[str, Any]
+) -> None:
+    X, treat = data["X"], data["treat"]
+    tree = model.summarize(
+        X, treat=treat, rng_key=KEY, batch_size=7, store="memory", progress=False
+    )
+    ref = ys(model.predict_on_batch(X, treat=treat, rng_key=KEY))[0]  # type: ignore[arg-type]
+    mean = np.asarray(tree["summary"]["y_mean"].values)
+    assert mean.shape == (WEEKS, N_UNITS)
+    np.testing.assert_allclose(mean, ref.mean(0), rtol=1e-4, atol=1e-4)

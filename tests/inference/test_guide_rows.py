@@ -205,3 +205,20 @@ def test_per_row_latents_fit_in_subsampled_plates(data: tuple[np.ndarray, np.nda
     assert got["z"].shape == (50, N_ROWS)
     loc = np.asarray(model.vi_result.params["z_auto_loc"])
     np.testing.assert_allclose(got["z"].mean(0), loc, atol=0.5)
+
+
+def test_summarize_and_loo_use_the_same_rows(
+    normal: ImpactModel, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    X, y = data
+    tree = normal.summarize(X, rng_key=KEY, batch_size=64, store="memory", progress=False)
+    draws = normal.predict_on_batch(X, rng_key=KEY, return_sites=["eta"])
+    eta = np.asarray(draws["posterior_predictive"]["eta"].values)[0].astype(np.float64)
+    np.testing.assert_allclose(tree["summary"]["eta_mean"], eta.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tree["summary"]["eta_sd"], eta.std(0, ddof=1), rtol=1e-4, atol=1e-5)
+    with warnings.catch_warnings():  # a per-row latent makes many Pareto k large
+        warnings.filterwarnings("ignore", message=".*estimated Pareto k")
+        a = normal.loo(X, y, batch_size=64, store="memory", progress=False)
+        b = normal.loo(X, y, batch_size=N_ROWS, store="memory", progress=False)
+    assert np.isfinite(a.elpd_loo)
+    np.testing.assert_allclose(a.elpd_loo, b.elpd_loo, rtol=1e-5)
