@@ -183,7 +183,7 @@ def test_a_saved_model_draws_the_same_rows(
     normal: ImpactModel, data: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
     X, _ = data
-    loaded = dopax.load_model(dopax.save_model(normal, tmp_path / "m"))
+    loaded = dopax.load_model(dopax.save_model(normal, tmp_path / "m"), kernel=kernel)
     want = draws_of(normal, X, batch_size=100, return_sites=["z", "eta"])
     got = draws_of(loaded, X, batch_size=64, return_sites=["z", "eta"])
     for name in want:
