@@ -21,7 +21,13 @@ import numpy as np
 
 from dopax.parallel.sharded import BlockInputs, OutputAxes
 from dopax.reductions.draws import summarize_draws
-from dopax.sampling.forward import PassSpec, forward_draw, map_draws, with_params
+from dopax.sampling.forward import (
+    PassSpec,
+    forward_draw,
+    map_draws,
+    restore_row_axes,
+    with_params,
+)
 
 __all__ = ["Scenario", "ScenarioProgram", "group_codes"]
 
@@ -124,9 +130,9 @@ class ScenarioProgram:
                     row_offset,
                     with_params(inputs.params, latent_d),
                     {**s_shared[s], **s_rows[s]},
-                    {**shared_do[s], **row_do[s]},
+                    {**shared_do[s], **restore_row_axes(self.spec, row_do[s])},
                     {**s_shared[s], **anchor[s]},
-                    {**shared_do[s], **anchor_do[s]},
+                    {**shared_do[s], **restore_row_axes(self.spec, anchor_do[s])},
                     row_values,
                     inputs.row_params,
                 )[site]

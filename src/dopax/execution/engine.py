@@ -27,6 +27,7 @@ from dopax.inference.posterior import stored_bytes_per_draw
 from dopax.output import schema
 from dopax.output.schema import SiteLayout
 from dopax.parallel.batching import BlockPlan
+from dopax.sampling.plan import FULL
 from dopax.sampling.prepare import read_rows
 from dopax.streaming.sinks import MemorySink, Sink
 from dopax.streaming.stream import Progress, Submit, stream_into
@@ -122,6 +123,14 @@ def _observed(
     if values is None or np.ndim(values) == 0 or np.shape(values)[0] != fj.job.n_rows:
         return None
     shape = tuple(int(n) for n in np.shape(values))
+    axis = _observed_axis(fj, name, shape)
+    if axis is None:
+        return None
+    if axis:  # the site keeps its rows elsewhere (a scan's ``(T, units)``): so does the data
+        values = _RowsMoved(values, axis)
+        shape = tuple(values.shape)
+    chunks = list(shape)
+    chunks[axis] = max(1, min(blocks.row_block, shape[axis]))
     layout = SiteLayout(
         group=schema.OBSERVED_DATA,
         name=name,
@@ -129,9 +138,47 @@ def _observed(
         num_draws=1,
         shape=shape,
         dtype=np.dtype(values.dtype).str,
-        chunks=(max(1, min(blocks.row_block, shape[0])), *shape[1:]),
+        chunks=tuple(chunks),
     )
     return values, layout
+
+
+def _observed_axis(fj: ForwardJob, name: str, shape: tuple[int, ...]) -> int | None:
+    """Where the observed output keeps its rows in the result: the site's own row axis.
+
+    The data lead with their rows; a site whose row axis is elsewhere gets
+    its data with the rows moved there, when that gives the site's shape
+    (otherwise the data are left out of the result).
+    """
+    info = next((o for o in fj.plan.outputs if o.name == name), None)
+    if info is None or info.row_axis in (None, 0):
+        return 0
+    moved = (*shape[1 : info.row_axis + 1], shape[0], *shape[info.row_axis + 1 :])
+    return int(info.row_axis) if moved == tuple(info.shape) else None
+
+
+def _whole_rows(values: Any, n_rows: int) -> tuple[slice, ...]:
+    axis = values.axis if isinstance(values, _RowsMoved) else 0
+    return (*(slice(None),) * axis, slice(0, n_rows))
+
+
+class _RowsMoved:
+    """Observed data (rows first) seen with their rows on another axis, read by rows."""
+
+    def __init__(self, values: Any, axis: int) -> None:
+        self.values = values
+        self.axis = axis
+        full = tuple(int(n) for n in np.shape(values))
+        self.shape = (*full[1 : axis + 1], full[0], *full[axis + 1 :])
+        self.dtype = np.dtype(values.dtype)
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        """Rows ``r0:r1``, with the rows on :attr:`axis`."""
+        return np.moveaxis(np.asarray(read_rows(self.values, r0, r1)), 0, self.axis)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.moveaxis(np.asarray(self.values), 0, self.axis)
+        return out if dtype is None else out.astype(dtype)
 
 
 def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree | dict[str, Any]:
@@ -196,7 +243,7 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
             desc=_label(request),
             driver_writes=[]
             if observed is None
-            else [(observed[1], (slice(0, job.n_rows),), np.asarray(observed[0]))],
+            else [(observed[1], _whole_rows(observed[0], job.n_rows), np.asarray(observed[0]))],
         )
         assert tree is not None
         return tree
@@ -216,12 +263,13 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
             forward(block, outputs)
             if observed is not None and block.d0 == 0:
                 values, layout = observed
-                submit(
-                    layout.group,
-                    layout.name,
-                    (slice(block.r0, block.r1),),
-                    np.asarray(read_rows(values, block.r0, block.r1)),
-                )
+                if isinstance(values, _RowsMoved):
+                    index = (*(slice(None),) * values.axis, slice(block.r0, block.r1))
+                    piece = values.rows(block.r0, block.r1)
+                else:
+                    index = (slice(block.r0, block.r1),)
+                    piece = np.asarray(read_rows(values, block.r0, block.r1))
+                submit(layout.group, layout.name, index, piece)
 
         run_blocks(job, blocks, consume, on_block=lambda rows, draws: advance(rows * draws))
 
@@ -286,7 +334,7 @@ def _call_attrs(request: PredictiveRequest, blocks: BlockPlan, fj: ForwardJob) -
     attrs: dict[str, Any] = {
         "shard_axis": request.shard_axis,
         "batch_size": int(blocks.row_block),
-        "path": fj.plan.path,
+        "path": fj.plan.path if fj.job.split_rows else FULL,
     }
     if request.kind not in (PRIOR, LOG_LIKELIHOOD):
         attrs["in_sample"] = int(request.in_sample)

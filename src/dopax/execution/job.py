@@ -243,7 +243,7 @@ def row_latent_plan(
     guides: dict[str, tuple[str, dict[str, Any]]] = {}
     if posterior is not None:
         guides = {
-            k: (g.kind, g.arrays(posterior.params))
+            k: (g.kind, {r: np.asarray(a) for r, a in g.arrays(posterior.params).items()})
             for k, g in posterior.drawn_per_call().items()
             if k in names
         }
@@ -262,6 +262,13 @@ def row_latent_plan(
 
     plan = plan_with(draws, guides)
     split_rows = plan.path != FULL
+    lost = sorted(set(guides) - set(plan.local_latents))
+    if lost:
+        raise ValueError(
+            f"Site(s) {lost} are per-row latents of the fit's guide (drawn row by row from its "
+            "parameters), but in this call they have no axis that follows the rows: call the "
+            "kernel with inputs shaped like the data it was fitted on."
+        )
     if plan.local_latents and not in_sample:
         draws = {k: v for k, v in draws.items() if k not in plan.local_latents}
         plan = plan_with(draws, {})
@@ -361,7 +368,15 @@ def forward_job(
             f"in every branch, e.g. `numpyro.sample({ctx.param_output!r}, dist, "
             f"obs={ctx.param_output})`, which draws it when `{ctx.param_output}` is None."
         )
-    spec = PassSpec(ctx.kernel, bound.static, sites, kind, plan.global_latents, plan.row_latents)
+    spec = PassSpec(
+        ctx.kernel,
+        bound.static,
+        sites,
+        kind,
+        plan.global_latents,
+        plan.row_latents,
+        plan.row_intervention_axes,
+    )
     if request.num_samples is not None:
         n_draws = request.num_samples
     elif draws:
@@ -370,7 +385,12 @@ def forward_job(
         n_draws = posterior.num_draws if posterior is not None and sources else 1
     intervention = _float32(request.intervention or {})
     row_names = set(plan.row_intervention_sites)
-    row_do = {k: v for k, v in intervention.items() if k in row_names}
+    do_axes = dict(plan.row_intervention_axes)
+    row_do = {
+        k: np.moveaxis(np.asarray(v), do_axes[k], 0) if k in do_axes else v
+        for k, v in intervention.items()
+        if k in row_names
+    }
     program = ForwardProgram(
         spec,
         tuple(info.row_axis for info in plan.outputs),
@@ -396,6 +416,7 @@ def forward_job(
         params=params,
         row_latents=plan.row_latents,
         row_sources=sources,
+        row_words=posterior.row_words if posterior is not None else None,
     )
     chains = posterior.num_chains if posterior is not None else 1
     return ForwardJob(job, plan, chains, bound)

@@ -97,6 +97,8 @@ class BlockJob:
             for its own rows.
         row_sources: Their sources by site: draws ``(draws, *site_shape)``
             (in memory or stored) or a guide's parameters by role.
+        row_words: The posterior's row key (two ``uint32`` words) that
+            addresses per-row sites drawn from a guide, or ``None``.
     """
 
     program: BlockProgram
@@ -117,6 +119,7 @@ class BlockJob:
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     row_latents: tuple[RowLatentSpec, ...] = ()
     row_sources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    row_words: Any = None
 
 
 def row_latent_bytes(job: BlockJob) -> int:
@@ -233,6 +236,8 @@ class _Runner:
         self.shared_do = _to_device(job.shared_do)
         self.anchor = _to_device(job.anchor)
         self.anchor_do = _to_device(job.anchor_do)
+        words = np.zeros(2, np.uint32) if job.row_words is None else job.row_words
+        self.row_words = place(np.asarray(words, np.uint32), False)
         self._draw_cache: dict[tuple[int, int], tuple[Any, Any]] = {}
 
     def padded(self, nd: int, nr: int) -> tuple[int, int]:
@@ -263,8 +268,8 @@ class _Runner:
 
     def _row_latent(
         self, d0: int, d1: int, r0: int, r1: int, pad_d: int, pad_r: int
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Return the block's per-row latent values and guide parameters, rows leading."""
+    ) -> tuple[Any, Any]:
+        """Return the block's per-row latent values and ``(row key, guide parameters)``."""
         values: dict[str, Any] = {}
         params: dict[str, Any] = {}
         rows = slice(r0, r1)
@@ -277,7 +282,7 @@ class _Runner:
         split_rows = self.shard_axis == OBS and self.n_dev > 1
         split_draws = self.shard_axis == DRAW and self.n_dev > 1
         placed = place(values, split_rows or split_draws, 1 if split_rows else 0)
-        return placed, place(params, split_rows)
+        return placed, (self.row_words, place(params, split_rows))
 
     def args(self, d0: int, d1: int, r0: int, r1: int) -> BlockInputs:
         """Return the block function's inputs for one block."""

@@ -160,6 +160,7 @@ def _scenarios(
             raise ScenarioError(str(err.args[0])) from err
         split_rows = split_rows and splits
         row_names = set(plan.row_intervention_sites)
+        do_axes = dict(plan.row_intervention_axes)
         do = {}
         for k, v in (intervention or {}).items():
             arr = np.asarray(v)
@@ -169,7 +170,11 @@ def _scenarios(
                 name=name,
                 rows=dict(bound.rows),
                 shared=dict(bound.shared),
-                row_do={k: v for k, v in do.items() if k in row_names},
+                row_do={
+                    k: np.moveaxis(v, do_axes[k], 0) if k in do_axes else v
+                    for k, v in do.items()
+                    if k in row_names
+                },
                 shared_do={k: v for k, v in do.items() if k not in row_names},
             )
         )
@@ -236,6 +241,7 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
             PREDICT,
             plans[0].global_latents,
             plans[0].row_latents,
+            plans[0].row_intervention_axes,
         ),
         site,
         len(names),
@@ -266,6 +272,7 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
         params=kernel_params(ctx, posterior),
         row_latents=plans[0].row_latents,
         row_sources=planned.row_sources,
+        row_words=posterior.row_words,
     )
     if request.site is None and np.dtype(info.dtype).kind in "biu":
         _warn_discrete(ctx, site, info.dtype)

@@ -17,12 +17,14 @@ from numpyro.infer.autoguide import AutoGuide
 
 from dopax.config import get_config
 from dopax.exceptions import FitDivergedError, NotFittedError
+from dopax.inference.guide_rows import draw_global_sites, row_guides
 from dopax.inference.mcmc import MCMCDriver
 from dopax.inference.posterior import Posterior
 from dopax.inference.svi import SVIDriver, SVIRunResult, check_losses
 from dopax.inference.svi_fit import fit_epochs, fit_steps
 from dopax.kernel.tracing import TRACE_LOCK
 from dopax.sampling.prepare import BoundArgs
+from dopax.sampling.row_latent import COUPLED
 
 __all__ = ["Driver", "MCMCFit", "SVIFit", "check_model", "make_driver"]
 
@@ -296,12 +298,37 @@ class SVIFit(Driver):
     def draw(
         self, key: jax.Array, num_samples: int, bound: BoundArgs, exclude: Iterable[str]
     ) -> Posterior:
-        """Draw posterior samples from the fitted guide."""
+        """Draw the fit's posterior from the fitted guide.
+
+        Per-row latent sites of a guide that factorises over rows are not
+        drawn here: the posterior keeps their guide parameters (in
+        ``params``) and a row key, and every in-sample call draws them block
+        by block, the same draws in every call (see
+        :mod:`dopax.inference.guide_rows`).
+        """
         params = self.current_params()
-        draws = self.driver.draw_posterior(
-            key, params, num_samples, bound.static, _arrays(bound), exclude
+        guide = self.driver.svi.guide
+        rows = row_guides(guide, bound.n_rows) if self._guide_ready() else {}
+        per_call = {k for k, g in rows.items() if g.kind != COUPLED}
+        if per_call:
+            with TRACE_LOCK:
+                draws = draw_global_sites(guide, key, params, num_samples, per_call)
+            skip = set(exclude)
+            draws = {k: v for k, v in draws.items() if k not in skip}
+        else:
+            draws = self.driver.draw_posterior(
+                key, params, num_samples, bound.static, _arrays(bound), exclude
+            )
+        # the key that fixes the per-row draws of this posterior for every call
+        words = jax.random.bits(jax.random.fold_in(key, 0x524F5753), (2,), jnp.uint32)
+        return Posterior(
+            draws,
+            1,
+            params,
+            row_guides=rows,
+            n_draws=num_samples,
+            row_words=np.asarray(words) if per_call else None,
         )
-        return Posterior(draws, 1, params)
 
     def fit(
         self,

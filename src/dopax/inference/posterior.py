@@ -234,12 +234,15 @@ class Posterior:
             whose ``numpyro.param`` sites keep their initial values.
         row_guides: Per-row latent sites of the fit's guide, by site name.
             Sites of a guide that factorises over rows (``AutoNormal``,
-            ``AutoDelta``) have no stored draws: each call draws them block
-            by block from ``params`` with its own key. Sites of a guide that
+            ``AutoDelta``) have no stored draws: calls draw them block by
+            block from ``params``, addressed by ``row_words``. Sites of a guide that
             couples rows are marked :data:`~dopax.sampling.row_latent.COUPLED`
             (their draws are in ``draws``).
         n_draws: Number of draws when ``draws`` is empty (every latent site
             is drawn per call).
+        row_words: The row key (two ``uint32`` words) fixed at the fit that
+            addresses the per-row sites drawn from the guide: draw ``d`` of
+            row ``r`` is the same in every call, as if it were stored.
     """
 
     draws: dict[str, Any]
@@ -247,6 +250,7 @@ class Posterior:
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     row_guides: Mapping[str, RowGuide] = dataclasses.field(default_factory=dict)
     n_draws: int = 0
+    row_words: np.ndarray | None = None
 
     def drawn_per_call(self) -> dict[str, RowGuide]:
         """Return the per-row sites drawn from the guide's parameters by each call."""

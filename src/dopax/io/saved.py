@@ -32,6 +32,7 @@ from dopax.io.source import CodeFile, NotRecordableError, importable_ref, load_c
 from dopax.io.state import array_records, read_arrays, write_arrays
 from dopax.model.impact_model import ImpactModel
 from dopax.sampling.inputs import InputSchema, input_schema
+from dopax.sampling.row_latent import RowGuide
 
 __all__ = ["load_model", "save_model"]
 
@@ -167,6 +168,11 @@ def save_model(
             "sites": sites,
             "num_chains": state.posterior.num_chains,
             "num_draws": state.posterior.num_draws,
+            # per-row sites a call draws from the guide's parameters (in the fit state)
+            "row_guides": {k: g.to_json() for k, g in state.posterior.row_guides.items()},
+            "row_words": None
+            if state.posterior.row_words is None
+            else [int(w) for w in np.asarray(state.posterior.row_words)],
         }
     fit_arrays, fit_facts = state.driver.export_state()
     arrays.update({f"fit/{k}": v for k, v in fit_arrays.items()})
@@ -296,6 +302,26 @@ def load_model(
         draws = {name: arrays[f"posterior/{i:04d}"] for i, name in enumerate(post["sites"])}
         # the posterior goes with the fit's point values (``numpyro.param`` sites)
         params = state.driver.current_params()
-        state.posterior = Posterior(draws, int(post["num_chains"]), params)
+        rows = {k: RowGuide.from_json(v) for k, v in (post.get("row_guides") or {}).items()}
+        missing = sorted(
+            name
+            for g in rows.values()
+            for name in (g.loc, g.scale)
+            if name is not None and name not in params
+        )
+        if missing:
+            raise ValueError(
+                f"The saved posterior draws per-row sites from the guide's parameters "
+                f"{missing}, which the saved fit state lacks: the model was saved incompletely."
+            )
+        words = post.get("row_words")
+        state.posterior = Posterior(
+            draws,
+            int(post["num_chains"]),
+            params,
+            row_guides=rows,
+            n_draws=int(post["num_draws"]),
+            row_words=None if words is None else np.asarray(words, np.uint32),
+        )
     state.resume_count(int(rng["counter"]))
     return model

@@ -9,6 +9,7 @@ couple rows (see the README) run all rows in one block.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +36,12 @@ def _thinned(posterior: Posterior, num_draws: int | None) -> Posterior:
     if num_draws < 1:
         raise ValueError(f"`num_draws` must be a positive int; got {num_draws}.")
     index = np.unique(np.round(np.linspace(0, total - 1, num_draws)).astype(np.int64))
-    return Posterior({k: np.asarray(v[index]) for k, v in posterior.draws.items()}, 1)
+    return dataclasses.replace(
+        posterior,
+        draws={k: np.asarray(v[index]) for k, v in posterior.draws.items()},
+        num_chains=1,
+        n_draws=len(index),
+    )
 
 
 def _suffixes(shape: tuple[int, ...]) -> list[str]:

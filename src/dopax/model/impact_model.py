@@ -133,7 +133,10 @@ class ImpactModel(FittingMethods, AnswerMethods):
         """The posterior draws by site, or ``None`` before a fit.
 
         Each array leads with all draws, chain-major. Draws that a traced fit
-        left in its trace are read into memory here.
+        left in its trace are read into memory here. Per-row latent sites of
+        a guide that factorises over rows (``AutoNormal``, ``AutoDelta``) are
+        not among them: calls draw them block by block from the guide's
+        per-row parameters (``vi_result.params``).
         """
         post = self._state.posterior
         return None if post is None else post.in_memory()

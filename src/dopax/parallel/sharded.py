@@ -67,8 +67,10 @@ class BlockInputs(NamedTuple):
         row_latent: Values of per-row latent sites for the block's draws and
             rows, each ``(D, R, *rest)`` (rows second, whatever the site's
             own row axis).
-        row_params: A guide's per-row parameters of per-row latent sites
-            drawn in the program, by site and role, each ``(R, *rest)``.
+        row_params: ``(row key words, parameters)``: the posterior's row key
+            (two ``uint32`` words, used whole) and a guide's per-row
+            parameters of per-row latent sites drawn in the program, by site
+            and role, each ``(R, *rest)``.
     """
 
     call_key: Any
@@ -178,7 +180,7 @@ def compiled_block(program: BlockProgram, shard_axis: str, n_dev: int) -> BlockF
     in_specs = BlockInputs(*([rep] * len(BlockInputs._fields)))
     if shard_axis == OBS:
         in_specs = in_specs._replace(
-            rows=split, row_do=split, row_latent=PartitionSpec(None, _AXIS), row_params=split
+            rows=split, row_do=split, row_latent=PartitionSpec(None, _AXIS), row_params=(rep, split)
         )
     else:
         in_specs = in_specs._replace(draws=split, latent=split, row_latent=split)

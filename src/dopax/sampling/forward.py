@@ -9,6 +9,7 @@ sites, then :class:`~dopax.sampling.rng.RowKeySeed`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,7 +21,7 @@ from numpyro import handlers
 from dopax.parallel.batching import largest_divisor_at_most
 from dopax.parallel.sharded import BlockInputs, OutputAxes
 from dopax.sampling.rng import RowKeySeed, draw_words
-from dopax.sampling.row_latent import RowLatentSpec, substitute_fn
+from dopax.sampling.row_latent import RowLatentSpec, guide_draw_words, substitute_fn
 
 __all__ = [
     "ForwardProgram",
@@ -28,6 +29,7 @@ __all__ = [
     "forward_block",
     "forward_draw",
     "map_draws",
+    "restore_row_axes",
     "run_trace",
     "with_params",
 ]
@@ -50,6 +52,9 @@ class PassSpec:
             every batch of rows shares them.
         row_latents: Per-row latent sites whose values each block carries
             for its own rows (see :mod:`dopax.sampling.row_latent`).
+        row_do_axes: Per-row intervention values whose rows are not on
+            their first axis, with that axis: they travel rows first and are
+            put back before the kernel runs.
     """
 
     kernel: Callable[..., Any]
@@ -58,6 +63,44 @@ class PassSpec:
     kind: str = PREDICT
     global_latents: tuple[str, ...] = ()
     row_latents: tuple[RowLatentSpec, ...] = ()
+    row_do_axes: tuple[tuple[str, int], ...] = ()
+
+
+class BroadcastDo(handlers.do):
+    """NumPyro's ``do``, with each value broadcast to its site's shape first.
+
+    The kernel downstream sees a value of the site's own shape whether the
+    intervention gave a scalar, one value per time step or one per row (a
+    scalar ``do`` on a ``(K, rows)`` site still sums over ``K``).
+    """
+
+    def process_message(self, msg: Any) -> None:
+        """Broadcast the site's value to its shape, then intervene as ``do`` does."""
+        name = msg.get("name")
+        data: dict[str, Any] | None = self.data  # type: ignore[has-type]
+        if msg["type"] == "sample" and data is not None and name in data:
+            fn = msg["fn"]
+            shape = tuple(fn.shape(tuple(msg["kwargs"].get("sample_shape", ()))))
+            value = jnp.asarray(data[name])
+            if value.shape != shape:
+                with contextlib.suppress(ValueError):  # else as given: the kernel decides
+                    value = jnp.broadcast_to(value, shape)
+                self.data = {**data, name: value}
+        super().process_message(msg)
+
+
+def restore_row_axes(spec: PassSpec, row_do: Mapping[str, Any]) -> dict[str, Any]:
+    """Put per-row intervention values that travel rows first back in their own layout.
+
+    Args:
+        spec: The pass description (its ``row_do_axes``).
+        row_do: A block's per-row intervention values, rows first.
+    """
+    out = dict(row_do)
+    for name, axis in spec.row_do_axes:
+        if name in out:
+            out[name] = jnp.moveaxis(out[name], 0, axis)
+    return out
 
 
 def run_trace(
@@ -82,7 +125,7 @@ def run_trace(
     """
     model: Callable[..., Any] = spec.kernel
     if intervention:
-        model = handlers.do(model, data=dict(intervention))
+        model = BroadcastDo(model, data=dict(intervention))
     if latent:
         model = handlers.substitute(model, data=dict(latent))
     if rows_fn is not None:
@@ -120,7 +163,7 @@ def forward_draw(
     anchor_args: Mapping[str, Any],
     intervention_anchor: Mapping[str, Any],
     row_values: Mapping[str, Any] | None = None,
-    row_params: Mapping[str, Any] | None = None,
+    row_params: tuple[Any, Mapping[str, Any]] | None = None,
 ) -> dict[str, jax.Array]:
     """Run the kernel for one posterior draw on one block of rows.
 
@@ -138,8 +181,9 @@ def forward_draw(
         intervention_anchor: ``intervention`` for the anchor row.
         row_values: This draw's values of the per-row latents given by draws,
             rows leading (``spec.row_latents``).
-        row_params: The block's guide parameters of the other per-row
-            latents, rows leading.
+        row_params: ``(row key words, parameters)``: the posterior's row
+            key and the block's guide parameters of the other per-row
+            latents by site and role, rows leading.
 
     Returns:
         For ``kind="predict"``, each return site's value; for
@@ -154,8 +198,10 @@ def forward_draw(
         }
     rows_fn = None
     if spec.row_latents:
+        row_words, site_params = row_params if row_params is not None else (None, {})
+        guide_words = words if row_words is None else guide_draw_words(row_words, draw_index)
         rows_fn = substitute_fn(
-            spec.row_latents, row_values or {}, row_params or {}, words, row_offset
+            spec.row_latents, row_values or {}, site_params, guide_words, row_offset
         )
     trace = run_trace(spec, words, row_offset, latent, args, intervention, rows_fn)
     if spec.kind == LOG_LIKELIHOOD:
@@ -184,9 +230,9 @@ def forward_block(spec: PassSpec, inputs: BlockInputs, cells_per_step: int) -> d
         Each output with a leading draw axis of size ``D``.
     """
     args = {**inputs.shared, **inputs.rows}
-    intervention = {**inputs.shared_do, **inputs.row_do}
+    intervention = {**inputs.shared_do, **restore_row_axes(spec, inputs.row_do)}
     anchor_args = {**inputs.shared, **inputs.anchor}
-    anchor_do = {**inputs.shared_do, **inputs.anchor_do}
+    anchor_do = {**inputs.shared_do, **restore_row_axes(spec, inputs.anchor_do)}
 
     def one(draw_index: jax.Array, per_draw: Any) -> dict[str, jax.Array]:
         latent_d, row_values = per_draw

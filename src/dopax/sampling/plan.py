@@ -30,9 +30,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 
 from dopax.sampling.forward import LOG_LIKELIHOOD, PassSpec
-from dopax.sampling.prepare import read_rows, split_intervention
+from dopax.sampling.prepare import intervention_row_axes, read_rows, split_intervention
 from dopax.sampling.probe import probe_kernel
 from dopax.sampling.row_latent import (
     DRAWS,
@@ -82,6 +83,9 @@ class ForwardPlan:
         global_latents: Latent sites without a row axis that the call does not
             supply (drawn once per draw on the anchor row).
         row_intervention_sites: Intervened sites given one value per row.
+        row_intervention_axes: For those whose value holds the rows on
+            another axis than its first (a site whose row axis is not its
+            first), that axis: the value travels with the rows first.
         sample_sites: Every sample site of the kernel.
         reason: Why the ``"full"`` path was chosen, for the user's warning.
         split_checked: Whether the kernel was run split (see :func:`make_plan`);
@@ -97,6 +101,7 @@ class ForwardPlan:
     row_latents: tuple[RowLatentSpec, ...] = ()
     global_latents: tuple[str, ...] = ()
     row_intervention_sites: tuple[str, ...] = ()
+    row_intervention_axes: tuple[tuple[str, int], ...] = ()
     sample_sites: tuple[str, ...] = ()
     reason: str | None = None
     split_checked: bool = True
@@ -220,11 +225,18 @@ def make_plan(
         and name not in guides
     )
     sample_axes = {name: row_axes.get(name) for name in kinds}
+    site_shapes = {name: _full_shape(shapes2[name][0], sample_axes[name], n_rows) for name in kinds}
     row_intervention, shared_intervention = split_intervention(
-        intervention,
-        sites=sample_axes,
-        n_rows=n_rows,
-        shapes={name: _full_shape(shapes2[name][0], sample_axes[name], n_rows) for name in kinds},
+        intervention, sites=sample_axes, n_rows=n_rows, shapes=site_shapes
+    )
+    do_axes = tuple(
+        sorted(
+            (name, pos)
+            for name, pos in intervention_row_axes(
+                intervention, sites=sample_axes, n_rows=n_rows, shapes=site_shapes
+            ).items()
+            if pos
+        )
     )
     missing = [name for name in spec.return_sites if name not in shapes2]
     if missing and strict_sites:
@@ -239,7 +251,9 @@ def make_plan(
     checked = reason is not None or check_split
     if reason is None and check_split:
         reason = _check_split(
-            dataclasses.replace(spec, global_latents=global_latents, row_latents=row_specs),
+            dataclasses.replace(
+                spec, global_latents=global_latents, row_latents=row_specs, row_do_axes=do_axes
+            ),
             n_rows,
             row_args,
             shared_args,
@@ -270,6 +284,7 @@ def make_plan(
         path=ROWS if reason is None else FULL,
         global_latents=global_latents,
         row_intervention_sites=tuple(sorted(row_intervention)),
+        row_intervention_axes=do_axes,
         sample_sites=tuple(kinds),
         outputs=tuple(outputs),
         row_sites=row_sites,
@@ -331,7 +346,7 @@ def _check_split(
     import jax
 
     from dopax.kernel.tracing import TRACE_LOCK
-    from dopax.sampling.forward import run_trace
+    from dopax.sampling.forward import restore_row_axes, run_trace
 
     index = _probe_index(n_rows, 5)
     rows = {k: _take_rows(v, index) for k, v in row_args.items()}
@@ -345,8 +360,10 @@ def _check_split(
 
     def run(data: tuple[Any, ...], block: slice, offset: int) -> dict[str, tuple[Any, Any]]:
         rows, row_do, latent0, shared_args, shared_intervention, values, params = data
-        intervention = {**shared_intervention, **{k: v[block] for k, v in row_do.items()}}
-        anchor_do = {**shared_intervention, **{k: v[0:2] for k, v in row_do.items()}}
+        block_do = restore_row_axes(spec, {k: v[block] for k, v in row_do.items()})
+        intervention = {**shared_intervention, **block_do}
+        first_do = restore_row_axes(spec, {k: v[0:2] for k, v in row_do.items()})
+        anchor_do = {**shared_intervention, **first_do}
         latent_d = dict(latent0)
         if spec.global_latents:
             anchor = {**shared_args, **{k: v[0:2] for k, v in rows.items()}}
@@ -418,6 +435,16 @@ def _check_split(
             return f"site {name!r} has no axis that follows the rows in every split"
         if not verdict:
             return depends(name)
+    # a discrete site may draw the same values from another distribution: its
+    # parameters must agree too (factors, whose values are empty, excepted)
+    for name, (_, fn) in whole.items():
+        if fn is None or isinstance(fn, dist.Unit):
+            continue
+        if not _same_distribution(fn, head[name][1], tail[name][1], row_axes.get(name)):
+            return (
+                f"the distribution of site {name!r} depends on which rows share its batch "
+                "(the kernel couples rows)"
+            )
     return None
 
 

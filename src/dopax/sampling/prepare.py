@@ -24,6 +24,7 @@ __all__ = [
     "LazyRows",
     "anchor_rows",
     "bind_args",
+    "intervention_row_axes",
     "split_intervention",
     "as_array",
     "read_rows",
@@ -359,22 +360,76 @@ def split_intervention(
     for name, value in intervention.items():
         arr = as_array(value, f"intervention[{name!r}]")
         axis = sites[name]
-        if axis is not None and arr.ndim >= 1 and arr.shape[0] > 1:
-            if axis != 0:
-                raise ScenarioError(
-                    f"Per-row values for site {name!r} need the row axis first; its row "
-                    f"axis is {axis}."
-                )
-            if arr.shape[0] != n_rows:
-                raise ScenarioError(
-                    f"intervention[{name!r}] has {arr.shape[0]} entries along its first axis "
-                    f"but the call has {n_rows} rows; pass one value per row or a scalar."
-                )
-            row_do[name] = arr
-        else:
+        shape = (shapes or {}).get(name)
+        pos = _rows_position(name, arr, axis, shape, n_rows)
+        if pos is None:
             shared_do[name] = arr
-        _check_shape(name, arr, (shapes or {}).get(name) if axis != -1 else None)
+        else:
+            row_do[name] = np.moveaxis(np.asarray(arr), pos, 0) if pos else arr
+        _check_shape(name, arr, shape if axis != -1 else None)
     return row_do, shared_do
+
+
+def intervention_row_axes(
+    intervention: Mapping[str, Any] | None,
+    *,
+    sites: Mapping[str, int | None],
+    n_rows: int,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> dict[str, int]:
+    """Return, for each per-row intervention value, the axis of the value that holds the rows.
+
+    :func:`split_intervention` moves that axis first (rows travel first);
+    the forward pass moves it back.
+
+    Args:
+        intervention: Site name to value (already validated), or ``None``.
+        sites: Every sample site of the kernel with its row axis.
+        n_rows: Number of rows of the call.
+        shapes: Each site's shape for the call's rows.
+    """
+    out = {}
+    for name, value in (intervention or {}).items():
+        pos = _rows_position(
+            name, np.asarray(value), sites.get(name), (shapes or {}).get(name), n_rows
+        )
+        if pos is not None:
+            out[name] = pos
+    return out
+
+
+def _rows_position(
+    name: str, arr: Any, axis: int | None, shape: tuple[int, ...] | None, n_rows: int
+) -> int | None:
+    """Return the axis of an intervention value that holds one value per row, or ``None``.
+
+    A value lines up with its site's shape from the right (as it broadcasts):
+    the value's axis facing the site's row axis holds the rows when it is as
+    long as the call's rows; of length one (or missing) the value is shared
+    by every row and may still vary along the site's other axes (e.g. over
+    time: a ``(T, 1)`` value for a ``(T, units)`` site).
+    """
+    if axis is None or arr.ndim == 0:
+        return None
+    if axis < 0:
+        if arr.shape[0] > 1:
+            raise ScenarioError(
+                f"Per-row values for site {name!r} need a regular row axis; site {name!r} "
+                "changes shape with the number of rows in an irregular way. Pass a scalar."
+            )
+        return None
+    # without the site's shape, a value leads with the rows
+    pos = 0 if shape is None else axis - (len(shape) - arr.ndim)
+    if pos < 0 or pos >= arr.ndim or arr.shape[pos] == 1:
+        return None
+    if arr.shape[pos] != n_rows:
+        where = "its first axis" if pos == 0 else f"axis {pos}, which faces the rows of the site"
+        raise ScenarioError(
+            f"intervention[{name!r}] has {arr.shape[pos]} entries along {where}, but the call "
+            f"has {n_rows} rows; pass one value per row or a scalar, or a value that "
+            "broadcasts against the site's shape (e.g. one value per time step)."
+        )
+    return pos
 
 
 def _check_shape(name: str, value: Any, want: tuple[int, ...] | None) -> None:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 
+from dopax._warn import ignoring
 from dopax.exceptions import KernelValidationError
 from dopax.kernel.tracing import TRACE_LOCK
 from dopax.sampling.rng import RowKeySeed
@@ -119,7 +120,9 @@ def probe_kernel(
         return values
 
     try:
-        with TRACE_LOCK:
+        # a subsampled plate (NumPyro's mini-batch pattern) is larger than the
+        # probe's few rows: NumPyro's warning about that concerns the probe only
+        with TRACE_LOCK, ignoring("subsample_size does not match len", UserWarning):
             closed, shapes = jax.make_jaxpr(run, return_shape=True)(abstract)
     except NotImplementedError as err:
         if "threefry" not in str(err):

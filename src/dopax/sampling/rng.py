@@ -26,6 +26,11 @@ Site keys are derived from the draw's key and a hash of the site *name*, so a
 site receives the same random numbers whether or not other sites are
 intervened on: scenarios share their random numbers.
 
+Inside a ``scan`` (NumPyro's ``numpyro.contrib.control_flow.scan``), each
+step's sites get keys derived from the scan's key and the step's index, with
+the same row offset: a panel whose units are the rows and whose time steps
+are scanned draws each unit's values whatever block the unit falls in.
+
 Whether a particular kernel keeps rows independent (its row axis leading, no
 coupling between rows, no other sampler that ties rows together) is checked
 on a probe by :mod:`dopax.sampling.plan`; kernels that fail the check run
@@ -43,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.primitives import Messenger
 
-from dopax.sampling.row_keys import _TAG_FOLD, _TAG_SITE, _U32, ROW_KEY_IMPL
+from dopax.sampling.row_keys import _TAG_FOLD, _TAG_SITE, _TAG_STEP, _U32, ROW_KEY_IMPL
 from dopax.sampling.samplers import row_sample, row_sampled
 from dopax.sampling.threefry import threefry2x32
 
@@ -113,8 +118,41 @@ class RowKeySeed(Messenger):
         w1, w2 = threefry2x32(self.words[0], self.words[1], _TAG_SITE, name_tag(name))
         if count:
             w1, w2 = threefry2x32(w1, w2, _TAG_FOLD, np.uint32(count))
+        if msg["type"] == "control_flow":
+            msg["fn"] = _seeded_steps(msg["fn"], jnp.stack([w1, w2]), self.row_offset)
+            return
         data = jnp.stack([w1, w2, self.row_offset])
         msg["kwargs"]["rng_key"] = jax.random.wrap_key_data(data, impl=ROW_KEY_IMPL)
         if msg["type"] == "sample" and row_sampled(msg["fn"]):
             sample_shape = tuple(msg["kwargs"].get("sample_shape", ()))
             msg["value"] = row_sample(msg["fn"], data[:2], self.row_offset, sample_shape)
+
+
+def _seeded_steps(scan_fn: Callable[..., Any], words: jax.Array, row_offset: Any) -> Any:
+    """Wrap NumPyro's scan so that each step runs under :class:`RowKeySeed`.
+
+    NumPyro seeds a scan's steps by splitting one key, which would lose the
+    row offset; instead step ``t`` runs with key words derived from the
+    scan's words and ``t``, and the block's row offset.
+
+    Args:
+        scan_fn: The ``control_flow`` message's function (NumPyro's scan wrapper).
+        words: The scan's two key words.
+        row_offset: Global index of the block's first row.
+    """
+
+    def wrapped(f: Any, init: Any, xs: Any, length: Any, reverse: Any, **kwargs: Any) -> Any:
+        kwargs["rng_key"] = None  # the steps are seeded here
+
+        def body(carry: Any, x: Any) -> Any:
+            step, inner = carry
+            s1, s2 = threefry2x32(words[0], words[1], _TAG_STEP, step)
+            with RowKeySeed(None, jnp.stack([s1, s2]), row_offset):
+                inner, y = f(inner, x)
+            return (step + jnp.uint32(1), inner), y
+
+        start = (jnp.zeros((), _U32), init)
+        (n, key, (_, carry)), out = scan_fn(body, start, xs, length, reverse, **kwargs)
+        return (n, key, carry), out
+
+    return wrapped

@@ -11,8 +11,10 @@ values. Those come from one of two sources:
 * A guide that factorises over rows (:data:`NORMAL` for ``AutoNormal``,
   :data:`DELTA` for ``AutoDelta``): the guide's per-row parameters are
   sliced by rows (:func:`block_params`) and each draw's values are drawn in
-  the block program, with random numbers addressed by (call key, draw, site,
-  global row), so a row's values do not depend on the block it falls in.
+  the block program, with random numbers addressed by (the posterior's row
+  key, draw, site, global row), so a row's values do not depend on the
+  block it falls in, and every call sees the same values, as if they were
+  stored draws.
 
 Inside the program, values travel with the block's rows on their leading
 axis (``(D, R, *rest)`` for draws, ``(R, *rest)`` for parameters) whatever
@@ -45,6 +47,7 @@ __all__ = [
     "RowLatentSpec",
     "block_draws",
     "block_params",
+    "guide_draw_words",
     "guide_param_names",
     "substitute_fn",
 ]
@@ -197,6 +200,19 @@ def block_params(
     return out
 
 
+def guide_draw_words(row_words: jax.Array, draw_index: jax.Array) -> jax.Array:
+    """Return the two key words of one draw of the per-row sites drawn from a guide.
+
+    Args:
+        row_words: The posterior's row key: two ``uint32`` words.
+        draw_index: Global index of the draw.
+    """
+    w1, w2 = threefry2x32(
+        row_words[0], row_words[1], _TAG_GUIDE, jnp.asarray(draw_index).astype(jnp.uint32)
+    )
+    return jnp.stack([w1, w2])
+
+
 def _guide_key(words: jax.Array, name: str, row_offset: Any) -> jax.Array:
     from dopax.sampling.rng import name_tag
 
@@ -238,7 +254,7 @@ def substitute_fn(
         specs: The per-row sites.
         draw_values: The draw's values of :data:`DRAWS` sites, rows leading.
         params: Guide parameters of the other sites, by site and role, rows leading.
-        words: The draw's two key words.
+        words: The draw's two key words for guide draws (:func:`guide_draw_words`).
         row_offset: Global index of the block's first row.
     """
     by_name = {s.name: s for s in specs}
