@@ -12,10 +12,12 @@
    ``compare_scenarios``: the units as observed against the same units with
    the treatment switched off (a scalar override of the ``treat`` input,
    broadcast over the weeks), on the mean outcome over the post-period weeks.
-5. Print the recovered effect beside the true one.
+5. Print the recovered effect beside the true one and, with ``--plot``, draw
+   the treated units' average outcome per week: observed, predicted as
+   observed, and predicted with the treatment off (the counterfactual).
 
 Run it with ``python examples/panel_its.py`` (2,000 units, a minute or so) or
-``--units 20000`` for a larger panel.
+``--units 20000`` for a larger panel; ``--plot panel_its.png`` saves the figure.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import matplotlib
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -36,6 +39,8 @@ from numpyro.infer.autoguide import AutoNormal
 from numpyro.optim import Adam
 
 from dopax import ImpactModel
+
+matplotlib.use("Agg")
 
 WEEKS = 52
 START = 40  # the first treated week
@@ -104,6 +109,7 @@ def run(
     num_samples: int = 200,
     batch_size: int = 500,
     out: Path | None = None,
+    plot: Path | None = None,
 ) -> dict[str, Any]:
     """Simulate, fit, predict and estimate the post-period effect; return what was found.
 
@@ -113,6 +119,8 @@ def run(
         num_samples: Posterior draws.
         batch_size: Units per block of ``predict`` and ``compare_scenarios``.
         out: Folder for the predictions (a temporary one if ``None``).
+        plot: Where to save the figure of the treated units' weekly averages
+            (no figure if ``None``).
     """
     data = simulate(n_units)
     X, y, treat, window = data["X"], data["y"], data["treat"], data["window"]
@@ -135,6 +143,21 @@ def run(
         y_draws = tree["posterior_predictive"]["y"]
         chunks = y_draws.encoding.get("chunks")
         mean_path = np.asarray(y_draws.mean(("chain", "draw")).values)  # (weeks, units)
+        if plot is not None:
+            untreated = model.predict(
+                X,
+                batch_size=batch_size,
+                output_dir=where / "no_treatment",
+                progress=False,
+                treat=np.zeros_like(treat),
+                window=window,
+            )
+            treated = X[:, 1] > 0
+            paths = {
+                "predicted, as observed": y_draws,
+                "predicted, treatment off": untreated["posterior_predictive"]["y"],
+            }
+            _plot_treated(y[treated].mean(0), paths, treated, plot)
     result = model.compare_scenarios(
         X,
         {"as observed": {}, "no treatment": {"treat": 0.0}},
@@ -162,12 +185,39 @@ def run(
     }
 
 
+def _plot_treated(
+    observed: np.ndarray, paths: dict[str, Any], treated: np.ndarray, where: Path
+) -> None:
+    """Save the treated units' weekly average: observed, and each prediction's 95% band."""
+    import matplotlib.pyplot as plt
+
+    weeks = np.arange(len(observed))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(weeks, observed, color="black", lw=1.5, label="observed")
+    for (label, draws), color in zip(paths.items(), ("C0", "C1"), strict=True):
+        # average over the treated units, per draw and week: (chain, draw, week)
+        unit = draws.dims[-1]  # the site is (chain, draw, week, unit)
+        picked = draws.isel({unit: np.flatnonzero(treated)})
+        average = np.asarray(picked.mean(unit).values)
+        flat = average.reshape(-1, average.shape[-1])
+        low, mid, high = np.quantile(flat, [0.025, 0.5, 0.975], axis=0)
+        ax.plot(weeks, mid, color=color, label=label)
+        ax.fill_between(weeks, low, high, color=color, alpha=0.3)
+    ax.axvline(START - 0.5, color="grey", ls="--", lw=1)
+    ax.set_xlabel("week")
+    ax.set_ylabel("average outcome of the treated units")
+    ax.legend(loc="upper left")
+    fig.savefig(where, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--units", type=int, default=2_000)
     parser.add_argument("--steps", type=int, default=3_000)
+    parser.add_argument("--plot", type=Path, default=None, help="save the figure here (PNG)")
     args = parser.parse_args()
-    found = run(args.units, num_steps=args.steps)
+    found = run(args.units, num_steps=args.steps, plot=args.plot)
     print(found["table"])
     print(f"\npredictions: {found['shape']} (chain, draw, week, unit), chunks {found['chunks']}")
     print(

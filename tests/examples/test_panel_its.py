@@ -21,7 +21,10 @@ def test_panel_example_recovers_the_effect(tmp_path: Path) -> None:
     sys.modules["panel_its"] = module
     try:
         spec.loader.exec_module(module)
-        found = module.run(200, num_steps=1_500, num_samples=100, batch_size=64, out=tmp_path)
+        figure = tmp_path / "panel_its.png"
+        found = module.run(
+            200, num_steps=1_500, num_samples=100, batch_size=64, out=tmp_path, plot=figure
+        )
     finally:
         sys.modules.pop("panel_its", None)
     assert found["shape"] == (1, 100, 52, 200)  # (chain, draw, week, unit)
@@ -29,3 +32,4 @@ def test_panel_example_recovers_the_effect(tmp_path: Path) -> None:
     assert found["low"] <= found["true"] <= found["high"]
     assert found["high"] - found["low"] < 0.6
     assert found["untreated"] == 0.0  # nothing changes for units never treated
+    assert figure.read_bytes().startswith(b"\x89PNG")
