@@ -11,6 +11,20 @@ model), called once untimed to compile, then called ``reps`` times under the
 clock; the figure is the median of those timed calls. Anything a case does after
 the clock stops (checking and measuring what was written, deleting it) is kept
 out of the timing.
+
+The harness has four parts, each used by every workload script:
+
+- the command line (`add_options`, `base_arg_parser`, `workload_cli`): the
+  options workloads share (``--n``, ``--sizes``, ``--cases``, ``--reps``,
+  ``--draws``, ``--workdir``, ``--name``, ``--no-save``, ...) and the flow of a
+  run: a worker process, or the parent that runs the cases, prints the report
+  and saves it;
+- fresh processes (`run_worker`, `run_case`, `run_cases`; `worker_main` and
+  `emit_result` on the worker's side): one JSON line of results back from each;
+- cases (`Case`, `measure`, `folder_case`, `persisted_predict_case`,
+  `predictive_case`): what runs under the clock and what is checked after it;
+- results (`cases_payload`, `save_results`, `publish`) and tables
+  (`timing_table`, `case_table` and its columns, `time_target`, `report_text`).
 """
 
 from __future__ import annotations
@@ -31,7 +45,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -116,7 +130,7 @@ def dopax_version() -> str | None:
 
 
 # ----------------------------------------------------------------------------
-# Files and results on disk
+# Files on disk
 # ----------------------------------------------------------------------------
 
 
@@ -130,16 +144,11 @@ def dir_bytes(path: str | os.PathLike[str]) -> int:
     return total
 
 
-@contextlib.contextmanager
-def scratch_dir(base: str | None, prefix: str) -> Iterator[Path]:
-    """A temporary folder under ``base`` (default: the system temp dir), removed on exit."""
-    if base:
-        Path(base).mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=base or None))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def make_temp_dir(workdir: str | os.PathLike[str] | None, prefix: str) -> Path:
+    """A new folder under ``workdir`` (made when missing; default: the system temp dir)."""
+    if workdir:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=workdir or None))
 
 
 def find_variable(tree: Any, name: str) -> Any:
@@ -165,14 +174,6 @@ def check_persisted(tree: Any, name: str, shape_tail: tuple[int, ...]) -> dict[s
         "shape": list(shape),
         "complete": bool(ok_shape and np.all(np.isfinite(last))),
     }
-
-
-def save_results(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` to ``benchmarks/results/<name>.json`` and return the path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    return path
 
 
 # ----------------------------------------------------------------------------
@@ -297,53 +298,131 @@ def new_impact_model(package: str, kernel: Callable[..., Any], posterior: dict[s
     return model
 
 
+def batch_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """``{"batch_size": ...}`` when the case's parameters set one, else ``{}``."""
+    if params.get("batch_size") is None:
+        return {}
+    return {"batch_size": int(params["batch_size"])}
+
+
+def closer(model: Any = None, *folders: str | os.PathLike[str]) -> Callable[[], None]:
+    """A ``close`` for a case: ``model.cleanup()`` (errors ignored), then delete ``folders``."""
+
+    def close() -> None:
+        if model is not None:
+            with contextlib.suppress(Exception):
+                model.cleanup()
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    return close
+
+
+def folder_case(
+    produce: Callable[[Path], Any],
+    check: Callable[[Any, Path], dict[str, Any]] | None = None,
+    *,
+    workdir: str | None,
+    prefix: str,
+    model: Any = None,
+    remove: Sequence[str | os.PathLike[str]] = (),
+    info: dict[str, Any] | None = None,
+) -> Case:
+    """A case whose every call writes into a new folder of its own.
+
+    ``produce(folder)`` is the work under the clock (the folder is made inside
+    the call). After the clock stops the folder's size on disk is measured
+    (``disk_bytes``), ``check(result, folder)`` adds its figures, and the folder
+    is deleted. On close, ``model.cleanup()`` runs and the scratch folder under
+    ``workdir`` and the paths in ``remove`` are deleted.
+    """
+    scratch = make_temp_dir(workdir, prefix)
+
+    def call() -> tuple[Any, Path]:
+        folder = Path(tempfile.mkdtemp(prefix="out-", dir=scratch))
+        return produce(folder), folder
+
+    def finish(out: tuple[Any, Path]) -> dict[str, Any]:
+        result, folder = out
+        extra: dict[str, Any] = {"disk_bytes": dir_bytes(folder)}
+        if check is not None:
+            extra.update(check(result, folder))
+        shutil.rmtree(folder, ignore_errors=True)
+        return extra
+
+    return Case(
+        call=call, finish=finish, close=closer(model, scratch, *remove), info=dict(info or {})
+    )
+
+
 def persisted_predict_case(
     package: str,
     kernel: Callable[..., Any],
     posterior: dict[str, Any],
-    X: np.ndarray,
+    X: Any,
     *,
     check_site: str,
     workdir: str | None,
     predict_kwargs: dict[str, Any],
     seed: int = 2,
+    remove: Sequence[str | os.PathLike[str]] = (),
 ) -> Case:
     """A case timing ``ImpactModel.predict`` persisted to Zarr (dopax or aimz).
 
-    Each repetition writes into a new folder; after the clock stops, the folder's
-    size is measured, the last written value is checked, and the folder is deleted.
+    Each repetition writes into a new folder (see `folder_case`); after the
+    clock stops, its size is measured, the last written value of ``check_site``
+    is checked, and the folder is deleted.
     """
     import jax
 
     model = new_impact_model(package, kernel, posterior)
     num_draws = len(next(iter(posterior.values())))
-    scratch = Path(tempfile.mkdtemp(prefix=f"{package}-bench-", dir=workdir))
     key = jax.random.key(seed)
 
-    def call() -> tuple[Any, Path]:
-        out_dir = Path(tempfile.mkdtemp(prefix="predict-", dir=scratch))
-        tree = model.predict(
-            X, rng_key=key, output_dir=str(out_dir), progress=False, **predict_kwargs
+    def produce(folder: Path) -> Any:
+        return model.predict(
+            X, rng_key=key, output_dir=str(folder), progress=False, **predict_kwargs
         )
-        return tree, out_dir
 
-    def finish(out: tuple[Any, Path]) -> dict[str, Any]:
-        tree, out_dir = out
-        extra: dict[str, Any] = {"disk_bytes": dir_bytes(out_dir)}
+    def check(tree: Any, _folder: Path) -> dict[str, Any]:
         try:
-            extra.update(check_persisted(tree, check_site, (num_draws, int(X.shape[0]))))
+            return check_persisted(tree, check_site, (num_draws, int(X.shape[0])))
         except Exception as exc:
-            extra["check_error"] = repr(exc)
-        del tree
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return extra
+            return {"check_error": repr(exc)}
 
-    def close() -> None:
-        with contextlib.suppress(Exception):
-            model.cleanup()
-        shutil.rmtree(scratch, ignore_errors=True)
+    return folder_case(
+        produce,
+        check,
+        workdir=workdir,
+        prefix=f"{package}-bench-",
+        model=model,
+        remove=remove,
+        info={"input_bytes": int(X.nbytes)},
+    )
 
-    return Case(call=call, finish=finish, close=close, info={"input_bytes": int(X.nbytes)})
+
+def predictive_case(
+    kernel: Callable[..., Any],
+    posterior: dict[str, Any],
+    X: np.ndarray,
+    return_sites: Sequence[str] | None = None,
+    seed: int = 2,
+) -> Case:
+    """NumPyro ``Predictive`` in memory, ``jax.block_until_ready``: the usual reference."""
+    import jax
+    from numpyro.infer import Predictive
+
+    sites = None if return_sites is None else list(return_sites)
+    predictive = Predictive(kernel, posterior_samples=posterior, return_sites=sites)
+    key = jax.random.key(seed)
+
+    def call() -> dict[str, Any]:
+        return jax.block_until_ready(predictive(key, X))
+
+    def finish(out: dict[str, Any]) -> dict[str, Any]:
+        return {"output_bytes": int(sum(v.nbytes for v in out.values()))}
+
+    return Case(call=call, finish=finish, info={"input_bytes": int(X.nbytes)})
 
 
 def env_info() -> dict[str, Any]:
@@ -362,7 +441,7 @@ def env_info() -> dict[str, Any]:
 
 def worker_main(
     module: str,
-    builders: dict[str, Callable[[dict[str, Any]], Case]],
+    builders: Mapping[str, Callable[[dict[str, Any]], Case]],
     argv: Sequence[str] | None = None,
 ) -> int:
     """Entry point of a worker process: set up one case, measure it, print one JSON line."""
@@ -401,9 +480,14 @@ def worker_main(
     result["peak_rss_gib"] = peak_rss_bytes() / GIB
     with contextlib.suppress(Exception):
         result["env"] = env_info()
+    emit_result(result)
+    return 0
+
+
+def emit_result(result: dict[str, Any]) -> None:
+    """Print a worker's result as the one line that `run_worker` reads back."""
     sys.stdout.write(RESULT_MARKER + json.dumps(result, default=str) + "\n")
     sys.stdout.flush()
-    return 0
 
 
 # ----------------------------------------------------------------------------
@@ -416,6 +500,47 @@ def _child_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def run_worker(
+    cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float | None = None
+) -> dict[str, Any]:
+    """Run ``cmd`` in a fresh process from the repository root; return the result it printed.
+
+    A worker prints its result as one JSON line (`emit_result`); its other
+    output goes to this process's stderr. Without that line (a crash, a kill for
+    memory, a timeout) the result is ``{"status": "failed", "reason": ...}``.
+    ``process_wall_seconds`` is the whole process's wall time. ``env`` defaults
+    to this process's environment with the repository on ``PYTHONPATH``.
+    """
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            list(cmd),
+            cwd=REPO_ROOT,
+            env=_child_env() if env is None else env,
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "reason": f"timed out after {timeout} s"}
+    wall = time.perf_counter() - start
+    result: dict[str, Any] | None = None
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_MARKER):
+            result = json.loads(line[len(RESULT_MARKER) :])
+        elif line.strip():
+            print(line, file=sys.stderr)
+    if result is None:
+        result = {
+            "status": "failed",
+            "reason": f"worker exited with code {proc.returncode} and no result "
+            "(killed for memory?)",
+        }
+    result["process_wall_seconds"] = wall
+    return result
 
 
 def run_case(
@@ -432,56 +557,12 @@ def run_case(
     cmd = [sys.executable, "-m", f"benchmarks.{module}", "--case", case, "--json"]
     cmd.append(json.dumps(params))
     print(f"[bench] {module}:{case} {json.dumps(params)}", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            cmd,
-            cwd=REPO_ROOT,
-            env=_child_env(),
-            stdout=subprocess.PIPE,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return {
-            "module": module,
-            "case": case,
-            "params": params,
-            "status": "failed",
-            "reason": f"timed out after {timeout} s",
-        }
-    wall = time.perf_counter() - start
-    result: dict[str, Any] | None = None
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_MARKER):
-            result = json.loads(line[len(RESULT_MARKER) :])
-        elif line.strip():
-            print(line, file=sys.stderr)
-    if result is None:
-        result = {
-            "module": module,
-            "case": case,
-            "params": params,
-            "status": "failed",
-            "reason": f"worker exited with code {proc.returncode} and no result "
-            "(killed for memory?)",
-        }
-    result["process_wall_seconds"] = wall
+    result = {"module": module, "case": case, "params": params}
+    result.update(run_worker(cmd, timeout=timeout))
     status = result["status"]
     summary = f"{result['seconds']:.3f} s median" if status == "ok" else result.get("reason")
     print(f"[bench] {module}:{case} -> {status}: {summary}", file=sys.stderr, flush=True)
     return result
-
-
-def add_rounds_argument(parser: argparse.ArgumentParser) -> None:
-    """The ``--rounds`` option of workloads that compare cases (see :func:`run_cases`)."""
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="run the cases this many times, interleaved, and pool their repetitions",
-    )
 
 
 def run_cases(
@@ -588,7 +669,7 @@ def describe_machine(info: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------
-# Reporting
+# Tables
 # ----------------------------------------------------------------------------
 
 
@@ -604,6 +685,39 @@ def seconds_of(result: dict[str, Any] | None) -> float | None:
     if not result or result.get("status") != "ok":
         return None
     return float(result["seconds"])
+
+
+def cpu_seconds_of(result: dict[str, Any] | None) -> float | None:
+    """Median process CPU seconds of a result, or ``None`` unless it ran."""
+    if not result or result.get("status") != "ok" or "cpu_seconds" not in result:
+        return None
+    return float(result["cpu_seconds"])
+
+
+def setup_rss_of(result: dict[str, Any] | None) -> float | None:
+    """Peak RSS (GiB) once the case was set up (data, fit, model), before any timed call."""
+    if not result or result.get("status") != "ok":
+        return None
+    return result.get("setup_peak_rss_gib")
+
+
+def rss_of(result: dict[str, Any] | None) -> float | None:
+    """Peak RSS (GiB) of a case that ran, else ``None``."""
+    if not result or result.get("status") != "ok":
+        return None
+    return float(result["peak_rss_gib"])
+
+
+def extra_of(result: dict[str, Any] | None) -> dict[str, Any]:
+    """The figures a case's last repetition added after the clock (``{}`` unless it ran)."""
+    if not result or result.get("status") != "ok":
+        return {}
+    return dict(result.get("extra") or {})
+
+
+def gb(n_bytes: float | None) -> float | None:
+    """Bytes as GB (10**9), or ``None``."""
+    return None if n_bytes is None else n_bytes / GB
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -634,6 +748,72 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
+#: A table column: its header and its cell, from a row's key and result.
+Column = tuple[str, Callable[[str, dict[str, Any]], Any]]
+
+SECONDS: Column = ("median s", lambda _key, res: seconds_of(res))
+CPU_SECONDS: Column = ("CPU s", lambda _key, res: cpu_seconds_of(res))
+SETUP_RSS: Column = ("setup RSS GiB", lambda _key, res: setup_rss_of(res))
+PEAK_RSS: Column = ("peak RSS GiB", lambda _key, res: rss_of(res))
+DISK_GB: Column = ("disk GB", lambda _key, res: gb(extra_of(res).get("disk_bytes")))
+STATUS: Column = ("status", lambda _key, res: res.get("status"))
+COMPLETE: Column = ("complete", lambda _key, res: extra_of(res).get("complete"))
+
+
+def titled(header: str, column: Column) -> Column:
+    """``column`` under another header."""
+    return (header, column[1])
+
+
+def extra_column(key: str, header: str | None = None) -> Column:
+    """A column with the figure ``key`` that a case added after the clock."""
+    return (header or key, lambda _key, res: extra_of(res).get(key))
+
+
+def versus(results: dict[str, dict[str, Any]], reference: str, header: str | None = None) -> Column:
+    """A column with each case's median seconds over those of case ``reference``."""
+    ref = seconds_of(results.get(reference))
+    return (header or f"x {reference}", lambda _key, res: ratio(seconds_of(res), ref))
+
+
+def case_table(
+    results: dict[str, dict[str, Any]],
+    columns: Sequence[Column],
+    first: str = "case",
+    label: Callable[[str], Any] = str,
+) -> str:
+    """A markdown table with a row per result: ``label(key)`` under ``first``, then ``columns``."""
+    headers = [first, *(header for header, _ in columns)]
+    rows = [[label(key), *(cell(key, res) for _, cell in columns)] for key, res in results.items()]
+    return markdown_table(headers, rows)
+
+
+def timing_table(
+    results: dict[str, dict[str, Any]],
+    references: Sequence[str | Column] = (),
+    *,
+    cpu: bool = True,
+    setup_rss: bool = False,
+    extra: Sequence[Column] = (),
+    first: str = "case",
+    seconds: str = "median s",
+) -> str:
+    """The usual table of a workload's cases.
+
+    Columns: median seconds (header ``seconds``), CPU seconds, the ratio to each
+    of ``references`` (a case name, or a `versus` column of one), setup RSS,
+    peak RSS, disk GB, the ``extra`` columns, status.
+    """
+    columns = [titled(seconds, SECONDS)]
+    if cpu:
+        columns.append(CPU_SECONDS)
+    columns += [versus(results, r) if isinstance(r, str) else r for r in references]
+    if setup_rss:
+        columns.append(SETUP_RSS)
+    columns += [PEAK_RSS, DISK_GB, *extra, STATUS]
+    return case_table(results, columns, first)
+
+
 def status_notes(results: dict[str, dict[str, Any]]) -> list[str]:
     """One line per case that did not run (with the reason) or ran fewer than 3 timed reps."""
     notes = []
@@ -645,27 +825,6 @@ def status_notes(results: dict[str, dict[str, Any]]) -> list[str]:
     return notes
 
 
-def cpu_seconds_of(result: dict[str, Any] | None) -> float | None:
-    """Median process CPU seconds of a result, or ``None`` unless it ran."""
-    if not result or result.get("status") != "ok" or "cpu_seconds" not in result:
-        return None
-    return float(result["cpu_seconds"])
-
-
-def setup_rss_of(result: dict[str, Any] | None) -> float | None:
-    """Peak RSS (GiB) once the case was set up (data, fit, model), before any timed call."""
-    if not result or result.get("status") != "ok":
-        return None
-    return result.get("setup_peak_rss_gib")
-
-
-def rss_of(result: dict[str, Any] | None) -> float | None:
-    """Peak RSS (GiB) of a case that ran, else ``None``."""
-    if not result or result.get("status") != "ok":
-        return None
-    return float(result["peak_rss_gib"])
-
-
 def target_line(label: str, value: float | None, limit: float) -> str:
     """One line stating a target and whether the measured value meets it."""
     if value is None:
@@ -674,33 +833,149 @@ def target_line(label: str, value: float | None, limit: float) -> str:
     return f"- {label} <= {limit:g}: {value:.3g} ({verdict})"
 
 
+def time_target(
+    results: dict[str, dict[str, Any]],
+    case: str,
+    reference: str,
+    limit: float,
+    label: str | None = None,
+) -> str:
+    """`target_line` for the median seconds of ``case`` over those of ``reference``."""
+    value = ratio(seconds_of(results.get(case)), seconds_of(results.get(reference)))
+    return target_line(label or f"{case} / {reference}", value, limit)
+
+
+def report_text(
+    title: str,
+    table: str,
+    results: dict[str, dict[str, Any]] | None = None,
+    *,
+    notes: Sequence[str] = (),
+    targets: Sequence[str] = (),
+    heading: str = "Targets:",
+) -> str:
+    """A workload's report: title, table, `status_notes` of ``results``, notes, targets."""
+    lines = [title, "", table]
+    if results is not None:
+        lines += status_notes(results)
+    lines += [*notes, "", heading, *targets]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------
+
+
 def timestamp() -> str:
     """Current UTC time, ISO 8601."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def base_arg_parser(description: str) -> argparse.ArgumentParser:
-    """Options shared by every workload CLI."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per case")
-    parser.add_argument("--draws", type=int, default=1000, help="posterior draws")
-    parser.add_argument(
-        "--workdir",
-        default=None,
-        help="base folder for persisted outputs (default: the system temp dir)",
-    )
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per case process")
-    parser.add_argument("--name", default=None, help="results file name (without .json)")
-    parser.add_argument("--no-save", action="store_true", help="do not write results JSON")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dopax ExecutionConfig setting for the dopax cases, e.g. --set direct_io=false "
+def save_results(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``benchmarks/results/<name>.json`` and return the path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path
+
+
+def publish(
+    payload: dict[str, Any],
+    machine: dict[str, Any],
+    args: Any,
+    name: str,
+    report: Callable[[dict[str, Any]], str],
+) -> None:
+    """Annotate a workload's payload, print its report and save it unless ``--no-save``.
+
+    The file is ``benchmarks/results/<--name or name>.json``.
+    """
+    payload.update(machine=machine, command=" ".join(sys.argv), finished_at=timestamp())
+    print(describe_machine(machine))
+    print()
+    print(report(payload), flush=True)
+    if not getattr(args, "no_save", False):
+        path = save_results(getattr(args, "name", None) or name, payload)
+        print(f"\nresults: {path}")
+
+
+# ----------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------
+
+
+def ints(text: str) -> list[int]:
+    """Comma-separated whole numbers (``"100000,1000000"``); ``""`` is none."""
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
+def names(text: str) -> list[str]:
+    """Comma-separated names (``"predictive,dopax"``); ``""`` is none."""
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+#: The options workloads share, by destination: argparse settings and a help text.
+#: A workload adds those it has with its own defaults (`add_options`).
+OPTIONS: dict[str, dict[str, Any]] = {
+    "n": {"type": int, "help": "rows"},
+    "sizes": {"type": ints, "help": "comma-separated row counts"},
+    "rss_sizes": {"type": ints, "help": "comma-separated row counts of the memory runs"},
+    "cases": {"type": names, "help": "comma-separated cases"},
+    "reps": {"type": int, "help": "timed repetitions per case"},
+    "rounds": {
+        "type": int,
+        "help": "run the cases this many times, interleaved, and pool their repetitions",
+    },
+    "draws": {"type": int, "help": "posterior draws"},
+    "batch_size": {"type": int, "help": "predict batch_size"},
+    "workdir": {"help": "base folder for persisted outputs (default: the system temp dir)"},
+    "timeout": {"type": float, "help": "seconds per case process"},
+    "name": {"help": "results file name (without .json)"},
+    "no_save": {"action": "store_true", "help": "do not write results JSON"},
+    "set": {
+        "action": "append",
+        "metavar": "KEY=VALUE",
+        "help": "dopax ExecutionConfig setting for the dopax cases, e.g. --set direct_io=false "
         "(repeatable; values parsed as JSON, else taken as strings; 'none' means None)",
-    )
+    },
+}
+
+#: The options of every workload that runs cases (`base_arg_parser`), with their defaults.
+WORKLOAD_OPTIONS: dict[str, Any] = {
+    "reps": 3,
+    "draws": 1000,
+    "workdir": None,
+    "timeout": None,
+    "name": None,
+    "no_save": False,
+    "set": [],
+}
+
+
+def add_options(
+    parser: argparse.ArgumentParser, helps: dict[str, str] | None = None, **defaults: Any
+) -> argparse.ArgumentParser:
+    """Add the shared `OPTIONS` named in ``defaults`` (``batch_size`` is ``--batch-size``).
+
+    Each keyword's value is the option's default; list options (``sizes``,
+    ``cases``, ...) take a list and parse the command line's comma-separated
+    text into one. ``helps`` replaces help texts.
+    """
+    for dest, default in defaults.items():
+        settings = dict(OPTIONS[dest])
+        if helps and dest in helps:
+            settings["help"] = helps[dest]
+        if isinstance(default, (list, tuple)):
+            default = list(default)
+        parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=default, **settings)
     return parser
+
+
+def base_arg_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
+    """A parser with `WORKLOAD_OPTIONS` and the shared options named in ``defaults``."""
+    parser = argparse.ArgumentParser(description=description)
+    return add_options(parser, **{**WORKLOAD_OPTIONS, **defaults})
 
 
 #: dopax settings for every case of this run (from ``--set``), sent to workers.
@@ -721,6 +996,69 @@ def use_dopax_settings(pairs: Sequence[str]) -> dict[str, Any]:
     return dict(_DOPAX_CONFIG)
 
 
+def options(parser: argparse.ArgumentParser, **given: Any) -> argparse.Namespace:
+    """The options of ``parser`` at their defaults, with ``given`` in place (for `run_all`)."""
+    args = parser.parse_args([])
+    for key, value in given.items():
+        if not hasattr(args, key):
+            raise TypeError(f"no option {key!r}")
+        setattr(args, key, value)
+    return args
+
+
+def pick(args: argparse.Namespace, *keys: str) -> dict[str, Any]:
+    """The options ``keys`` of ``args`` as a dict (the parameters sent to the workers)."""
+    return {key: getattr(args, key) for key in keys}
+
+
+def cases_payload(
+    name: str,
+    cases: Sequence[str],
+    params: dict[str, Any],
+    *,
+    rounds: int = 1,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Run ``cases`` with ``params`` (`run_cases`) and return the workload's payload."""
+    results = run_cases(name, cases, rounds=rounds, timeout=timeout, **params)
+    return {"workload": name, "params": {**params, "rounds": rounds}, "results": results}
+
+
+def workload_cli(
+    name: str,
+    arg_parser: Callable[[], argparse.ArgumentParser],
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+    *,
+    builders: Mapping[str, Callable[[dict[str, Any]], Case]] | None = None,
+    results_name: Callable[[argparse.Namespace], str] | None = None,
+) -> Callable[..., int]:
+    """The ``main(argv=None)`` of a workload script.
+
+    With ``--case`` (and ``builders``) it is a worker process: `worker_main`.
+    Otherwise it parses ``argv`` with ``arg_parser()``, makes the ``--workdir``
+    folder, applies ``--set``, describes the machine, calls ``run(args)`` for the
+    payload (the cases run in fresh processes), prints ``report(payload)`` and
+    saves the payload as ``benchmarks/results/<name>.json`` (see `publish`;
+    ``results_name(args)`` replaces ``name``).
+    """
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if builders is not None and "--case" in argv:
+            return worker_main(name, builders, argv)
+        args = arg_parser().parse_args(argv)
+        if getattr(args, "workdir", None):
+            Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        use_dopax_settings(getattr(args, "set", None) or [])
+        machine = machine_info()
+        payload = run(args)
+        publish(payload, machine, args, results_name(args) if results_name else name, report)
+        return 0
+
+    return main
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.common --env-info`` prints `env_info` as JSON."""
     parser = argparse.ArgumentParser()
@@ -733,20 +1071,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def publish(
-    payload: dict[str, Any],
-    machine: dict[str, Any],
-    args: Any,
-    name: str,
-    report: Callable[[dict[str, Any]], str],
-) -> None:
-    """Annotate a workload's payload, print its report and save it unless ``--no-save``."""
-    payload.update(machine=machine, command=" ".join(sys.argv), finished_at=timestamp())
-    print(describe_machine(machine))
-    print()
-    print(report(payload))
-    if not args.no_save:
-        path = save_results(args.name or name, payload)
-        print(f"\nresults: {path}")

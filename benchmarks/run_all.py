@@ -13,7 +13,9 @@ Usage:
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 try:
@@ -25,49 +27,46 @@ except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.pat
     import w3_effect  # type: ignore[no-redef]
     import w4_memory  # type: ignore[no-redef]
 
-FULL: dict[str, dict[str, Any]] = {
-    "w1": {"n": 1_000_000},
-    "w2": {"n": 20_000},
-    "w3": {"n": 1_000_000},
-    "w4": {"sizes": list(w4_memory.SIZES)},
-}
+#: Sizes of ``--quick``; a full run takes each workload's own defaults.
 QUICK: dict[str, dict[str, Any]] = {
     "w1": {"n": 20_000},
     "w2": {"n": 2_000, "train_rows": 2_000},
     "w3": {"n": 20_000},
     "w4": {"sizes": [10_000, 100_000]},
 }
-WORKLOADS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[dict[str, Any]], str]]] = {
-    "w1": (w1_linear.run_workload, w1_linear.report),
-    "w2": (w2_bnn.run_workload, w2_bnn.report),
-    "w3": (w3_effect.run_workload, w3_effect.report),
-    "w4": (w4_memory.run_workload, w4_memory.report),
+WORKLOADS: dict[str, ModuleType] = {
+    "w1": w1_linear,
+    "w2": w2_bnn,
+    "w3": w3_effect,
+    "w4": w4_memory,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.base_arg_parser(__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    parser.add_argument("--only", default=",".join(WORKLOADS), help="e.g. w1,w3")
+    parser.add_argument("--only", type=common.names, default=list(WORKLOADS), help="e.g. w1,w3")
     args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    common.use_dopax_settings(args.set)
+    sizes = QUICK if args.quick else {}
     suffix = "-quick" if args.quick else ""
     machine = common.machine_info()
     print(common.describe_machine(machine), flush=True)
     everything: dict[str, Any] = {"machine": machine, "command": " ".join(sys.argv)}
-    for name in [w for w in args.only.split(",") if w]:
-        run, report = WORKLOADS[name]
-        payload = run(
-            reps=args.reps,
-            draws=args.draws,
-            workdir=args.workdir,
-            timeout=args.timeout,
-            **sizes[name],
+    for name in args.only:
+        workload = WORKLOADS[name]
+        options = common.options(
+            workload.arg_parser(),
+            **common.pick(args, "reps", "draws", "workdir", "timeout"),
+            **sizes.get(name, {}),
         )
+        payload = workload.run_workload(options)
         payload.update(machine=machine, finished_at=common.timestamp())
         everything[name] = payload
         print()
-        print(report(payload), flush=True)
+        print(workload.report(payload), flush=True)
         if not args.no_save:
             common.save_results(f"{payload['workload']}{suffix}", payload)
     if not args.no_save:

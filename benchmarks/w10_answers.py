@@ -28,11 +28,7 @@ Usage:
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import sys
-import tempfile
-from collections.abc import Sequence
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -81,51 +77,39 @@ def _dopax_case(params: dict[str, Any], method: str) -> common.Case:
     post, X = _setup(params)
     y = observed(X)
     model = common.new_impact_model("dopax", w1_linear.kernel, post)
-    if params.get("workdir"):
-        Path(params["workdir"]).mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="w10-bench-", dir=params.get("workdir")))
     key = jax.random.key(2)
-    kwargs: dict[str, Any] = {"progress": False, "rng_key": key}
-    if params.get("batch_size") is not None:
-        kwargs["batch_size"] = int(params["batch_size"])
+    kwargs: dict[str, Any] = {"progress": False, "rng_key": key, **common.batch_kwargs(params)}
 
-    def call() -> tuple[Any, Path]:
-        out_dir = Path(tempfile.mkdtemp(prefix=f"{method}-", dir=scratch))
+    def produce(out_dir: Path) -> Any:
         if method == "summarize":
-            out = model.summarize(X, return_sites=SITES, output_dir=str(out_dir), **kwargs)
-        elif method == "loo":
-            out = model.loo(X, y, output_dir=str(out_dir), **kwargs)
-        else:
-            kwargs.pop("rng_key", None)
-            out = model.log_likelihood(X, y, output_dir=str(out_dir), **kwargs)
-        return out, out_dir
+            return model.summarize(X, return_sites=SITES, output_dir=str(out_dir), **kwargs)
+        if method == "loo":
+            return model.loo(X, y, output_dir=str(out_dir), **kwargs)
+        kwargs.pop("rng_key", None)
+        return model.log_likelihood(X, y, output_dir=str(out_dir), **kwargs)
 
-    def finish(out: tuple[Any, Path]) -> dict[str, Any]:
-        result, out_dir = out
-        extra: dict[str, Any] = {"disk_bytes": common.dir_bytes(out_dir)}
+    def check(result: Any, _folder: Path) -> dict[str, Any]:
         if method == "summarize":
             last = float(result["summary"]["y_upper"][-1])
-            extra.update(complete=bool(np.isfinite(last)), batch_size=result.attrs["batch_size"])
-        elif method == "loo":
-            extra.update(
-                elpd_loo=float(result.elpd_loo),
-                se=float(result.se),
-                p_loo=float(result.p_loo),
-                max_pareto_k=float(np.nanmax(result.pareto_k.values)),
-                complete=bool(np.isfinite(float(result.loo_i[-1]))),
-            )
-        else:
-            extra.update(common.check_persisted(result, "y", (int(X.shape[0]),)))
-        del result
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return extra
+            return {"complete": bool(np.isfinite(last)), "batch_size": result.attrs["batch_size"]}
+        if method == "loo":
+            return {
+                "elpd_loo": float(result.elpd_loo),
+                "se": float(result.se),
+                "p_loo": float(result.p_loo),
+                "max_pareto_k": float(np.nanmax(result.pareto_k.values)),
+                "complete": bool(np.isfinite(float(result.loo_i[-1]))),
+            }
+        return common.check_persisted(result, "y", (int(X.shape[0]),))
 
-    def close() -> None:
-        with contextlib.suppress(Exception):
-            model.cleanup()
-        shutil.rmtree(scratch, ignore_errors=True)
-
-    return common.Case(call=call, finish=finish, close=close, info={"input_bytes": int(X.nbytes)})
+    return common.folder_case(
+        produce,
+        check,
+        workdir=params.get("workdir"),
+        prefix="w10-bench-",
+        model=model,
+        info={"input_bytes": int(X.nbytes)},
+    )
 
 
 def build_predictive_numpy(params: dict[str, Any]) -> common.Case:
@@ -196,127 +180,98 @@ BUILDERS = {
 # ----------------------------------------------------------------------------
 
 
-def run_workload(
-    *,
-    n: int,
-    reps: int,
-    draws: int,
-    cases: Sequence[str],
-    rss_sizes: Sequence[int],
-    workdir: str | None,
-    batch_size: int | None,
-    timeout: float | None,
-    rounds: int,
-) -> dict[str, Any]:
-    """Run every case at ``n`` rows, then ``summarize`` and ``loo`` at each RSS size."""
-    if workdir:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-    params = {"n": n, "reps": reps, "draws": draws, "workdir": workdir, "batch_size": batch_size}
-    results = common.run_cases(NAME, cases, rounds=rounds, timeout=timeout, **params)
+def run_workload(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every case at ``--n`` rows, then ``summarize`` and ``loo`` at each RSS size.
+
+    ``--quick`` and ``--gpu`` set the sizes and cases they name first.
+    """
+    if args.quick:
+        args.n, args.rss_sizes = 100_000, args.rss_sizes or [20_000, 200_000]
+    if args.gpu:
+        args.n, args.cases = 1_000_000, ["predictive", "summarize", "log_likelihood", "loo"]
+        args.workdir = args.workdir or "/tmp/dopax-bench"
+    params = common.pick(args, "n", "reps", "draws", "workdir", "batch_size")
+    payload = common.cases_payload(
+        NAME, args.cases, params, rounds=args.rounds, timeout=args.timeout
+    )
     memory: dict[str, dict[str, Any]] = {}
-    for size in rss_sizes:
+    for size in args.rss_sizes:
         for case in ("summarize", "loo"):
             memory[f"{case}@{size}"] = common.run_case(
-                NAME, case, timeout=timeout, **{**params, "n": size, "reps": 1}
+                NAME, case, timeout=args.timeout, **{**params, "n": size, "reps": 1}
             )
-    return {
-        "workload": NAME,
-        "params": {**params, "rounds": rounds, "rss_sizes": list(rss_sizes)},
-        "results": results,
-        "memory": memory,
-    }
+    payload["params"]["rss_sizes"] = list(args.rss_sizes)
+    payload["memory"] = memory
+    return payload
 
 
 def report(payload: dict[str, Any]) -> str:
     """Markdown tables and target checks for a W10 payload."""
     results = payload["results"]
     p = payload["params"]
-    sec = {case: common.seconds_of(res) for case, res in results.items()}
-    headers = ["case", "median s", "CPU s", "x predict", "x log_likelihood", "peak RSS GiB"]
-    headers += ["disk GB", "status"]
-    rows = []
-    for case, res in results.items():
-        disk = res.get("extra", {}).get("disk_bytes")
-        rows.append(
-            [
-                case,
-                sec[case],
-                common.cpu_seconds_of(res),
-                common.ratio(sec[case], sec.get("predict")),
-                common.ratio(sec[case], sec.get("log_likelihood")),
-                common.rss_of(res),
-                None if disk is None else disk / common.GB,
-                res.get("status"),
-            ]
-        )
-    lines = [
-        f"### W10 answers: n = {p['n']:,} rows, {p['draws']:,} draws, sites {', '.join(SITES)}",
-        "",
-        common.markdown_table(headers, rows),
-        *common.status_notes(results),
-    ]
+    notes = []
     memory = payload.get("memory") or {}
     if memory:
-        mem_rows = [
-            [key, common.seconds_of(res), common.rss_of(res), res.get("status")]
-            for key, res in memory.items()
-        ]
-        lines += ["", common.markdown_table(["case@rows", "s", "peak RSS GiB", "status"], mem_rows)]
+        mem_columns = [common.titled("s", common.SECONDS), common.PEAK_RSS, common.STATUS]
+        notes += ["", common.case_table(memory, mem_columns, "case@rows")]
+    targets = [
+        common.time_target(results, "summarize", "predict", TARGET_SUMMARIZE_VS_PREDICT),
+        common.time_target(
+            results,
+            "summarize",
+            "predictive_numpy",
+            TARGET_SUMMARIZE_VS_NUMPY,
+            "summarize / (Predictive + NumPy)",
+        ),
+        common.time_target(results, "loo", "log_likelihood", TARGET_LOO_VS_LOG_LIK),
+        common.time_target(
+            results,
+            "summarize",
+            "predictive",
+            TARGET_SUMMARIZE_VS_DEVICE,
+            "summarize / Predictive on the device",
+        ),
+    ]
     sizes = p.get("rss_sizes") or []
-    rss_ratio: dict[str, float | None] = {}
     if len(sizes) >= 2:
         lo, hi = min(sizes), max(sizes)
         for case in ("summarize", "loo"):
-            rss_ratio[case] = common.ratio(
+            value = common.ratio(
                 common.rss_of(memory.get(f"{case}@{hi}")), common.rss_of(memory.get(f"{case}@{lo}"))
             )
-    loo_rss = common.rss_of(memory.get(f"loo@{max(sizes)}")) if sizes else None
-    lines += [
-        "",
-        "Targets (same run):",
-        common.target_line(
-            "summarize / predict",
-            common.ratio(sec.get("summarize"), sec.get("predict")),
-            TARGET_SUMMARIZE_VS_PREDICT,
-        ),
-        common.target_line(
-            "summarize / (Predictive + NumPy)",
-            common.ratio(sec.get("summarize"), sec.get("predictive_numpy")),
-            TARGET_SUMMARIZE_VS_NUMPY,
-        ),
-        common.target_line(
-            "loo / log_likelihood",
-            common.ratio(sec.get("loo"), sec.get("log_likelihood")),
-            TARGET_LOO_VS_LOG_LIK,
-        ),
-        common.target_line(
-            "summarize / Predictive on the device",
-            common.ratio(sec.get("summarize"), sec.get("predictive")),
-            TARGET_SUMMARIZE_VS_DEVICE,
-        ),
-    ]
-    for case, value in rss_ratio.items():
-        lines.append(common.target_line(f"{case} peak RSS {max(sizes):,} / {min(sizes):,} rows",
-                                        value, TARGET_RSS_RATIO))  # fmt: skip
+            targets.append(
+                common.target_line(f"{case} peak RSS {hi:,} / {lo:,} rows", value, TARGET_RSS_RATIO)
+            )
     if sizes:
-        lines.append(
+        loo_rss = common.rss_of(memory.get(f"loo@{max(sizes)}"))
+        targets.append(
             common.target_line(
                 f"loo peak RSS GiB at {max(sizes):,} rows", loo_rss, TARGET_LOO_RSS_GIB
             )
         )
-    return "\n".join(lines)
+    return common.report_text(
+        f"### W10 answers: n = {p['n']:,} rows, {p['draws']:,} draws, sites {', '.join(SITES)}",
+        common.timing_table(results, ["predict", "log_likelihood"]),
+        results,
+        notes=notes,
+        targets=targets,
+        heading="Targets (same run):",
+    )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--case" in argv:
-        return common.worker_main(NAME, BUILDERS, argv)
-    parser = common.base_arg_parser(__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000, help="rows of the timed cases")
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
-    parser.add_argument("--batch-size", type=int, default=None, help="rows per block")
-    parser.add_argument(
-        "--rss-sizes", default="", help="comma-separated row counts for the memory runs"
+def arg_parser() -> argparse.ArgumentParser:
+    parser = common.base_arg_parser(
+        __doc__.splitlines()[0],
+        helps={
+            "n": "rows of the timed cases",
+            "batch_size": "rows per block",
+            "rss_sizes": "comma-separated row counts for the memory runs",
+        },
+        n=1_000_000,
+        cases=CASES,
+        batch_size=None,
+        rss_sizes=[],
+        rounds=1,
     )
     parser.add_argument(
         "--quick", action="store_true",
@@ -327,29 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the GPU run: --n 1000000 --cases predictive,summarize,log_likelihood,loo "
         "--workdir /tmp/dopax-bench",
     )  # fmt: skip
-    common.add_rounds_argument(parser)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.n, args.rss_sizes = 100_000, args.rss_sizes or "20000,200000"
-    if args.gpu:
-        args.n, args.cases = 1_000_000, "predictive,summarize,log_likelihood,loo"
-        args.workdir = args.workdir or "/tmp/dopax-bench"
-    common.use_dopax_settings(args.set)
-    machine = common.machine_info()
-    payload = run_workload(
-        n=args.n,
-        reps=args.reps,
-        draws=args.draws,
-        cases=[c for c in args.cases.split(",") if c],
-        rss_sizes=[int(s) for s in args.rss_sizes.split(",") if s],
-        workdir=args.workdir,
-        batch_size=args.batch_size,
-        timeout=args.timeout,
-        rounds=args.rounds,
-    )
-    common.publish(payload, machine, args, NAME, report)
-    return 0
+    return parser
 
+
+main = common.workload_cli(NAME, arg_parser, run_workload, report, builders=BUILDERS)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -17,8 +17,9 @@ Usage:
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
+import argparse
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,13 +42,18 @@ TARGET_VS_AIMZ = 0.35
 TARGET_RSS_GIB = 1.5
 
 
-def kernel(X, y=None):
+def linear_kernel(X: Any, y: Any, likelihood: Callable[[Any, Any], Any]) -> None:
+    """W1's priors and ``mu``, with ``y ~ likelihood(mu, sigma)`` in the plate over rows."""
     alpha = numpyro.sample("alpha", dist.Normal(0.0, 5.0))
     beta = numpyro.sample("beta", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
     sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
     with numpyro.plate("obs", X.shape[0]):
         mu = numpyro.deterministic("mu", alpha + X @ beta)
-        numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+        numpyro.sample("y", likelihood(mu, sigma), obs=y)
+
+
+def kernel(X, y=None):
+    linear_kernel(X, y, dist.Normal)
 
 
 def training_data() -> tuple[np.ndarray, np.ndarray]:
@@ -73,25 +79,24 @@ def posterior(num_draws: int) -> dict[str, np.ndarray]:
 
 def build_predictive(params: dict[str, Any], model: Any = None) -> common.Case:
     """NumPyro ``Predictive`` of W1's posterior, with W1's kernel or ``model``."""
-    import jax
-    from numpyro.infer import Predictive
-
-    sites = list(params.get("return_sites", SITES))
     post = posterior(int(params.get("draws", 1000)))
     X = common.make_X(int(params["n"]), NUM_FEATURES)
-    predictive = Predictive(model or kernel, posterior_samples=post, return_sites=sites)
-    key = jax.random.key(2)
-
-    def call() -> dict[str, Any]:
-        return jax.block_until_ready(predictive(key, X))
-
-    def finish(out: dict[str, Any]) -> dict[str, Any]:
-        return {"output_bytes": int(sum(v.nbytes for v in out.values()))}
-
-    return common.Case(call=call, finish=finish, info={"input_bytes": int(X.nbytes)})
+    return common.predictive_case(model or kernel, post, X, params.get("return_sites", SITES))
 
 
-def build_impact_model(package: str, params: dict[str, Any]) -> common.Case:
+def build_impact_model(
+    package: str,
+    params: dict[str, Any],
+    model: Any = None,
+    *,
+    zarr_input: bool = False,
+    check_site: str | None = None,
+) -> common.Case:
+    """``<package>.ImpactModel.predict`` persisted, with W1's kernel or ``model``.
+
+    With ``zarr_input`` the rows are read block by block from a Zarr array on
+    disk (written during setup, deleted on close) instead of memory.
+    """
     common.import_impact_model(package)  # skip early, before any work
     if package == "dopax" and params.get("compressor"):
         from dopax.config import set_config
@@ -100,18 +105,22 @@ def build_impact_model(package: str, params: dict[str, Any]) -> common.Case:
         set_config(compressor=None if codec == "none" else codec)
     sites = tuple(params.get("return_sites", SITES))
     post = posterior(int(params.get("draws", 1000)))
-    X = common.make_X(int(params["n"]), NUM_FEATURES)
-    predict_kwargs: dict[str, Any] = {"return_sites": sites}
-    if params.get("batch_size") is not None:
-        predict_kwargs["batch_size"] = int(params["batch_size"])
+    remove: list[Path] = []
+    if zarr_input:
+        folder = common.make_temp_dir(params.get("workdir"), "dopax-bench-input-")
+        remove.append(folder)
+        X: Any = make_X_zarr(int(params["n"]), NUM_FEATURES, str(folder))
+    else:
+        X = common.make_X(int(params["n"]), NUM_FEATURES)
     return common.persisted_predict_case(
         package,
-        kernel,
+        model or kernel,
         post,
         X,
-        check_site=sites[0],
+        check_site=check_site or sites[0],
         workdir=params.get("workdir"),
-        predict_kwargs=predict_kwargs,
+        predict_kwargs={"return_sites": sites, **common.batch_kwargs(params)},
+        remove=remove,
     )
 
 
@@ -127,41 +136,8 @@ def make_X_zarr(n: int, d: int, folder: str) -> Any:
     return arr
 
 
-def build_zarr_input(params: dict[str, Any]) -> common.Case:
-    """dopax with the input read block by block from a Zarr array on disk."""
-    import shutil
-    import tempfile
-
-    common.import_impact_model("dopax")
-    sites = tuple(params.get("return_sites", SITES))
-    post = posterior(int(params.get("draws", 1000)))
-    folder = tempfile.mkdtemp(prefix="dopax-bench-input-", dir=params.get("workdir"))
-    X = make_X_zarr(int(params["n"]), NUM_FEATURES, folder)
-    predict_kwargs: dict[str, Any] = {"return_sites": sites}
-    if params.get("batch_size") is not None:
-        predict_kwargs["batch_size"] = int(params["batch_size"])
-    case = common.persisted_predict_case(
-        "dopax",
-        kernel,
-        post,
-        X,
-        check_site=sites[0],
-        workdir=params.get("workdir"),
-        predict_kwargs=predict_kwargs,
-    )
-    close = case.close
-
-    def close_and_remove_input() -> None:
-        if close is not None:
-            close()
-        shutil.rmtree(folder, ignore_errors=True)
-
-    case.close = close_and_remove_input
-    return case
-
-
 BUILDERS = {
-    "dopax_zarr_input": build_zarr_input,
+    "dopax_zarr_input": lambda params: build_impact_model("dopax", params, zarr_input=True),
     "predictive": build_predictive,
     "dopax": lambda params: build_impact_model("dopax", params),
     "aimz": lambda params: build_impact_model("aimz", params),
@@ -173,112 +149,54 @@ BUILDERS = {
 # ----------------------------------------------------------------------------
 
 
-def run_workload(
-    *,
-    n: int = 1_000_000,
-    reps: int = 3,
-    draws: int = 1000,
-    cases: Sequence[str] = CASES,
-    workdir: str | None = None,
-    batch_size: int | None = None,
-    compressor: str | None = None,
-    timeout: float | None = None,
-    rounds: int = 1,
-) -> dict[str, Any]:
-    """Run every case in its own process (``rounds`` interleaved times); return the payload."""
-    params = {"n": n, "reps": reps, "draws": draws, "workdir": workdir, "batch_size": batch_size}
-    if compressor is not None:
-        params["compressor"] = compressor
-    results = common.run_cases(NAME, cases, rounds=rounds, timeout=timeout, **params)
-    return {"workload": NAME, "params": {**params, "rounds": rounds}, "results": results}
+def run_workload(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every case in its own process (``--rounds`` interleaved times); return the payload."""
+    params = common.pick(args, "n", "reps", "draws", "workdir", "batch_size")
+    if args.compressor is not None:
+        params["compressor"] = args.compressor
+    return common.cases_payload(NAME, args.cases, params, rounds=args.rounds, timeout=args.timeout)
 
 
 def report(payload: dict[str, Any]) -> str:
     """Markdown table and target checks for a W1 payload."""
     results = payload["results"]
-    n = payload["params"]["n"]
-    ref = common.seconds_of(results.get("predictive"))
-    aimz = common.seconds_of(results.get("aimz"))
-    rows = []
-    for case, res in results.items():
-        sec = common.seconds_of(res)
-        extra = res.get("extra", {})
-        disk = extra.get("disk_bytes")
-        rows.append(
-            [
-                case,
-                sec,
-                common.cpu_seconds_of(res),
-                common.ratio(sec, ref),
-                common.ratio(sec, aimz),
-                common.setup_rss_of(res),
-                common.rss_of(res),
-                None if disk is None else disk / common.GB,
-                extra.get("complete"),
-                res.get("status"),
-            ]
-        )
-    headers = [
-        "case",
-        "median s",
-        "CPU s",
-        "x predictive",
-        "x aimz",
-        "setup RSS GiB",
-        "peak RSS GiB",
-        "disk GB",
-        "complete",
-        "status",
-    ]
-    dopax = results.get("dopax", {})
-    dopax_s = common.seconds_of(dopax)
-    lines = [
-        f"### W1 linear: n = {n:,} rows, {payload['params']['draws']:,} draws, "
+    params = payload["params"]
+    return common.report_text(
+        f"### W1 linear: n = {params['n']:,} rows, {params['draws']:,} draws, "
         f"sites {', '.join(SITES)}",
-        "",
-        common.markdown_table(headers, rows),
-        *common.status_notes(results),
-        *common.round_notes(results, "dopax", "predictive"),
-        "",
-        "Targets:",
-        common.target_line("dopax / predictive", common.ratio(dopax_s, ref), TARGET_VS_PREDICTIVE),
-        common.target_line("dopax / aimz", common.ratio(dopax_s, aimz), TARGET_VS_AIMZ),
-        common.target_line("dopax peak RSS GiB", common.rss_of(dopax), TARGET_RSS_GIB),
-    ]
-    return "\n".join(lines)
+        common.timing_table(
+            results, ["predictive", "aimz"], setup_rss=True, extra=[common.COMPLETE]
+        ),
+        results,
+        notes=common.round_notes(results, "dopax", "predictive"),
+        targets=[
+            common.time_target(results, "dopax", "predictive", TARGET_VS_PREDICTIVE),
+            common.time_target(results, "dopax", "aimz", TARGET_VS_AIMZ),
+            common.target_line(
+                "dopax peak RSS GiB", common.rss_of(results.get("dopax")), TARGET_RSS_GIB
+            ),
+        ],
+    )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--case" in argv:
-        return common.worker_main(NAME, BUILDERS, argv)
-    parser = common.base_arg_parser(__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000, help="rows to predict on")
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
-    parser.add_argument("--batch-size", type=int, default=None, help="predict batch_size")
+def arg_parser() -> argparse.ArgumentParser:
+    parser = common.base_arg_parser(
+        __doc__.splitlines()[0],
+        helps={"n": "rows to predict on"},
+        n=1_000_000,
+        cases=CASES,
+        batch_size=None,
+        rounds=1,
+    )
     parser.add_argument(
         "--compressor",
         default=None,
         help="dopax codec for this run: zstd, lz4 or none (default: dopax's own default)",
     )
-    common.add_rounds_argument(parser)
-    args = parser.parse_args(argv)
-    common.use_dopax_settings(args.set)
-    machine = common.machine_info()
-    payload = run_workload(
-        n=args.n,
-        reps=args.reps,
-        draws=args.draws,
-        cases=[c for c in args.cases.split(",") if c],
-        workdir=args.workdir,
-        batch_size=args.batch_size,
-        timeout=args.timeout,
-        rounds=args.rounds,
-        compressor=args.compressor,
-    )
-    common.publish(payload, machine, args, NAME, report)
-    return 0
+    return parser
 
+
+main = common.workload_cli(NAME, arg_parser, run_workload, report, builders=BUILDERS)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -17,9 +17,8 @@ Cases (each in its own process):
                 ``vmap`` within a chunk: one draw per chunk on CPU, where that
                 is fastest, else as many as fit 8 GiB of hidden activations),
                 reduced to a scalar so that nothing is kept.
-    predictive  NumPyro ``Predictive`` in memory, ``jax.block_until_ready``.
-    dopax       ``dopax.ImpactModel.predict`` persisted to Zarr.
-    aimz        ``aimz.ImpactModel.predict`` persisted to Zarr (when importable).
+    predictive, dopax, aimz
+                as in W1 (``benchmarks/w1_linear.py``), on this kernel.
 
 Usage:
     python benchmarks/w2_bnn.py --n 20000 --reps 3
@@ -27,9 +26,8 @@ Usage:
 
 from __future__ import annotations
 
+import argparse
 import itertools
-import sys
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -149,29 +147,14 @@ def build_floor(params: dict[str, Any]) -> common.Case:
 
 
 def build_predictive(params: dict[str, Any]) -> common.Case:
-    from numpyro.infer import Predictive
-
-    post = posterior(params)
     X = common.make_X(int(params["n"]), LAYERS[0])
-    predictive = Predictive(kernel, posterior_samples=post)
-    key = jax.random.key(2)
-
-    def call() -> dict[str, Any]:
-        return jax.block_until_ready(predictive(key, X))
-
-    def finish(out: dict[str, Any]) -> dict[str, Any]:
-        return {"output_bytes": int(sum(v.nbytes for v in out.values()))}
-
-    return common.Case(call=call, finish=finish, info={"input_bytes": int(X.nbytes)})
+    return common.predictive_case(kernel, posterior(params), X)
 
 
 def build_impact_model(package: str, params: dict[str, Any]) -> common.Case:
     common.import_impact_model(package)  # skip early, before any work
     post = posterior(params)
     X = common.make_X(int(params["n"]), LAYERS[0])
-    predict_kwargs: dict[str, Any] = {}
-    if params.get("batch_size") is not None:
-        predict_kwargs["batch_size"] = int(params["batch_size"])
     return common.persisted_predict_case(
         package,
         kernel,
@@ -179,7 +162,7 @@ def build_impact_model(package: str, params: dict[str, Any]) -> common.Case:
         X,
         check_site="y",
         workdir=params.get("workdir"),
-        predict_kwargs=predict_kwargs,
+        predict_kwargs=common.batch_kwargs(params),
     )
 
 
@@ -196,124 +179,54 @@ BUILDERS = {
 # ----------------------------------------------------------------------------
 
 
-def run_workload(
-    *,
-    n: int = 20_000,
-    reps: int = 3,
-    draws: int = 1000,
-    train_rows: int = TRAIN_ROWS,
-    steps: int = FIT_STEPS,
-    cases: Sequence[str] = CASES,
-    workdir: str | None = None,
-    batch_size: int | None = None,
-    floor_chunk: int | None = None,
-    timeout: float | None = None,
-    rounds: int = 1,
-) -> dict[str, Any]:
-    """Run every case in its own process (``rounds`` interleaved times); return the payload."""
-    params = {
-        "n": n,
-        "reps": reps,
-        "draws": draws,
-        "train_rows": train_rows,
-        "steps": steps,
-        "workdir": workdir,
-        "batch_size": batch_size,
-        "floor_chunk": floor_chunk,
-    }
-    results = common.run_cases(NAME, cases, rounds=rounds, timeout=timeout, **params)
-    return {"workload": NAME, "params": {**params, "rounds": rounds}, "results": results}
+def run_workload(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every case in its own process (``--rounds`` interleaved times); return the payload."""
+    params = common.pick(
+        args, "n", "reps", "draws", "train_rows", "steps", "workdir", "batch_size", "floor_chunk"
+    )
+    return common.cases_payload(NAME, args.cases, params, rounds=args.rounds, timeout=args.timeout)
 
 
 def report(payload: dict[str, Any]) -> str:
     """Markdown table and target checks for a W2 payload."""
     results = payload["results"]
     params = payload["params"]
-    floor = common.seconds_of(results.get("floor"))
-    ref = common.seconds_of(results.get("predictive"))
-    rows = []
-    for case, res in results.items():
-        sec = common.seconds_of(res)
-        extra = res.get("extra", {})
-        disk = extra.get("disk_bytes")
-        rows.append(
-            [
-                case,
-                sec,
-                common.cpu_seconds_of(res),
-                common.ratio(sec, floor),
-                common.ratio(sec, ref),
-                common.rss_of(res),
-                None if disk is None else disk / common.GB,
-                extra.get("complete"),
-                res.get("status"),
-            ]
-        )
-    headers = [
-        "case",
-        "median s",
-        "CPU s",
-        "x floor",
-        "x predictive",
-        "peak RSS GiB",
-        "disk GB",
-        "complete",
-        "status",
-    ]
-    dopax_s = common.seconds_of(results.get("dopax"))
     chunk = results.get("floor", {}).get("info", {}).get("floor_chunk")
-    lines = [
+    return common.report_text(
         f"### W2 BNN {'-'.join(map(str, LAYERS))}: predict n = {params['n']:,} rows, "
         f"{params['draws']:,} draws (fit {params['steps']} steps on {params['train_rows']:,} "
         f"rows{'' if chunk is None else f'; floor: lax.map over chunks of {chunk} draws'})",
-        "",
-        common.markdown_table(headers, rows),
-        *common.status_notes(results),
-        *common.round_notes(results, "dopax", "floor"),
-        "",
-        "Targets:",
-        common.target_line("dopax / floor", common.ratio(dopax_s, floor), TARGET_VS_FLOOR),
-        common.target_line("dopax / predictive", common.ratio(dopax_s, ref), TARGET_VS_PREDICTIVE),
-    ]
-    return "\n".join(lines)
+        common.timing_table(results, ["floor", "predictive"], extra=[common.COMPLETE]),
+        results,
+        notes=common.round_notes(results, "dopax", "floor"),
+        targets=[
+            common.time_target(results, "dopax", "floor", TARGET_VS_FLOOR),
+            common.time_target(results, "dopax", "predictive", TARGET_VS_PREDICTIVE),
+        ],
+    )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--case" in argv:
-        return common.worker_main(NAME, BUILDERS, argv)
-    parser = common.base_arg_parser(__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=20_000, help="rows to predict on")
+def arg_parser() -> argparse.ArgumentParser:
+    parser = common.base_arg_parser(
+        __doc__.splitlines()[0],
+        helps={"n": "rows to predict on"},
+        n=20_000,
+        cases=CASES,
+        batch_size=None,
+        rounds=1,
+    )
     parser.add_argument("--train-rows", type=int, default=TRAIN_ROWS)
     parser.add_argument("--steps", type=int, default=FIT_STEPS, help="SVI steps")
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
-    parser.add_argument("--batch-size", type=int, default=None, help="predict batch_size")
     parser.add_argument(
         "--floor-chunk",
         type=int,
         default=None,
         help="draws per vmapped chunk in the floor (default: from a memory budget)",
     )
-    common.add_rounds_argument(parser)
-    args = parser.parse_args(argv)
-    common.use_dopax_settings(args.set)
-    machine = common.machine_info()
-    payload = run_workload(
-        n=args.n,
-        reps=args.reps,
-        draws=args.draws,
-        train_rows=args.train_rows,
-        steps=args.steps,
-        cases=[c for c in args.cases.split(",") if c],
-        workdir=args.workdir,
-        batch_size=args.batch_size,
-        floor_chunk=args.floor_chunk,
-        timeout=args.timeout,
-        rounds=args.rounds,
-    )
-    common.publish(payload, machine, args, NAME, report)
-    return 0
+    return parser
 
+
+main = common.workload_cli(NAME, arg_parser, run_workload, report, builders=BUILDERS)
 
 if __name__ == "__main__":
     raise SystemExit(main())

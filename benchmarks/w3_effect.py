@@ -26,12 +26,8 @@ Usage:
 
 from __future__ import annotations
 
-import contextlib
+import argparse
 import inspect
-import shutil
-import sys
-import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +37,12 @@ import numpyro.distributions as dist
 
 try:
     from benchmarks import common
+    from benchmarks.w1_linear import FIT_STEPS, NUM_FEATURES, TRAIN_ROWS
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
     import common  # type: ignore[no-redef]
+    from w1_linear import FIT_STEPS, NUM_FEATURES, TRAIN_ROWS  # type: ignore[no-redef]
 
 NAME = "w3_effect"
-NUM_FEATURES = 10
-TRAIN_ROWS = 5_000
-FIT_STEPS = 500
 CASES = ("two_call", "single_pass", "aimz_two_call")
 TARGET_SINGLE_VS_TWO = 0.25
 DRAW_BLOCK = 50  # draws per block when reducing a persisted effect over rows
@@ -134,28 +129,23 @@ def _effect_case(
 ) -> common.Case:
     """Time ``route(out_dir) -> per-draw ATE``; afterwards measure and delete its outputs."""
     exact = exact_ate(post, X)
-    scratch = Path(tempfile.mkdtemp(prefix="w3-bench-", dir=workdir))
 
-    def call() -> tuple[np.ndarray, Path]:
-        out_dir = Path(tempfile.mkdtemp(prefix="effect-", dir=scratch))
-        return route(out_dir), out_dir
-
-    def finish(out: tuple[np.ndarray, Path]) -> dict[str, Any]:
-        ate, out_dir = out
-        extra = {"disk_bytes": common.dir_bytes(out_dir)}
+    def check(ate: np.ndarray, _folder: Path) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
         temp_dir = getattr(model, "temp_dir", None)
         if temp_dir is not None and Path(temp_dir).exists():
             extra["model_temp_dir_bytes"] = common.dir_bytes(temp_dir)
-        shutil.rmtree(out_dir, ignore_errors=True)
         extra.update(summarize(ate, exact))
         return extra
 
-    def close() -> None:
-        with contextlib.suppress(Exception):
-            model.cleanup()
-        shutil.rmtree(scratch, ignore_errors=True)
-
-    return common.Case(call=call, finish=finish, close=close, info={"input_bytes": int(X.nbytes)})
+    return common.folder_case(
+        route,
+        check,
+        workdir=workdir,
+        prefix="w3-bench-",
+        model=model,
+        info={"input_bytes": int(X.nbytes)},
+    )
 
 
 def build_two_call(package: str, params: dict[str, Any]) -> common.Case:
@@ -165,9 +155,7 @@ def build_two_call(package: str, params: dict[str, Any]) -> common.Case:
     ones = np.ones(len(X), dtype=np.float32)
     zeros = np.zeros(len(X), dtype=np.float32)
     key = jax.random.key(2)
-    extra_kwargs: dict[str, Any] = {}
-    if params.get("batch_size") is not None:
-        extra_kwargs["batch_size"] = int(params["batch_size"])
+    extra_kwargs = common.batch_kwargs(params)
 
     def route(out_dir: Path) -> np.ndarray:
         common_kwargs = dict(
@@ -203,11 +191,9 @@ def build_single_pass(params: dict[str, Any]) -> common.Case:
     zeros = np.zeros(len(X), dtype=np.float32)
     # Options go only where compare_scenarios names them: its **kwargs are kernel arguments.
     accepted = named_parameters(model.compare_scenarios)
-    extra_kwargs: dict[str, Any] = {}
+    extra_kwargs = common.batch_kwargs(params)
     if "rng_key" in accepted:
         extra_kwargs["rng_key"] = jax.random.key(2)
-    if params.get("batch_size") is not None:
-        extra_kwargs["batch_size"] = int(params["batch_size"])
 
     def route(out_dir: Path) -> np.ndarray:
         if "output_dir" in accepted:
@@ -242,111 +228,60 @@ BUILDERS = {
 # ----------------------------------------------------------------------------
 
 
-def run_workload(
-    *,
-    n: int = 1_000_000,
-    reps: int = 3,
-    draws: int = 1000,
-    cases: Sequence[str] = CASES,
-    workdir: str | None = None,
-    batch_size: int | None = None,
-    timeout: float | None = None,
-) -> dict[str, Any]:
+def run_workload(args: argparse.Namespace) -> dict[str, Any]:
     """Run every case in its own process; return the results payload."""
-    params = {"n": n, "reps": reps, "draws": draws, "workdir": workdir, "batch_size": batch_size}
-    results = {case: common.run_case(NAME, case, timeout=timeout, **params) for case in cases}
-    return {"workload": NAME, "params": params, "results": results}
+    params = common.pick(args, "n", "reps", "draws", "workdir", "batch_size")
+    return common.cases_payload(NAME, args.cases, params, timeout=args.timeout)
 
 
 def report(payload: dict[str, Any]) -> str:
     """Markdown table and target checks for a W3 payload."""
     results = payload["results"]
     params = payload["params"]
-    ref = common.seconds_of(results.get("two_call"))
-    rows = []
-    for case, res in results.items():
-        sec = common.seconds_of(res)
-        extra = res.get("extra", {}) if res.get("status") == "ok" else {}
-        disk = extra.get("disk_bytes")
-        rows.append(
-            [
-                case,
-                sec,
-                common.ratio(sec, ref),
-                common.rss_of(res),
-                None if disk is None else disk / common.GB,
-                extra.get("ate_mean"),
-                extra.get("ate_sd"),
-                extra.get("ate_mcse"),
-                extra.get("max_abs_dev_from_exact"),
-                res.get("status"),
-            ]
-        )
-    headers = [
-        "route",
-        "median s",
-        "x two-call",
-        "peak RSS GiB",
-        "disk GB",
-        "ATE mean",
-        "ATE sd",
-        "MC se",
-        "max |ATE - exact|",
-        "status",
-    ]
     single = results.get("single_pass", {})
     two = results.get("two_call", {})
-    lines = [
-        f"### W3 effect: n = {params['n']:,} rows, {params['draws']:,} draws, t=1 vs t=0",
-        "",
-        common.markdown_table(headers, rows),
-        *common.status_notes(results),
-        "",
-        "exact = per-draw mean of mu1 - mu0 = tau + gamma * mean(X[:, 0]).",
-        "",
-        "Targets:",
-        common.target_line(
-            "single_pass / two_call",
-            common.ratio(common.seconds_of(single), ref),
-            TARGET_SINGLE_VS_TWO,
-        ),
-    ]
+    targets = [common.time_target(results, "single_pass", "two_call", TARGET_SINGLE_VS_TWO)]
     if single.get("status") == "ok" and two.get("status") == "ok":
         diff = abs(single["extra"]["ate_mean"] - two["extra"]["ate_mean"])
         mcse = two["extra"]["ate_mcse"]
         verdict = "within" if mcse is not None and diff <= 3 * mcse else "NOT within"
-        lines.append(
+        targets.append(
             f"- |mean ATE single - two-call| = {diff:.3g} vs 3 x MC se = "
             f"{3 * mcse:.3g} ({verdict} Monte Carlo error)"
         )
     else:
-        lines.append("- same posterior mean ATE within Monte Carlo error: not measured")
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--case" in argv:
-        return common.worker_main(NAME, BUILDERS, argv)
-    parser = common.base_arg_parser(__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000, help="rows")
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch_size for dopax")
-    args = parser.parse_args(argv)
-    common.use_dopax_settings(args.set)
-    machine = common.machine_info()
-    payload = run_workload(
-        n=args.n,
-        reps=args.reps,
-        draws=args.draws,
-        cases=[c for c in args.cases.split(",") if c],
-        workdir=args.workdir,
-        batch_size=args.batch_size,
-        timeout=args.timeout,
+        targets.append("- same posterior mean ATE within Monte Carlo error: not measured")
+    return common.report_text(
+        f"### W3 effect: n = {params['n']:,} rows, {params['draws']:,} draws, t=1 vs t=0",
+        common.timing_table(
+            results,
+            [common.versus(results, "two_call", "x two-call")],
+            cpu=False,
+            extra=[
+                common.extra_column("ate_mean", "ATE mean"),
+                common.extra_column("ate_sd", "ATE sd"),
+                common.extra_column("ate_mcse", "MC se"),
+                common.extra_column("max_abs_dev_from_exact", "max |ATE - exact|"),
+            ],
+            first="route",
+        ),
+        results,
+        notes=["", "exact = per-draw mean of mu1 - mu0 = tau + gamma * mean(X[:, 0])."],
+        targets=targets,
     )
-    common.publish(payload, machine, args, NAME, report)
-    return 0
 
+
+def arg_parser() -> argparse.ArgumentParser:
+    return common.base_arg_parser(
+        __doc__.splitlines()[0],
+        helps={"batch_size": "batch_size for dopax"},
+        n=1_000_000,
+        cases=CASES,
+        batch_size=None,
+    )
+
+
+main = common.workload_cli(NAME, arg_parser, run_workload, report, builders=BUILDERS)
 
 if __name__ == "__main__":
     raise SystemExit(main())

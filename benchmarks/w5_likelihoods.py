@@ -25,9 +25,9 @@ Usage:
 
 from __future__ import annotations
 
-import sys
+import argparse
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 try:
@@ -82,18 +82,10 @@ LIKELIHOOD_NAMES = (
 
 def make_kernel(likelihood: str) -> Callable[..., None]:
     """The W1 kernel with likelihood ``likelihood`` for ``y``."""
-    import numpyro
-    import numpyro.distributions as dist
-
     make = _likelihoods()[likelihood]
 
     def kernel(X, y=None):
-        alpha = numpyro.sample("alpha", dist.Normal(0.0, 5.0))
-        beta = numpyro.sample("beta", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
-        sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
-        with numpyro.plate("obs", X.shape[0]):
-            mu = numpyro.deterministic("mu", alpha + X @ beta)
-            numpyro.sample("y", make(mu, sigma), obs=y)
+        w1_linear.linear_kernel(X, y, make)
 
     kernel.__name__ = f"w5_{likelihood}_kernel"
     return kernel
@@ -130,40 +122,14 @@ def _recording_warnings(case: common.Case) -> common.Case:
 
 
 def build_dopax(params: dict[str, Any], zarr_input: bool = False) -> common.Case:
-    import shutil
-    import tempfile
-
-    common.import_impact_model("dopax")
     sites = tuple(params.get("return_sites", SITES))
-    post = w1_linear.posterior(int(params["draws"]))
-    n = int(params["n"])
-    folder = None
-    if zarr_input:
-        folder = tempfile.mkdtemp(prefix="dopax-bench-input-", dir=params.get("workdir"))
-        X: Any = w1_linear.make_X_zarr(n, w1_linear.NUM_FEATURES, folder)
-    else:
-        X = common.make_X(n, w1_linear.NUM_FEATURES)
-    predict_kwargs: dict[str, Any] = {"return_sites": sites}
-    if params.get("batch_size") is not None:
-        predict_kwargs["batch_size"] = int(params["batch_size"])
-    case = common.persisted_predict_case(
+    case = w1_linear.build_impact_model(
         "dopax",
+        params,
         make_kernel(params["likelihood"]),
-        post,
-        X,
+        zarr_input=zarr_input,
         check_site="mu" if "mu" in sites else sites[0],
-        workdir=params.get("workdir"),
-        predict_kwargs=predict_kwargs,
     )
-    if folder is not None:
-        close = case.close
-
-        def close_and_remove_input() -> None:
-            if close is not None:
-                close()
-            shutil.rmtree(folder, ignore_errors=True)
-
-        case.close = close_and_remove_input
     return _recording_warnings(case)
 
 
@@ -230,32 +196,22 @@ BUILDERS = {
 # ----------------------------------------------------------------------------
 
 
-def run_workload(
-    *,
-    likelihoods: Sequence[str] = LIKELIHOOD_NAMES,
-    n: int = 1_000_000,
-    draws: int = 200,
-    reps: int = 3,
-    reference_reps: int | None = None,
-    rss_sizes: Sequence[int] = RSS_SIZES,
-    workdir: str | None = None,
-    timeout: float | None = None,
-    boundary_rows: int = 0,
-) -> dict[str, Any]:
+def run_workload(args: argparse.Namespace) -> dict[str, Any]:
     """Time and memory runs for every likelihood, each case in its own process.
 
-    ``reference_reps`` (default ``reps``) sets the repetitions of ``Predictive``;
+    ``--reference-reps`` (default ``--reps``) sets the repetitions of ``Predictive``;
     with 1 it runs once with no warm-up call, its compile time included.
     """
-    ref_reps = reps if reference_reps is None else reference_reps
+    n, reps, timeout = args.n, args.reps, args.timeout
+    ref_reps = reps if args.reference_reps is None else args.reference_reps
     results: dict[str, dict[str, Any]] = {}
-    for likelihood in likelihoods:
-        base = {"likelihood": likelihood, "draws": draws, "workdir": workdir}
+    for likelihood in args.likelihoods:
+        base = {"likelihood": likelihood, "draws": args.draws, "workdir": args.workdir}
         entry: dict[str, Any] = {}
         ref_params = {**base, "n": n, "reps": ref_reps, "warmup": 1 if ref_reps > 1 else 0}
         entry["predictive"] = common.run_case(NAME, "predictive", timeout=timeout, **ref_params)
         entry["dopax"] = common.run_case(NAME, "dopax", timeout=timeout, **base, n=n, reps=reps)
-        for size in rss_sizes:
+        for size in args.rss_sizes:
             entry[f"rss_{size}"] = common.run_case(
                 NAME,
                 "dopax_zarr_input",
@@ -266,25 +222,15 @@ def run_workload(
                 warmup=0,
                 return_sites=list(RSS_SITES),
             )
-        if boundary_rows:
+        if args.boundary_rows:
             entry["boundaries"] = common.run_case(
-                NAME, "boundaries", timeout=timeout, **base, n=boundary_rows, reps=1, warmup=0
+                NAME, "boundaries", timeout=timeout, **base, n=args.boundary_rows, reps=1, warmup=0
             )
         results[likelihood] = entry
-    return {
-        "workload": NAME,
-        "params": {
-            "likelihoods": list(likelihoods),
-            "n": n,
-            "draws": draws,
-            "reps": reps,
-            "reference_reps": ref_reps,
-            "rss_sizes": list(rss_sizes),
-            "workdir": workdir,
-            "boundary_rows": boundary_rows,
-        },
-        "results": results,
-    }
+    params = common.pick(args, "likelihoods", "n", "draws", "reps")
+    params["reference_reps"] = ref_reps
+    params.update(common.pick(args, "rss_sizes", "workdir", "boundary_rows"))
+    return {"workload": NAME, "params": params, "results": results}
 
 
 def _warnings_of(entry: dict[str, Any]) -> int | None:
@@ -303,99 +249,82 @@ def report(payload: dict[str, Any]) -> str:
     """Markdown table and target checks for a W5 payload."""
     params = payload["params"]
     sizes = params["rss_sizes"]
-    rows = []
-    verdicts = []
-    for likelihood, entry in payload["results"].items():
-        ref = common.seconds_of(entry.get("predictive"))
-        sec = common.seconds_of(entry.get("dopax"))
+
+    def rss_ratio(entry: dict[str, Any]) -> float | None:
         rss = [common.rss_of(entry.get(f"rss_{s}")) for s in sizes]
-        rss_ratio = common.ratio(rss[-1], rss[0]) if len(rss) > 1 else None
-        ratio = common.ratio(sec, ref)
-        n_warn = _warnings_of(entry)
-        rows.append(
-            [
-                likelihood,
-                ref,
-                sec,
-                ratio,
-                common.cpu_seconds_of(entry.get("dopax")),
-                common.rss_of(entry.get("predictive")),
-                common.rss_of(entry.get("dopax")),
-                *rss,
-                rss_ratio,
-                n_warn,
-            ]
+        return common.ratio(rss[-1], rss[0]) if len(rss) > 1 else None
+
+    def vs_predictive(entry: dict[str, Any]) -> float | None:
+        return common.ratio(
+            common.seconds_of(entry.get("dopax")), common.seconds_of(entry.get("predictive"))
         )
+
+    def rss_at(size: int) -> common.Column:
+        return (f"RSS GiB at {size:,} rows", lambda _key, e: common.rss_of(e.get(f"rss_{size}")))
+
+    columns: list[common.Column] = [
+        ("Predictive s", lambda _key, e: common.seconds_of(e.get("predictive"))),
+        ("dopax s", lambda _key, e: common.seconds_of(e.get("dopax"))),
+        ("x Predictive", lambda _key, e: vs_predictive(e)),
+        ("dopax CPU s", lambda _key, e: common.cpu_seconds_of(e.get("dopax"))),
+        ("Predictive RSS GiB", lambda _key, e: common.rss_of(e.get("predictive"))),
+        ("dopax RSS GiB", lambda _key, e: common.rss_of(e.get("dopax"))),
+        *[rss_at(s) for s in sizes],
+        (
+            f"RSS {sizes[-1]:,} / {sizes[0]:,}" if len(sizes) > 1 else "RSS ratio",
+            lambda _key, e: rss_ratio(e),
+        ),
+        ("warnings", lambda _key, e: _warnings_of(e)),
+    ]
+    verdicts = []
+    notes = []
+    for likelihood, entry in payload["results"].items():
+        ratio, rss = vs_predictive(entry), rss_ratio(entry)
         met = (
             ratio is not None
             and ratio <= TARGET_VS_PREDICTIVE
-            and rss_ratio is not None
-            and rss_ratio <= TARGET_RSS_RATIO
-            and n_warn == 0
+            and rss is not None
+            and rss <= TARGET_RSS_RATIO
+            and _warnings_of(entry) == 0
         )
         verdicts.append(f"- {likelihood}: {'met' if met else 'NOT met'}")
-    headers = [
-        "likelihood",
-        "Predictive s",
-        "dopax s",
-        "x Predictive",
-        "dopax CPU s",
-        "Predictive RSS GiB",
-        "dopax RSS GiB",
-        *[f"RSS GiB at {s:,} rows" for s in sizes],
-        f"RSS {sizes[-1]:,} / {sizes[0]:,}" if len(sizes) > 1 else "RSS ratio",
-        "warnings",
-    ]
-    notes = []
-    for likelihood, entry in payload["results"].items():
         for key, res in entry.items():
             if res.get("status") != "ok":
                 notes.append(f"- {likelihood} {key}: {res.get('status')}: {res.get('reason', '')}")
-    lines = [
+    text = common.report_text(
         f"### W5 likelihoods: n = {params['n']:,} rows, {params['draws']:,} draws, "
-        f"sites {', '.join(SITES)}; memory runs: {', '.join(RSS_SITES)} with X read from Zarr",
-        "",
+        f"sites {', '.join(SITES)}; memory runs: {', '.join(RSS_SITES)} with X read from Zarr\n\n"
         f"Predictive: median of {params['reference_reps']} call(s)"
         + (" (no warm-up: compile time included)" if params["reference_reps"] == 1 else "")
         + f"; dopax: median of {params['reps']} calls after a warm-up call; "
         "memory runs: one call.",
-        "",
-        common.markdown_table(headers, rows),
-        *notes,
-        "",
-        f"Targets (each: <= {TARGET_VS_PREDICTIVE} x Predictive, RSS ratio <= "
+        common.case_table(payload["results"], columns, "likelihood"),
+        notes=notes,
+        targets=verdicts,
+        heading=f"Targets (each: <= {TARGET_VS_PREDICTIVE} x Predictive, RSS ratio <= "
         f"{TARGET_RSS_RATIO}, no warning):",
-        *verdicts,
-    ]
+    )
     if params.get("boundary_rows"):
-        lines += ["", _boundary_table(payload)]
-    return "\n".join(lines)
+        text += "\n\n" + _boundary_table(payload)
+    return text
 
 
 def _boundary_table(payload: dict[str, Any]) -> str:
-    rows = []
-    for likelihood, entry in payload["results"].items():
+    def figure(key: str) -> Any:
+        return lambda _key, e: (e.get("boundaries") or {}).get("extra", {}).get(key)
+
+    def fraction(_key: str, entry: dict[str, Any]) -> float | None:
         extra = (entry.get("boundaries") or {}).get("extra", {})
         cells = extra.get("cells")
-        rows.append(
-            [
-                likelihood,
-                cells,
-                extra.get("mu_cells_differing"),
-                extra.get("mu_max_abs_diff"),
-                extra.get("y_cells_differing"),
-                None if not cells else extra.get("y_cells_differing", 0) / cells,
-                extra.get("y_differing_where_mu_equal"),
-            ]
-        )
-    headers = [
-        "likelihood",
-        "cells",
-        "mu cells differing",
-        "mu max abs diff",
-        "y cells differing",
-        "fraction",
-        "y differing where mu equal",
+        return None if not cells else extra.get("y_cells_differing", 0) / cells
+
+    columns: list[common.Column] = [
+        ("cells", figure("cells")),
+        ("mu cells differing", figure("mu_cells_differing")),
+        ("mu max abs diff", figure("mu_max_abs_diff")),
+        ("y cells differing", figure("y_cells_differing")),
+        ("fraction", fraction),
+        ("y differing where mu equal", figure("y_differing_where_mu_equal")),
     ]
     sizes = next(
         (e["boundaries"]["extra"].get("block_rows") for e in payload["results"].values()
@@ -406,20 +335,27 @@ def _boundary_table(payload: dict[str, Any]) -> str:
         [
             f"Same call in blocks of {sizes} rows, {payload['params']['boundary_rows']:,} rows:",
             "",
-            common.markdown_table(headers, rows),
+            common.case_table(payload["results"], columns, "likelihood"),
         ]
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--case" in argv:
-        return common.worker_main(NAME, BUILDERS, argv)
-    parser = common.base_arg_parser(__doc__.splitlines()[0])
-    parser.set_defaults(draws=200)
-    parser.add_argument("--n", type=int, default=1_000_000, help="rows of the time runs")
+def arg_parser() -> argparse.ArgumentParser:
+    parser = common.base_arg_parser(
+        __doc__.splitlines()[0],
+        helps={
+            "n": "rows of the time runs",
+            "rss_sizes": "comma-separated row counts of the memory runs ('' for none)",
+        },
+        draws=200,
+        n=1_000_000,
+        rss_sizes=RSS_SIZES,
+    )
     parser.add_argument(
-        "--likelihoods", default=",".join(LIKELIHOOD_NAMES), help="comma-separated names"
+        "--likelihoods",
+        type=common.names,
+        default=list(LIKELIHOOD_NAMES),
+        help="comma-separated names",
     )
     parser.add_argument(
         "--reference-reps",
@@ -428,33 +364,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="repetitions of Predictive (default --reps; 1 runs it once, no warm-up)",
     )
     parser.add_argument(
-        "--rss-sizes",
-        default=",".join(str(s) for s in RSS_SIZES),
-        help="comma-separated row counts of the memory runs ('' for none)",
-    )
-    parser.add_argument(
         "--boundary-rows",
         type=int,
         default=0,
         help="also compare draws cut into blocks of 1,000 and 777 rows, on this many rows",
     )
-    args = parser.parse_args(argv)
-    common.use_dopax_settings(args.set)
-    machine = common.machine_info()
-    payload = run_workload(
-        likelihoods=[s for s in args.likelihoods.split(",") if s],
-        n=args.n,
-        draws=args.draws,
-        reps=args.reps,
-        reference_reps=args.reference_reps,
-        rss_sizes=[int(s) for s in args.rss_sizes.split(",") if s],
-        workdir=args.workdir,
-        timeout=args.timeout,
-        boundary_rows=args.boundary_rows,
-    )
-    common.publish(payload, machine, args, NAME, report)
-    return 0
+    return parser
 
+
+main = common.workload_cli(NAME, arg_parser, run_workload, report, builders=BUILDERS)
 
 if __name__ == "__main__":
     raise SystemExit(main())

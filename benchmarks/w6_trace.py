@@ -24,15 +24,14 @@ Usage:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +153,7 @@ def build_reference(params: dict[str, Any]) -> common.Case:
 def build_trace(params: dict[str, Any], long: bool) -> common.Case:
     dopax = common.import_dopax()
     draws = int(params["long_draws"] if long else params["draws"])
-    scratch = Path(tempfile.mkdtemp(prefix="w6-trace-", dir=params.get("workdir")))
+    scratch = common.make_temp_dir(params.get("workdir"), "w6-trace-")
     keep = shared_dir(params) / "uninterrupted.zarr"
 
     def call() -> Any:
@@ -184,10 +183,7 @@ def build_trace(params: dict[str, Any], long: bool) -> common.Case:
             shutil.move(str(path), keep)
         return extra
 
-    def close() -> None:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-    return common.Case(call=call, finish=finish, close=close)
+    return common.Case(call=call, finish=finish, close=common.closer(None, scratch))
 
 
 _RUN_CHILD = """
@@ -202,7 +198,7 @@ w6_trace.fit_traced(params, trace)
 
 def build_resume(params: dict[str, Any]) -> common.Case:
     dopax = common.import_dopax()
-    scratch = Path(tempfile.mkdtemp(prefix="w6-resume-", dir=params.get("workdir")))
+    scratch = common.make_temp_dir(params.get("workdir"), "w6-resume-")
     half = (int(params["num_warmup"]) + int(params["draws"])) // 2
     state: dict[str, Any] = {}
 
@@ -258,10 +254,7 @@ def build_resume(params: dict[str, Any]) -> common.Case:
         shutil.rmtree(path, ignore_errors=True)
         return extra
 
-    def close() -> None:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-    return common.Case(call=call, finish=finish, close=close)
+    return common.Case(call=call, finish=finish, close=common.closer(None, scratch))
 
 
 BUILDERS = {
@@ -277,22 +270,23 @@ BUILDERS = {
 # ----------------------------------------------------------------------------
 
 
-def run_workload(
-    *,
-    sizes: dict[str, int] = FULL,
-    cases: Sequence[str] = CASES,
-    workdir: str | None = None,
-    timeout: float | None = None,
-    **_: Any,
-) -> dict[str, Any]:
-    """Run every case in its own process, in order; return the payload."""
-    shared = tempfile.mkdtemp(prefix="w6-shared-", dir=workdir)
+def run_workload(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every case in its own process, in order; return the payload.
+
+    Sizes are those of ``--quick`` or of the full run, as ``--rows``,
+    ``--draws`` and ``--long-draws`` change them.
+    """
+    sizes = dict(QUICK if args.quick else FULL)
+    for key in ("rows", "long_draws", "draws"):
+        if getattr(args, key) is not None:
+            sizes[key] = getattr(args, key)
+    shared = str(common.make_temp_dir(args.workdir, "w6-shared-"))
     # One timed call per case and no untimed one (`warmup` counts those).
-    params = {**sizes, "workdir": workdir, "shared": shared, "reps": 1, "warmup": 0}
+    params = {**sizes, "workdir": args.workdir, "shared": shared, "reps": 1, "warmup": 0}
     try:
         results = {}
-        for case in cases:
-            results[case] = common.run_case(NAME, case, timeout=timeout, **params)
+        for case in args.cases:
+            results[case] = common.run_case(NAME, case, timeout=args.timeout, **params)
     finally:
         shutil.rmtree(shared, ignore_errors=True)
     return {"workload": NAME, "params": params, "results": results}
@@ -302,89 +296,56 @@ def report(payload: dict[str, Any]) -> str:
     """Markdown table and target checks for a W6 payload."""
     results = payload["results"]
     p = payload["params"]
-    ref = common.seconds_of(results.get("reference"))
-    trace = common.seconds_of(results.get("trace"))
-    rows = []
-    for case, res in results.items():
-        extra = res.get("extra", {})
-        rows.append(
-            [
-                case,
-                common.seconds_of(res),
-                common.cpu_seconds_of(res),
-                common.ratio(common.seconds_of(res), ref),
-                common.ratio(common.seconds_of(res), trace),
-                common.rss_of(res),
-                None if extra.get("disk_bytes") is None else extra["disk_bytes"] / common.GB,
-                extra.get("identical_to_reference", extra.get("identical_to_uninterrupted")),
-                res.get("status"),
-            ]
-        )
-    headers = [
-        "case",
-        "s",
-        "CPU s",
-        "x reference",
-        "x trace",
-        "peak RSS GiB",
-        "disk GB",
-        "identical",
-        "status",
-    ]
+
+    def identical(_key: str, res: dict[str, Any]) -> bool | None:
+        extra = common.extra_of(res)
+        return extra.get("identical_to_reference", extra.get("identical_to_uninterrupted"))
+
     long_rss = common.rss_of(results.get("trace_long"))
     rss = common.ratio(long_rss, common.rss_of(results.get("trace")))
     resume = results.get("resume", {}).get("extra", {})
-    lines = [
+    return common.report_text(
         f"### W6 trace: {p['rows']:,} rows x {p['predictors']} predictors, NUTS, {CHAINS} "
         f"chains, {p['num_warmup']:,} warm-up, {p['draws']:,} draws "
         f"({p['long_draws']:,} for trace_long), draws_per_chunk={DRAWS_PER_CHUNK}",
-        "",
-        common.markdown_table(headers, rows),
-        *common.status_notes(results),
-        f"- resume: killed at iterations {resume.get('killed_at_iterations')} per chain "
-        f"(status {resume.get('status_before')!r}), finished {resume.get('status')!r}",
-        "",
-        "Targets:",
-        common.target_line("trace / reference", common.ratio(trace, ref), TARGET_TIME),
-        common.target_line("peak RSS trace_long / trace", rss, TARGET_RSS),
-        common.target_line(
-            "resume / trace",
-            common.ratio(common.seconds_of(results.get("resume")), trace),
-            TARGET_RESUME,
+        common.timing_table(
+            results, ["reference", "trace"], extra=[("identical", identical)], seconds="s"
         ),
-        f"- resumed draws identical: {resume.get('identical_to_uninterrupted')}",
-    ]
-    return "\n".join(lines)
+        results,
+        notes=[
+            f"- resume: killed at iterations {resume.get('killed_at_iterations')} per chain "
+            f"(status {resume.get('status_before')!r}), finished {resume.get('status')!r}"
+        ],
+        targets=[
+            common.time_target(results, "trace", "reference", TARGET_TIME),
+            common.target_line("peak RSS trace_long / trace", rss, TARGET_RSS),
+            common.time_target(results, "resume", "trace", TARGET_RESUME),
+            f"- resumed draws identical: {resume.get('identical_to_uninterrupted')}",
+        ],
+    )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--case" in argv:
-        return common.worker_main(NAME, BUILDERS, argv)
-    parser = common.base_arg_parser(__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
+def arg_parser() -> argparse.ArgumentParser:
+    parser = common.base_arg_parser(
+        __doc__.splitlines()[0],
+        helps={"draws": f"draws per chain (default {FULL['draws']:,}; --quick: {QUICK['draws']})"},
+        draws=None,
+        cases=CASES,
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--rows", type=int, default=None)
     parser.add_argument("--long-draws", type=int, default=None)
-    args = parser.parse_args(argv)
-    common.use_dopax_settings(args.set)
-    sizes = dict(QUICK if args.quick else FULL)
-    if args.rows is not None:
-        sizes["rows"] = args.rows
-    if args.long_draws is not None:
-        sizes["long_draws"] = args.long_draws
-    if "--draws" in argv:
-        sizes["draws"] = args.draws
-    machine = common.machine_info()
-    payload = run_workload(
-        sizes=sizes,
-        cases=[c for c in args.cases.split(",") if c],
-        workdir=args.workdir,
-        timeout=args.timeout,
-    )
-    common.publish(payload, machine, args, NAME + ("-quick" if args.quick else ""), report)
-    return 0
+    return parser
 
+
+main = common.workload_cli(
+    NAME,
+    arg_parser,
+    run_workload,
+    report,
+    builders=BUILDERS,
+    results_name=lambda args: NAME + ("-quick" if args.quick else ""),
+)
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
