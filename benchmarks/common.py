@@ -1029,7 +1029,6 @@ def workload_cli(
     arg_parser: Callable[[], argparse.ArgumentParser],
     run: Callable[[argparse.Namespace], dict[str, Any]],
     report: Callable[[dict[str, Any]], str],
-    *,
     builders: Mapping[str, Callable[[dict[str, Any]], Case]] | None = None,
     results_name: Callable[[argparse.Namespace], str] | None = None,
 ) -> Callable[..., int]:

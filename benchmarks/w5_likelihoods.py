@@ -372,7 +372,7 @@ def arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-main = common.workload_cli(NAME, arg_parser, run_workload, report, builders=BUILDERS)
+main = common.workload_cli(NAME, arg_parser, run_workload, report, BUILDERS)
 
 if __name__ == "__main__":
     raise SystemExit(main())

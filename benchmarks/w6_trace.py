@@ -338,14 +338,11 @@ def arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-main = common.workload_cli(
-    NAME,
-    arg_parser,
-    run_workload,
-    report,
-    builders=BUILDERS,
-    results_name=lambda args: NAME + ("-quick" if args.quick else ""),
-)
+def results_name(args: argparse.Namespace) -> str:
+    return NAME + ("-quick" if args.quick else "")
+
+
+main = common.workload_cli(NAME, arg_parser, run_workload, report, BUILDERS, results_name)
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

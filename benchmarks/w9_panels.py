@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -177,10 +176,15 @@ def current_peak_rss_bytes() -> int:
     return common.peak_rss_bytes()
 
 
-def _call_peak(call: Any) -> Any:
-    """Wrap ``call`` so that it also returns the peak RSS of the call and its warnings."""
+def _with_call_peak(case: common.Case) -> common.Case:
+    """Record the peak RSS of each timed call itself and the user warnings it emitted.
 
-    def wrapped() -> Any:
+    The call's result goes on to the case's own ``finish``; the figures join its
+    extras as ``call_peak_rss_gib`` and ``warnings``.
+    """
+    call, finish = case.call, case.finish
+
+    def wrapped_call() -> Any:
         reset = reset_peak_rss()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -188,7 +192,15 @@ def _call_peak(call: Any) -> Any:
         peak = current_peak_rss_bytes() if reset else None
         return out, peak, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
 
-    return wrapped
+    def wrapped_finish(wrapped: Any) -> dict[str, Any]:
+        out, peak, caught = wrapped
+        extra = {"call_peak_rss_gib": None if peak is None else peak / common.GIB}
+        extra["warnings"] = caught
+        extra.update(finish(out) if finish is not None else {})
+        return extra
+
+    case.call, case.finish = wrapped_call, wrapped_finish
+    return case
 
 
 def _model(kernel: Any) -> Any:
@@ -221,13 +233,11 @@ def _persisted_predict(
 ) -> common.Case:
     import jax
 
-    scratch = Path(tempfile.mkdtemp(prefix="w9-", dir=params.get("workdir")))
     key = jax.random.key(2)
     batch_size = params.get("batch_size")
 
-    def call() -> tuple[Any, Path]:
-        out_dir = Path(tempfile.mkdtemp(prefix="predict-", dir=scratch))
-        tree = model.predict(
+    def produce(out_dir: Path) -> Any:
+        return model.predict(
             X,
             rng_key=key,
             batch_size=batch_size,
@@ -236,31 +246,21 @@ def _persisted_predict(
             progress=False,
             **kwargs,
         )
-        return tree, out_dir
 
-    def finish(out: Any) -> dict[str, Any]:
-        (tree, out_dir), peak, caught = out
+    def check(tree: Any, _folder: Path) -> dict[str, Any]:
         var = tree["posterior_predictive"][sites[0]]
-        extra: dict[str, Any] = {
-            "call_peak_rss_gib": None if peak is None else peak / common.GIB,
-            "warnings": caught,
-            "disk_bytes": common.dir_bytes(out_dir),
+        return {
             "shape": [int(s) for s in var.shape],
             "chunks": [int(c) for c in var.encoding.get("chunks", ())],
             "path": tree.attrs.get("path"),
             "batch_size": tree.attrs.get("batch_size"),
             "complete": bool(np.isfinite(np.asarray(var[(-1,) * var.ndim].values))),
         }
-        del tree
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return extra
 
-    def close() -> None:
-        with contextlib.suppress(Exception):
-            model.cleanup()
-        shutil.rmtree(scratch, ignore_errors=True)
-
-    return common.Case(call=_call_peak(call), finish=finish, close=close)
+    case = common.folder_case(
+        produce, check, workdir=params.get("workdir"), prefix="w9-", model=model
+    )
+    return _with_call_peak(case)
 
 
 def _compare(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -311,14 +311,10 @@ def build_predictive(params: dict[str, Any]) -> common.Case:
     def call() -> Any:
         return jax.block_until_ready(predictive(key, X))
 
-    def finish(out: Any) -> dict[str, Any]:
-        values, peak, _ = out
-        return {
-            "call_peak_rss_gib": None if peak is None else peak / common.GIB,
-            "output_bytes": int(sum(v.nbytes for v in values.values())),
-        }
+    def finish(values: Any) -> dict[str, Any]:
+        return {"output_bytes": int(sum(v.nbytes for v in values.values()))}
 
-    return common.Case(call=_call_peak(call), finish=finish)
+    return _with_call_peak(common.Case(call=call, finish=finish))
 
 
 def build_latent_equal(params: dict[str, Any]) -> common.Case:
@@ -338,20 +334,15 @@ def build_latent_equal(params: dict[str, Any]) -> common.Case:
             outs.append(_values(tree, sites))
         return outs
 
-    def finish(out: Any) -> dict[str, Any]:
-        outs, _, caught = out
-        extra: dict[str, Any] = {"block_rows": sizes, "warnings": caught}
+    def finish(outs: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+        extra: dict[str, Any] = {"block_rows": sizes}
         for size, other in zip(sizes, outs[1:], strict=True):
             extra[f"on_batch_vs_{size}"] = _compare(outs[0], other)
         if len(outs) > 2:
             extra[f"{sizes[0]}_vs_{sizes[1]}"] = _compare(outs[1], outs[2])
         return extra
 
-    def close() -> None:
-        with contextlib.suppress(Exception):
-            model.cleanup()
-
-    return common.Case(call=_call_peak(call), finish=finish, close=close)
+    return _with_call_peak(common.Case(call=call, finish=finish, close=common.closer(model)))
 
 
 def build_latent_trace(params: dict[str, Any]) -> common.Case:
@@ -362,7 +353,7 @@ def build_latent_trace(params: dict[str, Any]) -> common.Case:
     n = int(params["n"])
     chains, draws = int(params["chains"]), int(params["trace_draws"])
     X, y = latent_data(n)
-    where = Path(tempfile.mkdtemp(prefix="w9-trace-", dir=params.get("workdir")))
+    where = common.make_temp_dir(params.get("workdir"), "w9-trace-")
     mcmc = MCMC(
         NUTS(latent_kernel, max_tree_depth=int(params.get("tree_depth", 5))),
         num_warmup=int(params.get("warmup_draws", 200)),
@@ -398,15 +389,12 @@ def build_latent_trace(params: dict[str, Any]) -> common.Case:
             outs.append((tree, out_dir))
         return outs
 
-    def finish(out: Any) -> dict[str, Any]:
-        outs, peak, caught = out
+    def finish(outs: list[tuple[Any, Path]]) -> dict[str, Any]:
         budget = dopax.config.get_config().budget_bytes()
         values = [_values(tree, ("y", "eta")) for tree, _ in outs]
         extra = {
-            "call_peak_rss_gib": None if peak is None else peak / common.GIB,
             "z_posterior_bytes": z_bytes,
             "block_budget_bytes": budget,
-            "warnings": caught,
             "paths": [tree.attrs.get("path") for tree, _ in outs],
             "block_rows": sizes,
             f"{sizes[0]}_vs_{sizes[-1]}": _compare(values[0], values[-1]),
@@ -415,12 +403,7 @@ def build_latent_trace(params: dict[str, Any]) -> common.Case:
             shutil.rmtree(out_dir, ignore_errors=True)
         return extra
 
-    def close() -> None:
-        with contextlib.suppress(Exception):
-            model.cleanup()
-        shutil.rmtree(where, ignore_errors=True)
-
-    return common.Case(call=_call_peak(call), finish=finish, close=close)
+    return _with_call_peak(common.Case(call=call, finish=finish, close=common.closer(model, where)))
 
 
 def panel_posterior(draws: int, steps: int, weeks: int, start: int) -> dict[str, np.ndarray]:
@@ -482,21 +465,18 @@ def build_panel_effect(params: dict[str, Any]) -> common.Case:
             **inputs,
         )
 
-    def finish(out: Any) -> dict[str, Any]:
-        result, peak, caught = out
+    def finish(result: Any) -> dict[str, Any]:
         table = result.summary(prob=0.95, interval="eti")
         row = table.loc[("ate_by_group", "as observed - no treatment | treated")]
         low, high = float(row["eti_low"]), float(row["eti_high"])
         return {
-            "call_peak_rss_gib": None if peak is None else peak / common.GIB,
-            "warnings": caught,
             "true_effect": EFFECT,
             "estimate": float(row["mean"]),
             "interval_95": [low, high],
             "inside": bool(low <= EFFECT <= high),
         }
 
-    return common.Case(call=_call_peak(call), finish=finish)
+    return _with_call_peak(common.Case(call=call, finish=finish))
 
 
 def build_panel_equal(params: dict[str, Any]) -> common.Case:
@@ -514,11 +494,10 @@ def build_panel_equal(params: dict[str, Any]) -> common.Case:
         )
         return [_values(on_batch, ("y",)), _values(tree, ("y",))]
 
-    def finish(out: Any) -> dict[str, Any]:
-        outs, _, caught = out
-        return {"warnings": caught, "batch_size": size, **_compare(outs[0], outs[1])}
+    def finish(outs: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+        return {"batch_size": size, **_compare(outs[0], outs[1])}
 
-    return common.Case(call=_call_peak(call), finish=finish)
+    return _with_call_peak(common.Case(call=call, finish=finish))
 
 
 BUILDERS = {
@@ -537,14 +516,10 @@ BUILDERS = {
 # ----------------------------------------------------------------------------
 
 
-def _ints(text: str) -> list[int]:
-    return [int(s) for s in text.split(",") if s.strip()]
-
-
 def run_latent(args: argparse.Namespace) -> dict[str, Any]:
     base = {"draws": args.draws, "fit_steps": args.fit_steps, "workdir": args.workdir}
     results: dict[str, Any] = {}
-    for n in _ints(args.sizes):
+    for n in args.sizes:
         results[f"latent_{n}"] = common.run_case(
             NAME, "latent", timeout=args.timeout, **base, n=n, batch_size=args.batch_size,
             reps=args.reps, warmup=1,
@@ -557,13 +532,13 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
     if args.equal_rows:
         results["latent_equal"] = common.run_case(
             NAME, "latent_equal", timeout=args.timeout, **{**base, "draws": args.equal_draws},
-            n=args.equal_rows, block_rows=_ints(args.block_rows), reps=1, warmup=0,
+            n=args.equal_rows, block_rows=args.block_rows, reps=1, warmup=0,
         )  # fmt: skip
     if args.trace_rows:
         results["latent_trace"] = common.run_case(
             NAME, "latent_trace", timeout=args.timeout, workdir=args.workdir,
             n=args.trace_rows, chains=args.trace_chains, trace_draws=args.trace_draws,
-            block_rows=_ints(args.block_rows), reps=1, warmup=0,
+            block_rows=args.block_rows, reps=1, warmup=0,
         )  # fmt: skip
     return results
 
@@ -578,7 +553,7 @@ def run_panel(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
     }
     results: dict[str, Any] = {}
-    for units in _ints(args.units):
+    for units in args.units:
         results[f"panel_{units}"] = common.run_case(
             NAME, "panel", timeout=args.timeout, **base, units=units, reps=args.reps, warmup=1
         )
@@ -603,26 +578,32 @@ def _peak(res: dict[str, Any] | None) -> float | None:
     return max(peaks) if peaks else None
 
 
+def run_workload(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the cases of part ``latent`` or ``panel``, each in its own process."""
+    results = run_latent(args) if args.part == "latent" else run_panel(args)
+    params = {k: v for k, v in vars(args).items() if k not in ("timeout", "set", "no_save")}
+    return {"workload": NAME, "part": args.part, "params": params, "results": results}
+
+
 def report(payload: dict[str, Any]) -> str:
-    """Markdown lines with every case's figures and the target checks."""
-    lines = [f"W9 {payload['part']} ({payload['params']})", ""]
-    lines.append("| case | s | CPU s | call peak RSS GiB | process peak RSS GiB | notes |")
-    lines.append("|---|---|---|---|---|---|")
+    """A table with every case's figures, and the target checks."""
     results = payload["results"]
-    for name, res in results.items():
+
+    def notes(_key: str, res: dict[str, Any]) -> Any:
         if res.get("status") != "ok":
-            lines.append(f"| {name} | {res.get('status')}: {res.get('reason')} | | | | |")
-            continue
-        extra = res.get("extra", {})
-        notes = {
-            k: v
-            for k, v in extra.items()
-            if k not in ("call_peak_rss_gib", "disk_bytes", "complete")
-        }
-        lines.append(
-            f"| {name} | {res['seconds']:.2f} | {res['cpu_seconds']:.2f} | "
-            f"{_fmt(_peak(res))} | {res['peak_rss_gib']:.3f} | {notes} |"
-        )
+            return f"{res.get('status')}: {res.get('reason')}"
+        left_out = ("call_peak_rss_gib", "disk_bytes", "complete")
+        return {k: v for k, v in common.extra_of(res).items() if k not in left_out}
+
+    columns = [
+        common.titled("s", common.SECONDS),
+        common.CPU_SECONDS,
+        ("call peak RSS GiB", lambda _key, res: _peak(res)),
+        common.titled("process peak RSS GiB", common.PEAK_RSS),
+        ("notes", notes),
+    ]
+    lines = [f"W9 {payload['part']} ({payload['params']})", ""]
+    lines.append(common.case_table(results, columns))
     sized = [(k, _peak(v)) for k, v in results.items() if k.startswith(("latent_", "panel_"))]
     sized = [(k, p) for k, p in sized if k.split("_")[-1].isdigit() and p is not None]
     if len(sized) >= 2:
@@ -646,53 +627,43 @@ def report(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--case" in argv:
-        return common.worker_main(NAME, BUILDERS, argv)
+def arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="W9: per-row latents and scan panels")
     parts = parser.add_subparsers(dest="part", required=True)
     latent = parts.add_parser("latent", help="(a) the per-row latent Poisson kernel")
-    latent.add_argument("--sizes", default="100000,400000", help="rows, comma-separated")
-    latent.add_argument("--draws", type=int, default=1000)
+    common.add_options(
+        latent, helps={"sizes": "rows, comma-separated"}, sizes=[100_000, 400_000], draws=1000
+    )
     latent.add_argument("--fit-steps", type=int, default=1000)
-    latent.add_argument("--batch-size", type=int, default=None)
+    common.add_options(latent, batch_size=None)
     latent.add_argument("--reference-size", type=int, default=0, help="rows of Predictive")
     latent.add_argument("--equal-rows", type=int, default=100_000)
     latent.add_argument("--equal-draws", type=int, default=200)
-    latent.add_argument("--block-rows", default="7777,50000")
+    latent.add_argument("--block-rows", type=common.ints, default=[7777, 50_000])
     latent.add_argument("--trace-rows", type=int, default=0)
     latent.add_argument("--trace-chains", type=int, default=2)
     latent.add_argument("--trace-draws", type=int, default=250)
     panel = parts.add_parser("panel", help="(b) the AR(1) panel")
-    panel.add_argument("--units", default="20000,100000", help="units, comma-separated")
-    panel.add_argument("--draws", type=int, default=100)
+    panel.add_argument(
+        "--units", type=common.ints, default=[20_000, 100_000], help="units, comma-separated"
+    )
+    common.add_options(panel, draws=100)
     panel.add_argument("--fit-steps", type=int, default=2000)
     panel.add_argument("--weeks", type=int, default=WEEKS)
     panel.add_argument("--start", type=int, default=START)
-    panel.add_argument("--batch-size", type=int, default=1000)
+    common.add_options(panel, batch_size=1000)
     panel.add_argument("--effect-units", type=int, default=20_000)
     panel.add_argument("--equal-units", type=int, default=20_000)
     for p in (latent, panel):
-        p.add_argument("--reps", type=int, default=1)
-        p.add_argument("--workdir", default=None)
-        p.add_argument("--timeout", type=float, default=None)
-        p.add_argument("--name", default=None, help="results file name")
-        p.add_argument("--no-save", action="store_true", help="do not write the results file")
-        p.add_argument("--set", action="append", default=[], help="dopax setting KEY=VALUE")
-    args = parser.parse_args(argv)
-    common.use_dopax_settings(args.set)
-    machine = common.machine_info()
-    results = run_latent(args) if args.part == "latent" else run_panel(args)
-    params = {k: v for k, v in vars(args).items() if k not in ("timeout", "set", "no_save")}
-    payload = {"workload": NAME, "part": args.part, "params": params, "results": results}
-    common.publish(payload, machine, args, f"{NAME}_{args.part}", report)
-    return 0
+        common.add_options(p, reps=1, workdir=None, timeout=None, name=None, no_save=False, set=[])
+    return parser
 
+
+def results_name(args: argparse.Namespace) -> str:
+    return f"{NAME}_{args.part}"
+
+
+main = common.workload_cli(NAME, arg_parser, run_workload, report, BUILDERS, results_name)
 
 if __name__ == "__main__":
     raise SystemExit(main())
