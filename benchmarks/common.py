@@ -1030,7 +1030,7 @@ def workload_cli(
     run: Callable[[argparse.Namespace], dict[str, Any]],
     report: Callable[[dict[str, Any]], str],
     builders: Mapping[str, Callable[[dict[str, Any]], Case]] | None = None,
-    results_name: Callable[[argparse.Namespace], str] | None = None,
+    results_name: str | Callable[[argparse.Namespace], str] | None = None,
 ) -> Callable[..., int]:
     """The ``main(argv=None)`` of a workload script.
 
@@ -1038,8 +1038,9 @@ def workload_cli(
     Otherwise it parses ``argv`` with ``arg_parser()``, makes the ``--workdir``
     folder, applies ``--set``, describes the machine, calls ``run(args)`` for the
     payload (the cases run in fresh processes), prints ``report(payload)`` and
-    saves the payload as ``benchmarks/results/<name>.json`` (see `publish`;
-    ``results_name(args)`` replaces ``name``).
+    saves the payload as ``benchmarks/results/<name>.json`` (see `publish`).
+    ``results_name`` replaces ``name``: a function of the options, or a
+    template filled in with them (``"w7_cluster_{n}"``).
     """
 
     def main(argv: Sequence[str] | None = None) -> int:
@@ -1052,7 +1053,11 @@ def workload_cli(
         use_dopax_settings(getattr(args, "set", None) or [])
         machine = machine_info()
         payload = run(args)
-        publish(payload, machine, args, results_name(args) if results_name else name, report)
+        if isinstance(results_name, str):
+            name_of_run = results_name.format(**vars(args))
+        else:
+            name_of_run = results_name(args) if results_name else name
+        publish(payload, machine, args, name_of_run, report)
         return 0
 
     return main

@@ -659,11 +659,7 @@ def arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def results_name(args: argparse.Namespace) -> str:
-    return f"{NAME}_{args.part}"
-
-
-main = common.workload_cli(NAME, arg_parser, run_workload, report, BUILDERS, results_name)
+main = common.workload_cli(NAME, arg_parser, run_workload, report, BUILDERS, "w9_panels_{part}")
 
 if __name__ == "__main__":
     raise SystemExit(main())
