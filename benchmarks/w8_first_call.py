@@ -36,10 +36,9 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,6 @@ NAME = "w8_first_call"
 MODELS = ("w1", "bnn")
 METHODS = ("predict", "scenarios")
 SIZES = {"w1": (2_000, 1_000), "bnn": (50_000, 500)}
-MARK = "@@w8@@ "
 
 # ----------------------------------------------------------------------------- models
 
@@ -190,7 +188,7 @@ def worker(case: dict[str, Any]) -> dict[str, Any]:
     model, X = setup(package, n, draws)
     X = np.asarray(X)
     _settle()
-    out = Path(tempfile.mkdtemp(prefix="w8-", dir=case.get("workdir")))
+    out = common.make_temp_dir(case.get("workdir"), "w8-")
     try:
         first, first_cpu = _call(package, method, model, X, out / "1", jax.random.key(5))
         second, _ = _call(package, method, model, X, out / "2", jax.random.key(5))
@@ -209,7 +207,8 @@ def worker(case: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- driver
 
 
-def run_case(python: str, case: dict[str, Any]) -> dict[str, Any]:
+def run_case(python: str, case: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """One measurement: ``worker(case)`` in a fresh process of ``python``."""
     env = dict(os.environ)
     if case["package"].startswith("dopax"):
         src = str(common.REPO_ROOT / "src")
@@ -217,43 +216,23 @@ def run_case(python: str, case: dict[str, Any]) -> dict[str, Any]:
     else:
         env.pop("PYTHONPATH", None)
     script = str(Path(__file__).resolve())
-    proc = subprocess.run(
-        [python, script, "--worker", json.dumps(case)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=str(common.REPO_ROOT),
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith(MARK):
-            return dict(json.loads(line[len(MARK) :]))
-    return {**case, "error": proc.stderr[-2000:]}
+    cmd = [python, script, "--worker", json.dumps(case)]
+    return {**case, **common.run_worker(cmd, env=env, timeout=timeout)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=2, help="fresh processes per case")
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--packages", default="dopax,aimz,dopax_cache")
-    parser.add_argument("--aimz-python", default=None, help="interpreter with aimz installed")
-    parser.add_argument("--workdir", default=None, help="folder for the outputs")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker is not None:
-        print(MARK + json.dumps(worker(json.loads(args.worker))), flush=True)
-        return 0
+def run_workload(args: argparse.Namespace) -> dict[str, Any]:
+    """Every model, method and package, ``--reps`` fresh processes each."""
     pythons = {"dopax": sys.executable, "dopax_cache": sys.executable, "aimz": args.aimz_python}
-    cache_dir = tempfile.mkdtemp(prefix="w8-jax-cache-", dir=args.workdir)
+    cache_dir = str(common.make_temp_dir(args.workdir, "w8-jax-cache-"))
     results: list[dict[str, Any]] = []
-    for model_name in args.models.split(","):
-        for method in args.methods.split(","):
-            if "dopax_cache" in args.packages.split(","):  # fill the cache, untimed
+    for model_name in args.models:
+        for method in args.methods:
+            if "dopax_cache" in args.packages:  # fill the cache, untimed
                 fill = {"package": "dopax_cache", "model": model_name, "method": method}
-                run_case(sys.executable, {**fill, "rep": -1, "cache_dir": cache_dir})
+                run_case(sys.executable, {**fill, "rep": -1, "cache_dir": cache_dir}, args.timeout)
             for rep in range(args.reps):
                 # packages alternate within a repetition, so drifts of the machine hit both
-                for package in args.packages.split(","):
+                for package in args.packages:
                     if pythons.get(package) is None:
                         continue
                     case = {
@@ -264,41 +243,95 @@ def main(argv: list[str] | None = None) -> int:
                         "workdir": args.workdir,
                         "cache_dir": cache_dir,
                     }
-                    res = run_case(str(pythons[package]), case)
+                    res = run_case(str(pythons[package]), case, args.timeout)
                     results.append(res)
-                    shown = res.get("error") or (
+                    shown = (
                         f"import {res['import_s']:.2f} s, first {res['first_s']:.2f} s "
                         f"(CPU {res['first_cpu_s']:.2f} s), second {res['second_s']:.2f} s"
+                        if res["status"] == "ok"
+                        else f"{res['status']}: {res.get('reason')}"
                     )
                     print(f"{model_name} {method} {package} rep {rep}: {shown}", flush=True)
-    print()
-    print(
-        "| model | method | dopax first s (best) | aimz first s (best) | dopax / aimz "
-        "| dopax, warm cache s |"
-    )
-    print("|---|---|---|---|---|---|")
-    for model_name in args.models.split(","):
-        for method in args.methods.split(","):
-            best = {}
-            for package in ("dopax", "aimz", "dopax_cache"):
-                times = [
-                    r["first_s"]
-                    for r in results
-                    if r.get("package") == package
-                    and r.get("model") == model_name
-                    and r.get("method") == method
-                    and "first_s" in r
-                ]
-                best[package] = min(times) if times else None
-            ratio = f"{best['dopax'] / best['aimz']:.2f}" if best["dopax"] and best["aimz"] else "-"
-            shown = {k: f"{v:.2f}" if v else "-" for k, v in best.items()}
-            print(
-                f"| {model_name} | {method} | {shown['dopax']} | {shown['aimz']} | {ratio} "
-                f"| {shown['dopax_cache']} |"
-            )
     shutil.rmtree(cache_dir, ignore_errors=True)
-    common.save_results(NAME, {"env": common.env_info(), "results": results})
-    return 0
+    params = common.pick(args, "reps", "models", "methods", "packages", "aimz_python", "workdir")
+    return {"workload": NAME, "params": params, "results": results}
+
+
+def report(payload: dict[str, Any]) -> str:
+    """Best first call of each package, per model and method."""
+    results = payload["results"]
+    params = payload["params"]
+
+    def best(package: str, model_name: str, method: str) -> float | None:
+        times = [
+            r["first_s"]
+            for r in results
+            if (r.get("package"), r.get("model"), r.get("method")) == (package, model_name, method)
+            and r.get("status") == "ok"
+        ]
+        return min(times) if times else None
+
+    rows = []
+    for model_name in params["models"]:
+        for method in params["methods"]:
+            dopax, aimz = best("dopax", model_name, method), best("aimz", model_name, method)
+            rows.append(
+                [
+                    model_name,
+                    method,
+                    dopax,
+                    aimz,
+                    common.ratio(dopax, aimz),
+                    best("dopax_cache", model_name, method),
+                ]
+            )
+    headers = [
+        "model",
+        "method",
+        "dopax first s (best)",
+        "aimz first s (best)",
+        "dopax / aimz",
+        "dopax, warm cache s",
+    ]
+    failed = [
+        f"- {r['model']} {r['method']} {r['package']} rep {r['rep']}: {r.get('reason')}"
+        for r in results
+        if r.get("status") != "ok"
+    ]
+    return "\n".join(
+        [
+            f"### W8 first call: best of {params['reps']} fresh processes per case",
+            "",
+            common.markdown_table(headers, rows),
+            *failed,
+        ]
+    )
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common.add_options(parser, helps={"reps": "fresh processes per case"}, reps=2)
+    parser.add_argument("--models", type=common.names, default=list(MODELS))
+    parser.add_argument("--methods", type=common.names, default=list(METHODS))
+    parser.add_argument("--packages", type=common.names, default=["dopax", "aimz", "dopax_cache"])
+    parser.add_argument("--aimz-python", default=None, help="interpreter with aimz installed")
+    common.add_options(
+        parser,
+        helps={"workdir": "folder for the outputs"},
+        workdir=None,
+        timeout=None,
+        name=None,
+        no_save=False,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--worker"]:  # one measurement, in a fresh process
+        common.emit_result({"status": "ok", **worker(json.loads(argv[1]))})
+        return 0
+    return int(common.workload_cli(NAME, arg_parser, run_workload, report)(argv))
 
 
 if __name__ == "__main__":
