@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -25,6 +26,11 @@ from numpyro.infer.autoguide import AutoMultivariateNormal
 from numpyro.optim import Adam
 
 from dopax import ImpactModel
+
+try:
+    from benchmarks import common
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    import common  # type: ignore[no-redef]
 
 TAU, GAMMA, SIGMA = 1.5, 0.8, 1.0
 
@@ -76,20 +82,15 @@ def one(seed: int, n: int, prob: float) -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--datasets", type=int, default=100)
-    parser.add_argument("--n", type=int, default=500)
-    parser.add_argument("--prob", type=float, default=0.95)
-    args = parser.parse_args()
+def run_workload(args: argparse.Namespace) -> dict[str, Any]:
+    """Fit and compare every simulated data set; the coverage counts and mean errors."""
     started = time.perf_counter()
     rows = [one(seed, args.n, args.prob) for seed in range(args.datasets)]
-    covered = sum(r["covered"] for r in rows)
-    summary = {
+    return {
         "datasets": args.datasets,
         "n": args.n,
         "prob": args.prob,
-        "ate_covered": covered,
+        "ate_covered": sum(r["covered"] for r in rows),
         "ate_mean_error": float(np.mean([r["mean"] - r["truth"] for r in rows])),
         "group_high_covered": sum(r["covered_high"] for r in rows),
         "group_low_covered": sum(r["covered_low"] for r in rows),
@@ -97,12 +98,40 @@ def main() -> None:
         "group_low_mean_error": float(np.mean([r["error_low"] for r in rows])),
         "seconds": time.perf_counter() - started,
     }
-    print(json.dumps(summary, indent=2))
-    print(
-        f"ATE {args.prob:.0%} intervals covered the truth in {covered:.0f} of {args.datasets} "
-        f"data sets (target: at least {0.9 * args.datasets:.0f})."
+
+
+def report(summary: dict[str, Any]) -> str:
+    """The summary as JSON, a table of coverage, and the verdict."""
+    added = ("machine", "command", "finished_at")  # by publish
+    datasets, prob = summary["datasets"], summary["prob"]
+    rows = [
+        ["average treatment effect", summary["ate_covered"], summary["ate_mean_error"]],
+        ["effect in group X0 > 0", summary["group_high_covered"], summary["group_high_mean_error"]],
+        ["effect in group X0 <= 0", summary["group_low_covered"], summary["group_low_mean_error"]],
+    ]
+    headers = ["quantity", f"covered (of {datasets})", "mean error of the posterior mean"]
+    return "\n".join(
+        [
+            json.dumps({k: v for k, v in summary.items() if k not in added}, indent=2),
+            "",
+            common.markdown_table(headers, rows),
+            "",
+            f"ATE {prob:.0%} intervals covered the truth in {summary['ate_covered']:.0f} of "
+            f"{datasets} data sets (target: at least {0.9 * datasets:.0f}).",
+        ]
     )
 
 
+def arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--datasets", type=int, default=100)
+    common.add_options(parser, helps={"n": "rows of each data set"}, n=500)
+    parser.add_argument("--prob", type=float, default=0.95)
+    common.add_options(parser, name=None, no_save=False)
+    return parser
+
+
+main = common.workload_cli("effect_coverage", arg_parser, run_workload, report)
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -26,6 +26,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+try:
+    from benchmarks import common
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    import common  # type: ignore[no-redef]
+
 
 def _timed(fn: Callable[[], Any], reps: int = 5) -> tuple[float, float]:
     """Median wall seconds and mean CPU seconds of ``fn`` over ``reps`` calls."""
@@ -89,9 +94,7 @@ def rng() -> None:
         wall, cpu = _timed(lambda fn=fn: jax.block_until_ready(fn()))
         rows.append((name, wall, cpu))
     print(f"bit-identical words: {same}")
-    print("| case | median s | CPU s |\n|---|---|---|")
-    for name, wall, cpu in rows:
-        print(f"| {name} | {wall:.4f} | {cpu:.4f} |")
+    print(common.markdown_table(["case", "median s", "CPU s"], rows))
 
 
 def write(gib: float, folder: str | None) -> None:
@@ -103,7 +106,7 @@ def write(gib: float, folder: str | None) -> None:
     count = max(1, int(gib * 2**30 // chunk.size))
     base = tempfile.mkdtemp(prefix="dopax-write-", dir=folder)
     print(f"{count} files of 32 MB in {base}")
-    print("| mode | wall s | CPU s | GB/s |\n|---|---|---|---|")
+    rows = []
     try:
         for label, direct in (("page cache", False), ("O_DIRECT", True)):
             writer = FileWriter(direct=direct)
@@ -117,13 +120,12 @@ def write(gib: float, folder: str | None) -> None:
             c1 = os.times()
             cpu = c1.user + c1.system - c0.user - c0.system
             gbs = count * chunk.size / 1e9 / wall
-            print(
-                f"| {label}{'' if writer.direct == direct else ' (fell back)'} | "
-                f"{wall:.2f} | {cpu:.2f} | {gbs:.2f} |"
-            )
+            mode = label + ("" if writer.direct == direct else " (fell back)")
+            rows.append((mode, wall, cpu, gbs))
             shutil.rmtree(out)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    print(common.markdown_table(["mode", "wall s", "CPU s", "GB/s"], rows))
 
 
 def codec(values: int) -> None:
@@ -143,7 +145,7 @@ def codec(values: int) -> None:
     }
     level = ExecutionConfig().compression_level
     print(f"chunks of {int(np.prod(shape)):,} values; compression_level={level}")
-    print("| draws | codec | ns per value | stored / raw |\n|---|---|---|---|")
+    rows = []
     for label, array in data.items():
         auto = codec_for(ExecutionConfig(), array.dtype)
         for name in ("zstd", "lz4", "bitshuffle-lz4"):
@@ -152,7 +154,8 @@ def codec(values: int) -> None:
             wall, _ = _timed(functools.partial(encode, array))
             ratio = len(encode(array)) / array.nbytes
             mark = " (auto)" if name == auto else ""
-            print(f"| {label} | {name}{mark} | {wall * 1e9 / array.size:.2f} | {ratio:.3f} |")
+            rows.append((label, name + mark, wall * 1e9 / array.size, ratio))
+    print(common.markdown_table(["draws", "codec", "ns per value", "stored / raw"], rows))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,16 +18,17 @@ import threading
 import time
 from typing import Any
 
+try:
+    from benchmarks import common
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    import common  # type: ignore[no-redef]
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=2000)
-    parser.add_argument("--draws", type=int, default=200)
-    parser.add_argument("--calls", type=int, default=24, help="calls in all, per case")
-    parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+NAME = "threads"
+TARGET_THREADS_VS_SEQUENTIAL = 1.0
 
+
+def run_workload(args: argparse.Namespace) -> dict[str, Any]:
+    """Calls per second of each case in every round, in this process."""
     import jax
     import numpy as np
     import numpyro
@@ -104,23 +105,69 @@ def main() -> None:
             }
         )
     med = {k: sorted(r[k] for r in rounds)[len(rounds) // 2] for k in rounds[0]}
-    print(
-        json.dumps(
-            {
-                "rows": args.rows,
-                "draws": args.draws,
-                "threads": args.threads,
-                "cpus": os.cpu_count(),
-                "calls_per_s_median": med,
-                "threads_over_sequential": med["dopax_threads"] / med["dopax_sequential"],
-                "sequential_over_predictive": med["dopax_sequential"]
-                / med["predictive_sequential"],
-                "rounds": rounds,
-            },
-            indent=2,
-        )
+    return {
+        "workload": NAME,
+        "rows": args.rows,
+        "draws": args.draws,
+        "threads": args.threads,
+        "cpus": os.cpu_count(),
+        "calls_per_s_median": med,
+        "threads_over_sequential": med["dopax_threads"] / med["dopax_sequential"],
+        "sequential_over_predictive": med["dopax_sequential"] / med["predictive_sequential"],
+        "rounds": rounds,
+    }
+
+
+def report(payload: dict[str, Any]) -> str:
+    """The figures as JSON, then a table of calls per second and the target."""
+    added = ("workload", "machine", "command", "finished_at")  # by run_workload and publish
+    figures = {k: v for k, v in payload.items() if k not in added}
+    med = payload["calls_per_s_median"]
+    labels = {
+        "predictive_sequential": "NumPyro Predictive, jitted, one thread",
+        "dopax_sequential": "dopax, one thread",
+        "dopax_threads": f"dopax, {payload['threads']} threads",
+    }
+    rows = [
+        [label, med[key], common.ratio(med[key], med["dopax_sequential"])]
+        for key, label in labels.items()
+    ]
+    each = ", ".join(f"{r['dopax_threads'] / r['dopax_sequential']:.3g}" for r in payload["rounds"])
+    gain = payload["threads_over_sequential"]
+    verdict = "met" if gain >= TARGET_THREADS_VS_SEQUENTIAL else "NOT met"
+    return "\n".join(
+        [
+            json.dumps(figures, indent=2, default=str),
+            "",
+            f"Calls per second of {payload['rows']:,} rows x {payload['draws']:,} draws, "
+            f"median of {len(payload['rounds'])} rounds:",
+            "",
+            common.markdown_table(["case", "calls/s", "x sequential dopax"], rows),
+            "",
+            f"Target: {payload['threads']} threads' calls/s >= "
+            f"{TARGET_THREADS_VS_SEQUENTIAL:g} x one thread's: {gain:.3g} ({verdict}; "
+            f"rounds: {each})",
+        ]
     )
 
 
+def arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=2000)
+    common.add_options(parser, draws=200)
+    parser.add_argument("--calls", type=int, default=24, help="calls in all, per case")
+    parser.add_argument("--threads", type=int, default=8)
+    common.add_options(
+        parser,
+        helps={"rounds": "rounds of all cases; the median of each case is reported"},
+        rounds=3,
+        name=None,
+        no_save=False,
+    )
+    return parser
+
+
+main = common.workload_cli(NAME, arg_parser, run_workload, report)
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -24,7 +24,6 @@ import resource
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -109,9 +108,9 @@ class _Sampler:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=10_000_000)
+    common.add_options(parser, n=10_000_000)
     parser.add_argument("--input", choices=["zarr", "numpy"], default="zarr")
-    parser.add_argument("--workdir", default=None)
+    common.add_options(parser, workdir=None)
     parser.add_argument("--period", type=float, default=0.0005, help="seconds between samples")
     args = parser.parse_args(argv)
     if not sys.platform.startswith("linux"):
@@ -121,10 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import dopax.execution.engine as run_module
 
-    work = tempfile.mkdtemp(prefix="dopax-w4trace-", dir=args.workdir)
+    work = common.make_temp_dir(args.workdir, "dopax-w4trace-")
     try:
         X: Any = (
-            w1_linear.make_X_zarr(args.n, 10, work)
+            w1_linear.make_X_zarr(args.n, 10, str(work))
             if args.input == "zarr"
             else common.make_X(args.n, 10)
         )
