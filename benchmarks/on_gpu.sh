@@ -51,5 +51,8 @@ if [ -f benchmarks/w10_answers.py ]; then
   step w10 200 python3 benchmarks/w10_answers.py --gpu
 fi
 if [ -f benchmarks/w9_panels.py ]; then
-  step w9 150 python3 benchmarks/w9_panels.py --gpu
+  step w9_latent 150 python3 benchmarks/w9_panels.py latent --sizes 100000,1000000 \
+    --draws 1000 --reference-size 1000000 --equal-rows 0 --no-save
+  step w9_panel 100 python3 benchmarks/w9_panels.py panel --units 20000,200000 --draws 100 \
+    --effect-units 0 --equal-units 0 --no-save
 fi
