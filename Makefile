@@ -24,8 +24,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Test files are shared out whole among TEST_WORKERS processes (pytest-xdist),
+# so a module's fixtures are built once.
+TEST_WORKERS ?= 2
+
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 test: lint typecheck unit
 

@@ -45,6 +45,25 @@ class Counts:
         return f"traces={self.traces}, compiled={dict(self.compiled)}"
 
 
+@pytest.fixture(autouse=True)
+def no_persistent_cache() -> Iterator[None]:
+    """Count compilations as a process without JAX's persistent cache makes them.
+
+    The suite shares one cache folder (``tests/conftest.py``); a program loaded
+    from it is not compiled, which would hide what a first call costs.
+    """
+    from jax.experimental.compilation_cache import compilation_cache
+
+    before = jax.config.values["jax_compilation_cache_dir"]
+    jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+        compilation_cache.reset_cache()
+
+
 @pytest.fixture
 def counts() -> Iterator[Counts]:
     found = Counts()
