@@ -92,7 +92,8 @@ def test_the_cycle_finder_finds_cycles() -> None:
 
 #: Each package's layer: a module imports only from packages of lower layers (or
 #: its own). Settings and errors at the bottom; pure kernel, device and sampling
-#: code; results and fitting; the engine; the facade; saved models and the CLI.
+#: code; results and fitting; the engine; the facade; saved models and tables;
+#: the command line and the MLflow flavor.
 LAYERS = {
     "_version": 0,
     "_warn": 0,
@@ -110,10 +111,12 @@ LAYERS = {
     "streaming": 4,
     "execution": 5,
     "model": 6,
-    "io": 7,
-    "__main__": 8,
-    "dopax": 8,
+    "persist": 7,
+    "tables": 7,
+    "cli": 8,
     "mlflow": 8,
+    "__main__": 9,
+    "dopax": 9,
 }
 
 
