@@ -1,4 +1,4 @@
-"""The package's shape: no import circle, and lower layers never import upper ones."""
+"""The package's shape: no import circle, no upward import, no private state read from outside."""
 
 from __future__ import annotations
 
@@ -151,3 +151,99 @@ def test_the_layer_check_sees_an_upward_import() -> None:
         "dopax.exceptions": set(),
     }
     assert upward_imports(graph) == ["dopax.kernel.spec -> dopax.model.state"]
+
+
+MODEL = SRC / "model"
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _own_attributes(cls: ast.ClassDef) -> set[str]:
+    """Private names a class defines: ``self._x``/``cls._x`` it assigns, its methods and fields."""
+    names: set[str] = set()
+    for node in ast.walk(cls):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                names.add(node.attr)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.AnnAssign | ast.Assign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return {name for name in names if _private(name)}
+
+
+def model_private_names() -> set[str]:
+    """Every private attribute and method of the classes under ``dopax/model``."""
+    names: set[str] = set()
+    for path in MODEL.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                names |= _own_attributes(node)
+    return names
+
+
+def private_reads(source: str, private: set[str]) -> list[tuple[int, str]]:
+    """Return ``(line, name)`` of each use of a name of ``private`` on another object.
+
+    ``x._name`` counts unless ``x`` is ``self`` or ``cls``, or the use sits in
+    a class that defines ``_name`` itself (it may touch its own instances);
+    ``getattr(x, "_name")`` and the like count too.
+    """
+    found: list[tuple[int, str]] = []
+
+    def visit(node: ast.AST, own: frozenset[str]) -> None:
+        if isinstance(node, ast.ClassDef):
+            own = own | _own_attributes(node)
+        if isinstance(node, ast.Attribute) and node.attr in private and node.attr not in own:
+            receiver = node.value
+            if not (isinstance(receiver, ast.Name) and receiver.id in ("self", "cls")):
+                found.append((node.lineno, node.attr))
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "setattr", "hasattr", "delattr")
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and node.args[1].value in private
+        ):
+            found.append((node.lineno, str(node.args[1].value)))
+        for child in ast.iter_child_nodes(node):
+            visit(child, own)
+
+    visit(ast.parse(source), frozenset())
+    return sorted(found)
+
+
+def test_no_module_outside_the_model_reads_its_private_state() -> None:
+    private = model_private_names()
+    assert {"_state", "_inference"} <= private
+    offenders = [
+        f"{path.relative_to(SRC.parent)}:{line}: .{name}"
+        for path in sorted(SRC.rglob("*.py"))
+        if MODEL not in path.parents
+        for line, name in private_reads(path.read_text(), private)
+    ]
+    assert not offenders, (
+        "private attributes of the model read outside dopax/model (use dopax.model.snapshot):\n"
+        + "\n".join(offenders)
+    )
+
+
+def test_the_private_state_check_sees_a_read() -> None:
+    reads = "def f(model):\n    state = model._state\n    return getattr(model, '_state')\n"
+    assert private_reads(reads, {"_state"}) == [(2, "_state"), (3, "_state")]
+    own = (
+        "class Sink:\n"
+        "    def __init__(self):\n"
+        "        self._state = 'new'\n"
+        "    @classmethod\n"
+        "    def attach(cls):\n"
+        "        sink = cls.__new__(cls)\n"
+        "        sink._state = 'open'\n"
+        "        return sink\n"
+    )
+    assert private_reads(own, {"_state"}) == []
+    assert private_reads("def g(x):\n    return x._other\n", {"_state"}) == []

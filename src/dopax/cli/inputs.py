@@ -19,6 +19,7 @@ import pandas as pd
 
 from dopax.data.finite import check_finite
 from dopax.model.impact_model import ImpactModel
+from dopax.model.snapshot import input_schema_of
 from dopax.tables.tabular import bind_frame, check_required, with_static_defaults
 
 __all__ = ["FORMATS", "InputFile", "read_input"]
@@ -81,7 +82,7 @@ def read_input(path: str, model: ImpactModel) -> InputFile:
     if not os.path.exists(path):
         raise ValueError(f"INPUT {path}: no such file or folder.")
     kind = _kind(path)
-    schema = model._state.ctx.inputs
+    schema = input_schema_of(model)
     frame = None
     source = f"INPUT {os.path.basename(path.rstrip('/'))}"
     if kind in (".parquet", ".pq", ".csv"):

@@ -26,6 +26,7 @@ from mlflow.utils.autologging_utils import (
 
 from dopax.mlflow.flavor import FLAVOR_NAME, log_model
 from dopax.model.impact_model import ImpactModel
+from dopax.model.snapshot import fit_diagnostics, snapshot
 from dopax.persist.inference import describe_inference
 from dopax.persist.source import CodeFile, NotRecordableError
 
@@ -101,14 +102,13 @@ def _after_fit(model: ImpactModel, method: str, bound: inspect.BoundArguments) -
     params = {k: v for k, v in _params(model, method, bound).items() if k not in logged}
     if params:
         mlflow.log_params(params)
-    driver = model._state.driver
-    if driver.kind == "svi" and model.vi_result is not None:
+    if snapshot(model).fit_kind == "svi" and model.vi_result is not None:
         losses = np.asarray(model.vi_result.losses, dtype=np.float64)
         every = int(get_autologging_config(FLAVOR_NAME, "log_every_n_steps", 1))
         _log_losses(run_id, losses, every)
         if losses.size:
             mlflow.log_metric("final_loss", float(losses[-1]))
-    metrics = driver.diagnostics()
+    metrics = fit_diagnostics(model)
     if metrics:
         mlflow.log_metrics(metrics)
     mlflow.log_text(_kernel_source(model.kernel), "kernel.py")

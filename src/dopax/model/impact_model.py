@@ -27,6 +27,7 @@ from dopax.kernel.signature import check_reserved_kwargs, validate_signature
 from dopax.kernel.spec import KernelSpec
 from dopax.model.answers import AnswerMethods
 from dopax.model.checks import optional_positive_int, positive_int
+from dopax.model.contrast import contrast_sides
 from dopax.model.fitting import FittingMethods
 from dopax.model.state import FittedState, require_posterior
 from dopax.sampling.keys import check_key
@@ -521,8 +522,6 @@ class ImpactModel(FittingMethods, AnswerMethods):
         Returns:
             A tree with the same group as the sides holding the differences.
         """
-        from dopax.effects.contrast import contrast_sides
-
         return contrast_sides(
             self,
             (output_baseline, args_baseline),

@@ -25,13 +25,21 @@ from dopax._version import __version__
 from dopax.exceptions import SavedModelError
 from dopax.inference.posterior import Posterior
 from dopax.model.impact_model import ImpactModel
+from dopax.model.snapshot import (
+    example_schema,
+    fit_params,
+    fit_state,
+    restore_fit,
+    restore_posterior,
+    snapshot,
+)
 from dopax.persist.allowed import is_allowed
 from dopax.persist.files import Folder
 from dopax.persist.inference import describe_inference
 from dopax.persist.loading import SavedCode, load_inference, load_kernel
 from dopax.persist.source import CodeFile, NotRecordableError, importable_ref, load_code
 from dopax.persist.state import array_records, read_arrays, write_arrays
-from dopax.sampling.inputs import InputSchema, input_schema
+from dopax.sampling.inputs import InputSchema
 from dopax.sampling.row_latent import RowGuide
 
 __all__ = ["load_model", "save_model"]
@@ -98,13 +106,12 @@ def _inference_record(
 
 
 def _example_schema(model: ImpactModel, example: Any) -> InputSchema:
-    ctx = model._state.ctx
     args = dict(example) if isinstance(example, Mapping) else {model.param_input: example}
     if model.param_input not in args:
         raise ValueError(f"`input_example` has no entry for the input {model.param_input!r}.")
     X = args.pop(model.param_input)
     args.pop(model.param_output, None)
-    return input_schema(ctx.bind(X, None, args), model.param_input, model.param_output)
+    return example_schema(model, X, args)
 
 
 def save_model(
@@ -150,11 +157,11 @@ def save_model(
     if not folder.is_empty() and (not overwrite or not folder.exists(mf.MANIFEST)):
         hint = "." if overwrite else " (or pass `overwrite=True` to replace a saved model)."
         raise FileExistsError(f"{folder} is not empty; save to a new folder{hint}")
-    state = model._state
+    state = snapshot(model)
     code = CodeFile()
     kernel_rec, kernel_pickle = _kernel_record(model.kernel, code)
     inference_rec, inference_pickle = _inference_record(model.inference, model.kernel, code)
-    schema = state.ctx.inputs if input_example is None else _example_schema(model, input_example)
+    schema = state.inputs if input_example is None else _example_schema(model, input_example)
     arrays: dict[str, np.ndarray] = {}
     posterior = None
     if state.posterior is not None:
@@ -174,7 +181,7 @@ def save_model(
             if state.posterior.row_words is None
             else [int(w) for w in np.asarray(state.posterior.row_words)],
         }
-    fit_arrays, fit_facts = state.driver.export_state()
+    fit_arrays, fit_facts = fit_state(model)
     arrays.update({f"fit/{k}": v for k, v in fit_arrays.items()})
     key = state.key
     manifest = {
@@ -186,10 +193,10 @@ def save_model(
         "param_output": model.param_output,
         "kernel": kernel_rec,
         "inference": inference_rec,
-        "kernel_spec": mf.spec_to_json(state.ctx.spec),
+        "kernel_spec": mf.spec_to_json(state.spec),
         "inputs": mf.schema_to_json(schema),
         "posterior": posterior,
-        "fit": {"kind": state.driver.kind, **fit_facts},
+        "fit": {"kind": state.fit_kind, **fit_facts},
         "rng": {
             "key_data": np.asarray(jax.random.key_data(key)).tolist(),
             "impl": str(jax.random.key_impl(key)),
@@ -284,24 +291,28 @@ def load_model(
         kernel, key, inference, param_input=m["param_input"], param_output=m["param_output"]
     )
     arrays = read_arrays(folder, array_records(m, folder.url_of(mf.MANIFEST)))
-    state = model._state
-    state.ctx.spec = mf.spec_from_json(m["kernel_spec"])
-    state.ctx.inputs = inputs
+    spec = mf.spec_from_json(m["kernel_spec"])
     fit = {k[len("fit/") :]: v for k, v in arrays.items() if k.startswith("fit/")}
-    if m["fit"].get("kind") == state.driver.kind:
-        try:
-            state.driver.restore_state(fit, m["fit"])
-        except (KeyError, ValueError, TypeError, IndexError) as err:
-            raise SavedModelError(
-                f"{folder.url_of(mf.MANIFEST)}: the fit state it records does not match "
-                f"{mf.STATE} ({type(err).__name__}: {err}). Restore the folder from where it "
-                "came from, or save the model again."
-            ) from err
+    same_driver = m["fit"].get("kind") == snapshot(model).fit_kind
+    try:
+        restore_fit(
+            model,
+            spec=spec,
+            inputs=inputs,
+            fit=(fit, m["fit"]) if same_driver else None,
+        )
+    except (KeyError, ValueError, TypeError, IndexError) as err:
+        raise SavedModelError(
+            f"{folder.url_of(mf.MANIFEST)}: the fit state it records does not match "
+            f"{mf.STATE} ({type(err).__name__}: {err}). Restore the folder from where it "
+            "came from, or save the model again."
+        ) from err
     post = m["posterior"]
+    posterior = None
     if post is not None:
         draws = {name: arrays[f"posterior/{i:04d}"] for i, name in enumerate(post["sites"])}
         # the posterior goes with the fit's point values (``numpyro.param`` sites)
-        params = state.driver.current_params()
+        params = fit_params(model)
         rows = {k: RowGuide.from_json(v) for k, v in (post.get("row_guides") or {}).items()}
         missing = sorted(
             name
@@ -315,7 +326,7 @@ def load_model(
                 f"{missing}, which the saved fit state lacks: the model was saved incompletely."
             )
         words = post.get("row_words")
-        state.posterior = Posterior(
+        posterior = Posterior(
             draws,
             int(post["num_chains"]),
             params,
@@ -323,5 +334,5 @@ def load_model(
             n_draws=int(post["num_draws"]),
             row_words=None if words is None else np.asarray(words, np.uint32),
         )
-    state.resume_count(int(rng["counter"]))
+    restore_posterior(model, posterior, int(rng["counter"]))
     return model

@@ -15,6 +15,7 @@ import pandas as pd
 
 from dopax.data.finite import check_finite
 from dopax.model.impact_model import ImpactModel
+from dopax.model.snapshot import input_schema_of
 from dopax.tables.scoring import summarize_rows
 from dopax.tables.tabular import arg_columns, bind_frame, check_required, with_static_defaults
 
@@ -68,7 +69,7 @@ class TablePredictor:
     @property
     def schema(self) -> Any:
         """The model's input schema (``None`` if it was never fitted)."""
-        return self.model._state.ctx.inputs
+        return input_schema_of(self.model)
 
     def input_columns(self) -> list[tuple[str, str]]:
         """Return ``(column, MLflow type)`` of each column the model reads (none without schema)."""

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dopax.execution.answers import run_summary
 from dopax.execution.request import PREDICT, Output, PredictiveRequest, SummaryRequest
 from dopax.inference.posterior import Posterior
 from dopax.model.impact_model import ImpactModel
+from dopax.model.snapshot import run_summary_request, snapshot
 from dopax.model.state import require_posterior
 from dopax.sampling.keys import check_key, typed_key
 
@@ -82,7 +82,7 @@ def summarize_rows(
     """
     if not 0 < prob < 1:
         raise ValueError(f"`prob` must lie strictly between 0 and 1; got {prob}.")
-    state = model._state
+    state = snapshot(model)
     posterior = _thinned(require_posterior(state.posterior, "predict"), num_draws)
     if rng_key is not None:
         check_key(rng_key)
@@ -102,7 +102,7 @@ def summarize_rows(
         in_sample=False,
         output=Output(batch_size=block_rows, store="memory", progress=False),
     )
-    tree = run_summary(state.ctx, SummaryRequest(forward, prob=prob))
+    tree = run_summary_request(model, SummaryRequest(forward, prob=prob))
     summary = tree["summary"].to_dataset()
     columns: dict[str, np.ndarray] = {}
     row_dims = tree.attrs["row_dims"]  # every site, in order, with its row dimension
