@@ -24,16 +24,15 @@ from dopax.answers.loo import LOO_GROUP, LooProgram, LooTotals, elpd_data, good_
 from dopax.answers.summary import COVERED, SiteSummary, SummaryProgram
 from dopax.config import get_config
 from dopax.execution.context import ModelContext
-from dopax.execution.engine import result_attrs
+from dopax.execution.executor import Delivery, execute, result_attrs
 from dopax.execution.job import ForwardJob, forward_job
 from dopax.execution.request import LooRequest, PredictiveRequest, SummaryRequest
-from dopax.execution.runner import Block, BlockJob, row_latent_bytes, run_blocks, splits_rows
+from dopax.execution.runner import Block, BlockJob, Consume, row_latent_bytes, splits_rows
 from dopax.execution.sizing import Footprint, size_blocks
 from dopax.output import schema
 from dopax.output.schema import SiteLayout
 from dopax.parallel.batching import BlockPlan
-from dopax.streaming.stream import Progress, Submit, stream_into
-from dopax.streaming.targets import sink_for_call
+from dopax.streaming.stream import Progress, Submit
 
 __all__ = ["run_loo", "run_summary"]
 
@@ -175,10 +174,11 @@ def _stream(
         _layout(group, name, site, shape, axis, blocks.row_block)
         for name, (site, shape, axis) in written.items()
     ]
-    sink = sink_for_call(out.store, out.output_dir, label, ctx.temp_folder, out.storage_options)
     behind = _OneBehind(kept)
 
-    def run(submit: Submit, advance: Any) -> None:
+    def consumer(submit: Submit | None) -> Consume:
+        assert submit is not None
+
         def consume(block: Block, outputs: dict[str, Any]) -> None:
             for name, (_, shape, axis) in written.items():
                 index = _index(axis, len(shape), block)
@@ -186,19 +186,31 @@ def _stream(
                     submit(group, name, index, outputs[name])
             behind.add(outputs)
 
-        run_blocks(job, blocks, consume, on_block=lambda rows, draws: advance(rows))
-        behind.finish()
+        return consume
 
-    return stream_into(  # type: ignore[no-any-return]
-        sink,
-        run,
+    delivery = Delivery(
+        label=label,
+        folder=label,
+        group=group,
         layouts=layouts,
         static=None,
         attrs=result_attrs(job, attrs),
         total=job.n_rows,
-        progress=progress,
-        desc=label,
+        progress_of=lambda rows, draws: rows,
+        consumer=consumer,
+        done=behind.finish,
         late_attrs=late_attrs,
+    )
+    # the answer methods take no ``client``: their blocks run here
+    return execute(  # type: ignore[no-any-return]
+        job,
+        blocks,
+        delivery,
+        output=out,
+        temp_folder=ctx.temp_folder,
+        client=None,
+        config=get_config(),
+        progress=progress,
     )
 
 

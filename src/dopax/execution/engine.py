@@ -10,16 +10,21 @@ import numpy as np
 import xarray as xr
 
 from dopax.config import get_config
-from dopax.execution.cluster import run_on_cluster
 from dopax.execution.context import ModelContext
+from dopax.execution.executor import (
+    Delivery,
+    cluster_devices,
+    cluster_of,
+    execute,
+    result_attrs,
+)
 from dopax.execution.job import ForwardJob, forward_job
 from dopax.execution.request import LOG_LIKELIHOOD, PRIOR, PredictiveRequest
 from dopax.execution.runner import (
     Block,
+    Consume,
     forward_consumer,
     row_latent_bytes,
-    run_blocks,
-    sharding_of,
     splits_rows,
 )
 from dopax.execution.sizing import Footprint, size_blocks
@@ -29,26 +34,11 @@ from dopax.output.schema import SiteLayout
 from dopax.parallel.batching import BlockPlan
 from dopax.sampling.plan import FULL
 from dopax.sampling.prepare import read_rows
-from dopax.streaming.sinks import MemorySink, Sink
-from dopax.streaming.stream import Progress, Submit, stream_into
-from dopax.streaming.targets import call_location, check_store, sink_for_call
+from dopax.streaming.stream import Progress, Submit
 
-__all__ = ["cluster_devices", "result_attrs", "run_predictive"]
+__all__ = ["run_predictive"]
 
 logger = logging.getLogger("dopax")
-
-
-def result_attrs(job: Any, extra: dict[str, Any]) -> dict[str, Any]:
-    """Return a result's root attributes, with where it ran (devices, shard axis).
-
-    Args:
-        job: The block job.
-        extra: The call's own attributes.
-    """
-    shard_axis, n_dev = sharding_of(job)
-    return schema.base_attrs(
-        {**extra, schema.DEVICES_ATTR: n_dev, schema.SHARD_AXIS_ATTR: shard_axis}
-    )
 
 
 def _group(request: PredictiveRequest) -> str:
@@ -221,42 +211,13 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
     if request.posterior is not None:
         static = {schema.POSTERIOR: request.posterior.by_chain()}
     attrs = result_attrs(job, {"method": request.method, **_call_attrs(request, blocks, fj)})
-    client = out.client if out.client is not None else cfg.client
-    if client is not None and not out.in_memory:
-        progress.close()  # the cluster's tasks have their own bar
-        check_store(out.store, "persistent", "client=")
-        where, keep = call_location(
-            out.output_dir, _label(request), ctx.temp_folder, out.storage_options
-        )
-        tree = run_on_cluster(
-            client,
-            job,
-            blocks,
-            where=where,
-            keepalive=keep,
-            group=group,
-            layouts=layouts,
-            static=static,
-            attrs={**attrs, schema.DEVICES_ATTR: cluster_devices(client)},
-            config=cfg,
-            progress=out.progress,
-            desc=_label(request),
-            driver_writes=[]
-            if observed is None
-            else [(observed[1], _whole_rows(observed[0], job.n_rows), np.asarray(observed[0]))],
-        )
-        assert tree is not None
-        return tree
-    sink: Sink
-    if out.in_memory:
-        sink = MemorySink()
-    else:
-        sink = sink_for_call(
-            out.store, out.output_dir, _label(request), ctx.temp_folder, out.storage_options
-        )
+    client = cluster_of(out, cfg)
+    if client is not None:
+        attrs[schema.DEVICES_ATTR] = cluster_devices(client)
     axes = job.program.outputs
 
-    def run(submit: Submit, advance: Any) -> None:
+    def consumer(submit: Submit | None) -> Consume:
+        assert submit is not None
         forward = forward_consumer(axes, group, submit)
 
         def consume(block: Block, outputs: dict[str, Any]) -> None:
@@ -271,17 +232,31 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
                     piece = np.asarray(read_rows(values, block.r0, block.r1))
                 submit(layout.group, layout.name, index, piece)
 
-        run_blocks(job, blocks, consume, on_block=lambda rows, draws: advance(rows * draws))
+        return consume
 
-    tree = stream_into(
-        sink,
-        run,
+    delivery = Delivery(
+        label=_label(request),
+        folder=_label(request),
+        group=group,
         layouts=layouts,
         static=static,
         attrs=attrs,
         total=job.n_rows * job.n_draws,
+        progress_of=lambda rows, draws: rows * draws,
+        consumer=consumer,
+        driver_writes=[]
+        if observed is None
+        else [(observed[1], _whole_rows(observed[0], job.n_rows), np.asarray(observed[0]))],
+    )
+    tree = execute(
+        job,
+        blocks,
+        delivery,
+        output=out,
+        temp_folder=ctx.temp_folder,
+        client=client,
+        config=cfg,
         progress=progress,
-        desc=_label(request),
     )
     if out.in_memory and not out.return_datatree:
         ds = tree[group].to_dataset()
@@ -289,7 +264,7 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
             str(name): np.asarray(ds[name].values).reshape(-1, *ds[name].shape[2:])
             for name in ds.data_vars
         }
-    return tree
+    return tree  # type: ignore[no-any-return]
 
 
 def _prepare(
@@ -340,11 +315,3 @@ def _call_attrs(request: PredictiveRequest, blocks: BlockPlan, fj: ForwardJob) -
         attrs["in_sample"] = int(request.in_sample)
         attrs["intervention"] = repr(sorted((request.intervention or {}).keys()))
     return attrs
-
-
-def cluster_devices(client: Any) -> int:
-    """Return how many worker processes a cluster has (its devices for the attributes)."""
-    try:
-        return max(1, len(client.scheduler_info().get("workers", {})))
-    except Exception:  # pragma: no cover - a client that cannot say
-        return 1

@@ -1,4 +1,9 @@
-"""From a forward request to a job: bound inputs, the plan (cached), the per-row latent policy."""
+"""From a request to a block job: bound inputs, the plan (cached), the per-row latent policy.
+
+Every job is built here (:func:`build_job`): a forward pass from its request
+(:func:`forward_job`), and a scenario comparison or a reduction from the
+passes it plans.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from dopax.execution.request import LOG_LIKELIHOOD, PredictiveRequest
 from dopax.execution.runner import BlockJob
 from dopax.inference.posterior import Posterior
 from dopax.kernel.spec import observed_sites
-from dopax.parallel.sharded import DRAW, OBS
+from dopax.parallel.sharded import DRAW, OBS, BlockProgram
 from dopax.sampling import forward
 from dopax.sampling.explain import check_observed_shape
 from dopax.sampling.forward import ForwardProgram, PassSpec
@@ -28,6 +33,9 @@ from dopax.sampling.row_latent import DRAWS
 
 __all__ = [
     "ForwardJob",
+    "JobInputs",
+    "PassInputs",
+    "build_job",
     "forward_job",
     "kernel_params",
     "plan_pass",
@@ -51,6 +59,149 @@ class ForwardJob:
     plan: ForwardPlan
     chains: int
     bound: BoundArgs
+
+
+@dataclasses.dataclass(frozen=True)
+class PassInputs:
+    """One pass's inputs: kernel arguments and intervention values, per row or whole.
+
+    Attributes:
+        rows: Kernel arguments with one entry per row (full length).
+        shared: Array kernel arguments used whole.
+        row_do: Intervened sites with one value per row (rows first).
+        shared_do: Intervened sites with one value for all rows.
+    """
+
+    rows: dict[str, Any]
+    shared: dict[str, Any]
+    row_do: dict[str, Any]
+    shared_do: dict[str, Any]
+
+    @classmethod
+    def of(cls, bound: BoundArgs, plan: ForwardPlan, intervention: Any) -> PassInputs:
+        """Return a pass's inputs: its bound arguments and its intervention, split as planned.
+
+        Args:
+            bound: The pass's bound inputs.
+            plan: The pass's plan (which intervened sites follow the rows, on which axis).
+            intervention: Site name to value, or ``None``.
+        """
+        do = _float32(intervention or {})
+        row_names = set(plan.row_intervention_sites)
+        axes = dict(plan.row_intervention_axes)
+        return cls(
+            rows=dict(bound.rows),
+            shared=dict(bound.shared),
+            row_do={
+                k: np.moveaxis(np.asarray(v), axes[k], 0) if k in axes else v
+                for k, v in do.items()
+                if k in row_names
+            },
+            shared_do={k: v for k, v in do.items() if k not in row_names},
+        )
+
+    @property
+    def anchor(self) -> dict[str, Any]:
+        """The anchor row's arguments (row 0)."""
+        return {k: anchor_rows(v) for k, v in self.rows.items()}
+
+    @property
+    def anchor_do(self) -> dict[str, Any]:
+        """The anchor row's intervention values."""
+        return {k: anchor_rows(v) for k, v in self.row_do.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class JobInputs:
+    """A job's block inputs: pytrees laid out as its block program takes them.
+
+    Attributes:
+        rows: Full-length row inputs.
+        row_do: Full-length row intervention values.
+        shared: Inputs used whole by every block.
+        shared_do: Intervention values used whole.
+        anchor: The anchor row's inputs.
+        anchor_do: The anchor row's intervention values.
+    """
+
+    rows: Any
+    row_do: Any
+    shared: Any
+    shared_do: Any
+    anchor: Any
+    anchor_do: Any
+
+    @classmethod
+    def one_pass(cls, inputs: PassInputs) -> JobInputs:
+        """The inputs of a forward pass's program: one pass's, as they are."""
+        return cls(
+            rows=inputs.rows,
+            row_do=inputs.row_do,
+            shared=inputs.shared,
+            shared_do=inputs.shared_do,
+            anchor=inputs.anchor,
+            anchor_do=inputs.anchor_do,
+        )
+
+
+def build_job(
+    ctx: ModelContext,
+    program: BlockProgram,
+    inputs: JobInputs,
+    *,
+    key: jax.Array,
+    posterior: Posterior | None,
+    plan: ForwardPlan,
+    latent: Mapping[str, Any],
+    row_sources: Mapping[str, Any],
+    n_draws: int,
+    n_rows: int,
+    split_rows: bool,
+    shard_axis: str = OBS,
+    row_offset: int = 0,
+    matmul_flops_per_cell: float | None = None,
+) -> BlockJob:
+    """Return the block job of a planned call (the one place a :class:`BlockJob` is made).
+
+    Args:
+        ctx: The model's context.
+        program: What each block computes.
+        inputs: The blocks' inputs.
+        key: The call's key.
+        posterior: The call's posterior (its ``numpyro.param`` values and row
+            key go with the job), or ``None``.
+        plan: The plan of the call's pass (its per-row latent sites).
+        latent: Global latent values to substitute, leading flat draw axis.
+        row_sources: The per-row latent sites' draws or guide parameters.
+        n_draws: Number of draws.
+        n_rows: Number of rows.
+        split_rows: Whether rows may be split into blocks.
+        shard_axis: ``"obs"`` or ``"draw"``, as asked.
+        row_offset: Global index of the job's first row.
+        matmul_flops_per_cell: Flops of the program's matrix products per
+            draw-row cell, when the kernel's probes counted them.
+    """
+    return BlockJob(
+        program=program,
+        call_key=key,
+        latent=latent,
+        n_draws=n_draws,
+        n_rows=n_rows,
+        rows=inputs.rows,
+        row_do=inputs.row_do,
+        shared=inputs.shared,
+        shared_do=inputs.shared_do,
+        anchor=inputs.anchor,
+        anchor_do=inputs.anchor_do,
+        split_rows=split_rows,
+        shard_axis=shard_axis,
+        row_offset=row_offset,
+        matmul_flops_per_cell=matmul_flops_per_cell,
+        params=kernel_params(ctx, posterior),
+        row_latents=plan.row_latents,
+        row_sources=row_sources,
+        row_words=posterior.row_words if posterior is not None else None,
+    )
 
 
 def plan_pass(
@@ -346,7 +497,6 @@ def forward_job(
     # by default) and unknown names are ignored.
     latent_names = {*ctx.spec.sample_sites, *ctx.spec.param_sites}
     draws = {k: v for k, v in (posterior.draws if posterior else {}).items() if k in latent_names}
-    params = kernel_params(ctx, posterior)
     base = PassSpec(ctx.kernel, bound.static, sites, kind)
     plan, draws, sources, split_rows = row_latent_plan(
         ctx,
@@ -383,40 +533,27 @@ def forward_job(
         n_draws = next(iter(draws.values())).shape[0]
     else:
         n_draws = posterior.num_draws if posterior is not None and sources else 1
-    intervention = _float32(request.intervention or {})
-    row_names = set(plan.row_intervention_sites)
-    do_axes = dict(plan.row_intervention_axes)
-    row_do = {
-        k: np.moveaxis(np.asarray(v), do_axes[k], 0) if k in do_axes else v
-        for k, v in intervention.items()
-        if k in row_names
-    }
     program = ForwardProgram(
         spec,
         tuple(info.row_axis for info in plan.outputs),
         get_config().min_cells_per_step,
         tuple(len(info.shape) for info in plan.outputs),
     )
-    job = BlockJob(
-        program=program,
-        call_key=request.key,
+    job = build_job(
+        ctx,
+        program,
+        JobInputs.one_pass(PassInputs.of(bound, plan, request.intervention)),
+        key=request.key,
+        posterior=posterior,
+        plan=plan,
         latent=draws,
+        row_sources=sources,
         n_draws=n_draws,
         n_rows=bound.n_rows,
-        rows=dict(bound.rows),
-        row_do=row_do,
-        shared=dict(bound.shared),
-        shared_do={k: v for k, v in intervention.items() if k not in row_names},
-        anchor={k: anchor_rows(v) for k, v in bound.rows.items()},
-        anchor_do={k: anchor_rows(v) for k, v in row_do.items()},
         split_rows=split_rows,
         shard_axis=request.shard_axis,
         row_offset=int(request.row_offset),
         matmul_flops_per_cell=plan.matmul_flops_per_row,
-        params=params,
-        row_latents=plan.row_latents,
-        row_sources=sources,
-        row_words=posterior.row_words if posterior is not None else None,
     )
     chains = posterior.num_chains if posterior is not None else 1
     return ForwardJob(job, plan, chains, bound)
