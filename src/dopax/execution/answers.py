@@ -277,12 +277,14 @@ def run_summary(ctx: ModelContext, request: SummaryRequest) -> xr.DataTree:
             request.quantiles,
             obs_name,
         )
-        rows: dict[str, Any] = {"kernel": fj.job.rows}
+        inputs = fj.job.inputs
+        rows: dict[str, Any] = {"kernel": inputs.rows}
         if obs_name is not None:
             rows["observed"] = observed["values"]
         end = np.asarray(fj.job.row_offset + fj.job.n_rows, np.int64)
+        shared = {"kernel": inputs.shared, "n_rows": end}
         return dataclasses.replace(
-            fj.job, program=program, rows=rows, shared={"kernel": fj.job.shared, "n_rows": end}
+            fj.job, program=program, inputs=dataclasses.replace(inputs, rows=rows, shared=shared)
         )
 
     try:

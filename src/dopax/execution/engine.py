@@ -105,7 +105,7 @@ def _observed(
     """
     name = ctx.param_output
     if request.kind == LOG_LIKELIHOOD:
-        values = fj.job.rows.get(name)
+        values = fj.job.inputs.rows.get(name)
     elif request.kind == PRIOR or not request.in_sample or request.observed is None:
         return None
     else:

@@ -140,7 +140,30 @@ def execute(
         progress: The call's progress bar (closed here once the blocks run).
     """
     if client is not None:
-        return _on_cluster(job, blocks, delivery, output, temp_folder, client, config, progress)
+        progress.close()  # the cluster's tasks have their own bar
+        where, keep = None, None
+        if delivery.stored:
+            check_store(output.store, "persistent", "client=")
+            where, keep = call_location(
+                output.output_dir, delivery.folder, temp_folder, output.storage_options
+            )
+        tree = run_on_cluster(
+            client,
+            job,
+            blocks,
+            where=where,
+            keepalive=keep,
+            group=delivery.group,
+            layouts=delivery.layouts if delivery.stored else [],
+            static=delivery.static,
+            attrs=delivery.attrs,
+            config=config,
+            progress=output.progress,
+            desc=delivery.label,
+            collect=delivery.collect,
+            driver_writes=delivery.driver_writes,
+        )
+        return delivery.finish(tree) if delivery.finish is not None else tree
     sink: Sink | None = None
     if output.in_memory:
         sink = MemorySink()
@@ -181,39 +204,3 @@ def execute(
         finish=delivery.finish,
         late_attrs=delivery.late_attrs,
     )
-
-
-def _on_cluster(
-    job: BlockJob,
-    blocks: BlockPlan,
-    delivery: Delivery,
-    output: Output,
-    temp_folder: Callable[[], TempFolder],
-    client: Any,
-    config: ExecutionConfig,
-    progress: Progress,
-) -> Any:
-    progress.close()  # the cluster's tasks have their own bar
-    where, keep = None, None
-    if delivery.stored:
-        check_store(output.store, "persistent", "client=")
-        where, keep = call_location(
-            output.output_dir, delivery.folder, temp_folder, output.storage_options
-        )
-    tree = run_on_cluster(
-        client,
-        job,
-        blocks,
-        where=where,
-        keepalive=keep,
-        group=delivery.group,
-        layouts=delivery.layouts if delivery.stored else [],
-        static=delivery.static,
-        attrs=delivery.attrs,
-        config=config,
-        progress=output.progress,
-        desc=delivery.label,
-        collect=delivery.collect,
-        driver_writes=delivery.driver_writes,
-    )
-    return delivery.finish(tree) if delivery.finish is not None else tree

@@ -20,7 +20,7 @@ from dopax.config import get_config
 from dopax.exceptions import KernelValidationError, ScenarioError
 from dopax.execution.context import ModelContext
 from dopax.execution.request import LOG_LIKELIHOOD, PredictiveRequest
-from dopax.execution.runner import BlockJob
+from dopax.execution.runner import BlockJob, JobInputs
 from dopax.inference.posterior import Posterior
 from dopax.kernel.spec import observed_sites
 from dopax.parallel.sharded import DRAW, OBS, BlockProgram
@@ -33,7 +33,6 @@ from dopax.sampling.row_latent import DRAWS
 
 __all__ = [
     "ForwardJob",
-    "JobInputs",
     "PassInputs",
     "build_job",
     "forward_job",
@@ -110,37 +109,10 @@ class PassInputs:
         """The anchor row's intervention values."""
         return {k: anchor_rows(v) for k, v in self.row_do.items()}
 
-
-@dataclasses.dataclass(frozen=True)
-class JobInputs:
-    """A job's block inputs: pytrees laid out as its block program takes them.
-
-    Attributes:
-        rows: Full-length row inputs.
-        row_do: Full-length row intervention values.
-        shared: Inputs used whole by every block.
-        shared_do: Intervention values used whole.
-        anchor: The anchor row's inputs.
-        anchor_do: The anchor row's intervention values.
-    """
-
-    rows: Any
-    row_do: Any
-    shared: Any
-    shared_do: Any
-    anchor: Any
-    anchor_do: Any
-
-    @classmethod
-    def one_pass(cls, inputs: PassInputs) -> JobInputs:
-        """The inputs of a forward pass's program: one pass's, as they are."""
-        return cls(
-            rows=inputs.rows,
-            row_do=inputs.row_do,
-            shared=inputs.shared,
-            shared_do=inputs.shared_do,
-            anchor=inputs.anchor,
-            anchor_do=inputs.anchor_do,
+    def job_inputs(self) -> JobInputs:
+        """The inputs of a forward pass's program: this pass's, as they are."""
+        return JobInputs(
+            self.rows, self.row_do, self.shared, self.shared_do, self.anchor, self.anchor_do
         )
 
 
@@ -187,12 +159,7 @@ def build_job(
         latent=latent,
         n_draws=n_draws,
         n_rows=n_rows,
-        rows=inputs.rows,
-        row_do=inputs.row_do,
-        shared=inputs.shared,
-        shared_do=inputs.shared_do,
-        anchor=inputs.anchor,
-        anchor_do=inputs.anchor_do,
+        inputs=inputs,
         split_rows=split_rows,
         shard_axis=shard_axis,
         row_offset=row_offset,
@@ -542,7 +509,7 @@ def forward_job(
     job = build_job(
         ctx,
         program,
-        JobInputs.one_pass(PassInputs.of(bound, plan, request.intervention)),
+        PassInputs.of(bound, plan, request.intervention).job_inputs(),
         key=request.key,
         posterior=posterior,
         plan=plan,

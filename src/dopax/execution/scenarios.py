@@ -32,9 +32,16 @@ from dopax.execution.executor import (
     execute,
     result_attrs,
 )
-from dopax.execution.job import JobInputs, PassInputs, build_job, row_latent_plan
+from dopax.execution.job import PassInputs, build_job, row_latent_plan
 from dopax.execution.request import ScenarioRequest
-from dopax.execution.runner import Block, Consume, lower_block, row_latent_bytes, splits_rows
+from dopax.execution.runner import (
+    Block,
+    Consume,
+    JobInputs,
+    lower_block,
+    row_latent_bytes,
+    splits_rows,
+)
 from dopax.execution.sizing import Footprint, size_blocks
 from dopax.kernel.signature import kernel_parameters
 from dopax.output import schema

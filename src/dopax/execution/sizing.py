@@ -128,7 +128,7 @@ def size_blocks(
         return _plan(job, footprint, chains, batch_size, config, 0.0, bool(one_draw))
     shapes = jax.tree.map(
         lambda v: (tuple(getattr(v, "shape", ())), str(getattr(v, "dtype", ""))),
-        (job.rows, job.shared, job.latent),
+        (job.inputs.rows, job.inputs.shared, job.latent),
     )
     key = (
         job.program,

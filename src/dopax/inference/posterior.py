@@ -9,7 +9,6 @@ its posterior in memory.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +17,7 @@ from zarr.core.sync import sync
 
 from dopax.config import get_config
 from dopax.sampling.row_latent import COUPLED, DELTA, NORMAL, RowGuide
+from dopax.sampling.window import ReadWindow
 
 __all__ = ["ChainMajorDraws", "Posterior", "stored_bytes_per_draw"]
 
@@ -50,18 +50,7 @@ class ChainMajorDraws:
         )
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
-        self._window: tuple[Any, int, int, np.ndarray] | None = None
-        self._window_lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_window"] = None
-        del state["_window_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._window_lock = threading.Lock()
+        self._window = ReadWindow()
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -152,24 +141,14 @@ class ChainMajorDraws:
             r0 = int(index.min()) if index.size else 0
             r1 = int(index.max()) + 1 if index.size else 0
             take = index - r0
-        with self._window_lock:
-            window = self._window
-            if (
-                window is not None
-                and window[0] == (start, stop, axis)
-                and window[1] <= r0
-                and r1 <= window[2]
-            ):
-                out = window[3][(slice(None),) * axis + (slice(r0 - window[1], r1 - window[1]),)]
-            else:
-                window = self._window = None  # drop the old span before reading a new one
-                step = self._row_chunk(axis)
-                lo, hi = (r0 // step) * step, min(n, -(-r1 // step) * step)
-                span = self._read_span(start, stop, axis, lo, hi)
-                keep = span.nbytes <= _window_bytes()
-                if keep:
-                    self._window = ((start, stop, axis), lo, hi, span)
-                out = span[(slice(None),) * axis + (slice(r0 - lo, r1 - lo),)]
+
+        def load() -> tuple[int, int, np.ndarray, bool]:
+            step = self._row_chunk(axis)
+            lo, hi = (r0 // step) * step, min(n, -(-r1 // step) * step)
+            span = self._read_span(start, stop, axis, lo, hi)
+            return lo, hi, span, span.nbytes <= _window_bytes()
+
+        out = self._window.read((start, stop, axis), r0, r1, load, axis)
         return out if take is None else np.take(out, take, axis=axis)
 
     def _row_chunk(self, axis: int) -> int:

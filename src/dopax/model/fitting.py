@@ -11,6 +11,7 @@ import xarray as xr
 from dopax._warn import warn
 from dopax.data import ArrayLoader
 from dopax.exceptions import KernelValidationError
+from dopax.inference.driver import BatchFit, SampleCall
 from dopax.inference.posterior import Posterior
 from dopax.model.checks import optional_positive_int, positive_int
 from dopax.model.state import FittedState
@@ -163,14 +164,9 @@ class FittingMethods:
         num_steps = positive_int(num_steps, "num_steps")
         num_samples = positive_int(num_samples, "num_samples")
         bound = self._bind_fit(X, y, kwargs, "fit_on_batch")
+        call = BatchFit(num_steps, num_samples, progress, self._latent_only(), trace)
         self._state.posterior = self._state.driver.fit_on_batch(
-            self._state.call_key(rng_key),
-            bound,
-            num_steps=num_steps,
-            num_samples=num_samples,
-            progress=progress,
-            exclude=self._latent_only(),
-            trace=trace,
+            self._state.call_key(rng_key), bound, call
         )
         self._fitted_on(bound)
         return self
@@ -237,7 +233,8 @@ class FittingMethods:
             X, y = data.pop(name_in), data.pop(self.param_output)
             bound = self._bind_fit(X, y, data, "sample")
         key = self._state.call_key(rng_key)
-        post = self._state.driver.sample(key, num_samples, kwargs, self._latent_only(), bound)
+        call = SampleCall(num_samples, kwargs, self._latent_only(), bound)
+        post = self._state.driver.sample(key, call)
         draws = post.draws
         if return_sites is not None:
             names: Any = [return_sites] if isinstance(return_sites, str) else return_sites

@@ -9,7 +9,6 @@ Interventions are validated against the kernel's sites and split the same way.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from dopax.config import get_config
 from dopax.exceptions import ScenarioError
+from dopax.sampling.window import ReadWindow
 
 __all__ = [
     "BoundArgs",
@@ -90,19 +90,8 @@ class LazyRows:
         self.dtype = _target_dtype(dtype)
         self._starts = _row_chunk_starts(source, self.shape[0]) if self.shape else None
         self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self._window: tuple[int, int, np.ndarray] | None = None
+        self._window = ReadWindow()
         self._window_bytes = get_config().input_window_bytes
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_window"] = None
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Return rows ``start:stop``, reading whole source chunks where they are small enough.
@@ -111,21 +100,18 @@ class LazyRows:
             start: First row.
             stop: One past the last row.
         """
-        with self._lock:
-            window = self._window
-            if window is not None and window[0] <= start and stop <= window[1]:
-                return window[2][start - window[0] : stop - window[0]]
-            self._window = None  # drop the old span before reading anything new
-            if self._starts is None or stop <= start:
-                return self[start:stop]
+
+        def load() -> tuple[int, int, np.ndarray, bool]:
             starts = self._starts
+            if starts is None or stop <= start:
+                return start, stop, self[start:stop], False
             first = int(starts[np.searchsorted(starts, start, side="right") - 1])
             last = int(starts[np.searchsorted(starts, stop, side="left")])
             if (last - first) * self._row_bytes > self._window_bytes:
-                return self[start:stop]
-            data = self[first:last]
-            self._window = (first, last, data)
-            return data[start - first : stop - first]
+                return start, stop, self[start:stop], False
+            return first, last, self[first:last], True
+
+        return self._window.read(None, start, stop, load)
 
     @property
     def ndim(self) -> int:

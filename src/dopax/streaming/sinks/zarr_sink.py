@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +26,17 @@ from dopax.output.location import Location
 from dopax.output.schema import POSITION_ATTRS, SiteLayout
 from dopax.output.store import COMPLETE_ATTR, open_result
 from dopax.streaming.fileio import FileWriter
+from dopax.streaming.sinks.base import Sink
 from dopax.streaming.sinks.codecs import chunk_encoder, codec_for, compressors_for
 from dopax.streaming.sinks.declare import ArraySpec, create_nodes
 from dopax.streaming.sinks.declare import static_layout as make_static_layout
 from dopax.streaming.sinks.direct import write_whole_chunk
 from dopax.streaming.sinks.layout import (
-    LayoutSink,
     draw_chunks,
     partial_chunks,
     pieces,
     read_stored,
 )
-from dopax.streaming.sinks.protocol import StaticData
 from dopax.streaming.sinks.zarr_io import (
     FolderGuard,
     GuardedLocalStore,
@@ -51,7 +50,7 @@ __all__ = ["ZarrSink"]
 logger = logging.getLogger("dopax")
 
 
-class ZarrSink(LayoutSink):
+class ZarrSink(Sink):
     """Sink into a new Zarr (format 3) store: a local folder or a given store.
 
     :meth:`open` writes the metadata of every variable, the coordinates, the
@@ -129,7 +128,7 @@ class ZarrSink(LayoutSink):
             config: Execution settings.
         """
         sink = cls.__new__(cls)
-        LayoutSink.__init__(sink)
+        Sink.__init__(sink)
         if where.path is not None:
             guard = FolderGuard(where.path)
             ZarrSink.__init__(sink, store=GuardedLocalStore(guard), config=config)
@@ -156,25 +155,8 @@ class ZarrSink(LayoutSink):
                 "a new folder only."
             )
 
-    def open(
-        self,
-        layouts: Sequence[SiteLayout],
-        *,
-        static: StaticData | None = None,
-        attrs: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Create the store: metadata, coordinates, static groups and root attributes.
-
-        Args:
-            layouts: One layout per streamed variable.
-            static: Small variables written whole, ``{group: {name: array}}``;
-                each array already has chain and draw axes.
-            attrs: Root attributes of the result.
-
-        Raises:
-            FileExistsError: If the folder or store is no longer empty.
-        """
-        self._declare(layouts, static, attrs)
+    def _start(self) -> None:
+        """Create the store: metadata, coordinates, static groups and root attributes."""
         # Static variables (the posterior, often the largest of them) are
         # declared like streamed ones and written by a background thread while
         # the draws are computed; close() waits for it.
@@ -292,14 +274,7 @@ class ZarrSink(LayoutSink):
         )
 
     def write(self, group: str, name: str, index: tuple[slice, ...], block: np.ndarray) -> None:
-        """Write one block (thread-safe for disjoint blocks).
-
-        Args:
-            group: The variable's group.
-            name: The variable's name.
-            index: Slices into the flat layout ``(S, *shape)``.
-            block: The values, shaped like ``index`` selects.
-        """
+        """Write one block's chunks (:meth:`Sink.write`; thread-safe for disjoint blocks)."""
         layout, array, resolved = self._prepare(group, name, index, block)
         target = self._arrays[(layout.group, layout.name)]
         chunks = self._chunks(layout)
