@@ -304,7 +304,7 @@ class ZarrSink(Sink):
         The bytes are those Zarr itself would store (the array's codecs applied
         to the chunk in C order, edge chunks padded to the full chunk shape);
         encoding runs in the calling writer thread without Zarr's event loop,
-        which is about twice as fast with several writers (``BENCHMARKS.md``).
+        which is faster with several writers (they do not queue on the loop).
         Returns ``False`` (nothing written) for any other block or store.
         """
         encoder = self._encoders.get((layout.group, layout.name))
