@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "dopax"
@@ -247,3 +248,25 @@ def test_the_private_state_check_sees_a_read() -> None:
     )
     assert private_reads(own, {"_state"}) == []
     assert private_reads("def g(x):\n    return x._other\n", {"_state"}) == []
+
+
+def settings_readers() -> set[str]:
+    """Modules that use ``get_config`` (read the global settings)."""
+    return {
+        name
+        for name, path in _modules().items()
+        if re.search(r"\bget_config\b", path.read_text()) and name != "dopax.config"
+    }
+
+
+def test_only_the_facade_resolves_a_calls_settings() -> None:
+    # A call resolves its settings once, when it starts (the facade, or an
+    # ``Output`` built for it); everything below takes them from the request.
+    readers = settings_readers()
+    deep = sorted(
+        name
+        for name in readers
+        if not name.startswith("dopax.model.") and name != "dopax.execution.request"
+    )
+    assert not deep, f"modules below the facade read the global settings: {deep}"
+    assert "dopax.execution.request" in readers

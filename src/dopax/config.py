@@ -1,7 +1,8 @@
 """Execution settings for streamed calls, gathered in one documented object.
 
 These tune *how* work runs (memory budget, pipeline depth, codecs), never *what*
-is computed: results are identical whatever the settings.
+is computed: results are identical whatever the settings. A call takes the
+settings in force when it starts and keeps them to its end.
 """
 
 from __future__ import annotations

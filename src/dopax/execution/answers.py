@@ -22,9 +22,9 @@ import xarray as xr
 from dopax._warn import warn
 from dopax.answers.loo import LOO_GROUP, LooProgram, LooTotals, elpd_data, good_k
 from dopax.answers.summary import COVERED, SiteSummary, SummaryProgram
-from dopax.config import get_config
 from dopax.execution.context import ModelContext
-from dopax.execution.executor import Delivery, execute, result_attrs
+from dopax.execution.delivery import Delivery
+from dopax.execution.executor import execute, result_attrs
 from dopax.execution.job import ForwardJob, forward_job
 from dopax.execution.request import LooRequest, PredictiveRequest, SummaryRequest
 from dopax.execution.runner import Block, BlockJob, Consume, row_latent_bytes, splits_rows
@@ -67,7 +67,7 @@ def _plan(
     progress: Progress,
 ) -> _Reduction:
     """Plan the forward pass, wrap its program, size blocks of every draw (checking splits)."""
-    cfg = get_config()
+    cfg = request.output.config
 
     def sized(fj: ForwardJob, job: BlockJob) -> BlockPlan:
         flops = job.matmul_flops_per_cell
@@ -189,6 +189,8 @@ def _stream(
         return consume
 
     delivery = Delivery(
+        output=out,
+        temp_folder=ctx.temp_folder,
         label=label,
         folder=label,
         group=group,
@@ -202,16 +204,7 @@ def _stream(
         late_attrs=late_attrs,
     )
     # the answer methods take no ``client``: their blocks run here
-    return execute(  # type: ignore[no-any-return]
-        job,
-        blocks,
-        delivery,
-        output=out,
-        temp_folder=ctx.temp_folder,
-        client=None,
-        config=get_config(),
-        progress=progress,
-    )
+    return execute(job, blocks, delivery, client=None, progress=progress)  # type: ignore[no-any-return]
 
 
 def _call_attrs(request: PredictiveRequest, plan: _Reduction, method: str) -> dict[str, Any]:

@@ -9,17 +9,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from dopax.config import get_config
 from dopax.execution.context import ModelContext
-from dopax.execution.executor import (
-    Delivery,
-    cluster_devices,
-    cluster_of,
-    execute,
-    result_attrs,
-)
+from dopax.execution.delivery import Delivery
+from dopax.execution.executor import cluster_of, execute, result_attrs
 from dopax.execution.job import ForwardJob, forward_job
-from dopax.execution.request import LOG_LIKELIHOOD, PRIOR, PredictiveRequest
+from dopax.execution.request import LOG_LIKELIHOOD, PRIOR, Output, PredictiveRequest
 from dopax.execution.runner import (
     Block,
     Consume,
@@ -49,7 +43,7 @@ def _group(request: PredictiveRequest) -> str:
     return schema.POSTERIOR_PREDICTIVE if request.in_sample else schema.PREDICTIONS
 
 
-def _footprint(fj: ForwardJob, in_one_block: bool) -> Footprint:
+def _footprint(fj: ForwardJob, output: Output) -> Footprint:
     per_row = 0
     per_draw = 0
     for info in fj.plan.outputs:
@@ -64,12 +58,12 @@ def _footprint(fj: ForwardJob, in_one_block: bool) -> Footprint:
     # latent draws is read or copied for the block, in memory or not
     per_draw += stored_bytes_per_draw(fj.job.latent)
     per_row += row_latent_bytes(fj.job)
-    cfg = get_config()
+    cfg = output.config
     return Footprint(
         per_row=per_row,
         per_draw=per_draw,
         alive=cfg.pipeline_depth + cfg.writer_threads + 1,
-        in_one_block=in_one_block,
+        in_one_block=output.in_memory,
     )
 
 
@@ -183,7 +177,6 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
         request: The request.
     """
     out = request.output
-    cfg = get_config()
     progress = Progress(_label(request), out.progress and not out.in_memory)
     try:
         fj, blocks = _prepare(ctx, request, progress)
@@ -210,10 +203,10 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
     static = None
     if request.posterior is not None:
         static = {schema.POSTERIOR: request.posterior.by_chain()}
-    attrs = result_attrs(job, {"method": request.method, **_call_attrs(request, blocks, fj)})
-    client = cluster_of(out, cfg)
-    if client is not None:
-        attrs[schema.DEVICES_ATTR] = cluster_devices(client)
+    client = cluster_of(out)
+    attrs = result_attrs(
+        job, {"method": request.method, **_call_attrs(request, blocks, fj)}, client
+    )
     axes = job.program.outputs
 
     def consumer(submit: Submit | None) -> Consume:
@@ -235,6 +228,8 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
         return consume
 
     delivery = Delivery(
+        output=out,
+        temp_folder=ctx.temp_folder,
         label=_label(request),
         folder=_label(request),
         group=group,
@@ -248,16 +243,7 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
         if observed is None
         else [(observed[1], _whole_rows(observed[0], job.n_rows), np.asarray(observed[0]))],
     )
-    tree = execute(
-        job,
-        blocks,
-        delivery,
-        output=out,
-        temp_folder=ctx.temp_folder,
-        client=client,
-        config=cfg,
-        progress=progress,
-    )
+    tree = execute(job, blocks, delivery, client=client, progress=progress)
     if out.in_memory and not out.return_datatree:
         ds = tree[group].to_dataset()
         return {
@@ -272,15 +258,14 @@ def _prepare(
 ) -> tuple[ForwardJob, BlockPlan]:
     """Plan the call and size its blocks (compiling its program), saying so as it goes."""
     out = request.output
-    cfg = get_config()
 
     def sized(fj: ForwardJob) -> BlockPlan:
         return size_blocks(
             fj.job,
-            _footprint(fj, out.in_memory),
+            _footprint(fj, out),
             chains=fj.chains,
             batch_size=out.batch_size,
-            config=cfg,
+            config=out.config,
             cache=ctx.sizes,
             announce=progress.stage,
         )

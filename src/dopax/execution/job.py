@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dopax._warn import warn
-from dopax.config import get_config
+from dopax.config import ExecutionConfig
 from dopax.exceptions import KernelValidationError, ScenarioError
 from dopax.execution.context import ModelContext
 from dopax.execution.request import LOG_LIKELIHOOD, PredictiveRequest
@@ -122,6 +122,7 @@ def build_job(
     inputs: JobInputs,
     *,
     key: jax.Array,
+    config: ExecutionConfig,
     posterior: Posterior | None,
     plan: ForwardPlan,
     latent: Mapping[str, Any],
@@ -140,6 +141,7 @@ def build_job(
         program: What each block computes.
         inputs: The blocks' inputs.
         key: The call's key.
+        config: The call's execution settings.
         posterior: The call's posterior (its ``numpyro.param`` values and row
             key go with the job), or ``None``.
         plan: The plan of the call's pass (its per-row latent sites).
@@ -160,6 +162,7 @@ def build_job(
         n_draws=n_draws,
         n_rows=n_rows,
         inputs=inputs,
+        window_bytes=config.input_window_bytes,
         split_rows=split_rows,
         shard_axis=shard_axis,
         row_offset=row_offset,
@@ -441,7 +444,7 @@ def forward_job(
     if request.shard_axis not in (OBS, DRAW):
         raise ValueError(f"`shard_axis` must be 'obs' or 'draw'; got {request.shard_axis!r}.")
     if bound is None:
-        bound = ctx.bind(request.X, request.y, request.kwargs)
+        bound = ctx.bind(request.X, request.y, request.kwargs, request.output.config)
     ctx.ensure_spec(bound, fitting=False)
     assert ctx.spec is not None
     if request.kind == LOG_LIKELIHOOD:
@@ -503,7 +506,7 @@ def forward_job(
     program = ForwardProgram(
         spec,
         tuple(info.row_axis for info in plan.outputs),
-        get_config().min_cells_per_step,
+        request.output.config.min_cells_per_step,
         tuple(len(info.shape) for info in plan.outputs),
     )
     job = build_job(
@@ -511,6 +514,7 @@ def forward_job(
         program,
         PassInputs.of(bound, plan, request.intervention).job_inputs(),
         key=request.key,
+        config=request.output.config,
         posterior=posterior,
         plan=plan,
         latent=draws,

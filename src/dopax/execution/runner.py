@@ -100,6 +100,8 @@ class BlockJob:
         n_draws: Number of draws (flat, all chains).
         n_rows: Number of rows.
         inputs: The blocks' inputs (sliced by rows, or used whole).
+        window_bytes: Largest span of stored per-row draws kept for the next
+            block (the call's ``ExecutionConfig.input_window_bytes``).
         split_rows: Whether rows may be split into blocks (else every block
             holds all rows and only draws are split).
         shard_axis: ``"obs"`` or ``"draw"``, as asked.
@@ -124,6 +126,7 @@ class BlockJob:
     n_draws: int
     n_rows: int
     inputs: JobInputs
+    window_bytes: int
     split_rows: bool = True
     shard_axis: str = OBS
     row_offset: int = 0
@@ -288,7 +291,9 @@ class _Runner:
         for spec in self.job.row_latents:
             source = self.job.row_sources[spec.name]
             if spec.kind == DRAWS:
-                values[spec.name] = block_draws(source, spec.row_axis, d0, d1, rows, pad_d, pad_r)
+                values[spec.name] = block_draws(
+                    source, spec.row_axis, d0, d1, rows, pad_d, pad_r, self.job.window_bytes
+                )
             else:
                 params[spec.name] = block_params(source, spec.row_axis, rows, pad_r)
         split_rows = self.shard_axis == OBS and self.n_dev > 1

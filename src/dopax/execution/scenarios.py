@@ -17,7 +17,6 @@ import numpy as np
 import xarray as xr
 
 from dopax._warn import warn
-from dopax.config import get_config
 from dopax.data.finite import check_finite
 from dopax.effects.reduce import EffectAccumulator
 from dopax.effects.result import EffectResult
@@ -25,13 +24,8 @@ from dopax.effects.scenarios import ScenarioProgram, group_codes
 from dopax.effects.tree import effect_tree
 from dopax.exceptions import ScenarioError
 from dopax.execution.context import ModelContext
-from dopax.execution.executor import (
-    Delivery,
-    cluster_devices,
-    cluster_of,
-    execute,
-    result_attrs,
-)
+from dopax.execution.delivery import Delivery
+from dopax.execution.executor import cluster_of, execute, result_attrs
 from dopax.execution.job import PassInputs, build_job, row_latent_plan
 from dopax.execution.request import ScenarioRequest
 from dopax.execution.runner import (
@@ -82,7 +76,7 @@ def _bind_scenario(
     kwargs = request.kwargs
     for key, value in overrides.items():
         overrides[key] = _per_row(value, kwargs.get(key), n_rows)
-    bound = ctx.bind(X_s, None, {**kwargs, **overrides})
+    bound = ctx.bind(X_s, None, {**kwargs, **overrides}, request.output.config)
     if bound.n_rows != n_rows:
         raise ScenarioError(
             f"Scenario {name!r} has {bound.n_rows} rows of input but the call has {n_rows}."
@@ -225,7 +219,7 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
 
 def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> EffectResult:
     progress.stage("tracing the kernel")
-    base = ctx.bind(request.X, None, request.kwargs)
+    base = ctx.bind(request.X, None, request.kwargs, request.output.config)
     ctx.ensure_spec(base, fitting=False)
     n_rows = base.n_rows
     codes, labels = group_codes(request.by, n_rows)
@@ -236,7 +230,7 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
     names = planned.names
     b_index = names.index(request.baseline)
     posterior = request.posterior
-    cfg = get_config()
+    cfg = request.output.config
     info = next(o for o in plans[0].outputs if o.name == site)
     program = ScenarioProgram(
         PassSpec(
@@ -262,6 +256,7 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
         program,
         _job_inputs(planned.passes, codes, n_rows),
         key=request.key,
+        config=cfg,
         posterior=posterior,
         plan=plans[0],
         latent=planned.latent,
@@ -315,12 +310,14 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
             blocks = sized()
     job.program = dataclasses.replace(program, cells_per_step=blocks.step_cells)
     acc = EffectAccumulator(len(names), posterior.num_draws, len(labels), n_rows, request.interval)
-    attrs = result_attrs(job, {"baseline": request.baseline, "site": site})
-    kept_attrs = {**attrs, "method": "compare_scenarios", "scenarios": list(names)}
-    client = cluster_of(out, cfg)
-    if client is not None:
-        # the effects were computed by the cluster's workers
-        attrs[schema.DEVICES_ATTR] = cluster_devices(client)
+    client = cluster_of(out)
+    # the effects record the cluster's workers as their devices
+    attrs = result_attrs(job, {"baseline": request.baseline, "site": site}, client)
+    kept_attrs = {
+        **result_attrs(job, {"baseline": request.baseline, "site": site}),
+        "method": "compare_scenarios",
+        "scenarios": list(names),
+    }
 
     def consumer(submit: Submit | None) -> Consume:
         def consume(block: Block, outputs: dict[str, Any]) -> None:
@@ -361,6 +358,8 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
         )
     ]
     delivery = Delivery(
+        output=out,
+        temp_folder=ctx.temp_folder,
         label="compare_scenarios",
         folder="scenarios",
         group=schema.PREDICTIONS,
@@ -389,16 +388,7 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
             lower_block(
                 job, job.program, blocks.draw_block, blocks.row_block, blocks.row_block
             ).compile()
-        return execute(  # type: ignore[no-any-return]
-            job,
-            blocks,
-            delivery,
-            output=out,
-            temp_folder=ctx.temp_folder,
-            client=client,
-            config=cfg,
-            progress=progress,
-        )
+        return execute(job, blocks, delivery, client=client, progress=progress)  # type: ignore[no-any-return]
     finally:
         if cfg.trim_memory:
             release_free_memory()

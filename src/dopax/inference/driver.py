@@ -16,7 +16,7 @@ import numpy as np
 from numpyro.infer import MCMC, SVI
 from numpyro.infer.autoguide import AutoGuide
 
-from dopax.config import get_config
+from dopax.config import ExecutionConfig
 from dopax.exceptions import FitDivergedError, NotFittedError
 from dopax.inference.guide_rows import draw_global_sites, row_guides
 from dopax.inference.mcmc import MCMCDriver
@@ -33,14 +33,16 @@ __all__ = ["BatchFit", "Driver", "SampleCall", "MCMCFit", "SVIFit", "check_model
 Exported = tuple[dict[str, np.ndarray], dict[str, Any]]
 
 
-def make_driver(inference: Any) -> Driver:
+def make_driver(inference: Any, svi_steps_per_chunk: int) -> Driver:
     """Return the driver of ``inference`` (an SVI or MCMC object; anything else: ``TypeError``).
 
     Args:
         inference: The user's ``numpyro.infer.SVI`` or ``numpyro.infer.MCMC``.
+        svi_steps_per_chunk: SVI steps run in one compiled ``scan``
+            (``ExecutionConfig.svi_steps_per_chunk``).
     """
     if isinstance(inference, SVI):
-        return SVIFit(inference)
+        return SVIFit(inference, svi_steps_per_chunk)
     if isinstance(inference, MCMC):
         return MCMCFit(inference)
     raise TypeError(
@@ -244,12 +246,13 @@ class SVIFit(Driver):
 
     Args:
         svi: The user's SVI object (never modified).
+        steps_per_chunk: SVI steps run in one compiled ``scan``.
     """
 
     kind = "svi"
 
-    def __init__(self, svi: SVI) -> None:
-        self.driver = SVIDriver(svi, get_config().svi_steps_per_chunk)
+    def __init__(self, svi: SVI, steps_per_chunk: int) -> None:
+        self.driver = SVIDriver(svi, steps_per_chunk)
         self.state: Any = None
         self.vi_result = None
         # whether ``vi_result`` was set by hand after the state last moved
@@ -444,6 +447,7 @@ class SVIFit(Driver):
     def __getstate__(self) -> dict[str, Any]:
         return {
             "svi": self.driver.svi,
+            "steps_per_chunk": self.driver.steps_per_chunk,
             "state": self.state,
             "vi_result": self.vi_result,
             "saved": self._saved,
@@ -451,7 +455,8 @@ class SVIFit(Driver):
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["svi"])  # type: ignore[misc]
+        steps = state.get("steps_per_chunk", ExecutionConfig.svi_steps_per_chunk)
+        self.__init__(state["svi"], steps)  # type: ignore[misc]
         self.state = state["state"]
         self.vi_result = state["vi_result"]
         self._saved = state.get("saved")

@@ -9,6 +9,7 @@ import numpy as np
 import xarray as xr
 
 from dopax._warn import warn
+from dopax.config import get_config
 from dopax.data import ArrayLoader
 from dopax.exceptions import KernelValidationError
 from dopax.inference.driver import BatchFit, SampleCall
@@ -115,7 +116,7 @@ class FittingMethods:
 
     def _bind_fit(self, X: Any, y: Any, kwargs: Mapping[str, Any], method: str) -> Any:
         ctx = self._state.ctx
-        bound = ctx.bind(X, y, kwargs)
+        bound = ctx.bind(X, y, kwargs, get_config())
         if self.param_output not in bound.rows:
             raise ValueError(
                 f"`{method}` needs the observed output: pass `y` with one entry per row of "
@@ -190,7 +191,7 @@ class FittingMethods:
         """
         svi = self._state.driver.svi("train_on_batch")
         ctx = self._state.ctx
-        bound = ctx.bind(X, y, kwargs)
+        bound = ctx.bind(X, y, kwargs, get_config())
         if ctx.spec is None:
             ctx.ensure_spec(bound, fitting=True)
         key = self._state.call_key(rng_key) if svi.state is None else self._state.key

@@ -11,6 +11,7 @@ import numpy as np
 import xarray as xr
 
 from dopax._warn import warn
+from dopax.config import get_config
 from dopax.execution.context import ModelContext
 from dopax.execution.engine import run_predictive
 from dopax.execution.request import (
@@ -94,7 +95,7 @@ class ImpactModel(FittingMethods, AnswerMethods):
         validate_signature(kernel, param_input, param_output)
         if rng_key is None:
             raise TypeError("`rng_key` is required: pass e.g. `jax.random.key(0)`.")
-        driver = make_driver(inference)
+        driver = make_driver(inference, get_config().svi_steps_per_chunk)
         check_model(inference, kernel)
         check_key(rng_key)
         self._inference = inference

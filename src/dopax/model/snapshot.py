@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import xarray as xr
 
+from dopax.config import get_config
 from dopax.execution.answers import run_summary
 from dopax.execution.request import SummaryRequest
 from dopax.inference.posterior import Posterior
@@ -85,7 +86,7 @@ def example_schema(model: ImpactModel, X: Any, kwargs: Mapping[str, Any]) -> Inp
         X: The example input.
         kwargs: Further kernel arguments of the example.
     """
-    bound = model._state.ctx.bind(X, None, kwargs)
+    bound = model._state.ctx.bind(X, None, kwargs, get_config())
     return input_schema(bound, model.param_input, model.param_output)
 
 

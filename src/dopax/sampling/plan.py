@@ -318,8 +318,9 @@ class _ProbeRows:
         n = len(index)
         for spec in specs:
             if spec.kind == DRAWS:
+                # a probe reads its few rows once: nothing is kept for a next read
                 draws[spec.name] = block_draws(
-                    self.latent[spec.name], spec.row_axis, 0, 1, index, 1, n
+                    self.latent[spec.name], spec.row_axis, 0, 1, index, 1, n, window_bytes=0
                 )[0]
             else:
                 params[spec.name] = block_params(self.guides[spec.name][1], spec.row_axis, index, n)

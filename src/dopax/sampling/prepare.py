@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dopax.config import get_config
+from dopax.config import ExecutionConfig
 from dopax.exceptions import ScenarioError
 from dopax.sampling.window import ReadWindow
 
@@ -71,17 +71,20 @@ class LazyRows:
 
     Only the rows of the block being computed are ever read, so inputs larger
     than memory stream as well as outputs do. :meth:`rows` reads whole chunks
-    of a chunked source and keeps the last span read (up to
-    ``ExecutionConfig.input_window_bytes``, read when the input is bound), so
-    blocks smaller than the source's chunks decompress each chunk once rather
-    than once per block.
+    of a chunked source and keeps the last span read (up to ``window_bytes``),
+    so blocks smaller than the source's chunks decompress each chunk once
+    rather than once per block.
 
     Args:
         source: An object with ``shape``, ``dtype`` and row slicing.
         name: Argument name, for error messages.
+        window_bytes: Largest span kept for the next block (the call's
+            ``ExecutionConfig.input_window_bytes``).
     """
 
-    def __init__(self, source: Any, name: str) -> None:
+    def __init__(
+        self, source: Any, name: str, window_bytes: int = ExecutionConfig.input_window_bytes
+    ) -> None:
         dtype = np.dtype(source.dtype)
         if dtype.kind not in "biuf":
             raise TypeError(f"`{name}` must hold numbers; got dtype {dtype}.")
@@ -91,7 +94,7 @@ class LazyRows:
         self._starts = _row_chunk_starts(source, self.shape[0]) if self.shape else None
         self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         self._window = ReadWindow()
-        self._window_bytes = get_config().input_window_bytes
+        self._window_bytes = int(window_bytes)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Return rows ``start:stop``, reading whole source chunks where they are small enough.
@@ -189,7 +192,9 @@ def anchor_rows(value: Any) -> np.ndarray:
     return np.concatenate([head, head], axis=0)
 
 
-def as_array(value: Any, name: str) -> np.ndarray | jax.Array | LazyRows:
+def as_array(
+    value: Any, name: str, window_bytes: int = ExecutionConfig.input_window_bytes
+) -> np.ndarray | jax.Array | LazyRows:
     """Convert an array-like (list, tuple, NumPy, JAX, pandas) to an array.
 
     Zarr, HDF5 and dask arrays and memmaps become :class:`LazyRows`, read
@@ -198,6 +203,7 @@ def as_array(value: Any, name: str) -> np.ndarray | jax.Array | LazyRows:
     Args:
         value: The value.
         name: Argument name, for the error message.
+        window_bytes: The read window of a :class:`LazyRows`.
 
     Raises:
         TypeError: If the value is not numeric array-like.
@@ -205,7 +211,7 @@ def as_array(value: Any, name: str) -> np.ndarray | jax.Array | LazyRows:
     if isinstance(value, jax.Array | LazyRows):
         return value
     if is_lazy(value):
-        return LazyRows(value, name)
+        return LazyRows(value, name, window_bytes)
     try:
         arr = np.asarray(value)
     except Exception as err:
@@ -255,6 +261,7 @@ def bind_args(
     param_output: str,
     y: Any,
     kwargs: Mapping[str, Any],
+    window_bytes: int,
 ) -> BoundArgs:
     """Sort the input, output and keyword arguments of a call.
 
@@ -264,12 +271,14 @@ def bind_args(
         param_output: Name of the kernel's output argument.
         y: The output or ``None``.
         kwargs: Further kernel keyword arguments.
+        window_bytes: The read window of inputs read block by block
+            (``ExecutionConfig.input_window_bytes``).
 
     Raises:
         TypeError: For non-numeric arrays or unhashable non-array arguments.
         ValueError: For inputs without a row axis or ``y`` of the wrong length.
     """
-    x_arr = as_array(X, "X")
+    x_arr = as_array(X, "X", window_bytes)
     if x_arr.ndim == 0:
         raise ValueError("`X` must have a leading row axis; got a scalar.")
     n = int(x_arr.shape[0])
@@ -278,7 +287,7 @@ def bind_args(
     rows: dict[str, Any] = {param_input: x_arr}
     static: dict[str, Any] = {}
     if y is not None:
-        y_arr = as_array(y, "y")
+        y_arr = as_array(y, "y", window_bytes)
         if y_arr.ndim == 0 or y_arr.shape[0] != n:
             raise ValueError(
                 f"`y` must have one entry per row of `X` ({n}); got shape {tuple(y_arr.shape)}."
@@ -289,7 +298,7 @@ def bind_args(
     shared: dict[str, Any] = {}
     for name, value in kwargs.items():
         if value is not None and _is_arraylike(value):
-            arr = as_array(value, name)
+            arr = as_array(value, name, window_bytes)
             if arr.ndim >= 1 and arr.shape[0] == n:
                 rows[name] = arr
             else:

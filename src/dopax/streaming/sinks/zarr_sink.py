@@ -20,7 +20,7 @@ import zarr
 import zarr.errors
 from zarr.abc.store import Store
 
-from dopax.config import ExecutionConfig, get_config
+from dopax.config import ExecutionConfig
 from dopax.output.cleanup import removal_failed
 from dopax.output.location import Location
 from dopax.output.schema import POSITION_ATTRS, SiteLayout
@@ -67,8 +67,8 @@ class ZarrSink(Sink):
             attribute ``artifact_path`` records its absolute path.
         store: A Zarr store to write into instead of a folder (e.g.
             :class:`zarr.storage.MemoryStore`); it must be empty.
-        config: Execution settings (codec and level); defaults to the settings
-            in force when the sink is created.
+        config: The call's execution settings (codecs, writes, locks); the
+            defaults of :class:`~dopax.config.ExecutionConfig` when not given.
         keepalive: An object the tree returned by :meth:`close` keeps
             referenced (see :func:`~dopax.output.store.open_result`).
         label: What the root attribute ``artifact_path`` records for a store
@@ -93,7 +93,7 @@ class ZarrSink(Sink):
         super().__init__()
         if (path is None) == (store is None):
             raise TypeError("Pass exactly one of `path` and `store`.")
-        self._config = config if config is not None else get_config()
+        self._config = config if config is not None else ExecutionConfig()
         self._keepalive = keepalive
         self._path = Path(path).expanduser().resolve() if path is not None else None
         self._store: Store | None = store
