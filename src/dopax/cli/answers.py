@@ -14,11 +14,27 @@ from typing import Any
 
 __all__ = [
     "add_answer_parsers",
+    "call_options",
     "forward_options",
     "run_loo",
     "run_summarize",
     "summarize_problem",
 ]
+
+
+def call_options(args: argparse.Namespace, key: Any) -> dict[str, Any]:
+    """Return the keyword arguments every scoring command passes the model.
+
+    Args:
+        args: The parsed command line (``--batch-size``, ``-o``, ``--quiet``).
+        key: The ``--seed`` key, or ``None``.
+    """
+    return {
+        "batch_size": args.batch_size,
+        "rng_key": key,
+        "output_dir": args.output,
+        "progress": not args.quiet,
+    }
 
 
 def forward_options(p: argparse.ArgumentParser) -> None:
@@ -107,10 +123,7 @@ def run_summarize(
         return_sites=args.return_sites.split(",") if args.return_sites else None,
         in_sample=args.in_sample,
         intervention=intervention or None,
-        batch_size=args.batch_size,
-        rng_key=key,
-        output_dir=args.output,
-        progress=not args.quiet,
+        **call_options(args, key),
         **kwargs,
     )
     if "coverage" in tree.attrs:
@@ -132,10 +145,7 @@ def run_loo(args: argparse.Namespace, model: Any, inp: Any, key: Any) -> str:
     elpd = model.loo(
         X,
         inp.observed,
-        batch_size=args.batch_size,
-        rng_key=key,
-        output_dir=args.output,
-        progress=not args.quiet,
+        **call_options(args, key),
         **kwargs,
     )
     print(elpd)

@@ -24,6 +24,7 @@ import numpy as np
 from dopax._warn import ignoring
 from dopax.cli.answers import (
     add_answer_parsers,
+    call_options,
     forward_options,
     run_loo,
     run_summarize,
@@ -225,12 +226,9 @@ def _predict(args: argparse.Namespace) -> str:
     tree = model.predict(
         X,
         intervention=do or None,
-        rng_key=_key(args.seed),
         in_sample=args.in_sample,
         return_sites=return_sites,
-        batch_size=args.batch_size,
-        output_dir=args.output,
-        progress=not args.quiet,
+        **call_options(args, _key(args.seed)),
         **kwargs,
     )
     return str(tree.attrs["artifact_path"])

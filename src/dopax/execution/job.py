@@ -34,6 +34,7 @@ from dopax.sampling.row_latent import DRAWS
 __all__ = [
     "ForwardJob",
     "PassInputs",
+    "PlannedPass",
     "build_job",
     "forward_job",
     "kernel_params",
@@ -58,6 +59,23 @@ class ForwardJob:
     plan: ForwardPlan
     chains: int
     bound: BoundArgs
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedPass:
+    """A pass's plan with its per-row latent sites settled (:func:`row_latent_plan`).
+
+    Attributes:
+        plan: The pass's plan.
+        latent: Global latent draws to substitute (per-row sites taken out).
+        row_sources: Each per-row latent site's draws or guide parameters.
+        split_rows: Whether the pass's rows may be split into blocks.
+    """
+
+    plan: ForwardPlan
+    latent: dict[str, Any]
+    row_sources: dict[str, Any]
+    split_rows: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,12 +142,9 @@ def build_job(
     key: jax.Array,
     config: ExecutionConfig,
     posterior: Posterior | None,
-    plan: ForwardPlan,
-    latent: Mapping[str, Any],
-    row_sources: Mapping[str, Any],
+    planned: PlannedPass,
     n_draws: int,
     n_rows: int,
-    split_rows: bool,
     shard_axis: str = OBS,
     row_offset: int = 0,
     matmul_flops_per_cell: float | None = None,
@@ -144,12 +159,11 @@ def build_job(
         config: The call's execution settings.
         posterior: The call's posterior (its ``numpyro.param`` values and row
             key go with the job), or ``None``.
-        plan: The plan of the call's pass (its per-row latent sites).
-        latent: Global latent values to substitute, leading flat draw axis.
-        row_sources: The per-row latent sites' draws or guide parameters.
+        planned: The call's planned pass: its per-row latent sites and
+            their sources, the global latent values (leading flat draw
+            axis), whether rows may be split.
         n_draws: Number of draws.
         n_rows: Number of rows.
-        split_rows: Whether rows may be split into blocks.
         shard_axis: ``"obs"`` or ``"draw"``, as asked.
         row_offset: Global index of the job's first row.
         matmul_flops_per_cell: Flops of the program's matrix products per
@@ -158,18 +172,18 @@ def build_job(
     return BlockJob(
         program=program,
         call_key=key,
-        latent=latent,
+        latent=planned.latent,
         n_draws=n_draws,
         n_rows=n_rows,
         inputs=inputs,
         window_bytes=config.input_window_bytes,
-        split_rows=split_rows,
+        split_rows=planned.split_rows,
         shard_axis=shard_axis,
         row_offset=row_offset,
         matmul_flops_per_cell=matmul_flops_per_cell,
         params=kernel_params(ctx, posterior),
-        row_latents=plan.row_latents,
-        row_sources=row_sources,
+        row_latents=planned.plan.row_latents,
+        row_sources=planned.row_sources,
         row_words=posterior.row_words if posterior is not None else None,
     )
 
@@ -221,9 +235,7 @@ def plan_pass(
         try:
             plan = make_plan(
                 spec,
-                n_rows=bound.n_rows,
-                row_args=bound.rows,
-                shared_args=bound.shared,
+                bound,
                 latent=latent,
                 intervention=intervention,
                 strict_sites=strict_sites,
@@ -335,7 +347,7 @@ def row_latent_plan(
     strict_sites: bool,
     check_split: bool,
     warn_full: bool = True,
-) -> tuple[ForwardPlan, dict[str, Any], dict[str, Any], bool]:
+) -> PlannedPass:
     """Plan a pass, deciding what to do with the posterior's per-row latent sites.
 
     In-sample calls keep them: each block carries its own rows' values (from
@@ -358,7 +370,7 @@ def row_latent_plan(
         warn_full: Whether to warn when the kernel's rows run together.
 
     Returns:
-        ``(plan, global draws, per-row sources by site, whether rows may be split)``.
+        The planned pass.
     """
     names = set(ctx.spec.sample_sites) if ctx.spec is not None else set()
     guides: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -422,7 +434,7 @@ def row_latent_plan(
             "batches and devices.",
             UserWarning,
         )
-    return plan, draws, sources, split_rows
+    return PlannedPass(plan, draws, sources, split_rows)
 
 
 def forward_job(
@@ -468,7 +480,7 @@ def forward_job(
     latent_names = {*ctx.spec.sample_sites, *ctx.spec.param_sites}
     draws = {k: v for k, v in (posterior.draws if posterior else {}).items() if k in latent_names}
     base = PassSpec(ctx.kernel, bound.static, sites, kind)
-    plan, draws, sources, split_rows = row_latent_plan(
+    planned = row_latent_plan(
         ctx,
         base,
         bound,
@@ -480,6 +492,7 @@ def forward_job(
         strict_sites=request.return_sites is not None,
         check_split=check_split,
     )
+    plan, draws, sources = planned.plan, planned.latent, planned.row_sources
     sites = tuple(info.name for info in plan.outputs)
     if kind == forward.PREDICT and request.return_sites is None and ctx.param_output not in sites:
         raise KernelValidationError(
@@ -516,12 +529,9 @@ def forward_job(
         key=request.key,
         config=request.output.config,
         posterior=posterior,
-        plan=plan,
-        latent=draws,
-        row_sources=sources,
+        planned=planned,
         n_draws=n_draws,
         n_rows=bound.n_rows,
-        split_rows=split_rows,
         shard_axis=request.shard_axis,
         row_offset=int(request.row_offset),
         matmul_flops_per_cell=plan.matmul_flops_per_row,

@@ -26,7 +26,7 @@ from dopax.exceptions import ScenarioError
 from dopax.execution.context import ModelContext
 from dopax.execution.delivery import Delivery
 from dopax.execution.executor import cluster_of, execute, result_attrs
-from dopax.execution.job import PassInputs, build_job, row_latent_plan
+from dopax.execution.job import PassInputs, PlannedPass, build_job, row_latent_plan
 from dopax.execution.request import ScenarioRequest
 from dopax.execution.runner import (
     Block,
@@ -114,14 +114,16 @@ def _per_row(value: Any, base: Any, n_rows: int) -> Any:
 
 @dataclasses.dataclass
 class _Planned:
-    """The scenarios of a call (names and inputs), their plans, and what their blocks share."""
+    """The scenarios of a call (names, inputs, plans), and the pass their blocks share.
+
+    The shared pass has the first scenario's per-row latent sites, and rows
+    that may be split only if every scenario's may.
+    """
 
     names: list[str]
     passes: list[PassInputs]
     plans: list[ForwardPlan]
-    latent: dict[str, Any]
-    row_sources: dict[str, Any]
-    split_rows: bool
+    shared: PlannedPass
 
 
 def _scenarios(
@@ -144,7 +146,7 @@ def _scenarios(
             )
         spec = PassSpec(ctx.kernel, bound.static, (site,), PREDICT)
         try:
-            plan, latent, sources, splits = row_latent_plan(
+            planned = row_latent_plan(
                 ctx,
                 spec,
                 bound,
@@ -159,11 +161,12 @@ def _scenarios(
             )
         except KeyError as err:
             raise ScenarioError(str(err.args[0])) from err
-        split_rows = split_rows and splits
+        plan, latent, sources = planned.plan, planned.latent, planned.row_sources
+        split_rows = split_rows and planned.split_rows
         names.append(name)
         passes.append(PassInputs.of(bound, plan, intervention))
         plans.append(plan)
-    return _Planned(names, passes, plans, latent, sources, split_rows)
+    return _Planned(names, passes, plans, PlannedPass(plans[0], latent, sources, split_rows))
 
 
 def _check_finite(planned: _Planned, n_rows: int) -> None:
@@ -258,12 +261,9 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
         key=request.key,
         config=cfg,
         posterior=posterior,
-        plan=plans[0],
-        latent=planned.latent,
-        row_sources=planned.row_sources,
+        planned=planned.shared,
         n_draws=posterior.num_draws,
         n_rows=n_rows,
-        split_rows=planned.split_rows,
     )
     if request.site is None and np.dtype(info.dtype).kind in "biu":
         _warn_discrete(ctx, site, info.dtype)
@@ -305,7 +305,7 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
         progress.stage("checking that the kernel's rows may be split")
         planned = _scenarios(ctx, request, base, site, check_split=True)
         plans = planned.plans
-        if not planned.split_rows:
+        if not planned.shared.split_rows:
             job.split_rows = False
             blocks = sized()
     job.program = dataclasses.replace(program, cells_per_step=blocks.step_cells)
