@@ -60,7 +60,7 @@ html_static_path: list[str] = []
 
 def _cli_epilog() -> None:
     """Write the command line's examples (its parser's epilog) for ``cli.md`` to include."""
-    from dopax.io.cli import build_parser
+    from dopax.cli.main import build_parser
 
     folder = os.path.join(os.path.dirname(__file__), "_generated")
     os.makedirs(folder, exist_ok=True)

@@ -1,8 +1,9 @@
-"""The package's shape: no import circle, and lower layers never import upper ones."""
+"""The package's shape: no import circle, no upward import, no private state read from outside."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "dopax"
@@ -92,7 +93,8 @@ def test_the_cycle_finder_finds_cycles() -> None:
 
 #: Each package's layer: a module imports only from packages of lower layers (or
 #: its own). Settings and errors at the bottom; pure kernel, device and sampling
-#: code; results and fitting; the engine; the facade; saved models and the CLI.
+#: code; results and fitting; the engine; the facade; saved models and tables;
+#: the command line and the MLflow flavor.
 LAYERS = {
     "_version": 0,
     "_warn": 0,
@@ -110,10 +112,12 @@ LAYERS = {
     "streaming": 4,
     "execution": 5,
     "model": 6,
-    "io": 7,
-    "__main__": 8,
-    "dopax": 8,
+    "persist": 7,
+    "tables": 7,
+    "cli": 8,
     "mlflow": 8,
+    "__main__": 9,
+    "dopax": 9,
 }
 
 
@@ -148,3 +152,121 @@ def test_the_layer_check_sees_an_upward_import() -> None:
         "dopax.exceptions": set(),
     }
     assert upward_imports(graph) == ["dopax.kernel.spec -> dopax.model.state"]
+
+
+MODEL = SRC / "model"
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _own_attributes(cls: ast.ClassDef) -> set[str]:
+    """Private names a class defines: ``self._x``/``cls._x`` it assigns, its methods and fields."""
+    names: set[str] = set()
+    for node in ast.walk(cls):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                names.add(node.attr)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.AnnAssign | ast.Assign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return {name for name in names if _private(name)}
+
+
+def model_private_names() -> set[str]:
+    """Every private attribute and method of the classes under ``dopax/model``."""
+    names: set[str] = set()
+    for path in MODEL.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                names |= _own_attributes(node)
+    return names
+
+
+def private_reads(source: str, private: set[str]) -> list[tuple[int, str]]:
+    """Return ``(line, name)`` of each use of a name of ``private`` on another object.
+
+    ``x._name`` counts unless ``x`` is ``self`` or ``cls``, or the use sits in
+    a class that defines ``_name`` itself (it may touch its own instances);
+    ``getattr(x, "_name")`` and the like count too.
+    """
+    found: list[tuple[int, str]] = []
+
+    def visit(node: ast.AST, own: frozenset[str]) -> None:
+        if isinstance(node, ast.ClassDef):
+            own = own | _own_attributes(node)
+        if isinstance(node, ast.Attribute) and node.attr in private and node.attr not in own:
+            receiver = node.value
+            if not (isinstance(receiver, ast.Name) and receiver.id in ("self", "cls")):
+                found.append((node.lineno, node.attr))
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "setattr", "hasattr", "delattr")
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and node.args[1].value in private
+        ):
+            found.append((node.lineno, str(node.args[1].value)))
+        for child in ast.iter_child_nodes(node):
+            visit(child, own)
+
+    visit(ast.parse(source), frozenset())
+    return sorted(found)
+
+
+def test_no_module_outside_the_model_reads_its_private_state() -> None:
+    private = model_private_names()
+    assert {"_state", "_inference"} <= private
+    offenders = [
+        f"{path.relative_to(SRC.parent)}:{line}: .{name}"
+        for path in sorted(SRC.rglob("*.py"))
+        if MODEL not in path.parents
+        for line, name in private_reads(path.read_text(), private)
+    ]
+    assert not offenders, (
+        "private attributes of the model read outside dopax/model (use dopax.model.snapshot):\n"
+        + "\n".join(offenders)
+    )
+
+
+def test_the_private_state_check_sees_a_read() -> None:
+    reads = "def f(model):\n    state = model._state\n    return getattr(model, '_state')\n"
+    assert private_reads(reads, {"_state"}) == [(2, "_state"), (3, "_state")]
+    own = (
+        "class Sink:\n"
+        "    def __init__(self):\n"
+        "        self._state = 'new'\n"
+        "    @classmethod\n"
+        "    def attach(cls):\n"
+        "        sink = cls.__new__(cls)\n"
+        "        sink._state = 'open'\n"
+        "        return sink\n"
+    )
+    assert private_reads(own, {"_state"}) == []
+    assert private_reads("def g(x):\n    return x._other\n", {"_state"}) == []
+
+
+def settings_readers() -> set[str]:
+    """Modules that use ``get_config`` (read the global settings)."""
+    return {
+        name
+        for name, path in _modules().items()
+        if re.search(r"\bget_config\b", path.read_text()) and name != "dopax.config"
+    }
+
+
+def test_only_the_facade_resolves_a_calls_settings() -> None:
+    # A call resolves its settings once, when it starts (the facade, or an
+    # ``Output`` built for it); everything below takes them from the request.
+    readers = settings_readers()
+    deep = sorted(
+        name
+        for name in readers
+        if not name.startswith("dopax.model.") and name != "dopax.execution.request"
+    )
+    assert not deep, f"modules below the facade read the global settings: {deep}"
+    assert "dopax.execution.request" in readers

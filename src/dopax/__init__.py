@@ -10,11 +10,11 @@ import logging
 
 from dopax._version import __version__
 from dopax.inference.trace import ZarrTrace
-from dopax.io.saved import load_model, save_model
 from dopax.kernel.spec import KernelSpec
 from dopax.model.impact_model import ImpactModel
 from dopax.output.cleanup import remove_incomplete
 from dopax.output.store import open_result
+from dopax.persist.saved import load_model, save_model
 
 logging.getLogger("dopax").addHandler(logging.NullHandler())
 

@@ -1,7 +1,7 @@
-"""``python -m dopax``: the dopax command line (see :mod:`dopax.io.cli`)."""
+"""``python -m dopax``: the dopax command line (see :mod:`dopax.cli.main`)."""
 
 import sys
 
-from dopax.io.cli import main
+from dopax.cli.main import main
 
 sys.exit(main())

@@ -1,7 +1,8 @@
 """Execution settings for streamed calls, gathered in one documented object.
 
 These tune *how* work runs (memory budget, pipeline depth, codecs), never *what*
-is computed: results are identical whatever the settings.
+is computed: results are identical whatever the settings. A call takes the
+settings in force when it starts and keeps them to its end.
 """
 
 from __future__ import annotations
@@ -36,33 +37,32 @@ class ExecutionConfig:
             default) picks per kind of call (:meth:`budget_bytes`): 128 MiB
             for calls that stream draws (``predict``, ``log_likelihood``,
             ``sample_prior_predictive``, scoring) and 256 MiB for
-            ``compare_scenarios``. An integer applies to every call.
-            ``BENCHMARKS.md`` (W5) has the measurements behind the two: a
-            forward pass ran about as fast with 128 MiB as with 256 MiB (W1:
-            within 4%, inside the run-to-run spread) with half the memory in
-            flight, while scenario blocks, which hold every draw of their
-            rows, ran 10% slower at half the rows (W3).
+            ``compare_scenarios``. An integer applies to every call. A
+            forward pass gains nothing from blocks larger than 128 MiB, while
+            scenario blocks, which hold every draw of their rows, run faster
+            with more rows (``BENCHMARKS.md`` has the measurements).
         pipeline_depth: Number of computed chunks that may wait for the writers.
             One is enough to keep two writers busy while the next chunk
-            computes (W1 ran as fast with 1 as with 2, in one chunk less
-            memory); more absorbs longer stalls of the disk.
+            computes, in one chunk less memory than two; more absorbs longer
+            stalls of the disk.
         writer_threads: Threads that compress and write chunks to Zarr.
         compressor: ``"auto"`` (floating-point variables uncompressed, all
             others ``"bitshuffle-lz4"``), ``"zstd"``, ``"lz4"`` (Blosc LZ4
             after a byte shuffle; ``"blosc-lz4"`` is the same),
             ``"bitshuffle-lz4"`` (Blosc LZ4 after a bit shuffle) or ``None``
-            (no compression). Measured in ``BENCHMARKS.md``.
+            (no compression).
         compression_level: Codec level where the codec takes one.
         min_batch_rows: Lower bound for the automatic ``batch_size``.
         max_batch_rows: Upper bound for the automatic ``batch_size``.
         trim_memory: Keep resident memory flat over long calls (glibc
-            only): from the first streamed call on, allocations of 4 MiB or
-            more get their own memory mappings, process-wide, so freed chunk
+            only): from the first streamed call on, allocations of
+            ``mmap_threshold_bytes`` or more get their own memory mappings,
+            process-wide, so freed chunk
             buffers go straight back to the operating system; freed heap
             memory is also returned at the end of each call.
         direct_io: Write chunk files with ``O_DIRECT`` (Linux), bypassing the
-            page cache, which costs far less CPU per byte on virtual machines
-            (``BENCHMARKS.md``). Filesystems that refuse it fall back to
+            page cache, which costs far less CPU per byte on virtual machines.
+            Filesystems that refuse it fall back to
             ordinary writes automatically.
         min_cells_per_step: Fewest draw-by-row cells computed per sequential
             step inside a block (steps bound the kernel's temporaries; the
@@ -73,15 +73,14 @@ class ExecutionConfig:
             they are, and blocks shrink to make room.
         matmul_flops_per_cell: XLA-estimated flops per draw-row cell above
             which a kernel counts as dominated by matrix products and runs one
-            draw per step on CPU (a linear predictor with noise: tens; W2's
-            network: about 90,000).
+            draw per step on CPU (a linear predictor with noise: tens of flops;
+            a small neural network: tens of thousands).
         min_draw_blocks: Fewest blocks the draws are split into when blocks
             keep whole rows (one-draw steps), so writers overlap compute.
         row_multiple: Automatic scenario blocks hold a multiple of this many
-            rows: XLA's CPU code for a W3 block ran at half speed on an odd
-            row count (``BENCHMARKS.md``, W3).
-        host_threads: Unused: ``compare_scenarios`` takes its per-row
-            summaries inside the block program now; kept so that settings
+            rows: XLA's CPU code can run at half speed on an odd row count.
+        host_threads: Unused (``compare_scenarios`` takes its per-row
+            summaries inside the block program); accepted so that settings
             naming it still apply.
         static_chunk_bytes: Largest chunk of a variable written whole at open
             (the posterior); chunks split the draws.
@@ -103,8 +102,8 @@ class ExecutionConfig:
         compilation_cache_dir: A folder for JAX's persistent compilation
             cache, or ``None`` (the default: no cache). With a folder, the
             programs a call compiles are saved there and a later process
-            loads them instead of compiling (a W8 first ``predict`` in a new
-            process: ``BENCHMARKS.md``). This is a process-wide JAX setting,
+            loads them instead of compiling, so its first call starts warm.
+            This is a process-wide JAX setting,
             so the user's own compiled functions are cached there too, and
             every program is cached however quickly it compiled. Only use a
             folder that no untrusted user can write to. A common choice is

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import zarr
 
-from dopax.config import config_context
 from dopax.sampling.prepare import LazyRows, read_rows
 
 X = np.random.default_rng(0).standard_normal((1000, 3)).astype(np.float32)
@@ -74,8 +73,7 @@ def test_chunks_larger_than_the_window_are_read_row_by_block(tmp_path: Path) -> 
     # 128 rows x 3 float32 = 1536 bytes per chunk; a 1 KB window cannot hold one,
     # so each block is read as asked and nothing is kept.
     source = CountingSource(_zarr(tmp_path, 128))
-    with config_context(input_window_bytes=1024):
-        lazy = LazyRows(source, "X")
+    lazy = LazyRows(source, "X", window_bytes=1024)
     for start, stop in _blocks(1000, 7):
         np.testing.assert_array_equal(read_rows(lazy, start, stop), X[start:stop])
     assert source.reads == _blocks(1000, 7)

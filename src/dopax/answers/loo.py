@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from dopax.answers.program import DrawReduction
 from dopax.parallel.sharded import BlockInputs, OutputAxes
 from dopax.reductions.psis import psis_loo
-from dopax.sampling.forward import ForwardProgram
 
 __all__ = [
     "LOO_GROUP",
@@ -84,7 +84,7 @@ def good_k(num_draws: int) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class LooProgram:
+class LooProgram(DrawReduction):
     """PSIS-LOO of one observed site over all draws of a block.
 
     Block arguments are the forward pass's (the kernel's rows include the
@@ -97,18 +97,9 @@ class LooProgram:
         reff: Relative effective sample size of the draws.
     """
 
-    forward: ForwardProgram
     site: str
     row_axis: int | None
     reff: float = 1.0
-
-    #: Every block holds every draw of its rows (the runner never splits draws).
-    whole_draws: ClassVar[bool] = True
-
-    def with_step(self, cells_per_step: int) -> LooProgram:
-        """Return the program with the forward pass's draw steps set."""
-        forward = dataclasses.replace(self.forward, cells_per_step=cells_per_step)
-        return dataclasses.replace(self, forward=forward)
 
     @property
     def outputs(self) -> tuple[OutputAxes, ...]:

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dopax.answers.program import DrawReduction
 from dopax.parallel.sharded import BlockInputs, OutputAxes
 from dopax.reductions.draws import quantile_name, summarize_draws
-from dopax.sampling.forward import ForwardProgram
 from dopax.sampling.threefry import threefry2x32
 
 __all__ = ["COVERED", "SiteSummary", "SummaryProgram", "stat_names"]
@@ -76,7 +76,7 @@ def _uniforms(call_key: jax.Array, row_offset: jax.Array, shape: tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
-class SummaryProgram:
+class SummaryProgram(DrawReduction):
     """Per-row summaries of every return site over all draws of a block.
 
     Block arguments: ``rows = {"kernel": kernel rows, "observed": observed
@@ -94,21 +94,12 @@ class SummaryProgram:
         observed: The site whose observed values come in ``rows["observed"]``.
     """
 
-    forward: ForwardProgram
     sites: tuple[SiteSummary, ...]
     n_draws: int
     prob: float = 0.94
     interval: str = "eti"
     quantiles: tuple[float, ...] = ()
     observed: str | None = None
-
-    #: Every block holds every draw of its rows (the runner never splits draws).
-    whole_draws: ClassVar[bool] = True
-
-    def with_step(self, cells_per_step: int) -> SummaryProgram:
-        """Return the program with the forward pass's draw steps set."""
-        forward = dataclasses.replace(self.forward, cells_per_step=cells_per_step)
-        return dataclasses.replace(self, forward=forward)
 
     @property
     def outputs(self) -> tuple[OutputAxes, ...]:

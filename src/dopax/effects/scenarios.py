@@ -29,26 +29,7 @@ from dopax.sampling.forward import (
     with_params,
 )
 
-__all__ = ["Scenario", "ScenarioProgram", "group_codes"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Scenario:
-    """One scenario's departures from the base call.
-
-    Attributes:
-        name: Scenario name.
-        rows: Kernel arguments replaced per row (full length).
-        shared: Array kernel arguments replaced whole.
-        row_do: Intervened sites with one value per row.
-        shared_do: Intervened sites with one value for all rows.
-    """
-
-    name: str
-    rows: dict[str, Any]
-    shared: dict[str, Any]
-    row_do: dict[str, Any]
-    shared_do: dict[str, Any]
+__all__ = ["ScenarioProgram", "group_codes"]
 
 
 @dataclasses.dataclass(frozen=True)

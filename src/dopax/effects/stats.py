@@ -62,19 +62,11 @@ def hdi(draws: npt.ArrayLike, prob: float = 0.94, axis: int = 0) -> np.ndarray:
 
 
 def eti(draws: npt.ArrayLike, prob: float = 0.94, axis: int = 0) -> np.ndarray:
-    """Return the equal-tailed interval of ``draws`` along ``axis``.
+    """Return the equal-tailed interval of ``draws`` along ``axis``, shaped as :func:`hdi`'s.
 
     The bounds are the ``(1 - prob) / 2`` and ``(1 + prob) / 2`` quantiles
     (NumPy's default, linear interpolation), so each tail holds the same mass.
-
-    Args:
-        draws: Posterior draws; ``axis`` indexes the draws.
-        prob: Probability mass the interval holds, strictly between 0 and 1.
-        axis: The axis of ``draws`` that indexes the draws.
-
-    Returns:
-        An array shaped like ``draws`` without ``axis`` and with a new last axis of
-        length 2 holding the lower and upper bounds.
+    The arguments are those of :func:`hdi`.
     """
     prob = _check_prob(prob)
     values = np.asarray(draws)

@@ -22,18 +22,17 @@ import xarray as xr
 from dopax._warn import warn
 from dopax.answers.loo import LOO_GROUP, LooProgram, LooTotals, elpd_data, good_k
 from dopax.answers.summary import COVERED, SiteSummary, SummaryProgram
-from dopax.config import get_config
 from dopax.execution.context import ModelContext
-from dopax.execution.engine import result_attrs
+from dopax.execution.delivery import Delivery
+from dopax.execution.executor import execute, result_attrs
 from dopax.execution.job import ForwardJob, forward_job
 from dopax.execution.request import LooRequest, PredictiveRequest, SummaryRequest
-from dopax.execution.runner import Block, BlockJob, row_latent_bytes, run_blocks, splits_rows
+from dopax.execution.runner import Block, BlockJob, Consume, row_latent_bytes, splits_rows
 from dopax.execution.sizing import Footprint, size_blocks
 from dopax.output import schema
 from dopax.output.schema import SiteLayout
 from dopax.parallel.batching import BlockPlan
-from dopax.streaming.stream import Progress, Submit, stream_into
-from dopax.streaming.targets import sink_for_call
+from dopax.streaming.stream import Progress, Submit
 
 __all__ = ["run_loo", "run_summary"]
 
@@ -68,7 +67,7 @@ def _plan(
     progress: Progress,
 ) -> _Reduction:
     """Plan the forward pass, wrap its program, size blocks of every draw (checking splits)."""
-    cfg = get_config()
+    cfg = request.output.config
 
     def sized(fj: ForwardJob, job: BlockJob) -> BlockPlan:
         flops = job.matmul_flops_per_cell
@@ -175,10 +174,11 @@ def _stream(
         _layout(group, name, site, shape, axis, blocks.row_block)
         for name, (site, shape, axis) in written.items()
     ]
-    sink = sink_for_call(out.store, out.output_dir, label, ctx.temp_folder, out.storage_options)
     behind = _OneBehind(kept)
 
-    def run(submit: Submit, advance: Any) -> None:
+    def consumer(submit: Submit | None) -> Consume:
+        assert submit is not None
+
         def consume(block: Block, outputs: dict[str, Any]) -> None:
             for name, (_, shape, axis) in written.items():
                 index = _index(axis, len(shape), block)
@@ -186,20 +186,25 @@ def _stream(
                     submit(group, name, index, outputs[name])
             behind.add(outputs)
 
-        run_blocks(job, blocks, consume, on_block=lambda rows, draws: advance(rows))
-        behind.finish()
+        return consume
 
-    return stream_into(  # type: ignore[no-any-return]
-        sink,
-        run,
+    delivery = Delivery(
+        output=out,
+        temp_folder=ctx.temp_folder,
+        label=label,
+        folder=label,
+        group=group,
         layouts=layouts,
         static=None,
         attrs=result_attrs(job, attrs),
         total=job.n_rows,
-        progress=progress,
-        desc=label,
+        progress_of=lambda rows, draws: rows,
+        consumer=consumer,
+        done=behind.finish,
         late_attrs=late_attrs,
     )
+    # the answer methods take no ``client``: their blocks run here
+    return execute(job, blocks, delivery, client=None, progress=progress)  # type: ignore[no-any-return]
 
 
 def _call_attrs(request: PredictiveRequest, plan: _Reduction, method: str) -> dict[str, Any]:
@@ -265,12 +270,14 @@ def run_summary(ctx: ModelContext, request: SummaryRequest) -> xr.DataTree:
             request.quantiles,
             obs_name,
         )
-        rows: dict[str, Any] = {"kernel": fj.job.rows}
+        inputs = fj.job.inputs
+        rows: dict[str, Any] = {"kernel": inputs.rows}
         if obs_name is not None:
             rows["observed"] = observed["values"]
         end = np.asarray(fj.job.row_offset + fj.job.n_rows, np.int64)
+        shared = {"kernel": inputs.shared, "n_rows": end}
         return dataclasses.replace(
-            fj.job, program=program, rows=rows, shared={"kernel": fj.job.shared, "n_rows": end}
+            fj.job, program=program, inputs=dataclasses.replace(inputs, rows=rows, shared=shared)
         )
 
     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,11 +25,12 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from dopax.config import ExecutionConfig
+from dopax.execution.delivery import Delivery
 from dopax.execution.runner import Block, BlockJob, forward_consumer, run_blocks
 from dopax.output.location import Location
 from dopax.output.schema import SiteLayout
 from dopax.parallel.batching import BlockPlan
-from dopax.streaming.sinks import StaticData, ZarrSink
+from dopax.streaming.sinks import ZarrSink
 from dopax.streaming.stream import writer_pool
 from dopax.streaming.targets import sink_at
 
@@ -151,44 +152,29 @@ def run_on_cluster(
     client: Any,
     job: BlockJob,
     blocks: BlockPlan,
+    delivery: Delivery,
     *,
     where: Location | None,
     keepalive: object | None,
-    group: str,
-    layouts: Sequence[SiteLayout],
-    static: StaticData | None,
-    attrs: Mapping[str, Any],
-    config: ExecutionConfig,
-    progress: bool,
-    desc: str,
-    collect: Callable[[list[Any]], None] | None = None,
-    driver_writes: Sequence[tuple[SiteLayout, tuple[slice, ...], np.ndarray]] = (),
 ) -> xr.DataTree | None:
     """Run a job's blocks as tasks on ``client``'s cluster, writing into the store at ``where``.
 
     A forward job's tasks write their outputs; a scenario comparison's tasks
-    (``collect`` given) return per-block reductions, which ``collect``
-    receives in block order once every task has finished. On any failure (a
-    task's error, Ctrl-C) the remaining tasks are cancelled, the store is
-    removed so nothing reads as complete, and the error propagates.
+    (``delivery.collect`` given) return per-block reductions, which
+    ``collect`` receives in block order once every task has finished. On any
+    failure (a task's error, Ctrl-C) the remaining tasks are cancelled, the
+    store is removed so nothing reads as complete, and the error propagates.
 
     Args:
         client: A ``dask.distributed.Client``.
         job: The block job.
         blocks: How it is cut into blocks.
+        delivery: What the blocks deliver: the group, the layouts, the
+            static groups and root attributes, the driver's own writes (the
+            observed data), the call's settings and progress bar.
         where: The store's location (workers must reach it: a shared folder or
             a URL), or ``None`` when nothing is stored.
         keepalive: What the finished result keeps referenced.
-        group: The outputs' result group.
-        layouts: The streamed variables' layouts.
-        static: Small groups written whole by the driver (the posterior).
-        attrs: Root attributes.
-        config: Execution settings.
-        progress: Whether to show a progress bar.
-        desc: Progress bar label.
-        collect: Receives the tasks' results in block order (scenario comparisons).
-        driver_writes: Small variables the driver writes itself, as
-            ``(layout, index, values)`` (the observed data).
 
     Returns:
         The finished result, or ``None`` when nothing is stored.
@@ -196,14 +182,17 @@ def run_on_cluster(
     import jax
     from distributed import as_completed
 
+    layouts = delivery.layouts if delivery.stored else []
+    collect, driver_writes, desc = delivery.collect, delivery.driver_writes, delivery.label
+
     if where is not None and where.path is None and where.url is None:
         raise ValueError(
             "With `client=`, `output_dir` must be a folder the workers share or a URL; "
             "a zarr store object cannot be shared with the workers."
         )
-    sink = sink_at(where, keepalive) if where is not None else None
+    sink = sink_at(where, keepalive, delivery.output.config) if where is not None else None
     if sink is not None:
-        sink.open(layouts, static=static, attrs=attrs)
+        sink.open(layouts, static=delivery.static, attrs=delivery.attrs)
     futures: list[Any] = []
     task = compute_blocks if collect is None else compute_scenario_blocks
     try:
@@ -218,10 +207,10 @@ def run_on_cluster(
             shipped,
             str(jax.random.key_impl(job.call_key)),
             blocks,
-            group,
+            delivery.group,
             [layout for layout in layouts if all(layout is not w[0] for w in driver_writes)],
             where,
-            dataclasses.replace(config, client=None),
+            dataclasses.replace(delivery.output.config, client=None),
         )
         [remote] = client.scatter([payload], broadcast=True, hash=False)
         all_blocks = blocks.blocks()
@@ -235,7 +224,11 @@ def run_on_cluster(
         order = {future.key: n for n, future in enumerate(futures)}
         total = job.n_rows * (job.n_draws if collect is None else 1)
         with tqdm(
-            total=total, desc=desc, unit_scale=True, disable=not progress, leave=False
+            total=total,
+            desc=desc,
+            unit_scale=True,
+            disable=not delivery.output.progress,
+            leave=False,
         ) as bar:
             for future in as_completed(futures):
                 result = future.result()

@@ -2,7 +2,7 @@
 
 With a cache folder, every program JAX compiles in the process (dopax's block
 programs, the fit's steps, and the user's own) is written there and read back
-by later processes, so a second process starts warm (``BENCHMARKS.md``, W8).
+by later processes, so a second process starts warm.
 JAX writes only programs that took at least
 ``jax_persistent_cache_min_compile_time_secs`` (1 s by default) to compile;
 dopax's programs mostly compile faster, so the threshold is set to 0 with the

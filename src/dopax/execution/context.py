@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dopax.config import get_config
+from dopax.config import ExecutionConfig
 from dopax.data import ArrayLoader
 from dopax.execution.compile_cache import use_compilation_cache
 from dopax.kernel.signature import check_reserved_kwargs
@@ -105,16 +105,24 @@ class ModelContext:
             )
         return X_arr, y_arr, {**arrays, **kwargs}
 
-    def bind(self, X: Any, y: Any, kwargs: Mapping[str, Any]) -> BoundArgs:
+    def bind(self, X: Any, y: Any, kwargs: Mapping[str, Any], config: ExecutionConfig) -> BoundArgs:
         """Bind a call's inputs to the kernel's arguments (every call starts here).
 
-        Also points JAX's persistent compilation cache at
-        ``ExecutionConfig.compilation_cache_dir`` before anything compiles.
+        Also points JAX's persistent compilation cache at the settings'
+        ``compilation_cache_dir`` before anything compiles.
+
+        Args:
+            X: The input.
+            y: The observed output, or ``None``.
+            kwargs: Further kernel arguments.
+            config: The call's execution settings.
         """
-        use_compilation_cache(get_config().compilation_cache_dir)
+        use_compilation_cache(config.compilation_cache_dir)
         X, y, kwargs = self.unpack_loader(X, y, kwargs)
         check_reserved_kwargs(kwargs, self.kernel, self.param_input, self.param_output)
-        return bind_args(self.param_input, X, self.param_output, y, kwargs)
+        return bind_args(
+            self.param_input, X, self.param_output, y, kwargs, config.input_window_bytes
+        )
 
     def probe(self, bound: BoundArgs) -> dict[str, dict[str, Any]]:
         """Describe every site of the kernel on the call's first two rows (abstractly).

@@ -9,17 +9,16 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from dopax.config import get_config
-from dopax.execution.cluster import run_on_cluster
 from dopax.execution.context import ModelContext
+from dopax.execution.delivery import Delivery
+from dopax.execution.executor import cluster_of, execute, result_attrs
 from dopax.execution.job import ForwardJob, forward_job
-from dopax.execution.request import LOG_LIKELIHOOD, PRIOR, PredictiveRequest
+from dopax.execution.request import LOG_LIKELIHOOD, PRIOR, Output, PredictiveRequest
 from dopax.execution.runner import (
     Block,
+    Consume,
     forward_consumer,
     row_latent_bytes,
-    run_blocks,
-    sharding_of,
     splits_rows,
 )
 from dopax.execution.sizing import Footprint, size_blocks
@@ -29,26 +28,11 @@ from dopax.output.schema import SiteLayout
 from dopax.parallel.batching import BlockPlan
 from dopax.sampling.plan import FULL
 from dopax.sampling.prepare import read_rows
-from dopax.streaming.sinks import MemorySink, Sink
-from dopax.streaming.stream import Progress, Submit, stream_into
-from dopax.streaming.targets import call_location, check_store, sink_for_call
+from dopax.streaming.stream import Progress, Submit
 
-__all__ = ["cluster_devices", "result_attrs", "run_predictive"]
+__all__ = ["run_predictive"]
 
 logger = logging.getLogger("dopax")
-
-
-def result_attrs(job: Any, extra: dict[str, Any]) -> dict[str, Any]:
-    """Return a result's root attributes, with where it ran (devices, shard axis).
-
-    Args:
-        job: The block job.
-        extra: The call's own attributes.
-    """
-    shard_axis, n_dev = sharding_of(job)
-    return schema.base_attrs(
-        {**extra, schema.DEVICES_ATTR: n_dev, schema.SHARD_AXIS_ATTR: shard_axis}
-    )
 
 
 def _group(request: PredictiveRequest) -> str:
@@ -59,7 +43,7 @@ def _group(request: PredictiveRequest) -> str:
     return schema.POSTERIOR_PREDICTIVE if request.in_sample else schema.PREDICTIONS
 
 
-def _footprint(fj: ForwardJob, in_one_block: bool) -> Footprint:
+def _footprint(fj: ForwardJob, output: Output) -> Footprint:
     per_row = 0
     per_draw = 0
     for info in fj.plan.outputs:
@@ -74,12 +58,12 @@ def _footprint(fj: ForwardJob, in_one_block: bool) -> Footprint:
     # latent draws is read or copied for the block, in memory or not
     per_draw += stored_bytes_per_draw(fj.job.latent)
     per_row += row_latent_bytes(fj.job)
-    cfg = get_config()
+    cfg = output.config
     return Footprint(
         per_row=per_row,
         per_draw=per_draw,
         alive=cfg.pipeline_depth + cfg.writer_threads + 1,
-        in_one_block=in_one_block,
+        in_one_block=output.in_memory,
     )
 
 
@@ -115,7 +99,7 @@ def _observed(
     """
     name = ctx.param_output
     if request.kind == LOG_LIKELIHOOD:
-        values = fj.job.rows.get(name)
+        values = fj.job.inputs.rows.get(name)
     elif request.kind == PRIOR or not request.in_sample or request.observed is None:
         return None
     else:
@@ -193,7 +177,6 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
         request: The request.
     """
     out = request.output
-    cfg = get_config()
     progress = Progress(_label(request), out.progress and not out.in_memory)
     try:
         fj, blocks = _prepare(ctx, request, progress)
@@ -220,43 +203,14 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
     static = None
     if request.posterior is not None:
         static = {schema.POSTERIOR: request.posterior.by_chain()}
-    attrs = result_attrs(job, {"method": request.method, **_call_attrs(request, blocks, fj)})
-    client = out.client if out.client is not None else cfg.client
-    if client is not None and not out.in_memory:
-        progress.close()  # the cluster's tasks have their own bar
-        check_store(out.store, "persistent", "client=")
-        where, keep = call_location(
-            out.output_dir, _label(request), ctx.temp_folder, out.storage_options
-        )
-        tree = run_on_cluster(
-            client,
-            job,
-            blocks,
-            where=where,
-            keepalive=keep,
-            group=group,
-            layouts=layouts,
-            static=static,
-            attrs={**attrs, schema.DEVICES_ATTR: cluster_devices(client)},
-            config=cfg,
-            progress=out.progress,
-            desc=_label(request),
-            driver_writes=[]
-            if observed is None
-            else [(observed[1], _whole_rows(observed[0], job.n_rows), np.asarray(observed[0]))],
-        )
-        assert tree is not None
-        return tree
-    sink: Sink
-    if out.in_memory:
-        sink = MemorySink()
-    else:
-        sink = sink_for_call(
-            out.store, out.output_dir, _label(request), ctx.temp_folder, out.storage_options
-        )
+    client = cluster_of(out)
+    attrs = result_attrs(
+        job, {"method": request.method, **_call_attrs(request, blocks, fj)}, client
+    )
     axes = job.program.outputs
 
-    def run(submit: Submit, advance: Any) -> None:
+    def consumer(submit: Submit | None) -> Consume:
+        assert submit is not None
         forward = forward_consumer(axes, group, submit)
 
         def consume(block: Block, outputs: dict[str, Any]) -> None:
@@ -271,25 +225,32 @@ def run_predictive(ctx: ModelContext, request: PredictiveRequest) -> xr.DataTree
                     piece = np.asarray(read_rows(values, block.r0, block.r1))
                 submit(layout.group, layout.name, index, piece)
 
-        run_blocks(job, blocks, consume, on_block=lambda rows, draws: advance(rows * draws))
+        return consume
 
-    tree = stream_into(
-        sink,
-        run,
+    delivery = Delivery(
+        output=out,
+        temp_folder=ctx.temp_folder,
+        label=_label(request),
+        folder=_label(request),
+        group=group,
         layouts=layouts,
         static=static,
         attrs=attrs,
         total=job.n_rows * job.n_draws,
-        progress=progress,
-        desc=_label(request),
+        progress_of=lambda rows, draws: rows * draws,
+        consumer=consumer,
+        driver_writes=[]
+        if observed is None
+        else [(observed[1], _whole_rows(observed[0], job.n_rows), np.asarray(observed[0]))],
     )
+    tree = execute(job, blocks, delivery, client=client, progress=progress)
     if out.in_memory and not out.return_datatree:
         ds = tree[group].to_dataset()
         return {
             str(name): np.asarray(ds[name].values).reshape(-1, *ds[name].shape[2:])
             for name in ds.data_vars
         }
-    return tree
+    return tree  # type: ignore[no-any-return]
 
 
 def _prepare(
@@ -297,15 +258,14 @@ def _prepare(
 ) -> tuple[ForwardJob, BlockPlan]:
     """Plan the call and size its blocks (compiling its program), saying so as it goes."""
     out = request.output
-    cfg = get_config()
 
     def sized(fj: ForwardJob) -> BlockPlan:
         return size_blocks(
             fj.job,
-            _footprint(fj, out.in_memory),
+            _footprint(fj, out),
             chains=fj.chains,
             batch_size=out.batch_size,
-            config=cfg,
+            config=out.config,
             cache=ctx.sizes,
             announce=progress.stage,
         )
@@ -340,11 +300,3 @@ def _call_attrs(request: PredictiveRequest, blocks: BlockPlan, fj: ForwardJob) -
         attrs["in_sample"] = int(request.in_sample)
         attrs["intervention"] = repr(sorted((request.intervention or {}).keys()))
     return attrs
-
-
-def cluster_devices(client: Any) -> int:
-    """Return how many worker processes a cluster has (its devices for the attributes)."""
-    try:
-        return max(1, len(client.scheduler_info().get("workers", {})))
-    except Exception:  # pragma: no cover - a client that cannot say
-        return 1

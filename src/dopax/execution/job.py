@@ -1,4 +1,9 @@
-"""From a forward request to a job: bound inputs, the plan (cached), the per-row latent policy."""
+"""From a request to a block job: bound inputs, the plan (cached), the per-row latent policy.
+
+Every job is built here (:func:`build_job`): a forward pass from its request
+(:func:`forward_job`), and a scenario comparison or a reduction from the
+passes it plans.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from dopax._warn import warn
-from dopax.config import get_config
+from dopax.config import ExecutionConfig
 from dopax.exceptions import KernelValidationError, ScenarioError
 from dopax.execution.context import ModelContext
 from dopax.execution.request import LOG_LIKELIHOOD, PredictiveRequest
-from dopax.execution.runner import BlockJob
+from dopax.execution.runner import BlockJob, JobInputs
 from dopax.inference.posterior import Posterior
 from dopax.kernel.spec import observed_sites
-from dopax.parallel.sharded import DRAW, OBS
+from dopax.parallel.sharded import DRAW, OBS, BlockProgram
 from dopax.sampling import forward
 from dopax.sampling.explain import check_observed_shape
 from dopax.sampling.forward import ForwardProgram, PassSpec
@@ -28,6 +33,9 @@ from dopax.sampling.row_latent import DRAWS
 
 __all__ = [
     "ForwardJob",
+    "PassInputs",
+    "PlannedPass",
+    "build_job",
     "forward_job",
     "kernel_params",
     "plan_pass",
@@ -51,6 +59,133 @@ class ForwardJob:
     plan: ForwardPlan
     chains: int
     bound: BoundArgs
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedPass:
+    """A pass's plan with its per-row latent sites settled (:func:`row_latent_plan`).
+
+    Attributes:
+        plan: The pass's plan.
+        latent: Global latent draws to substitute (per-row sites taken out).
+        row_sources: Each per-row latent site's draws or guide parameters.
+        split_rows: Whether the pass's rows may be split into blocks.
+    """
+
+    plan: ForwardPlan
+    latent: dict[str, Any]
+    row_sources: dict[str, Any]
+    split_rows: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class PassInputs:
+    """One pass's inputs: kernel arguments and intervention values, per row or whole.
+
+    Attributes:
+        rows: Kernel arguments with one entry per row (full length).
+        shared: Array kernel arguments used whole.
+        row_do: Intervened sites with one value per row (rows first).
+        shared_do: Intervened sites with one value for all rows.
+    """
+
+    rows: dict[str, Any]
+    shared: dict[str, Any]
+    row_do: dict[str, Any]
+    shared_do: dict[str, Any]
+
+    @classmethod
+    def of(cls, bound: BoundArgs, plan: ForwardPlan, intervention: Any) -> PassInputs:
+        """Return a pass's inputs: its bound arguments and its intervention, split as planned.
+
+        Args:
+            bound: The pass's bound inputs.
+            plan: The pass's plan (which intervened sites follow the rows, on which axis).
+            intervention: Site name to value, or ``None``.
+        """
+        do = _float32(intervention or {})
+        row_names = set(plan.row_intervention_sites)
+        axes = dict(plan.row_intervention_axes)
+        return cls(
+            rows=dict(bound.rows),
+            shared=dict(bound.shared),
+            row_do={
+                k: np.moveaxis(np.asarray(v), axes[k], 0) if k in axes else v
+                for k, v in do.items()
+                if k in row_names
+            },
+            shared_do={k: v for k, v in do.items() if k not in row_names},
+        )
+
+    @property
+    def anchor(self) -> dict[str, Any]:
+        """The anchor row's arguments (row 0)."""
+        return {k: anchor_rows(v) for k, v in self.rows.items()}
+
+    @property
+    def anchor_do(self) -> dict[str, Any]:
+        """The anchor row's intervention values."""
+        return {k: anchor_rows(v) for k, v in self.row_do.items()}
+
+    def job_inputs(self) -> JobInputs:
+        """The inputs of a forward pass's program: this pass's, as they are."""
+        return JobInputs(
+            self.rows, self.row_do, self.shared, self.shared_do, self.anchor, self.anchor_do
+        )
+
+
+def build_job(
+    ctx: ModelContext,
+    program: BlockProgram,
+    inputs: JobInputs,
+    *,
+    key: jax.Array,
+    config: ExecutionConfig,
+    posterior: Posterior | None,
+    planned: PlannedPass,
+    n_draws: int,
+    n_rows: int,
+    shard_axis: str = OBS,
+    row_offset: int = 0,
+    matmul_flops_per_cell: float | None = None,
+) -> BlockJob:
+    """Return the block job of a planned call (the one place a :class:`BlockJob` is made).
+
+    Args:
+        ctx: The model's context.
+        program: What each block computes.
+        inputs: The blocks' inputs.
+        key: The call's key.
+        config: The call's execution settings.
+        posterior: The call's posterior (its ``numpyro.param`` values and row
+            key go with the job), or ``None``.
+        planned: The call's planned pass: its per-row latent sites and
+            their sources, the global latent values (leading flat draw
+            axis), whether rows may be split.
+        n_draws: Number of draws.
+        n_rows: Number of rows.
+        shard_axis: ``"obs"`` or ``"draw"``, as asked.
+        row_offset: Global index of the job's first row.
+        matmul_flops_per_cell: Flops of the program's matrix products per
+            draw-row cell, when the kernel's probes counted them.
+    """
+    return BlockJob(
+        program=program,
+        call_key=key,
+        latent=planned.latent,
+        n_draws=n_draws,
+        n_rows=n_rows,
+        inputs=inputs,
+        window_bytes=config.input_window_bytes,
+        split_rows=planned.split_rows,
+        shard_axis=shard_axis,
+        row_offset=row_offset,
+        matmul_flops_per_cell=matmul_flops_per_cell,
+        params=kernel_params(ctx, posterior),
+        row_latents=planned.plan.row_latents,
+        row_sources=planned.row_sources,
+        row_words=posterior.row_words if posterior is not None else None,
+    )
 
 
 def plan_pass(
@@ -100,9 +235,7 @@ def plan_pass(
         try:
             plan = make_plan(
                 spec,
-                n_rows=bound.n_rows,
-                row_args=bound.rows,
-                shared_args=bound.shared,
+                bound,
                 latent=latent,
                 intervention=intervention,
                 strict_sites=strict_sites,
@@ -214,7 +347,7 @@ def row_latent_plan(
     strict_sites: bool,
     check_split: bool,
     warn_full: bool = True,
-) -> tuple[ForwardPlan, dict[str, Any], dict[str, Any], bool]:
+) -> PlannedPass:
     """Plan a pass, deciding what to do with the posterior's per-row latent sites.
 
     In-sample calls keep them: each block carries its own rows' values (from
@@ -237,7 +370,7 @@ def row_latent_plan(
         warn_full: Whether to warn when the kernel's rows run together.
 
     Returns:
-        ``(plan, global draws, per-row sources by site, whether rows may be split)``.
+        The planned pass.
     """
     names = set(ctx.spec.sample_sites) if ctx.spec is not None else set()
     guides: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -301,7 +434,7 @@ def row_latent_plan(
             "batches and devices.",
             UserWarning,
         )
-    return plan, draws, sources, split_rows
+    return PlannedPass(plan, draws, sources, split_rows)
 
 
 def forward_job(
@@ -323,7 +456,7 @@ def forward_job(
     if request.shard_axis not in (OBS, DRAW):
         raise ValueError(f"`shard_axis` must be 'obs' or 'draw'; got {request.shard_axis!r}.")
     if bound is None:
-        bound = ctx.bind(request.X, request.y, request.kwargs)
+        bound = ctx.bind(request.X, request.y, request.kwargs, request.output.config)
     ctx.ensure_spec(bound, fitting=False)
     assert ctx.spec is not None
     if request.kind == LOG_LIKELIHOOD:
@@ -346,9 +479,8 @@ def forward_job(
     # by default) and unknown names are ignored.
     latent_names = {*ctx.spec.sample_sites, *ctx.spec.param_sites}
     draws = {k: v for k, v in (posterior.draws if posterior else {}).items() if k in latent_names}
-    params = kernel_params(ctx, posterior)
     base = PassSpec(ctx.kernel, bound.static, sites, kind)
-    plan, draws, sources, split_rows = row_latent_plan(
+    planned = row_latent_plan(
         ctx,
         base,
         bound,
@@ -360,6 +492,7 @@ def forward_job(
         strict_sites=request.return_sites is not None,
         check_split=check_split,
     )
+    plan, draws, sources = planned.plan, planned.latent, planned.row_sources
     sites = tuple(info.name for info in plan.outputs)
     if kind == forward.PREDICT and request.return_sites is None and ctx.param_output not in sites:
         raise KernelValidationError(
@@ -383,40 +516,25 @@ def forward_job(
         n_draws = next(iter(draws.values())).shape[0]
     else:
         n_draws = posterior.num_draws if posterior is not None and sources else 1
-    intervention = _float32(request.intervention or {})
-    row_names = set(plan.row_intervention_sites)
-    do_axes = dict(plan.row_intervention_axes)
-    row_do = {
-        k: np.moveaxis(np.asarray(v), do_axes[k], 0) if k in do_axes else v
-        for k, v in intervention.items()
-        if k in row_names
-    }
     program = ForwardProgram(
         spec,
         tuple(info.row_axis for info in plan.outputs),
-        get_config().min_cells_per_step,
+        request.output.config.min_cells_per_step,
         tuple(len(info.shape) for info in plan.outputs),
     )
-    job = BlockJob(
-        program=program,
-        call_key=request.key,
-        latent=draws,
+    job = build_job(
+        ctx,
+        program,
+        PassInputs.of(bound, plan, request.intervention).job_inputs(),
+        key=request.key,
+        config=request.output.config,
+        posterior=posterior,
+        planned=planned,
         n_draws=n_draws,
         n_rows=bound.n_rows,
-        rows=dict(bound.rows),
-        row_do=row_do,
-        shared=dict(bound.shared),
-        shared_do={k: v for k, v in intervention.items() if k not in row_names},
-        anchor={k: anchor_rows(v) for k, v in bound.rows.items()},
-        anchor_do={k: anchor_rows(v) for k, v in row_do.items()},
-        split_rows=split_rows,
         shard_axis=request.shard_axis,
         row_offset=int(request.row_offset),
         matmul_flops_per_cell=plan.matmul_flops_per_row,
-        params=params,
-        row_latents=plan.row_latents,
-        row_sources=sources,
-        row_words=posterior.row_words if posterior is not None else None,
     )
     chains = posterior.num_chains if posterior is not None else 1
     return ForwardJob(job, plan, chains, bound)

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 
+from dopax.config import ExecutionConfig, get_config
 from dopax.inference.posterior import Posterior
 
 __all__ = [
@@ -47,6 +48,9 @@ class Output:
         storage_options: fsspec options for a URL ``output_dir``.
         client: A ``dask.distributed.Client`` to run the blocks on, or ``None``
             (then ``ExecutionConfig.client`` applies).
+        config: The call's execution settings: those in force when the call
+            began, resolved once (the engine and everything below it read
+            them here, never the global settings).
     """
 
     in_memory: bool = False
@@ -57,6 +61,7 @@ class Output:
     progress: bool = True
     storage_options: Mapping[str, Any] | None = None
     client: Any = None
+    config: ExecutionConfig = dataclasses.field(default_factory=get_config)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

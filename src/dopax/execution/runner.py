@@ -37,6 +37,7 @@ __all__ = [
     "Block",
     "BlockJob",
     "Consume",
+    "JobInputs",
     "Trimmed",
     "compiled_temp_bytes",
     "flat_index",
@@ -67,6 +68,27 @@ class Block:
 Consume = Callable[[Block, dict[str, Any]], None]
 
 
+@dataclasses.dataclass(frozen=True)
+class JobInputs:
+    """A job's block inputs: pytrees laid out as its block program takes them.
+
+    Attributes:
+        rows: Full-length row inputs (host, lazy or device arrays).
+        row_do: Full-length row intervention values.
+        shared: Inputs used whole by every block.
+        shared_do: Intervention values used whole.
+        anchor: The anchor row's inputs (row 0).
+        anchor_do: The anchor row's intervention values.
+    """
+
+    rows: Any
+    row_do: Any
+    shared: Any
+    shared_do: Any
+    anchor: Any
+    anchor_do: Any
+
+
 @dataclasses.dataclass
 class BlockJob:
     """Everything a call's blocks need, ready to run.
@@ -77,12 +99,9 @@ class BlockJob:
         latent: Latent values to substitute, leading flat draw axis.
         n_draws: Number of draws (flat, all chains).
         n_rows: Number of rows.
-        rows: Pytree of full-length row inputs (host, lazy or device arrays).
-        row_do: Pytree of full-length row intervention values.
-        shared: Pytree of inputs used whole by every block.
-        shared_do: Pytree of intervention values used whole.
-        anchor: Pytree of the anchor row's inputs (row 0).
-        anchor_do: Pytree of the anchor row's intervention values.
+        inputs: The blocks' inputs (sliced by rows, or used whole).
+        window_bytes: Largest span of stored per-row draws kept for the next
+            block (the call's ``ExecutionConfig.input_window_bytes``).
         split_rows: Whether rows may be split into blocks (else every block
             holds all rows and only draws are split).
         shard_axis: ``"obs"`` or ``"draw"``, as asked.
@@ -106,12 +125,8 @@ class BlockJob:
     latent: Mapping[str, Any]
     n_draws: int
     n_rows: int
-    rows: Any
-    row_do: Any
-    shared: Any
-    shared_do: Any
-    anchor: Any
-    anchor_do: Any
+    inputs: JobInputs
+    window_bytes: int
     split_rows: bool = True
     shard_axis: str = OBS
     row_offset: int = 0
@@ -231,11 +246,11 @@ class _Runner:
         self.shard_axis, self.n_dev = sharding_of(job)
         self.program = program if program is not None else job.program
         self.fn = compiled_block(self.program, self.shard_axis, self.n_dev)
-        self.shared = _to_device(job.shared)
+        self.shared = _to_device(job.inputs.shared)
         self.params = _to_device(dict(job.params))
-        self.shared_do = _to_device(job.shared_do)
-        self.anchor = _to_device(job.anchor)
-        self.anchor_do = _to_device(job.anchor_do)
+        self.shared_do = _to_device(job.inputs.shared_do)
+        self.anchor = _to_device(job.inputs.anchor)
+        self.anchor_do = _to_device(job.inputs.anchor_do)
         words = np.zeros(2, np.uint32) if job.row_words is None else job.row_words
         self.row_words = place(np.asarray(words, np.uint32), False)
         self._draw_cache: dict[tuple[int, int], tuple[Any, Any]] = {}
@@ -276,7 +291,9 @@ class _Runner:
         for spec in self.job.row_latents:
             source = self.job.row_sources[spec.name]
             if spec.kind == DRAWS:
-                values[spec.name] = block_draws(source, spec.row_axis, d0, d1, rows, pad_d, pad_r)
+                values[spec.name] = block_draws(
+                    source, spec.row_axis, d0, d1, rows, pad_d, pad_r, self.job.window_bytes
+                )
             else:
                 params[spec.name] = block_params(source, spec.row_axis, rows, pad_r)
         split_rows = self.shard_axis == OBS and self.n_dev > 1
@@ -296,9 +313,9 @@ class _Runner:
             row_offset=np.uint32(r0 + self.job.row_offset),
             latent=latent,
             params=self.params,
-            rows=place(_slice(self.job.rows, r0, r1, pad_r), split_rows),
+            rows=place(_slice(self.job.inputs.rows, r0, r1, pad_r), split_rows),
             shared=self.shared,
-            row_do=place(_slice(self.job.row_do, r0, r1, pad_r), split_rows),
+            row_do=place(_slice(self.job.inputs.row_do, r0, r1, pad_r), split_rows),
             shared_do=self.shared_do,
             anchor=self.anchor,
             anchor_do=self.anchor_do,

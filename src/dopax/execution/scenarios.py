@@ -1,8 +1,10 @@
 """``compare_scenarios`` on the engine: every scenario on each block, reduced on the fly.
 
 The comparison is a block job like any forward pass: the scenario reducer
-(:class:`~dopax.effects.scenarios.ScenarioProgram`) runs on the same runner,
-with blocks from the same sizing policy, split across every local device.
+(:class:`~dopax.effects.scenarios.ScenarioProgram`) over every scenario's
+inputs, built by :func:`~dopax.execution.job.build_job` and run by the
+executor (:func:`~dopax.execution.executor.execute`) with blocks from the same
+sizing policy, split across every local device or run on a Dask cluster.
 """
 
 from __future__ import annotations
@@ -15,24 +17,23 @@ import numpy as np
 import xarray as xr
 
 from dopax._warn import warn
-from dopax.config import get_config
 from dopax.data.finite import check_finite
 from dopax.effects.reduce import EffectAccumulator
 from dopax.effects.result import EffectResult
-from dopax.effects.scenarios import Scenario, ScenarioProgram, group_codes
+from dopax.effects.scenarios import ScenarioProgram, group_codes
 from dopax.effects.tree import effect_tree
 from dopax.exceptions import ScenarioError
-from dopax.execution.cluster import run_on_cluster
 from dopax.execution.context import ModelContext
-from dopax.execution.engine import cluster_devices, result_attrs
-from dopax.execution.job import kernel_params, row_latent_plan
+from dopax.execution.delivery import Delivery
+from dopax.execution.executor import cluster_of, execute, result_attrs
+from dopax.execution.job import PassInputs, PlannedPass, build_job, row_latent_plan
 from dopax.execution.request import ScenarioRequest
 from dopax.execution.runner import (
     Block,
-    BlockJob,
+    Consume,
+    JobInputs,
     lower_block,
     row_latent_bytes,
-    run_blocks,
     splits_rows,
 )
 from dopax.execution.sizing import Footprint, size_blocks
@@ -44,10 +45,9 @@ from dopax.parallel.batching import BlockPlan
 from dopax.parallel.sharded import OBS
 from dopax.sampling.forward import PREDICT, PassSpec
 from dopax.sampling.plan import ForwardPlan
-from dopax.sampling.prepare import BoundArgs, anchor_rows
+from dopax.sampling.prepare import BoundArgs
 from dopax.streaming.memory import map_large_allocations, release_free_memory
-from dopax.streaming.stream import Progress, Submit, stream_into
-from dopax.streaming.targets import call_location, check_store, sink_for_call
+from dopax.streaming.stream import Progress, Submit
 
 __all__ = ["run_scenarios"]
 
@@ -76,7 +76,7 @@ def _bind_scenario(
     kwargs = request.kwargs
     for key, value in overrides.items():
         overrides[key] = _per_row(value, kwargs.get(key), n_rows)
-    bound = ctx.bind(X_s, None, {**kwargs, **overrides})
+    bound = ctx.bind(X_s, None, {**kwargs, **overrides}, request.output.config)
     if bound.n_rows != n_rows:
         raise ScenarioError(
             f"Scenario {name!r} has {bound.n_rows} rows of input but the call has {n_rows}."
@@ -114,13 +114,16 @@ def _per_row(value: Any, base: Any, n_rows: int) -> Any:
 
 @dataclasses.dataclass
 class _Planned:
-    """The scenarios of a call, their plans, and what their blocks share."""
+    """The scenarios of a call (names, inputs, plans), and the pass their blocks share.
 
-    scenarios: list[Scenario]
+    The shared pass has the first scenario's per-row latent sites, and rows
+    that may be split only if every scenario's may.
+    """
+
+    names: list[str]
+    passes: list[PassInputs]
     plans: list[ForwardPlan]
-    latent: dict[str, Any]
-    row_sources: dict[str, Any]
-    split_rows: bool
+    shared: PlannedPass
 
 
 def _scenarios(
@@ -131,7 +134,7 @@ def _scenarios(
     check_split: bool = False,
 ) -> _Planned:
     draws = dict(request.posterior.draws)
-    scenarios, plans = [], []
+    names, passes, plans = [], [], []
     latent: dict[str, Any] = {}
     sources: dict[str, Any] = {}
     split_rows = True
@@ -143,7 +146,7 @@ def _scenarios(
             )
         spec = PassSpec(ctx.kernel, bound.static, (site,), PREDICT)
         try:
-            plan, latent, sources, splits = row_latent_plan(
+            planned = row_latent_plan(
                 ctx,
                 spec,
                 bound,
@@ -158,37 +161,36 @@ def _scenarios(
             )
         except KeyError as err:
             raise ScenarioError(str(err.args[0])) from err
-        split_rows = split_rows and splits
-        row_names = set(plan.row_intervention_sites)
-        do_axes = dict(plan.row_intervention_axes)
-        do = {}
-        for k, v in (intervention or {}).items():
-            arr = np.asarray(v)
-            do[k] = arr.astype(np.float32) if arr.dtype == np.float64 else arr
-        scenarios.append(
-            Scenario(
-                name=name,
-                rows=dict(bound.rows),
-                shared=dict(bound.shared),
-                row_do={
-                    k: np.moveaxis(v, do_axes[k], 0) if k in do_axes else v
-                    for k, v in do.items()
-                    if k in row_names
-                },
-                shared_do={k: v for k, v in do.items() if k not in row_names},
-            )
-        )
+        plan, latent, sources = planned.plan, planned.latent, planned.row_sources
+        split_rows = split_rows and planned.split_rows
+        names.append(name)
+        passes.append(PassInputs.of(bound, plan, intervention))
         plans.append(plan)
-    return _Planned(scenarios, plans, latent, sources, split_rows)
+    return _Planned(names, passes, plans, PlannedPass(plans[0], latent, sources, split_rows))
 
 
-def _check_finite(scenarios: list[Scenario], n_rows: int) -> None:
+def _check_finite(planned: _Planned, n_rows: int) -> None:
     """Refuse NaN or Inf in any scenario's per-row inputs (each array checked once)."""
     seen: set[int] = set()
-    for s in scenarios:
-        fresh = {k: v for k, v in s.rows.items() if id(v) not in seen}
+    for name, inputs in zip(planned.names, planned.passes, strict=True):
+        fresh = {k: v for k, v in inputs.rows.items() if id(v) not in seen}
         seen.update(id(v) for v in fresh.values())
-        check_finite(fresh, n_rows, f"compare_scenarios, scenario {s.name!r}")
+        check_finite(fresh, n_rows, f"compare_scenarios, scenario {name!r}")
+
+
+def _job_inputs(passes: list[PassInputs], codes: np.ndarray, n_rows: int) -> JobInputs:
+    """The inputs of a scenario comparison's blocks, laid out as its program takes them."""
+    return JobInputs(
+        rows={"scenarios": tuple(p.rows for p in passes), "codes": codes},
+        row_do=tuple(p.row_do for p in passes),
+        shared={
+            "scenarios": tuple(p.shared for p in passes),
+            "n_rows": np.asarray(n_rows, np.int64),
+        },
+        shared_do=tuple(p.shared_do for p in passes),
+        anchor=tuple(p.anchor for p in passes),
+        anchor_do=tuple(p.anchor_do for p in passes),
+    )
 
 
 def _check(request: ScenarioRequest) -> None:
@@ -220,18 +222,18 @@ def run_scenarios(ctx: ModelContext, request: ScenarioRequest) -> EffectResult:
 
 def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> EffectResult:
     progress.stage("tracing the kernel")
-    base = ctx.bind(request.X, None, request.kwargs)
+    base = ctx.bind(request.X, None, request.kwargs, request.output.config)
     ctx.ensure_spec(base, fitting=False)
     n_rows = base.n_rows
     codes, labels = group_codes(request.by, n_rows)
     site = request.site or ctx.param_output
     planned = _scenarios(ctx, request, base, site)
-    scenarios, plans = planned.scenarios, planned.plans
-    _check_finite(scenarios, n_rows)
-    names = [s.name for s in scenarios]
+    plans = planned.plans
+    _check_finite(planned, n_rows)
+    names = planned.names
     b_index = names.index(request.baseline)
     posterior = request.posterior
-    cfg = get_config()
+    cfg = request.output.config
     info = next(o for o in plans[0].outputs if o.name == site)
     program = ScenarioProgram(
         PassSpec(
@@ -252,27 +254,16 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
         request.interval,
         info.row_axis or 0,
     )
-    job = BlockJob(
-        program=program,
-        call_key=request.key,
-        latent=planned.latent,
+    job = build_job(
+        ctx,
+        program,
+        _job_inputs(planned.passes, codes, n_rows),
+        key=request.key,
+        config=cfg,
+        posterior=posterior,
+        planned=planned.shared,
         n_draws=posterior.num_draws,
         n_rows=n_rows,
-        rows={"scenarios": tuple(s.rows for s in scenarios), "codes": codes},
-        row_do=tuple(s.row_do for s in scenarios),
-        shared={
-            "scenarios": tuple(s.shared for s in scenarios),
-            "n_rows": np.asarray(n_rows, np.int64),
-        },
-        shared_do=tuple(s.shared_do for s in scenarios),
-        anchor=tuple({k: anchor_rows(v) for k, v in s.rows.items()} for s in scenarios),
-        anchor_do=tuple({k: anchor_rows(v) for k, v in s.row_do.items()} for s in scenarios),
-        split_rows=planned.split_rows,
-        shard_axis=OBS,
-        params=kernel_params(ctx, posterior),
-        row_latents=plans[0].row_latents,
-        row_sources=planned.row_sources,
-        row_words=posterior.row_words,
     )
     if request.site is None and np.dtype(info.dtype).kind in "biu":
         _warn_discrete(ctx, site, info.dtype)
@@ -314,26 +305,28 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
         progress.stage("checking that the kernel's rows may be split")
         planned = _scenarios(ctx, request, base, site, check_split=True)
         plans = planned.plans
-        if not planned.split_rows:
+        if not planned.shared.split_rows:
             job.split_rows = False
             blocks = sized()
     job.program = dataclasses.replace(program, cells_per_step=blocks.step_cells)
     acc = EffectAccumulator(len(names), posterior.num_draws, len(labels), n_rows, request.interval)
-    attrs = result_attrs(job, {"baseline": request.baseline, "site": site})
+    client = cluster_of(out)
+    # the effects record the cluster's workers as their devices
+    attrs = result_attrs(job, {"baseline": request.baseline, "site": site}, client)
+    kept_attrs = {
+        **result_attrs(job, {"baseline": request.baseline, "site": site}),
+        "method": "compare_scenarios",
+        "scenarios": list(names),
+    }
 
-    def run(submit: Submit | None, advance: Any) -> None:
+    def consumer(submit: Submit | None) -> Consume:
         def consume(block: Block, outputs: dict[str, Any]) -> None:
             if submit is not None:
                 index = (slice(block.d0, block.d1), slice(None), slice(block.r0, block.r1))
                 submit(schema.PREDICTIONS, site, index, outputs.pop("draws"))
             acc.add(block.r0, block.r1, outputs)
 
-        try:
-            run_blocks(job, blocks, consume, on_block=lambda rows, draws: advance(rows))
-            acc.finish()
-        except BaseException:
-            acc.abort()
-            raise
+        return consume
 
     def result(kept: xr.DataTree | None) -> EffectResult:
         tree = effect_tree(
@@ -364,65 +357,38 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
             chunks=(1, per_chain, len(names), blocks.row_block, *info.shape[1:]),
         )
     ]
-    static = {schema.POSTERIOR: posterior.by_chain()}
-    kept_attrs = {**attrs, "method": "compare_scenarios", "scenarios": list(names)}
-    client = out.client if out.client is not None else cfg.client
+    delivery = Delivery(
+        output=out,
+        temp_folder=ctx.temp_folder,
+        label="compare_scenarios",
+        folder="scenarios",
+        group=schema.PREDICTIONS,
+        layouts=layouts,
+        static={schema.POSTERIOR: posterior.by_chain()},
+        attrs=kept_attrs,
+        total=n_rows,
+        progress_of=lambda rows, draws: rows,
+        consumer=consumer,
+        done=acc.finish,
+        abort=acc.abort,
+        finish=result,  # a failure here removes the kept draws too
+        collect=acc.add_summaries,
+        stored=request.keep_draws,
+    )
     if cfg.trim_memory:
         # Block outputs are read on the host (and kept draws written) in threads;
         # without a fixed mmap threshold glibc keeps such buffers in per-thread
-        # heaps, and RSS grew with every call (W3: 30 identical calls, +275 MB).
+        # heaps, which grow with every call.
         map_large_allocations(cfg.mmap_threshold_bytes)
     try:
-        if client is not None:
-            progress.close()  # the cluster's tasks have their own bar
-            where, keep = (None, None)
-            if request.keep_draws:
-                check_store(out.store, "persistent", "client=")
-                where, keep = call_location(
-                    out.output_dir, "scenarios", ctx.temp_folder, out.storage_options
-                )
-            try:
-                kept = run_on_cluster(
-                    client,
-                    job,
-                    blocks,
-                    where=where,
-                    keepalive=keep,
-                    group=schema.PREDICTIONS,
-                    layouts=layouts if request.keep_draws else [],
-                    static=static,
-                    attrs=kept_attrs,
-                    config=cfg,
-                    progress=out.progress,
-                    desc="compare_scenarios",
-                    collect=acc.add_summaries,
-                )
-            finally:
-                acc.finish()
-            attrs = {**attrs, schema.DEVICES_ATTR: cluster_devices(client)}
-            return result(kept)
-        progress.stage(f"compiling blocks of {blocks.draw_block} draws x {blocks.row_block} rows")
-        lower_block(
-            job, job.program, blocks.draw_block, blocks.row_block, blocks.row_block
-        ).compile()
-        if request.keep_draws:
-            sink = sink_for_call(
-                out.store, out.output_dir, "scenarios", ctx.temp_folder, out.storage_options
+        if client is None:
+            progress.stage(
+                f"compiling blocks of {blocks.draw_block} draws x {blocks.row_block} rows"
             )
-            return stream_into(  # type: ignore[no-any-return]
-                sink,
-                run,
-                layouts=layouts,
-                static=static,
-                attrs=kept_attrs,
-                total=n_rows,
-                progress=progress,
-                desc="compare_scenarios",
-                finish=result,  # a failure here removes the kept draws too
-            )
-        progress.start(n_rows)
-        run(None, progress.update)
-        return result(None)
+            lower_block(
+                job, job.program, blocks.draw_block, blocks.row_block, blocks.row_block
+            ).compile()
+        return execute(job, blocks, delivery, client=client, progress=progress)  # type: ignore[no-any-return]
     finally:
         if cfg.trim_memory:
             release_free_memory()

@@ -25,13 +25,12 @@ Every call describes what its blocks hold with a :class:`Footprint`, and
 * On CPU, kernels dominated by matrix products (over
   ``matmul_flops_per_cell`` flops of matrix products per cell, counted in the
   kernel's probes, or else XLA's cost analysis of the lowered block) run one
-  draw per step: XLA's CPU batched matrix products cost about 1.25 x the time
-  of one plain product per draw (``BENCHMARKS.md``, W2). Such blocks keep
-  whole rows and split the draws. Scenario comparisons always run one draw
-  per step (W3 measured faster so).
+  draw per step: XLA's CPU batched matrix products cost more than one plain
+  product per draw. Such blocks keep whole rows and split the draws.
+  Scenario comparisons always run one draw per step, which runs them faster.
 * Automatic row blocks are cut into equal blocks (no block of padding); a
   reduction over every draw (scenarios) rounds them up to a multiple of
-  ``row_multiple`` rows, which XLA's CPU code ran twice as fast (W3).
+  ``row_multiple`` rows, on which XLA's CPU code runs faster.
 """
 
 from __future__ import annotations
@@ -128,7 +127,7 @@ def size_blocks(
         return _plan(job, footprint, chains, batch_size, config, 0.0, bool(one_draw))
     shapes = jax.tree.map(
         lambda v: (tuple(getattr(v, "shape", ())), str(getattr(v, "dtype", ""))),
-        (job.rows, job.shared, job.latent),
+        (job.inputs.rows, job.inputs.shared, job.latent),
     )
     key = (
         job.program,
@@ -252,13 +251,12 @@ def _draw_blocks(
     """Blocks of whole rows and a share of the draws, for one-draw steps.
 
     A kernel run one draw per step does its matrix products on a whole row
-    block at a time, so the more rows a step has the better (W2: 1000 draws x
-    6,667 rows per block took 8.96 s, against 7.89 s with 10,000 rows). Such
-    blocks keep every row (up to ``max_batch_rows``) and split the draws
-    instead, into at least ``min_draw_blocks`` blocks so that the writers
-    have a block to write while the next one computes. More blocks than that
-    measured slower (W2: 8 blocks of 125 draws 8.46 s, 2 of 500 draws 7.97 s).
-    Returns ``None`` when one draw of the rows does not fit the budget.
+    block at a time, so the more rows a step has the better. Such blocks
+    keep every row (up to ``max_batch_rows``) and split the draws instead,
+    into at least ``min_draw_blocks`` blocks so that the writers have a
+    block to write while the next one computes; more blocks than that only
+    add the cost of each block. Returns ``None`` when one draw of the rows
+    does not fit the budget.
     """
     rows = _even_rows(job.n_rows, config.max_batch_rows)
     step_temp = temp_cell * rows

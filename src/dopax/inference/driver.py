@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 from numpyro.infer import MCMC, SVI
 from numpyro.infer.autoguide import AutoGuide
 
-from dopax.config import get_config
+from dopax.config import ExecutionConfig
 from dopax.exceptions import FitDivergedError, NotFittedError
 from dopax.inference.guide_rows import draw_global_sites, row_guides
 from dopax.inference.mcmc import MCMCDriver
@@ -26,20 +27,22 @@ from dopax.kernel.tracing import TRACE_LOCK
 from dopax.sampling.prepare import BoundArgs
 from dopax.sampling.row_latent import COUPLED
 
-__all__ = ["Driver", "MCMCFit", "SVIFit", "check_model", "make_driver"]
+__all__ = ["BatchFit", "Driver", "SampleCall", "MCMCFit", "SVIFit", "check_model", "make_driver"]
 
 #: Plain arrays and JSON-ready facts that hold a driver's fit state.
 Exported = tuple[dict[str, np.ndarray], dict[str, Any]]
 
 
-def make_driver(inference: Any) -> Driver:
+def make_driver(inference: Any, svi_steps_per_chunk: int) -> Driver:
     """Return the driver of ``inference`` (an SVI or MCMC object; anything else: ``TypeError``).
 
     Args:
         inference: The user's ``numpyro.infer.SVI`` or ``numpyro.infer.MCMC``.
+        svi_steps_per_chunk: SVI steps run in one compiled ``scan``
+            (``ExecutionConfig.svi_steps_per_chunk``).
     """
     if isinstance(inference, SVI):
-        return SVIFit(inference)
+        return SVIFit(inference, svi_steps_per_chunk)
     if isinstance(inference, MCMC):
         return MCMCFit(inference)
     raise TypeError(
@@ -108,6 +111,43 @@ def _arrays(bound: BoundArgs) -> dict[str, Any]:
     return {k: jnp.asarray(v) for k, v in {**bound.shared, **bound.rows}.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchFit:
+    """What one ``fit_on_batch`` call asks of a driver.
+
+    Attributes:
+        num_steps: SVI steps (MCMC takes its own settings).
+        num_samples: Posterior draws to take from an SVI guide.
+        progress: Whether to show a progress bar.
+        exclude: Site names left out of the posterior draws.
+        trace: A :class:`~dopax.ZarrTrace` an MCMC run streams into, or ``None``.
+    """
+
+    num_steps: int
+    num_samples: int
+    progress: bool
+    exclude: Iterable[str]
+    trace: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleCall:
+    """What one ``sample`` call asks of a driver.
+
+    Attributes:
+        num_samples: Draws (per chain for MCMC).
+        kwargs: Kernel arguments as given (for guides that need data).
+        exclude: Site names to drop.
+        bound: The call's data bound to the kernel, when it gave the
+            kernel's input (MCMC then samples the posterior given them).
+    """
+
+    num_samples: int
+    kwargs: Mapping[str, Any]
+    exclude: Iterable[str]
+    bound: BoundArgs | None = None
+
+
 class Driver:
     """The interface of a fit driver (see :class:`SVIFit` and :class:`MCMCFit`)."""
 
@@ -123,38 +163,12 @@ class Driver:
             "to run the sampler."
         )
 
-    def fit_on_batch(
-        self,
-        key: jax.Array,
-        bound: BoundArgs,
-        *,
-        num_steps: int,
-        num_samples: int,
-        progress: bool,
-        exclude: Iterable[str],
-        trace: Any = None,
-    ) -> Posterior:
-        """Fit on one in-memory batch and return the posterior (``trace``: MCMC only)."""
+    def fit_on_batch(self, key: jax.Array, bound: BoundArgs, call: BatchFit) -> Posterior:
+        """Fit on one in-memory batch as ``call`` asks and return the posterior."""
         raise NotImplementedError
 
-    def sample(
-        self,
-        key: jax.Array,
-        num_samples: int,
-        kwargs: Mapping[str, Any],
-        exclude: Iterable[str],
-        bound: BoundArgs | None = None,
-    ) -> Posterior:
-        """Draw posterior samples without replacing the model's posterior.
-
-        Args:
-            key: PRNG key.
-            num_samples: Draws (per chain for MCMC).
-            kwargs: Kernel arguments as given (for guides that need data).
-            exclude: Site names to drop.
-            bound: The call's data bound to the kernel, when it gave the
-                kernel's input (MCMC then samples the posterior given them).
-        """
+    def sample(self, key: jax.Array, call: SampleCall) -> Posterior:
+        """Draw posterior samples as ``call`` asks, without replacing the model's posterior."""
         raise NotImplementedError
 
     def sample_stats(self) -> dict[str, Any] | None:
@@ -232,12 +246,13 @@ class SVIFit(Driver):
 
     Args:
         svi: The user's SVI object (never modified).
+        steps_per_chunk: SVI steps run in one compiled ``scan``.
     """
 
     kind = "svi"
 
-    def __init__(self, svi: SVI) -> None:
-        self.driver = SVIDriver(svi, get_config().svi_steps_per_chunk)
+    def __init__(self, svi: SVI, steps_per_chunk: int) -> None:
+        self.driver = SVIDriver(svi, steps_per_chunk)
         self.state: Any = None
         self.vi_result = None
         # whether ``vi_result`` was set by hand after the state last moved
@@ -365,26 +380,16 @@ class SVIFit(Driver):
         self._finish(state, losses)
         return self.draw(k_post, num_samples, bound, exclude)
 
-    def fit_on_batch(  # noqa: D102
-        self,
-        key: jax.Array,
-        bound: BoundArgs,
-        *,
-        num_steps: int,
-        num_samples: int,
-        progress: bool,
-        exclude: Iterable[str],
-        trace: Any = None,
-    ) -> Posterior:
-        if trace is not None:
+    def fit_on_batch(self, key: jax.Array, bound: BoundArgs, call: BatchFit) -> Posterior:  # noqa: D102
+        if call.trace is not None:
             raise TypeError("`trace=` streams an MCMC run; this model's inference is SVI.")
         k_init, k_post = jax.random.split(key)
         self._init(k_init, bound)
         state, losses = fit_steps(
-            self.driver, self.state, bound, _arrays(bound), num_steps, 0, progress
+            self.driver, self.state, bound, _arrays(bound), call.num_steps, 0, call.progress
         )
         self._finish(state, losses)
-        return self.draw(k_post, num_samples, bound, exclude)
+        return self.draw(k_post, call.num_samples, bound, call.exclude)
 
     def step(self, key: jax.Array, bound: BoundArgs) -> tuple[Any, Any]:
         """Run one compiled update step (initialising first with ``key``)."""
@@ -393,14 +398,7 @@ class SVIFit(Driver):
         self._from_result = False
         return self.state, loss
 
-    def sample(  # noqa: D102
-        self,
-        key: jax.Array,
-        num_samples: int,
-        kwargs: Mapping[str, Any],
-        exclude: Iterable[str],
-        bound: BoundArgs | None = None,
-    ) -> Posterior:
+    def sample(self, key: jax.Array, call: SampleCall) -> Posterior:  # noqa: D102
         if self.state is None and self._saved is not None and not self._guide_ready():
             raise NotFittedError(
                 "`sample` draws from the fitted guide, which a loaded model sets up again on "
@@ -413,9 +411,11 @@ class SVIFit(Driver):
                 "`sample` draws from the fitted guide: call `fit` or `fit_on_batch` first, or "
                 "set `vi_result` to an SVI result (`model.vi_result = svi.run(...)`)."
             )
-        static = tuple(sorted((k, v) for k, v in kwargs.items() if not hasattr(v, "shape")))
-        args = {k: jnp.asarray(v) for k, v in kwargs.items() if hasattr(v, "shape")}
-        draws = self.driver.draw_posterior(key, params, num_samples, static, args, exclude)
+        static = tuple(sorted((k, v) for k, v in call.kwargs.items() if not hasattr(v, "shape")))
+        args = {k: jnp.asarray(v) for k, v in call.kwargs.items() if hasattr(v, "shape")}
+        draws = self.driver.draw_posterior(
+            key, params, call.num_samples, static, args, call.exclude
+        )
         return Posterior(draws, 1, params)
 
     def export_state(self) -> Exported:  # noqa: D102
@@ -447,6 +447,7 @@ class SVIFit(Driver):
     def __getstate__(self) -> dict[str, Any]:
         return {
             "svi": self.driver.svi,
+            "steps_per_chunk": self.driver.steps_per_chunk,
             "state": self.state,
             "vi_result": self.vi_result,
             "saved": self._saved,
@@ -454,7 +455,8 @@ class SVIFit(Driver):
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["svi"])  # type: ignore[misc]
+        steps = state.get("steps_per_chunk", ExecutionConfig.svi_steps_per_chunk)
+        self.__init__(state["svi"], steps)  # type: ignore[misc]
         self.state = state["state"]
         self.vi_result = state["vi_result"]
         self._saved = state.get("saved")
@@ -473,57 +475,44 @@ class MCMCFit(Driver):
     def __init__(self, mcmc: MCMC) -> None:
         self.driver = MCMCDriver(mcmc)
 
-    def fit_on_batch(  # noqa: D102
-        self,
-        key: jax.Array,
-        bound: BoundArgs,
-        *,
-        num_steps: int,
-        num_samples: int,
-        progress: bool,
-        exclude: Iterable[str],
-        trace: Any = None,
-    ) -> Posterior:
+    def fit_on_batch(self, key: jax.Array, bound: BoundArgs, call: BatchFit) -> Posterior:  # noqa: D102
         # NumPyro traces the kernel while the sampler runs: other threads' tracing waits
         with TRACE_LOCK:
-            if trace is None:
-                self.driver.run(key, bound.static, _arrays(bound), progress=progress)
+            if call.trace is None:
+                self.driver.run(key, bound.static, _arrays(bound), progress=call.progress)
             else:
                 self.driver.run_to_trace(
-                    trace, key, bound.static, _arrays(bound), progress=progress
+                    call.trace, key, bound.static, _arrays(bound), progress=call.progress
                 )
-        return Posterior(self.driver.draws(exclude), self.driver.num_chains)
+        return Posterior(self.driver.draws(call.exclude), self.driver.num_chains)
 
     def sample_stats(self) -> dict[str, Any] | None:  # noqa: D102
         return self.driver.sample_stats()
 
-    def sample(  # noqa: D102
-        self,
-        key: jax.Array,
-        num_samples: int,
-        kwargs: Mapping[str, Any],
-        exclude: Iterable[str],
-        bound: BoundArgs | None = None,
-    ) -> Posterior:
-        if bound is None and kwargs:
+    def sample(self, key: jax.Array, call: SampleCall) -> Posterior:  # noqa: D102
+        if call.bound is None and call.kwargs:
             raise ValueError(
-                f"`sample` got kernel arguments {sorted(kwargs)} but not both the input and "
+                f"`sample` got kernel arguments {sorted(call.kwargs)} but not both the input and "
                 "the output: MCMC samples the posterior given data (e.g. "
                 "`model.sample(X=X, y=y)`), or, with no arguments, continues its chains."
             )
-        if bound is None and self.driver.mcmc is None:
+        if call.bound is None and self.driver.mcmc is None:
             raise NotFittedError(
                 "`sample` continues the MCMC chains: call `fit_on_batch` first, or give the "
                 "data to sample the posterior of, e.g. `model.sample(X=X, y=y)`."
             )
         with TRACE_LOCK:
-            if bound is None:
-                self.driver.continue_chains(key, num_samples, progress=False)
+            if call.bound is None:
+                self.driver.continue_chains(key, call.num_samples, progress=False)
             else:  # new data, a new posterior: warm up and sample on them
                 self.driver.run(
-                    key, bound.static, _arrays(bound), progress=False, num_samples=num_samples
+                    key,
+                    call.bound.static,
+                    _arrays(call.bound),
+                    progress=False,
+                    num_samples=call.num_samples,
                 )
-        return Posterior(self.driver.draws(exclude), self.driver.num_chains)
+        return Posterior(self.driver.draws(call.exclude), self.driver.num_chains)
 
     def diagnostics(self) -> dict[str, float]:  # noqa: D102
         return self.driver.diagnostics() if self.driver.last_state is not None else {}

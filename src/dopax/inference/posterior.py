@@ -9,15 +9,14 @@ its posterior in memory.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from zarr.core.sync import sync
 
-from dopax.config import get_config
 from dopax.sampling.row_latent import COUPLED, DELTA, NORMAL, RowGuide
+from dopax.sampling.window import ReadWindow
 
 __all__ = ["ChainMajorDraws", "Posterior", "stored_bytes_per_draw"]
 
@@ -50,18 +49,7 @@ class ChainMajorDraws:
         )
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
-        self._window: tuple[Any, int, int, np.ndarray] | None = None
-        self._window_lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_window"] = None
-        del state["_window_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._window_lock = threading.Lock()
+        self._window = ReadWindow()
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -124,21 +112,22 @@ class ChainMajorDraws:
             out[where] = self._read_present(lo, hi)[flat[where] - lo]
         return out
 
-    def block(self, start: int, stop: int, axis: int, rows: Any) -> np.ndarray:
+    def block(self, start: int, stop: int, axis: int, rows: Any, window_bytes: int) -> np.ndarray:
         """Read draws ``start:stop`` at ``rows`` along ``axis`` only (a per-row site's block).
 
         Only the chunks holding those draws and rows are read: a block of a
         per-row site never loads the site's whole posterior. The rows read
         are whole chunks of the store along ``axis``; when they fit
-        ``ExecutionConfig.input_window_bytes`` they are kept for the next
-        block, so each chunk is decompressed once even when blocks have
-        fewer rows than the chunks.
+        ``window_bytes`` they are kept for the next block, so each chunk is
+        decompressed once even when blocks have fewer rows than the chunks.
 
         Args:
             start: First flat draw.
             stop: One past the last flat draw.
             axis: The axis of the flat ``(draws, *shape)`` layout that indexes rows.
             rows: A slice or an integer index array.
+            window_bytes: Largest span of rows kept for the next block (the
+                call's ``ExecutionConfig.input_window_bytes``).
         """
         if axis < 1 or axis >= len(self.shape):
             raise ValueError(f"`axis` must be one of the site's own axes; got {axis}.")
@@ -152,24 +141,14 @@ class ChainMajorDraws:
             r0 = int(index.min()) if index.size else 0
             r1 = int(index.max()) + 1 if index.size else 0
             take = index - r0
-        with self._window_lock:
-            window = self._window
-            if (
-                window is not None
-                and window[0] == (start, stop, axis)
-                and window[1] <= r0
-                and r1 <= window[2]
-            ):
-                out = window[3][(slice(None),) * axis + (slice(r0 - window[1], r1 - window[1]),)]
-            else:
-                window = self._window = None  # drop the old span before reading a new one
-                step = self._row_chunk(axis)
-                lo, hi = (r0 // step) * step, min(n, -(-r1 // step) * step)
-                span = self._read_span(start, stop, axis, lo, hi)
-                keep = span.nbytes <= _window_bytes()
-                if keep:
-                    self._window = ((start, stop, axis), lo, hi, span)
-                out = span[(slice(None),) * axis + (slice(r0 - lo, r1 - lo),)]
+
+        def load() -> tuple[int, int, np.ndarray, bool]:
+            step = self._row_chunk(axis)
+            lo, hi = (r0 // step) * step, min(n, -(-r1 // step) * step)
+            span = self._read_span(start, stop, axis, lo, hi)
+            return lo, hi, span, span.nbytes <= window_bytes
+
+        out = self._window.read((start, stop, axis), r0, r1, load, axis)
         return out if take is None else np.take(out, take, axis=axis)
 
     def _row_chunk(self, axis: int) -> int:
@@ -204,10 +183,6 @@ class ChainMajorDraws:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self._read(0, self.shape[0])
         return out if dtype is None else out.astype(dtype, copy=False)
-
-
-def _window_bytes() -> int:
-    return int(get_config().input_window_bytes)
 
 
 def stored_bytes_per_draw(draws: Mapping[str, Any]) -> int:

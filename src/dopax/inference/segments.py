@@ -292,7 +292,7 @@ def run_to_trace(
 
     total = num_warmup + int(trace.num_samples or 0)
     positions = [int(i) for i in marker["iterations"]]
-    root, arrays = trace._open_arrays()
+    write_segment = trace._segment_writer()
     show = bool(progress) and bool(template.progress_bar)
     bar = tqdm(
         total=num_chains * total,
@@ -306,9 +306,7 @@ def run_to_trace(
         records = segments.host_records(buffers, n)
         if nuts and "n_steps" in records[SAMPLE_STATS]:
             records[SAMPLE_STATS]["tree_depth"] = tree_depth(records[SAMPLE_STATS]["n_steps"])
-        trace._write_segment(
-            root, arrays, chains, start, records, segments.host_state(state), marker
-        )
+        write_segment(chains, start, records, segments.host_state(state), marker)
         bar.update(n * (chains.stop - chains.start))
         if start + n >= num_warmup:
             bar.set_description("sample", refresh=False)

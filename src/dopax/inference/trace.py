@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -297,24 +298,15 @@ class ZarrTrace:
             )
 
     # ------------------------------------------------------------------ segments and state
-    def _open_arrays(self) -> tuple[zarr.Group, dict[str, zarr.Array]]:
-        root = self._root()
-        return root, trace_io.open_arrays(root)
+    def _segment_writer(self) -> Callable[..., None]:
+        """Return ``write(chains, start, records, state_leaves, progress)`` for this trace.
 
-    def _write_segment(
-        self,
-        root: zarr.Group,
-        arrays: Mapping[str, zarr.Array],
-        chains: slice,
-        start: int,
-        records: Mapping[str, Mapping[str, np.ndarray]],
-        state_leaves: Sequence[np.ndarray],
-        progress: dict[str, list[Any]],
-    ) -> None:
-        """Write one segment and move the marker (see :func:`trace_io.write_segment`)."""
+        It writes one segment and moves the marker (:func:`trace_io.write_segment`).
+        """
         assert self._settings is not None
-        trace_io.write_segment(
-            root, arrays, self._settings, chains, start, records, state_leaves, progress
+        root = self._root()
+        return functools.partial(
+            trace_io.write_segment, root, trace_io.open_arrays(root), self._settings
         )
 
     def _read_state(self, chain: int) -> list[np.ndarray]:

@@ -15,13 +15,11 @@ from dopax.execution.request import (
     PREDICT,
     LooRequest,
     Output,
-    PredictiveRequest,
     SummaryRequest,
 )
-from dopax.model.checks import optional_positive_int
+from dopax.model.checks import streamed_output
 from dopax.model.state import FittedState, require_posterior
 from dopax.reductions.draws import INTERVALS
-from dopax.streaming.targets import check_output
 
 __all__ = ["AnswerMethods"]
 
@@ -38,15 +36,7 @@ def _output(
             f"`store` must be 'zarr' (a chunked Zarr store, the default) or 'memory'; got "
             f"{store!r}."
         )
-    kind = _STORES[store]
-    check_output(kind, output_dir, storage_options)
-    return Output(
-        batch_size=optional_positive_int(batch_size, "batch_size"),
-        store=kind,
-        output_dir=output_dir,
-        progress=progress,
-        storage_options=storage_options,
-    )
+    return streamed_output(batch_size, _STORES[store], output_dir, progress, storage_options)
 
 
 def _probability(value: Any, name: str, *, closed: bool = False) -> float:
@@ -147,18 +137,16 @@ class AnswerMethods:
             raise ValueError(f"`interval` must be one of {INTERVALS}; got {interval!r}.")
         probs = _quantiles(quantiles)
         output = _output(store, output_dir, batch_size, progress, storage_options)
-        posterior = require_posterior(self._state.posterior, "summarize")
-        forward = PredictiveRequest(
-            kind=PREDICT,
-            method="summarize",
-            key=self._state.call_key(rng_key),
-            X=X,
+        forward = self._state.request(
+            PREDICT,
+            "summarize",
+            X,
+            output,
+            rng_key=rng_key,
             kwargs=kwargs,
-            posterior=posterior,
             intervention=intervention,
             return_sites=return_sites,
             in_sample=in_sample,
-            output=output,
         )
         request = SummaryRequest(forward, y, prob, interval, probs)
         return run_summary(self._state.ctx, request)
@@ -219,14 +207,7 @@ class AnswerMethods:
             reff = relative_ess(posterior)
         elif not (isinstance(reff, numbers.Real) and reff > 0):
             raise ValueError(f"`reff` must be a positive number; got {reff!r}.")
-        forward = PredictiveRequest(
-            kind=LOG_LIKELIHOOD,
-            method="loo",
-            key=self._state.call_key(rng_key),
-            X=X,
-            y=y,
-            kwargs=kwargs,
-            posterior=posterior,
-            output=output,
+        forward = self._state.request(
+            LOG_LIKELIHOOD, "loo", X, output, rng_key=rng_key, y=y, kwargs=kwargs
         )
         return run_loo(self._state.ctx, LooRequest(forward, float(reff)))

@@ -9,8 +9,10 @@ import numpy as np
 import xarray as xr
 
 from dopax._warn import warn
+from dopax.config import get_config
 from dopax.data import ArrayLoader
 from dopax.exceptions import KernelValidationError
+from dopax.inference.driver import BatchFit, SampleCall
 from dopax.inference.posterior import Posterior
 from dopax.model.checks import optional_positive_int, positive_int
 from dopax.model.state import FittedState
@@ -114,7 +116,7 @@ class FittingMethods:
 
     def _bind_fit(self, X: Any, y: Any, kwargs: Mapping[str, Any], method: str) -> Any:
         ctx = self._state.ctx
-        bound = ctx.bind(X, y, kwargs)
+        bound = ctx.bind(X, y, kwargs, get_config())
         if self.param_output not in bound.rows:
             raise ValueError(
                 f"`{method}` needs the observed output: pass `y` with one entry per row of "
@@ -163,14 +165,9 @@ class FittingMethods:
         num_steps = positive_int(num_steps, "num_steps")
         num_samples = positive_int(num_samples, "num_samples")
         bound = self._bind_fit(X, y, kwargs, "fit_on_batch")
+        call = BatchFit(num_steps, num_samples, progress, self._latent_only(), trace)
         self._state.posterior = self._state.driver.fit_on_batch(
-            self._state.call_key(rng_key),
-            bound,
-            num_steps=num_steps,
-            num_samples=num_samples,
-            progress=progress,
-            exclude=self._latent_only(),
-            trace=trace,
+            self._state.call_key(rng_key), bound, call
         )
         self._fitted_on(bound)
         return self
@@ -194,7 +191,7 @@ class FittingMethods:
         """
         svi = self._state.driver.svi("train_on_batch")
         ctx = self._state.ctx
-        bound = ctx.bind(X, y, kwargs)
+        bound = ctx.bind(X, y, kwargs, get_config())
         if ctx.spec is None:
             ctx.ensure_spec(bound, fitting=True)
         key = self._state.call_key(rng_key) if svi.state is None else self._state.key
@@ -237,7 +234,8 @@ class FittingMethods:
             X, y = data.pop(name_in), data.pop(self.param_output)
             bound = self._bind_fit(X, y, data, "sample")
         key = self._state.call_key(rng_key)
-        post = self._state.driver.sample(key, num_samples, kwargs, self._latent_only(), bound)
+        call = SampleCall(num_samples, kwargs, self._latent_only(), bound)
+        post = self._state.driver.sample(key, call)
         draws = post.draws
         if return_sites is not None:
             names: Any = [return_sites] if isinstance(return_sites, str) else return_sites

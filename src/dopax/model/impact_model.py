@@ -11,6 +11,7 @@ import numpy as np
 import xarray as xr
 
 from dopax._warn import warn
+from dopax.config import get_config
 from dopax.execution.context import ModelContext
 from dopax.execution.engine import run_predictive
 from dopax.execution.request import (
@@ -18,7 +19,6 @@ from dopax.execution.request import (
     PREDICT,
     PRIOR,
     Output,
-    PredictiveRequest,
     ScenarioRequest,
 )
 from dopax.execution.scenarios import run_scenarios
@@ -26,11 +26,11 @@ from dopax.inference.driver import check_model, make_driver
 from dopax.kernel.signature import check_reserved_kwargs, validate_signature
 from dopax.kernel.spec import KernelSpec
 from dopax.model.answers import AnswerMethods
-from dopax.model.checks import optional_positive_int, positive_int
+from dopax.model.checks import positive_int, streamed_output
+from dopax.model.contrast import contrast_sides
 from dopax.model.fitting import FittingMethods
 from dopax.model.state import FittedState, require_posterior
 from dopax.sampling.keys import check_key
-from dopax.streaming.targets import check_output
 
 __all__ = ["ImpactModel"]
 
@@ -95,7 +95,7 @@ class ImpactModel(FittingMethods, AnswerMethods):
         validate_signature(kernel, param_input, param_output)
         if rng_key is None:
             raise TypeError("`rng_key` is required: pass e.g. `jax.random.key(0)`.")
-        driver = make_driver(inference)
+        driver = make_driver(inference, get_config().svi_steps_per_chunk)
         check_model(inference, kernel)
         check_key(rng_key)
         self._inference = inference
@@ -208,41 +208,9 @@ class ImpactModel(FittingMethods, AnswerMethods):
     # ------------------------------------------------------------------ forward passes
     def _forward(self, kind: str, method: str, X: Any, output: Output, **fields: Any) -> Any:
         """Build the request of a forward pass and run it: every forward method ends here."""
-        posterior = None
-        if kind != PRIOR:
-            posterior = require_posterior(self._state.posterior, method)
-        key = self._state.call_key(fields.pop("rng_key", None))
         observed = self._state.observed if kind == PREDICT and fields.get("in_sample") else None
-        request = PredictiveRequest(
-            kind=kind,
-            method=method,
-            key=key,
-            X=X,
-            posterior=posterior,
-            output=output,
-            observed=observed,
-            **fields,
-        )
+        request = self._state.request(kind, method, X, output, observed=observed, **fields)
         return run_predictive(self._state.ctx, request)
-
-    @staticmethod
-    def _streamed(
-        batch_size: Any,
-        store: str,
-        output_dir: Any,
-        progress: bool,
-        storage_options: Any = None,
-        client: Any = None,
-    ) -> Output:
-        check_output(store, output_dir, storage_options)
-        return Output(
-            batch_size=optional_positive_int(batch_size, "batch_size"),
-            store=store,
-            output_dir=output_dir,
-            progress=progress,
-            storage_options=storage_options,
-            client=client,
-        )
 
     def sample_prior_predictive_on_batch(
         self,
@@ -376,7 +344,7 @@ class ImpactModel(FittingMethods, AnswerMethods):
             PRIOR,
             "sample_prior_predictive",
             X,
-            self._streamed(batch_size, store, output_dir, progress, storage_options, client),
+            streamed_output(batch_size, store, output_dir, progress, storage_options, client),
             kwargs=kwargs,
             rng_key=rng_key,
             return_sites=return_sites,
@@ -429,7 +397,7 @@ class ImpactModel(FittingMethods, AnswerMethods):
             PREDICT,
             "predict",
             X,
-            self._streamed(batch_size, store, output_dir, progress, storage_options, client),
+            streamed_output(batch_size, store, output_dir, progress, storage_options, client),
             kwargs=kwargs,
             rng_key=rng_key,
             intervention=intervention,
@@ -487,7 +455,7 @@ class ImpactModel(FittingMethods, AnswerMethods):
             LOG_LIKELIHOOD,
             "log_likelihood",
             X,
-            self._streamed(batch_size, store, output_dir, progress, storage_options, client),
+            streamed_output(batch_size, store, output_dir, progress, storage_options, client),
             y=y,
             kwargs=kwargs,
             shard_axis=shard_axis,
@@ -521,8 +489,6 @@ class ImpactModel(FittingMethods, AnswerMethods):
         Returns:
             A tree with the same group as the sides holding the differences.
         """
-        from dopax.effects.contrast import contrast_sides
-
         return contrast_sides(
             self,
             (output_baseline, args_baseline),
@@ -586,7 +552,7 @@ class ImpactModel(FittingMethods, AnswerMethods):
             An :class:`~dopax.effects.EffectResult` with ``summary()`` and ``plot()``.
         """
         posterior = require_posterior(self._state.posterior, "compare_scenarios")
-        output = self._streamed(batch_size, store, output_dir, progress, storage_options, client)
+        output = streamed_output(batch_size, store, output_dir, progress, storage_options, client)
         check_reserved_kwargs(kwargs, self.kernel, self.param_input, self.param_output)
         request = ScenarioRequest(
             key=self._state.call_key(rng_key),

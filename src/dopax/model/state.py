@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from dopax.exceptions import NotFittedError
 from dopax.execution.context import ModelContext
+from dopax.execution.request import PRIOR, Output, PredictiveRequest
 from dopax.inference.driver import Driver
 from dopax.inference.posterior import Posterior
 from dopax.sampling.keys import check_key, typed_key
@@ -70,6 +71,25 @@ class FittedState:
     def resume_count(self, count: int) -> None:
         """Continue deriving call keys from counter ``count`` (a loaded model's)."""
         self._counter = itertools.count(int(count))
+
+    def request(
+        self, kind: str, method: str, X: Any, output: Output, **fields: Any
+    ) -> PredictiveRequest:
+        """Return a forward request of one call: the posterior it needs, and its key.
+
+        Args:
+            kind: The request's kind (a prior call needs no posterior).
+            method: The public method's name.
+            X: The input.
+            output: Where the draws go.
+            **fields: Further fields of the request; ``rng_key`` is the call's
+                key argument (derived from the model's key when ``None``).
+        """
+        posterior = None if kind == PRIOR else require_posterior(self.posterior, method)
+        key = self.call_key(fields.pop("rng_key", None))
+        return PredictiveRequest(
+            kind=kind, method=method, key=key, X=X, posterior=posterior, output=output, **fields
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         count = self.call_count

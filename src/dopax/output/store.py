@@ -14,8 +14,8 @@ and names the chunk's file when it does not match. Results written before
 checksums were added have none and are read unchecked.
 
 Results are read lazily through dask, and xarray imports ``dask.array`` at the
-first variable it makes: importing it with this module keeps that (about
-0.3 s) out of a first call.
+first variable it makes: importing it with this module keeps that import
+out of a first call.
 """
 
 from __future__ import annotations

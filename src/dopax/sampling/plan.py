@@ -33,7 +33,12 @@ import numpy as np
 import numpyro.distributions as dist
 
 from dopax.sampling.forward import LOG_LIKELIHOOD, PassSpec
-from dopax.sampling.prepare import intervention_row_axes, read_rows, split_intervention
+from dopax.sampling.prepare import (
+    BoundArgs,
+    intervention_row_axes,
+    read_rows,
+    split_intervention,
+)
 from dopax.sampling.probe import probe_kernel
 from dopax.sampling.row_latent import (
     DRAWS,
@@ -146,10 +151,8 @@ def _agree(x: np.ndarray, y: np.ndarray) -> bool:
 
 def make_plan(
     spec: PassSpec,
+    bound: BoundArgs,
     *,
-    n_rows: int,
-    row_args: Mapping[str, Any],
-    shared_args: Mapping[str, Any],
     latent: Mapping[str, Any],
     intervention: Mapping[str, Any] | None,
     strict_sites: bool = True,
@@ -165,9 +168,8 @@ def make_plan(
 
     Args:
         spec: The static pass description.
-        n_rows: Number of rows of the call.
-        row_args: Kernel arguments with a leading row axis (full length).
-        shared_args: Array kernel arguments used whole.
+        bound: The call's bound inputs: kernel arguments with a leading row
+            axis (full length), and array arguments used whole.
         latent: Latent values to substitute, leading axis draws (may be empty).
         intervention: Site name to value (validated here), or ``None``.
         strict_sites: Raise for a return site the pass lacks; otherwise leave
@@ -186,6 +188,7 @@ def make_plan(
         ScenarioError: For an invalid intervention.
         KeyError: For a return site the kernel lacks (message lists the sites).
     """
+    n_rows, row_args, shared_args = bound.n_rows, bound.rows, bound.shared
     small = {k: _take_rows(v, _probe_index(n_rows, 2)) for k, v in row_args.items()}
     large = {k: _take_rows(v, _probe_index(n_rows, 3)) for k, v in row_args.items()}
     probe2 = probe_kernel(spec.kernel, {**shared_args, **small}, spec.static)
@@ -318,8 +321,9 @@ class _ProbeRows:
         n = len(index)
         for spec in specs:
             if spec.kind == DRAWS:
+                # a probe reads its few rows once: nothing is kept for a next read
                 draws[spec.name] = block_draws(
-                    self.latent[spec.name], spec.row_axis, 0, 1, index, 1, n
+                    self.latent[spec.name], spec.row_axis, 0, 1, index, 1, n, window_bytes=0
                 )[0]
             else:
                 params[spec.name] = block_params(self.guides[spec.name][1], spec.row_axis, index, n)

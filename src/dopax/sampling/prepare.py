@@ -9,15 +9,15 @@ Interventions are validated against the kernel's sites and split the same way.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
-from dopax.config import get_config
+from dopax.config import ExecutionConfig
 from dopax.exceptions import ScenarioError
+from dopax.sampling.window import ReadWindow
 
 __all__ = [
     "BoundArgs",
@@ -71,17 +71,20 @@ class LazyRows:
 
     Only the rows of the block being computed are ever read, so inputs larger
     than memory stream as well as outputs do. :meth:`rows` reads whole chunks
-    of a chunked source and keeps the last span read (up to
-    ``ExecutionConfig.input_window_bytes``, read when the input is bound), so
-    blocks smaller than the source's chunks decompress each chunk once rather
-    than once per block.
+    of a chunked source and keeps the last span read (up to ``window_bytes``),
+    so blocks smaller than the source's chunks decompress each chunk once
+    rather than once per block.
 
     Args:
         source: An object with ``shape``, ``dtype`` and row slicing.
         name: Argument name, for error messages.
+        window_bytes: Largest span kept for the next block (the call's
+            ``ExecutionConfig.input_window_bytes``).
     """
 
-    def __init__(self, source: Any, name: str) -> None:
+    def __init__(
+        self, source: Any, name: str, window_bytes: int = ExecutionConfig.input_window_bytes
+    ) -> None:
         dtype = np.dtype(source.dtype)
         if dtype.kind not in "biuf":
             raise TypeError(f"`{name}` must hold numbers; got dtype {dtype}.")
@@ -90,19 +93,8 @@ class LazyRows:
         self.dtype = _target_dtype(dtype)
         self._starts = _row_chunk_starts(source, self.shape[0]) if self.shape else None
         self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self._window: tuple[int, int, np.ndarray] | None = None
-        self._window_bytes = get_config().input_window_bytes
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_window"] = None
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._window = ReadWindow()
+        self._window_bytes = int(window_bytes)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Return rows ``start:stop``, reading whole source chunks where they are small enough.
@@ -111,21 +103,18 @@ class LazyRows:
             start: First row.
             stop: One past the last row.
         """
-        with self._lock:
-            window = self._window
-            if window is not None and window[0] <= start and stop <= window[1]:
-                return window[2][start - window[0] : stop - window[0]]
-            self._window = None  # drop the old span before reading anything new
-            if self._starts is None or stop <= start:
-                return self[start:stop]
+
+        def load() -> tuple[int, int, np.ndarray, bool]:
             starts = self._starts
+            if starts is None or stop <= start:
+                return start, stop, self[start:stop], False
             first = int(starts[np.searchsorted(starts, start, side="right") - 1])
             last = int(starts[np.searchsorted(starts, stop, side="left")])
             if (last - first) * self._row_bytes > self._window_bytes:
-                return self[start:stop]
-            data = self[first:last]
-            self._window = (first, last, data)
-            return data[start - first : stop - first]
+                return start, stop, self[start:stop], False
+            return first, last, self[first:last], True
+
+        return self._window.read(None, start, stop, load)
 
     @property
     def ndim(self) -> int:
@@ -203,7 +192,9 @@ def anchor_rows(value: Any) -> np.ndarray:
     return np.concatenate([head, head], axis=0)
 
 
-def as_array(value: Any, name: str) -> np.ndarray | jax.Array | LazyRows:
+def as_array(
+    value: Any, name: str, window_bytes: int = ExecutionConfig.input_window_bytes
+) -> np.ndarray | jax.Array | LazyRows:
     """Convert an array-like (list, tuple, NumPy, JAX, pandas) to an array.
 
     Zarr, HDF5 and dask arrays and memmaps become :class:`LazyRows`, read
@@ -212,6 +203,7 @@ def as_array(value: Any, name: str) -> np.ndarray | jax.Array | LazyRows:
     Args:
         value: The value.
         name: Argument name, for the error message.
+        window_bytes: The read window of a :class:`LazyRows`.
 
     Raises:
         TypeError: If the value is not numeric array-like.
@@ -219,7 +211,7 @@ def as_array(value: Any, name: str) -> np.ndarray | jax.Array | LazyRows:
     if isinstance(value, jax.Array | LazyRows):
         return value
     if is_lazy(value):
-        return LazyRows(value, name)
+        return LazyRows(value, name, window_bytes)
     try:
         arr = np.asarray(value)
     except Exception as err:
@@ -269,6 +261,7 @@ def bind_args(
     param_output: str,
     y: Any,
     kwargs: Mapping[str, Any],
+    window_bytes: int,
 ) -> BoundArgs:
     """Sort the input, output and keyword arguments of a call.
 
@@ -278,12 +271,14 @@ def bind_args(
         param_output: Name of the kernel's output argument.
         y: The output or ``None``.
         kwargs: Further kernel keyword arguments.
+        window_bytes: The read window of inputs read block by block
+            (``ExecutionConfig.input_window_bytes``).
 
     Raises:
         TypeError: For non-numeric arrays or unhashable non-array arguments.
         ValueError: For inputs without a row axis or ``y`` of the wrong length.
     """
-    x_arr = as_array(X, "X")
+    x_arr = as_array(X, "X", window_bytes)
     if x_arr.ndim == 0:
         raise ValueError("`X` must have a leading row axis; got a scalar.")
     n = int(x_arr.shape[0])
@@ -292,7 +287,7 @@ def bind_args(
     rows: dict[str, Any] = {param_input: x_arr}
     static: dict[str, Any] = {}
     if y is not None:
-        y_arr = as_array(y, "y")
+        y_arr = as_array(y, "y", window_bytes)
         if y_arr.ndim == 0 or y_arr.shape[0] != n:
             raise ValueError(
                 f"`y` must have one entry per row of `X` ({n}); got shape {tuple(y_arr.shape)}."
@@ -303,7 +298,7 @@ def bind_args(
     shared: dict[str, Any] = {}
     for name, value in kwargs.items():
         if value is not None and _is_arraylike(value):
-            arr = as_array(value, name)
+            arr = as_array(value, name, window_bytes)
             if arr.ndim >= 1 and arr.shape[0] == n:
                 rows[name] = arr
             else:

@@ -157,7 +157,14 @@ def rows_of(value: Any, axis: int, rows: Any) -> np.ndarray:
 
 
 def block_draws(
-    values: Any, row_axis: int, d0: int, d1: int, rows: Any, pad_d: int, pad_r: int
+    values: Any,
+    row_axis: int,
+    d0: int,
+    d1: int,
+    rows: Any,
+    pad_d: int,
+    pad_r: int,
+    window_bytes: int,
 ) -> np.ndarray:
     """Return draws ``d0:d1`` of a per-row site at ``rows``, rows leading after draws.
 
@@ -170,12 +177,13 @@ def block_draws(
         rows: The block's rows: a slice or an index array.
         pad_d: Draws to pad to (repeating the last one).
         pad_r: Rows to pad to (repeating the last one).
+        window_bytes: The read window of stored draws.
 
     Returns:
         An array ``(pad_d, pad_r, *rest)``.
     """
     if hasattr(values, "block"):
-        block = values.block(d0, d1, 1 + row_axis, rows)
+        block = values.block(d0, d1, 1 + row_axis, rows, window_bytes)
     else:
         block = np.asarray(values[(slice(d0, d1), *(slice(None),) * row_axis, rows)])
     block = np.moveaxis(block, 1 + row_axis, 1)

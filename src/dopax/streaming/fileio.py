@@ -2,12 +2,11 @@
 
 Streamed results are written once and rarely read back at once, yet a normal
 ``write`` first copies every byte into the page cache, allocating fresh pages
-as it goes. On virtual machines that allocation is expensive: on the machine
-of ``BENCHMARKS.md`` buffered writes cost about 1.9 s of system CPU per GB,
-against 0.1 s per GB for the same bytes written with ``O_DIRECT`` (which
-moves them from a user buffer straight to the device). For an output-bound
-call such as W1 (8 GB persisted) that is the difference between the writes
-costing as much CPU as the sampling itself and costing almost nothing.
+as it goes. On virtual machines that allocation is expensive: buffered
+writes can cost an order of magnitude more system CPU per byte than the same
+bytes written with ``O_DIRECT`` (which moves them from a user buffer straight
+to the device), so for an output-bound call the writes would cost about as
+much CPU as the sampling itself.
 
 ``O_DIRECT`` needs the buffer, the file offset and the length aligned to the
 device's block size. :meth:`FileWriter.write` copies the data through a small

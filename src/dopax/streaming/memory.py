@@ -7,12 +7,11 @@ tens of MiB soon land in arenas that keep their high-water mark resident long
 after the buffers are freed. :func:`map_large_allocations` fixes the threshold
 at ``ExecutionConfig.mmap_threshold_bytes``: every buffer at least that large gets its own
 mapping and goes back to the operating system the moment it is freed. That
-keeps memory flat without trimming the heap after every chunk, which cost
-about 0.5 s of CPU per W1 call (``BENCHMARKS.md``). The threshold is 1 MiB so
-that buffers of a few MB allocated in other threads' arenas (an input chunk
-read from Zarr is one) are mapped too: with 4 MiB those arenas held about
-40 MB more at the peak of a 10M-row call (W4). What is left in the arenas is
-returned every so many bytes written (:class:`~dopax.streaming.pipeline.WriterPool`).
+keeps memory flat without trimming the heap after every chunk, which costs
+CPU on every chunk. The threshold is low (1 MiB) so that buffers of a few MB
+allocated in other threads' arenas (an input chunk read from Zarr is one) are
+mapped too. What is left in the arenas is returned every so many bytes
+written (:class:`~dopax.streaming.pipeline.WriterPool`).
 Elsewhere than glibc both functions do nothing.
 """
 

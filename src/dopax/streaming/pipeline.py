@@ -215,9 +215,8 @@ class WriterPool:
 
         The heap arenas of the process's threads keep the high-water mark of
         their allocations below the mmap threshold, and over hundreds of
-        blocks those marks add up to tens of MB (``BENCHMARKS.md``, W4).
-        Returning freed memory every ``trim_every_bytes`` costs a few
-        milliseconds per GB written.
+        blocks those marks add up. Returning freed memory every
+        ``trim_every_bytes`` keeps them down at little cost per byte written.
         """
         with self._cond:
             self._unreleased += nbytes

@@ -11,7 +11,7 @@ from typing import Any
 import xarray as xr
 from tqdm.auto import tqdm
 
-from dopax.config import ExecutionConfig, get_config
+from dopax.config import ExecutionConfig
 from dopax.output.schema import SiteLayout
 from dopax.streaming.pipeline import WriterPool
 from dopax.streaming.sinks import Sink, StaticData
@@ -70,25 +70,22 @@ class Progress:
         self.bar.close()
 
 
-def writer_pool(
-    sink: Sink, depth_per_variable: int = 1, config: ExecutionConfig | None = None
-) -> WriterPool:
-    """Return a writer pool for ``sink`` set up from the execution settings.
+def writer_pool(sink: Sink, depth_per_variable: int, config: ExecutionConfig) -> WriterPool:
+    """Return a writer pool for ``sink`` set up from the call's execution settings.
 
     Args:
         sink: The sink the writers write into.
         depth_per_variable: Variables written per block (the queue holds
             ``pipeline_depth`` blocks of each).
-        config: The settings (default: those in force).
+        config: The call's execution settings.
     """
-    cfg = config if config is not None else get_config()
     return WriterPool(
         sink,
-        threads=cfg.writer_threads,
-        depth=cfg.pipeline_depth * max(depth_per_variable, 1),
-        trim_memory=cfg.trim_memory,
-        trim_every_bytes=cfg.trim_every_bytes,
-        mmap_threshold_bytes=cfg.mmap_threshold_bytes,
+        threads=config.writer_threads,
+        depth=config.pipeline_depth * max(depth_per_variable, 1),
+        trim_memory=config.trim_memory,
+        trim_every_bytes=config.trim_every_bytes,
+        mmap_threshold_bytes=config.mmap_threshold_bytes,
     )
 
 
@@ -102,6 +99,7 @@ def stream_into(
     total: int,
     progress: bool | Progress,
     desc: str,
+    config: ExecutionConfig,
     finish: Callable[[xr.DataTree], Any] | None = None,
     late_attrs: Callable[[], Mapping[str, Any]] | None = None,
 ) -> Any:
@@ -124,6 +122,7 @@ def stream_into(
         progress: Whether to show a progress bar, or the call's :class:`Progress`
             (closed here).
         desc: Progress bar label.
+        config: The call's execution settings (its writers).
         finish: Called with the finished result; its return value is the
             call's. If it fails, the result is removed.
         late_attrs: Called once every block is written; returns root
@@ -141,7 +140,7 @@ def stream_into(
 
     started = time.perf_counter()
     try:
-        with writer_pool(sink, len(layouts)) as pool:
+        with writer_pool(sink, len(layouts), config) as pool:
 
             def submit(group: str, name: str, index: tuple[slice, ...], value: Any) -> None:
                 open_sink()

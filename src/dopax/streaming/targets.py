@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from dopax.config import ExecutionConfig
 from dopax.output.cleanup import retry_removals
 from dopax.output.location import Location, location
 from dopax.streaming.sinks import MemorySink, Sink, ZarrSink
@@ -158,7 +159,8 @@ def sink_for_call(
     output_dir: Any,
     desc: str,
     temp_folder: Callable[[], TempFolder],
-    storage_options: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None,
+    config: ExecutionConfig,
 ) -> Sink:
     """Return the sink of one call.
 
@@ -173,21 +175,23 @@ def sink_for_call(
         desc: The call's label, the start of the folder name.
         temp_folder: Returns the model's temporary folder.
         storage_options: fsspec options for a URL.
+        config: The call's execution settings (a Zarr sink's codecs and writes).
     """
     if check_output(store, output_dir, storage_options) == "memory":
         return MemorySink(chunked=True)
     where, keep = call_location(output_dir, desc, temp_folder, storage_options)
-    return sink_at(where, keep)
+    return sink_at(where, keep, config)
 
 
-def sink_at(where: Location, keepalive: object | None = None) -> ZarrSink:
+def sink_at(where: Location, keepalive: object | None, config: ExecutionConfig) -> ZarrSink:
     """Return a new Zarr sink writing to ``where``.
 
     Args:
         where: The result's location.
         keepalive: What the finished result keeps referenced.
+        config: The call's execution settings.
     """
     retry_removals()  # what failed calls left, now that a call reaches a store again
     if where.path is not None:
-        return ZarrSink(where.path, keepalive=keepalive)
-    return ZarrSink(store=where.open_store(read_only=False), label=where.label)
+        return ZarrSink(where.path, config=config, keepalive=keepalive)
+    return ZarrSink(store=where.open_store(read_only=False), config=config, label=where.label)

@@ -33,7 +33,7 @@ def write_whole_chunk(
     The bytes are those Zarr itself would store (the array's codecs applied
     to the chunk in C order, edge chunks padded to the full chunk shape);
     encoding runs in the calling writer thread without Zarr's event loop,
-    which is about twice as fast with several writers (``BENCHMARKS.md``).
+    which is faster with several writers (they do not queue on the loop).
     The chunk file is written under a temporary name and renamed, so a chunk
     is either whole or absent, and writing it again (a recomputed block) is
     harmless. Returns ``False`` (nothing written) for any other block, and

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from dopax.output.schema import CHUNKED_GROUPS, SiteLayout
-from dopax.streaming.sinks.layout import LayoutSink, pieces
-from dopax.streaming.sinks.protocol import StaticData
+from dopax.streaming.sinks.base import Sink
+from dopax.streaming.sinks.layout import pieces
 
 __all__ = ["MemorySink"]
 
 
-class MemorySink(LayoutSink):
+class MemorySink(Sink):
     """Sink into preallocated NumPy arrays; :meth:`close` returns an in-memory DataTree.
 
     Args:
@@ -30,22 +29,8 @@ class MemorySink(LayoutSink):
         self._chunked = chunked
         self._arrays: dict[tuple[str, str], np.ndarray] = {}
 
-    def open(
-        self,
-        layouts: Sequence[SiteLayout],
-        *,
-        static: StaticData | None = None,
-        attrs: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Allocate one array per streamed variable.
-
-        Args:
-            layouts: One layout per streamed variable.
-            static: Small variables stored whole, ``{group: {name: array}}``;
-                each array already has chain and draw axes.
-            attrs: Root attributes of the result.
-        """
-        self._declare(layouts, static, attrs)
+    def _start(self) -> None:
+        """Allocate one array per streamed variable."""
         self._arrays = {
             key: np.zeros(layout.full_shape, dtype=layout.dtype)
             for key, layout in self._layouts.items()
@@ -53,14 +38,7 @@ class MemorySink(LayoutSink):
         self._state = "open"
 
     def write(self, group: str, name: str, index: tuple[slice, ...], block: np.ndarray) -> None:
-        """Copy one block into its variable (thread-safe for disjoint blocks).
-
-        Args:
-            group: The variable's group.
-            name: The variable's name.
-            index: Slices into the flat layout ``(S, *shape)``.
-            block: The values, shaped like ``index`` selects.
-        """
+        """Copy one block into its variable (:meth:`Sink.write`; thread-safe, disjoint blocks)."""
         layout, array, resolved = self._prepare(group, name, index, block)
         target = self._arrays[(layout.group, layout.name)]
         for region, rows in pieces(layout, resolved):

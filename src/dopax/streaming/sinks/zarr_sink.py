@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +20,23 @@ import zarr
 import zarr.errors
 from zarr.abc.store import Store
 
-from dopax.config import ExecutionConfig, get_config
+from dopax.config import ExecutionConfig
 from dopax.output.cleanup import removal_failed
 from dopax.output.location import Location
 from dopax.output.schema import POSITION_ATTRS, SiteLayout
 from dopax.output.store import COMPLETE_ATTR, open_result
 from dopax.streaming.fileio import FileWriter
+from dopax.streaming.sinks.base import Sink
 from dopax.streaming.sinks.codecs import chunk_encoder, codec_for, compressors_for
 from dopax.streaming.sinks.declare import ArraySpec, create_nodes
 from dopax.streaming.sinks.declare import static_layout as make_static_layout
 from dopax.streaming.sinks.direct import write_whole_chunk
 from dopax.streaming.sinks.layout import (
-    LayoutSink,
     draw_chunks,
     partial_chunks,
     pieces,
     read_stored,
 )
-from dopax.streaming.sinks.protocol import StaticData
 from dopax.streaming.sinks.zarr_io import (
     FolderGuard,
     GuardedLocalStore,
@@ -51,7 +50,7 @@ __all__ = ["ZarrSink"]
 logger = logging.getLogger("dopax")
 
 
-class ZarrSink(LayoutSink):
+class ZarrSink(Sink):
     """Sink into a new Zarr (format 3) store: a local folder or a given store.
 
     :meth:`open` writes the metadata of every variable, the coordinates, the
@@ -68,8 +67,8 @@ class ZarrSink(LayoutSink):
             attribute ``artifact_path`` records its absolute path.
         store: A Zarr store to write into instead of a folder (e.g.
             :class:`zarr.storage.MemoryStore`); it must be empty.
-        config: Execution settings (codec and level); defaults to the settings
-            in force when the sink is created.
+        config: The call's execution settings (codecs, writes, locks); the
+            defaults of :class:`~dopax.config.ExecutionConfig` when not given.
         keepalive: An object the tree returned by :meth:`close` keeps
             referenced (see :func:`~dopax.output.store.open_result`).
         label: What the root attribute ``artifact_path`` records for a store
@@ -94,7 +93,7 @@ class ZarrSink(LayoutSink):
         super().__init__()
         if (path is None) == (store is None):
             raise TypeError("Pass exactly one of `path` and `store`.")
-        self._config = config if config is not None else get_config()
+        self._config = config if config is not None else ExecutionConfig()
         self._keepalive = keepalive
         self._path = Path(path).expanduser().resolve() if path is not None else None
         self._store: Store | None = store
@@ -129,7 +128,7 @@ class ZarrSink(LayoutSink):
             config: Execution settings.
         """
         sink = cls.__new__(cls)
-        LayoutSink.__init__(sink)
+        Sink.__init__(sink)
         if where.path is not None:
             guard = FolderGuard(where.path)
             ZarrSink.__init__(sink, store=GuardedLocalStore(guard), config=config)
@@ -156,25 +155,8 @@ class ZarrSink(LayoutSink):
                 "a new folder only."
             )
 
-    def open(
-        self,
-        layouts: Sequence[SiteLayout],
-        *,
-        static: StaticData | None = None,
-        attrs: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Create the store: metadata, coordinates, static groups and root attributes.
-
-        Args:
-            layouts: One layout per streamed variable.
-            static: Small variables written whole, ``{group: {name: array}}``;
-                each array already has chain and draw axes.
-            attrs: Root attributes of the result.
-
-        Raises:
-            FileExistsError: If the folder or store is no longer empty.
-        """
-        self._declare(layouts, static, attrs)
+    def _start(self) -> None:
+        """Create the store: metadata, coordinates, static groups and root attributes."""
         # Static variables (the posterior, often the largest of them) are
         # declared like streamed ones and written by a background thread while
         # the draws are computed; close() waits for it.
@@ -292,14 +274,7 @@ class ZarrSink(LayoutSink):
         )
 
     def write(self, group: str, name: str, index: tuple[slice, ...], block: np.ndarray) -> None:
-        """Write one block (thread-safe for disjoint blocks).
-
-        Args:
-            group: The variable's group.
-            name: The variable's name.
-            index: Slices into the flat layout ``(S, *shape)``.
-            block: The values, shaped like ``index`` selects.
-        """
+        """Write one block's chunks (:meth:`Sink.write`; thread-safe for disjoint blocks)."""
         layout, array, resolved = self._prepare(group, name, index, block)
         target = self._arrays[(layout.group, layout.name)]
         chunks = self._chunks(layout)
@@ -329,7 +304,7 @@ class ZarrSink(LayoutSink):
         The bytes are those Zarr itself would store (the array's codecs applied
         to the chunk in C order, edge chunks padded to the full chunk shape);
         encoding runs in the calling writer thread without Zarr's event loop,
-        which is about twice as fast with several writers (``BENCHMARKS.md``).
+        which is faster with several writers (they do not queue on the loop).
         Returns ``False`` (nothing written) for any other block or store.
         """
         encoder = self._encoders.get((layout.group, layout.name))

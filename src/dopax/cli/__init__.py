@@ -1,0 +1,1 @@
+"""The ``dopax`` command line (:func:`dopax.cli.main.main`; ``python -m dopax``)."""
