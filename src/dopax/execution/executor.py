@@ -3,10 +3,10 @@
 Forward passes, reductions and scenario comparisons differ in what their
 blocks deliver (:class:`~dopax.execution.delivery.Delivery`): the variables
 streamed into the result, what the host keeps of each block, what the call
-returns. How the blocks run
-is the same for all of them: :func:`execute` runs them here, through the
-block runner, into a memory or Zarr sink (or into no sink when nothing is
-stored), or ships them to a cluster's workers (:mod:`dopax.execution.cluster`).
+returns. How the blocks run is the same for all of them: :func:`execute` runs
+them here, through the block runner, into a memory or Zarr sink (or into no
+sink when nothing is stored), or ships them to a cluster's workers
+(:mod:`dopax.execution.cluster`).
 """
 
 from __future__ import annotations
