@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -30,3 +31,10 @@ def pickle_files(folder: Path) -> list[Path]:
         if path.suffix in (".pkl", ".pickle") or by_header:
             found.append(path)
     return found
+
+
+def edit_manifest(folder, change):
+    """Apply ``change`` to the folder's ``dopax_model.json`` in place."""
+    manifest = json.loads((folder / "dopax_model.json").read_text())
+    change(manifest)
+    (folder / "dopax_model.json").write_text(json.dumps(manifest))

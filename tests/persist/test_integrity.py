@@ -16,13 +16,6 @@ from dopax.exceptions import SavedModelError
 from saved_kernels import linear
 
 
-@pytest.fixture
-def folder(svi_model, tmp_path):
-    path = tmp_path / "model"
-    dopax.save_model(svi_model, path)
-    return path
-
-
 def _chunk(folder, name="posterior/0001"):
     """The first chunk file of a saved array (``beta``'s draws by default)."""
     return folder / "state.zarr" / name / "c" / "0" / "0"

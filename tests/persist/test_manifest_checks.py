@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tracemalloc
 
 import numpy as np
@@ -11,24 +10,12 @@ import pytest
 import dopax
 from dopax.cli.main import main
 from dopax.exceptions import SavedModelError
+from helpers import edit_manifest
 from saved_kernels import linear
 
 
-@pytest.fixture
-def folder(svi_model, tmp_path):
-    path = tmp_path / "model"
-    dopax.save_model(svi_model, path)
-    return path
-
-
-def _edit(folder, change):
-    manifest = json.loads((folder / "dopax_model.json").read_text())
-    change(manifest)
-    (folder / "dopax_model.json").write_text(json.dumps(manifest))
-
-
 def test_an_input_shape_of_a_billion_is_refused_without_allocating(folder, xy, tmp_path, capsys):
-    _edit(folder, lambda m: m["inputs"]["rows"][0].update(shape=[1_000_000_000]))
+    edit_manifest(folder, lambda m: m["inputs"]["rows"][0].update(shape=[1_000_000_000]))
     tracemalloc.start()
     try:
         with pytest.raises(SavedModelError, match=r"dopax_model.json: `inputs.rows\[0\].shape`"):
@@ -64,7 +51,7 @@ def test_an_input_shape_of_a_billion_is_refused_without_allocating(folder, xy, t
     ],
 )
 def test_malformed_entries_are_refused_naming_them(folder, change, needle):
-    _edit(folder, change)
+    edit_manifest(folder, change)
     with pytest.raises(SavedModelError) as info:
         dopax.load_model(folder, linear)
     assert needle in str(info.value) and "dopax_model.json" in str(info.value), info.value

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import jax
 import numpy as np
 import pytest
@@ -15,20 +13,8 @@ import dopax
 from dopax.cli.main import main
 from dopax.exceptions import SavedModelError
 from dopax.persist.allowed import is_allowed
+from helpers import edit_manifest
 from saved_kernels import linear
-
-
-@pytest.fixture
-def folder(svi_model, tmp_path):
-    path = tmp_path / "model"
-    dopax.save_model(svi_model, path)
-    return path
-
-
-def _edit(folder, change):
-    manifest = json.loads((folder / "dopax_model.json").read_text())
-    change(manifest)
-    (folder / "dopax_model.json").write_text(json.dumps(manifest))
 
 
 def _svi():
@@ -56,7 +42,7 @@ def test_a_line_added_to_kernel_py_never_runs_without_trust_code(folder, xy, tmp
 
     # the same file runs once the caller trusts the folder and needs it (the
     # module named by the reference is gone, so the saved source stands in)
-    _edit(folder, lambda m: m["kernel"].update(ref="saved_kernels_gone:linear"))
+    edit_manifest(folder, lambda m: m["kernel"].update(ref="saved_kernels_gone:linear"))
     with pytest.raises(SavedModelError, match=r"saved_kernels_gone:linear.*trust_code=True"):
         dopax.load_model(folder)
     assert not marker.exists()
@@ -68,7 +54,7 @@ def test_a_line_added_to_kernel_py_never_runs_without_trust_code(folder, xy, tmp
 def test_a_callable_named_by_the_manifest_is_not_called(folder, tmp_path):
     marker = tmp_path / "ran"
     call = {"call": "subprocess:run", "kwargs": {"args": ["touch", str(marker)]}}
-    _edit(folder, lambda m: m["inference"]["optim"]["kwargs"].update(step_size=call))
+    edit_manifest(folder, lambda m: m["inference"]["optim"]["kwargs"].update(step_size=call))
     with pytest.raises(SavedModelError) as info:
         dopax.load_model(folder, linear)
     message = str(info.value)
@@ -83,7 +69,7 @@ def test_a_callable_named_by_the_manifest_is_not_called(folder, tmp_path):
 def test_an_optimizer_class_outside_the_allow_list_is_not_called(folder, tmp_path):
     marker = tmp_path / "ran"
     system = {"class": "os:system", "kwargs": {"command": f"touch {marker}"}}
-    _edit(folder, lambda m: m["inference"].update(optim=system))
+    edit_manifest(folder, lambda m: m["inference"].update(optim=system))
     with pytest.raises(SavedModelError, match=r"inference\.optim\.class.*'os:system'"):
         dopax.load_model(folder, linear)
     assert not marker.exists()
@@ -91,14 +77,14 @@ def test_an_optimizer_class_outside_the_allow_list_is_not_called(folder, tmp_pat
 
 def test_a_function_of_the_code_file_in_the_record_needs_trust(folder, tmp_path):
     # a record naming a definition of kernel.py (as a custom guide function is saved)
-    _edit(folder, lambda m: m["inference"].update(guide={"function": {"code": "linear"}}))
+    edit_manifest(folder, lambda m: m["inference"].update(guide={"function": {"code": "linear"}}))
     with pytest.raises(SavedModelError, match=r"inference\.guide\.function.*code file"):
         dopax.load_model(folder, linear)
     assert dopax.load_model(folder, linear, trust_code=True).inference.guide is not None
 
 
 def test_static_values_that_name_functions_are_left_out(folder):
-    _edit(folder, lambda m: m["inputs"]["static"].update(link={"ref": "builtins:eval"}))
+    edit_manifest(folder, lambda m: m["inputs"]["static"].update(link={"ref": "builtins:eval"}))
     with pytest.warns(UserWarning, match="'link'.*'builtins:eval'.*pass it to each call"):
         model = dopax.load_model(folder, linear)
     assert "link" not in dict(model._state.ctx.inputs.static)
