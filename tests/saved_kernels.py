@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -15,6 +16,16 @@ def linear(X, t, y=None):
     with numpyro.plate("obs", X.shape[0]):
         mu = numpyro.deterministic("mu", alpha + X @ beta + tau * t)
         numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+
+def row_effects(X, y=None):
+    """Poisson counts with a latent ``z`` per row (a guide parameter per row)."""
+    a = numpyro.sample("a", dist.Normal(0.0, 1.0))
+    b = numpyro.sample("b", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
+    s = numpyro.sample("s", dist.HalfNormal(1.0))
+    with numpyro.plate("obs", X.shape[0]):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Poisson(jnp.exp(a + X @ b + s * z)), obs=y)
 
 
 def data(n=64, k=3, seed=0):

@@ -197,8 +197,11 @@ class Driver:
         """Return the fit state beyond the posterior as plain arrays and JSON-ready facts."""
         return {}, {}
 
-    def restore_state(self, arrays: Mapping[str, np.ndarray], facts: Mapping[str, Any]) -> None:
-        """Take back what :meth:`export_state` returned (for a loaded model)."""
+    def restore_state(self, arrays: Mapping[str, Any], facts: Mapping[str, Any]) -> None:
+        """Take back what :meth:`export_state` returned (for a loaded model).
+
+        Arrays may be values that ``np.asarray`` reads when they are used.
+        """
 
     def diagnostics(self) -> dict[str, float]:
         """Return summary figures of the last fit (MCMC: divergences, max R-hat, min ESS)."""
@@ -226,7 +229,7 @@ def _restored(fresh: Any, arrays: Mapping[str, np.ndarray], facts: Mapping[str, 
         )
     out = []
     for i, leaf in enumerate(leaves):
-        value: Any = jnp.asarray(arrays[f"state/{i:04d}"])
+        value: Any = jnp.asarray(np.asarray(arrays[f"state/{i:04d}"]))
         impl = facts["keys"].get(str(i))
         if impl is not None:
             value = jax.random.wrap_key_data(value, impl=impl)
@@ -437,7 +440,8 @@ class SVIFit(Driver):
         self, arrays: Mapping[str, np.ndarray], facts: Mapping[str, Any]
     ) -> None:
         if "state" in facts:
-            saved = {k: np.asarray(v) for k, v in arrays.items() if k.startswith("state/")}
+            # kept as given: a loaded model's are StoredArrays, read when a fit resumes
+            saved = {k: v for k, v in arrays.items() if k.startswith("state/")}
             self._saved = (saved, dict(facts["state"]))
         if "params" in facts:
             names = facts["params"]

@@ -110,7 +110,7 @@ def restore_fit(
     *,
     spec: KernelSpec | None,
     inputs: InputSchema | None,
-    fit: tuple[Mapping[str, np.ndarray], Mapping[str, Any]] | None,
+    fit: tuple[Mapping[str, Any], Mapping[str, Any]] | None,
 ) -> None:
     """Give a freshly built model the spec, input schema and fit state it was saved with.
 
@@ -118,7 +118,8 @@ def restore_fit(
         model: The model, just constructed.
         spec: The saved kernel spec.
         inputs: The saved input schema.
-        fit: The saved fit state as ``(arrays, facts)``, or ``None`` when
+        fit: The saved fit state as ``(arrays, facts)`` (arrays, or values
+            ``np.asarray`` reads when they are used), or ``None`` when
             it belongs to another kind of driver (it is then left out).
 
     Raises:

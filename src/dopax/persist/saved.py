@@ -182,7 +182,8 @@ def save_model(
             else [int(w) for w in np.asarray(state.posterior.row_words)],
         }
     fit_arrays, fit_facts = fit_state(model)
-    arrays.update({f"fit/{k}": v for k, v in fit_arrays.items()})
+    # read now what a loaded model left in its folder: that may be this folder
+    arrays.update({f"fit/{k}": np.asarray(v) for k, v in fit_arrays.items()})
     key = state.key
     manifest = {
         "format": mf.FORMAT,
@@ -290,7 +291,9 @@ def load_model(
     model = ImpactModel(
         kernel, key, inference, param_input=m["param_input"], param_output=m["param_output"]
     )
-    arrays = read_arrays(folder, array_records(m, folder.url_of(mf.MANIFEST)))
+    # an SVI optimizer's state stays in the folder until a fit resumes (StoredArray)
+    records = array_records(m, folder.url_of(mf.MANIFEST))
+    arrays = read_arrays(folder, records, defer="fit/state/")
     spec = mf.spec_from_json(m["kernel_spec"])
     fit = {k[len("fit/") :]: v for k, v in arrays.items() if k.startswith("fit/")}
     same_driver = m["fit"].get("kind") == snapshot(model).fit_kind

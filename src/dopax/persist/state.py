@@ -8,10 +8,17 @@ present with exactly the size its shape gives; reading then checks every
 checksum. Any difference raises :class:`~dopax.exceptions.SavedModelError`
 naming the file. A model saved before checksums (format 1) has none of
 this: its arrays are read as stored, with a warning.
+
+Arrays only a resumed fit needs (an SVI optimizer's state, three times the
+size of the parameters it moves) need not stay in memory: read with
+``defer=``, they are read and checked once at load, remembered by a
+BLAKE2b digest of their bytes, and read again when used (a
+:class:`StoredArray`); bytes that differ from the digest then raise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -30,10 +37,12 @@ from dopax.output.store import StrictStore
 from dopax.persist.files import Folder
 from dopax.streaming.sinks.codecs import CHECKSUM
 
-__all__ = ["ModelStore", "array_records", "read_arrays", "write_arrays"]
+__all__ = ["ModelStore", "StoredArray", "array_records", "read_arrays", "write_arrays"]
 
 #: Largest chunk of a saved array.
 CHUNK_BYTES = 64 * 2**20
+#: Deferred arrays (``read_arrays(defer=...)``) smaller than this are read at load all the same.
+DEFER_BYTES = 2**20
 #: Dtypes a saved array may have.
 DTYPES = frozenset(
     {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
@@ -60,6 +69,87 @@ class ModelStore(StrictStore):
             f"{self.label}/{key} does not match its checksum: the file was modified or "
             f"damaged after the model was saved. {_FIX}"
         )
+
+
+def _digest_of(array: zarr.Array) -> str:
+    """Read ``array`` one chunk (of whole rows) at a time, checked; return its digest.
+
+    Chunks hold whole rows, so hashing them in order hashes the array's C-order
+    bytes, as :meth:`StoredArray.read` does with the whole array.
+    """
+    digest = hashlib.blake2b(digest_size=32)
+    step = array.chunks[0]
+    for start in range(0, array.shape[0], step):
+        part = np.ascontiguousarray(array[start : start + step])
+        digest.update(part.data.cast("B"))
+    return digest.hexdigest()
+
+
+class StoredArray:
+    """An array of a saved model's ``state.zarr`` that is read when it is used.
+
+    It was read and checked once (every checksum) when the model was
+    loaded, and its digest kept. :meth:`read` (and ``np.asarray``) reads it
+    again and compares: a folder removed, replaced or changed since the
+    load raises :class:`~dopax.exceptions.SavedModelError`. A copy or a
+    pickle holds the values themselves.
+
+    Args:
+        store: The verifying store of ``state.zarr``.
+        name: The array's path in it.
+        shape: Its shape.
+        dtype: Its dtype.
+        digest: BLAKE2b digest (hex) of its C-order bytes at load.
+    """
+
+    def __init__(
+        self, store: ModelStore, name: str, shape: tuple[int, ...], dtype: np.dtype, digest: str
+    ) -> None:
+        self.store, self.name, self.digest = store, name, digest
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+
+    def __repr__(self) -> str:
+        where = f"{self.store.label}/{self.name}"
+        return f"StoredArray({where}, shape={self.shape}, dtype={self.dtype})"
+
+    @property
+    def ndim(self) -> int:
+        """Number of axes."""
+        return len(self.shape)
+
+    def read(self) -> np.ndarray:
+        """Return the array's values, read and checked against the digest taken at load.
+
+        Raises:
+            SavedModelError: If the folder no longer holds the bytes it held
+                when the model was loaded.
+        """
+        label = f"{self.store.label}/{self.name}"
+        try:
+            array = zarr.open_array(self.store, path=self.name, mode="r", zarr_format=3)
+            value = np.ascontiguousarray(array[...])
+        except (FileNotFoundError, KeyError) as err:
+            raise self._changed(label, "is gone") from err
+        digest = hashlib.blake2b(value.data.cast("B"), digest_size=32).hexdigest()
+        if value.shape != self.shape or value.dtype != self.dtype or digest != self.digest:
+            raise self._changed(label, "holds other values")
+        return value
+
+    @staticmethod
+    def _changed(label: str, what: str) -> SavedModelError:
+        return SavedModelError(
+            f"{label} {what} than when the model was loaded: a loaded model reads its "
+            "optimizer state from its folder when a fit resumes, so the folder must stay as "
+            "it was. Load the model again from the folder as it is now, or save the model "
+            "(`dopax.save_model`) before changing the folder."
+        )
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        value = self.read()
+        return value if dtype is None else value.astype(dtype, copy=False)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (np.asarray, (self.read(),))
 
 
 def _chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -237,13 +327,16 @@ def _check_chunks(folder: Folder, name: str, rec: Mapping[str, Any], files: dict
 
 
 def read_arrays(
-    folder: Folder, records: dict[str, dict[str, Any]] | list[str]
-) -> dict[str, np.ndarray]:
+    folder: Folder, records: dict[str, dict[str, Any]] | list[str], defer: str | None = None
+) -> dict[str, np.ndarray | StoredArray]:
     """Read the arrays of ``state.zarr``, checked as the module says.
 
     Args:
         folder: The saved model's folder.
         records: What :func:`array_records` returned.
+        defer: A name prefix: arrays under it of :data:`DEFER_BYTES` or more
+            are checked now and returned as :class:`StoredArray` (a model
+            saved before checksums has its arrays read all the same).
 
     Raises:
         SavedModelError: Naming the first file that is missing, of the wrong
@@ -258,7 +351,7 @@ def read_arrays(
             UserWarning,
         )
         root = zarr.open_group(folder.zarr_store(mf.STATE, read_only=True), mode="r")
-        out = {}
+        old: dict[str, np.ndarray | StoredArray] = {}
         for name in records:
             try:
                 array = root[name]
@@ -268,8 +361,8 @@ def read_arrays(
                 ) from err
             if not isinstance(array, zarr.Array):
                 raise SavedModelError(f"{folder.url_of(mf.STATE)}/{name} is not an array.")
-            out[name] = np.asarray(array[...])
-        return out
+            old[name] = np.asarray(array[...])
+        return old
     files = _listing(folder)
     if "zarr.json" not in files:
         raise SavedModelError(
@@ -279,10 +372,13 @@ def read_arrays(
         _check_metadata(folder, name, rec, files)
         _check_chunks(folder, name, rec, files)
     store = ModelStore(folder.zarr_store(mf.STATE, read_only=True), label=folder.url_of(mf.STATE))
-    out = {}
+    out: dict[str, np.ndarray | StoredArray] = {}
     for name, rec in records.items():
         array = zarr.open_array(store, path=name, mode="r", zarr_format=3)
-        value = np.asarray(array[...])
-        assert value.shape == tuple(rec["shape"]) and value.dtype.name == rec["dtype"]
-        out[name] = value
+        shape, dtype = tuple(rec["shape"]), np.dtype(rec["dtype"])
+        assert array.shape == shape and array.dtype == dtype
+        if defer is not None and name.startswith(defer) and array.nbytes >= DEFER_BYTES:
+            out[name] = StoredArray(store, name, shape, dtype, _digest_of(array))
+        else:
+            out[name] = np.asarray(array[...])
     return out
