@@ -5,7 +5,11 @@ plate; ``log rate = a + X @ b + s * z``), fitted with ``AutoNormal``
 (full-batch SVI on the rows it predicts), in-sample ``predict`` of ``y``:
 
     latent          dopax ``predict`` persisted to Zarr; the guide's per-row
-                    sites are drawn block by block.
+                    sites are drawn block by block. With ``--loaded``, a
+                    first process fits and saves (``latent_save``) and the
+                    timed one loads the model and predicts, as a scoring job
+                    does; ``--inputs zarr`` then reads the rows from a Zarr
+                    array block by block instead of holding them.
     predictive      NumPyro ``Predictive(kernel, guide=..., params=...)`` of
                     ``y`` in memory, the same posterior.
     latent_equal    draws of ``y`` and ``eta`` at two block sizes and from
@@ -29,7 +33,8 @@ Every dopax case records the warnings its calls emitted (a kernel that ran
 with all rows together would say so) and the peak RSS of the call itself:
 the process's high-water mark is reset (``/proc/self/clear_refs``) just
 before each timed call, so the fit that sets a case up is not counted
-(``peak_rss_gib`` keeps the whole process's peak).
+(``peak_rss_gib`` keeps the whole process's peak); ``call_start_rss_gib`` is
+the resident set the call started from.
 
 Usage (sizes are flags, so a larger machine runs the issue's sizes):
     python benchmarks/w9_panels.py latent --sizes 100000,1000000,4000000 \\
@@ -176,6 +181,15 @@ def current_peak_rss_bytes() -> int:
     return common.peak_rss_bytes()
 
 
+def current_rss_bytes() -> int:
+    """This process's resident set now (Linux ``VmRSS``), else 0."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def _with_call_peak(case: common.Case) -> common.Case:
     """Record the peak RSS of each timed call itself and the user warnings it emitted.
 
@@ -186,15 +200,18 @@ def _with_call_peak(case: common.Case) -> common.Case:
 
     def wrapped_call() -> Any:
         reset = reset_peak_rss()
+        start = current_rss_bytes()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out = call()
         peak = current_peak_rss_bytes() if reset else None
-        return out, peak, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        caught_text = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        return out, (start, peak), caught_text
 
     def wrapped_finish(wrapped: Any) -> dict[str, Any]:
-        out, peak, caught = wrapped
+        out, (start, peak), caught = wrapped
         extra = {"call_peak_rss_gib": None if peak is None else peak / common.GIB}
+        extra["call_start_rss_gib"] = start / common.GIB
         extra["warnings"] = caught
         extra.update(finish(out) if finish is not None else {})
         return extra
@@ -203,15 +220,19 @@ def _with_call_peak(case: common.Case) -> common.Case:
     return case
 
 
-def _model(kernel: Any) -> Any:
-    import jax
+def _svi(kernel: Any) -> Any:
     from numpyro.infer import SVI, Trace_ELBO
     from numpyro.infer.autoguide import AutoNormal
     from numpyro.optim import Adam
 
+    return SVI(kernel, AutoNormal(kernel), Adam(0.02), Trace_ELBO())
+
+
+def _model(kernel: Any) -> Any:
+    import jax
+
     impact_model = common.import_impact_model("dopax")
-    svi = SVI(kernel, AutoNormal(kernel), Adam(0.02), Trace_ELBO())
-    return impact_model(kernel, rng_key=jax.random.key(3), inference=svi)
+    return impact_model(kernel, rng_key=jax.random.key(3), inference=_svi(kernel))
 
 
 def fit_latent(n: int, draws: int, steps: int) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -287,10 +308,47 @@ def _values(tree: Any, sites: Sequence[str]) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------
 
 
+def build_latent_save(params: dict[str, Any]) -> common.Case:
+    """The fit of a ``latent`` case, saved to ``params["path"]`` (the timed call fits and saves)."""
+    dopax = common.import_dopax()
+
+    def call() -> Any:
+        model, _, _ = fit_latent(int(params["n"]), int(params["draws"]), int(params["fit_steps"]))
+        return dopax.save_model(model, params["path"], overwrite=True)
+
+    return common.Case(call=call, finish=lambda path: {"path": path})
+
+
+def _latent_inputs(n: int, params: dict[str, Any]) -> Any:
+    """The rows of a ``latent`` case: in memory, or (``inputs="zarr"``) a Zarr array read by block."""
+    X, _ = latent_data(n)
+    if params.get("inputs", "memory") == "memory":
+        return X
+    import zarr
+
+    where = common.make_temp_dir(params.get("workdir"), "w9-inputs-") / "X.zarr"
+    stored = zarr.create_array(where, shape=X.shape, chunks=(100_000, X.shape[1]), dtype=X.dtype)
+    stored[...] = X
+    return zarr.open_array(where, mode="r")
+
+
 def build_latent(params: dict[str, Any]) -> common.Case:
-    model, X, _ = fit_latent(int(params["n"]), int(params["draws"]), int(params["fit_steps"]))
+    n = int(params["n"])
+    if params.get("saved"):
+        # a process that only loads and predicts, as a served or batch-scoring one does
+        dopax = common.import_dopax()
+        model = dopax.load_model(params["saved"], latent_kernel, inference=_svi(latent_kernel))
+        X = _latent_inputs(n, params)
+    else:
+        model, X, _ = fit_latent(n, int(params["draws"]), int(params["fit_steps"]))
     case = _persisted_predict(model, X, params, ("y",))
-    case.info = {"input_bytes": int(X.nbytes), "posterior_sites": sorted(model.posterior)}
+    case.info = {
+        "input_bytes": int(np.dtype(X.dtype).itemsize * np.prod(X.shape)),
+        "inputs": params.get("inputs", "memory"),
+        "loaded": bool(params.get("saved")),
+        "rss_before_calls_gib": current_rss_bytes() / common.GIB,
+        "posterior_sites": sorted(model.posterior),
+    }
     return case
 
 
@@ -501,6 +559,7 @@ def build_panel_equal(params: dict[str, Any]) -> common.Case:
 
 
 BUILDERS = {
+    "latent_save": build_latent_save,
     "latent": build_latent,
     "predictive": build_predictive,
     "latent_equal": build_latent_equal,
@@ -520,10 +579,20 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
     base = {"draws": args.draws, "fit_steps": args.fit_steps, "workdir": args.workdir}
     results: dict[str, Any] = {}
     for n in args.sizes:
+        loaded: dict[str, Any] = {}
+        if args.loaded:
+            where = common.make_temp_dir(args.workdir, "w9-saved-") / f"latent-{n}"
+            results[f"fit_{n}"] = common.run_case(
+                NAME, "latent_save", timeout=args.timeout, **base, n=n, path=str(where),
+                reps=1, warmup=0,
+            )  # fmt: skip
+            loaded = {"saved": str(where), "inputs": args.inputs}
         results[f"latent_{n}"] = common.run_case(
-            NAME, "latent", timeout=args.timeout, **base, n=n, batch_size=args.batch_size,
-            reps=args.reps, warmup=1,
+            NAME, "latent", timeout=args.timeout, **base, **loaded, n=n,
+            batch_size=args.batch_size, reps=args.reps, warmup=1,
         )  # fmt: skip
+        if loaded:
+            shutil.rmtree(Path(loaded["saved"]).parent, ignore_errors=True)
     if args.reference_size:
         n = args.reference_size
         results[f"predictive_{n}"] = common.run_case(
@@ -636,6 +705,17 @@ def arg_parser() -> argparse.ArgumentParser:
     )
     latent.add_argument("--fit-steps", type=int, default=1000)
     common.add_options(latent, batch_size=None)
+    latent.add_argument(
+        "--loaded",
+        action="store_true",
+        help="fit and save in one process, load and predict in another (as a scoring job does)",
+    )
+    latent.add_argument(
+        "--inputs",
+        choices=("memory", "zarr"),
+        default="memory",
+        help="with --loaded: rows in memory or in a Zarr array read block by block",
+    )
     latent.add_argument("--reference-size", type=int, default=0, help="rows of Predictive")
     latent.add_argument("--equal-rows", type=int, default=100_000)
     latent.add_argument("--equal-draws", type=int, default=200)
