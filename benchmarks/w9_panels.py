@@ -320,7 +320,7 @@ def build_latent_save(params: dict[str, Any]) -> common.Case:
 
 
 def _latent_inputs(n: int, params: dict[str, Any]) -> Any:
-    """The rows of a ``latent`` case: in memory, or (``inputs="zarr"``) a Zarr array read by block."""
+    """The rows of a ``latent`` case: in memory, or (``inputs="zarr"``) a Zarr array."""
     X, _ = latent_data(n)
     if params.get("inputs", "memory") == "memory":
         return X
