@@ -309,27 +309,32 @@ def _values(tree: Any, sites: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 def build_latent_save(params: dict[str, Any]) -> common.Case:
-    """The fit of a ``latent`` case, saved to ``params["path"]`` (the timed call fits and saves)."""
+    """The set-up of a loaded ``latent`` case (the timed call fits and saves, see below).
+
+    The model goes to ``params["path"]``; with ``inputs="zarr"`` the rows go to
+    a Zarr array beside it (:func:`_stored_inputs`), as a job that scores
+    stored rows finds them.
+    """
     dopax = common.import_dopax()
 
     def call() -> Any:
-        model, _, _ = fit_latent(int(params["n"]), int(params["draws"]), int(params["fit_steps"]))
+        n = int(params["n"])
+        model, X, _ = fit_latent(n, int(params["draws"]), int(params["fit_steps"]))
+        if params.get("inputs") == "zarr":
+            import zarr
+
+            stored = zarr.create_array(
+                _stored_inputs(params["path"]), shape=X.shape, chunks=(100_000, X.shape[1]),
+                dtype=X.dtype,
+            )  # fmt: skip
+            stored[...] = X
         return dopax.save_model(model, params["path"], overwrite=True)
 
     return common.Case(call=call, finish=lambda path: {"path": path})
 
 
-def _latent_inputs(n: int, params: dict[str, Any]) -> Any:
-    """The rows of a ``latent`` case: in memory, or (``inputs="zarr"``) a Zarr array."""
-    X, _ = latent_data(n)
-    if params.get("inputs", "memory") == "memory":
-        return X
-    import zarr
-
-    where = common.make_temp_dir(params.get("workdir"), "w9-inputs-") / "X.zarr"
-    stored = zarr.create_array(where, shape=X.shape, chunks=(100_000, X.shape[1]), dtype=X.dtype)
-    stored[...] = X
-    return zarr.open_array(where, mode="r")
+def _stored_inputs(saved: str) -> Path:
+    return Path(saved).with_name(Path(saved).name + "-X.zarr")
 
 
 def build_latent(params: dict[str, Any]) -> common.Case:
@@ -338,7 +343,12 @@ def build_latent(params: dict[str, Any]) -> common.Case:
         # a process that only loads and predicts, as a served or batch-scoring one does
         dopax = common.import_dopax()
         model = dopax.load_model(params["saved"], latent_kernel, inference=_svi(latent_kernel))
-        X = _latent_inputs(n, params)
+        if params.get("inputs") == "zarr":
+            import zarr
+
+            X = zarr.open_array(_stored_inputs(params["saved"]), mode="r")
+        else:
+            X, _ = latent_data(n)
     else:
         model, X, _ = fit_latent(n, int(params["draws"]), int(params["fit_steps"]))
     case = _persisted_predict(model, X, params, ("y",))
@@ -584,7 +594,7 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
             where = common.make_temp_dir(args.workdir, "w9-saved-") / f"latent-{n}"
             results[f"fit_{n}"] = common.run_case(
                 NAME, "latent_save", timeout=args.timeout, **base, n=n, path=str(where),
-                reps=1, warmup=0,
+                inputs=args.inputs, reps=1, warmup=0,
             )  # fmt: skip
             loaded = {"saved": str(where), "inputs": args.inputs}
         results[f"latent_{n}"] = common.run_case(
