@@ -97,14 +97,17 @@ def test_a_folder_changed_after_loading_refuses_the_resume(saved, data, tmp_path
     # the folder now holds another fit of the same shapes
     other = _model().fit_on_batch(*data, num_steps=2, num_samples=4, progress=False)
     dopax.save_model(other, copy, overwrite=True)
-    with pytest.raises(SavedModelError, match=r"fit/state/\d+ holds other values.*Load the model"):
+    with pytest.raises(
+        SavedModelError,
+        match=r"fit/state/\d+ has changed since the model was loaded.*Load the model",
+    ):
         _resume(loaded, data)
 
     gone = tmp_path / "gone"
     shutil.copytree(path, gone)
     loaded = dopax.load_model(gone, row_effects)
     shutil.rmtree(gone)
-    with pytest.raises(SavedModelError, match=r"fit/state/\d+ is gone"):
+    with pytest.raises(SavedModelError, match=r"fit/state/\d+ is gone since the model was loaded"):
         _resume(loaded, data)
 
 

@@ -132,13 +132,13 @@ class StoredArray:
             raise self._changed(label, "is gone") from err
         digest = hashlib.blake2b(value.data.cast("B"), digest_size=32).hexdigest()
         if value.shape != self.shape or value.dtype != self.dtype or digest != self.digest:
-            raise self._changed(label, "holds other values")
+            raise self._changed(label, "has changed")
         return value
 
     @staticmethod
     def _changed(label: str, what: str) -> SavedModelError:
         return SavedModelError(
-            f"{label} {what} than when the model was loaded: a loaded model reads its "
+            f"{label} {what} since the model was loaded: a loaded model reads its "
             "optimizer state from its folder when a fit resumes, so the folder must stay as "
             "it was. Load the model again from the folder as it is now, or save the model "
             "(`dopax.save_model`) before changing the folder."
