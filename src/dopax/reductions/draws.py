@@ -11,7 +11,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dopax.reductions.order import hdi_width, quantile_plan, tail_sizes, tails
+from dopax.reductions.order import (
+    Ordered,
+    hdi_width,
+    order_statistics,
+    quantile_plan,
+    tail_sizes,
+    tails,
+)
 
 __all__ = ["INTERVALS", "quantile_name", "summarize_draws"]
 
@@ -24,20 +31,14 @@ def quantile_name(prob: float) -> str:
     return f"q{prob:g}"
 
 
-def _tail_sizes(
-    n: int, prob: float, interval: str, quantiles: tuple[float, ...]
-) -> tuple[int, int]:
-    """How many of the smallest and largest draws the interval and quantiles read."""
+def _ranks(n: int, prob: float, interval: str, quantiles: tuple[float, ...]) -> list[int]:
+    """Ranks the equal-tailed interval (if asked for) and the quantiles read."""
     ranks = []
     probs = (*quantiles, (1 - prob) / 2, (1 + prob) / 2) if interval == "eti" else quantiles
     for p in probs:
         plan = quantile_plan(n, p)
         ranks += [plan.below, plan.above]
-    k_low, k_high = tail_sizes(n, ranks)
-    if interval == "hdi":
-        count = n - hdi_width(n, prob)
-        k_low, k_high = max(k_low, count), max(k_high, count)
-    return k_low, k_high
+    return ranks
 
 
 def summarize_draws(
@@ -46,9 +47,10 @@ def summarize_draws(
     """Reduce draws (leading axis) to ``mean``, ``sd``, ``lower``, ``upper`` and ``q<p>``.
 
     Inside a compiled program: the mean and the standard deviation (``ddof=1``;
-    0 for one draw) in float32, the interval and quantiles from the draws'
-    ordered tails (:mod:`dopax.reductions.order`). Every result has the shape of
-    one draw.
+    0 for one draw) in float32, the equal-tailed interval and quantiles from
+    the order statistics they need, the highest-density interval from the
+    draws' ordered tails (:mod:`dopax.reductions.order`). Every result has the
+    shape of one draw.
 
     Args:
         values: Draws on the leading axis (any real or boolean dtype).
@@ -63,12 +65,18 @@ def summarize_draws(
         sd = jnp.sqrt(jnp.sum(jnp.square(x - mean), axis=0) / (n - 1))
     else:
         sd = jnp.zeros_like(mean)
-    ordered = tails(jnp.moveaxis(x, 0, -1), *_tail_sizes(n, prob, interval, quantiles))
+    ranks = _ranks(n, prob, interval, quantiles)
+    ordered: Ordered
     if interval == "eti":
+        ordered = order_statistics(x, ranks)
         lower = ordered.quantile(quantile_plan(n, (1 - prob) / 2))
         upper = ordered.quantile(quantile_plan(n, (1 + prob) / 2))
-    else:
-        lower, upper = ordered.hdi(prob)
+    else:  # the highest-density interval reads whole tails
+        count = n - hdi_width(n, prob)
+        k_low, k_high = tail_sizes(n, ranks)
+        whole = tails(jnp.moveaxis(x, 0, -1), max(k_low, count), max(k_high, count))
+        lower, upper = whole.hdi(prob)
+        ordered = whole
     out = {"mean": mean, "sd": sd, "lower": lower, "upper": upper}
     for p in quantiles:
         out[quantile_name(p)] = ordered.quantile(quantile_plan(n, p))
