@@ -1,4 +1,4 @@
-"""Micro-measurements behind three engine choices: fused Threefry, direct I/O, codecs.
+"""Micro-measurements behind engine choices: Threefry, direct I/O, codecs, order statistics.
 
 ``python benchmarks/micro.py rng`` times 2**24 random words and normal draws
 from JAX's ``threefry2x32`` primitive / ``jax.random.normal`` against dopax's
@@ -12,6 +12,13 @@ bytes as 32 MB files through the page cache and with ``O_DIRECT``
 (10,000,000 values each: Bernoulli, Poisson, categorical) with every codec
 ``ExecutionConfig.compressor`` offers, through the encoders the writer threads
 use, and reports nanoseconds per value and the stored fraction of the raw bytes.
+
+``python benchmarks/micro.py order [--rows 5592] [--draws 1000]`` times, on one
+block of draws (``summarize``'s automatic block for W1 by default), what a
+per-row summary costs beside drawing the block: the draws themselves (dopax's
+fused Threefry normals), their mean and sd, the four order statistics of a 94%
+equal-tailed interval counted (:func:`dopax.reductions.order.order_statistics`)
+and read from ``top_k`` tails, and NumPy's ``partition`` of the same ranks.
 """
 
 from __future__ import annotations
@@ -45,37 +52,47 @@ def _timed(fn: Callable[[], Any], reps: int = 5) -> tuple[float, float]:
     return sorted(walls)[len(walls) // 2], cpu
 
 
-def rng() -> None:
-    import jax
+def _counters(off: Any, n: int) -> tuple[Any, Any]:
+    import jax.numpy as jnp
+    from jax import lax
+
+    return off + lax.iota(jnp.uint32, n), jnp.zeros(n, jnp.uint32)
+
+
+def _fused_bits(k1: Any, k2: Any, off: Any, n: int) -> Any:
+    from dopax.sampling.rng import threefry2x32
+
+    a, b = threefry2x32(k1, k2, *_counters(off, n))
+    return a ^ b
+
+
+def _fused_normal(k1: Any, k2: Any, off: Any, n: int) -> Any:
+    """``n`` standard normal draws from dopax's fused Threefry words."""
     import jax.numpy as jnp
     import numpy as np
     from jax import lax
-    from jax.extend import random as jex_random
 
-    from dopax.sampling.rng import threefry2x32
+    bits = _fused_bits(k1, k2, off, n)
+    unit = lax.bitcast_convert_type((bits >> jnp.uint32(9)) | jnp.uint32(0x3F800000), jnp.float32)
+    lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
+    return np.sqrt(2.0).astype(np.float32) * lax.erf_inv(jnp.maximum(lo, (unit - 1.0) * 2 - 1))
+
+
+def rng() -> None:
+    import jax
+    import jax.numpy as jnp
+    from jax.extend import random as jex_random
 
     n = 1 << 24
     u32 = jnp.uint32
 
-    def counters(off: Any) -> tuple[Any, Any]:
-        return off + lax.iota(u32, n), jnp.zeros(n, u32)
-
     @jax.jit
     def primitive_bits(k1: Any, k2: Any, off: Any) -> Any:
-        a, b = jex_random.threefry2x32_p.bind(k1, k2, *counters(off))
+        a, b = jex_random.threefry2x32_p.bind(k1, k2, *_counters(off, n))
         return a ^ b
 
-    @jax.jit
-    def fused_bits(k1: Any, k2: Any, off: Any) -> Any:
-        a, b = threefry2x32(k1, k2, *counters(off))
-        return a ^ b
-
-    @jax.jit
-    def fused_normal(k1: Any, k2: Any, off: Any) -> Any:
-        bits = fused_bits(k1, k2, off)
-        unit = lax.bitcast_convert_type((bits >> u32(9)) | u32(0x3F800000), jnp.float32) - 1.0
-        lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
-        return np.sqrt(2.0).astype(np.float32) * lax.erf_inv(jnp.maximum(lo, unit * 2 - 1))
+    fused_bits = jax.jit(functools.partial(_fused_bits, n=n))
+    fused_normal = jax.jit(functools.partial(_fused_normal, n=n))
 
     @jax.jit
     def jax_normal(key: Any) -> Any:
@@ -95,6 +112,48 @@ def rng() -> None:
         rows.append((name, wall, cpu))
     print(f"bit-identical words: {same}")
     print(common.markdown_table(["case", "median s", "CPU s"], rows))
+
+
+def order(rows: int, draws: int) -> None:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from dopax.reductions.order import order_statistics, quantile_plan, tail_sizes, tails
+
+    u32 = jnp.uint32
+    ranks = []
+    for p in (0.03, 0.97):
+        plan = quantile_plan(draws, p)
+        ranks += [plan.below, plan.above]
+
+    @jax.jit
+    def drawn(off: Any) -> Any:
+        return _fused_normal(u32(1), u32(2), off, rows * draws).reshape(draws, rows) * 2 + 1
+
+    x = drawn(u32(0))
+    host = np.asarray(x)
+    counted = jax.jit(lambda v: [order_statistics(v, ranks).rank(r) for r in ranks])
+    by_tails = jax.jit(
+        lambda v: [tails(jnp.moveaxis(v, 0, -1), *tail_sizes(draws, ranks)).rank(r) for r in ranks]
+    )
+    same = all(
+        np.array_equal(a, b) for a, b in zip(counted(x), by_tails(x), strict=True)
+    ) and np.array_equal(np.asarray(counted(x)), np.partition(host, ranks, axis=0)[ranks])
+    cases: list[tuple[str, Callable[[], Any]]] = [
+        ("draws (fused Threefry normals)", lambda: drawn(u32(7))),
+        ("mean and sd", functools.partial(jax.jit(lambda v: (v.mean(0), v.std(0))), x)),
+        ("order statistics, counted", functools.partial(counted, x)),
+        ("order statistics, top_k tails", functools.partial(by_tails, x)),
+        ("NumPy partition (host)", lambda: np.partition(host, ranks, axis=0)),
+    ]
+    rows_out = []
+    for name, fn in cases:
+        jax.block_until_ready(fn())
+        wall, cpu = _timed(lambda fn=fn: jax.block_until_ready(fn()))
+        rows_out.append((name, wall, cpu, wall * 1e9 / (rows * draws)))
+    print(f"{rows:,} rows x {draws:,} draws; ranks {ranks}; all three equal: {same}")
+    print(common.markdown_table(["case", "median s", "CPU s", "ns per draw"], rows_out))
 
 
 def write(gib: float, folder: str | None) -> None:
@@ -171,9 +230,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     w.add_argument("--folder", default=None)
     c = sub.add_parser("codec", help="codecs on integer and boolean draws")
     c.add_argument("--values", type=int, default=10_000_000)
+    o = sub.add_parser("order", help="a block's draws against its per-row order statistics")
+    o.add_argument("--rows", type=int, default=5592)
+    o.add_argument("--draws", type=int, default=1000)
     args = parser.parse_args(argv)
     if args.what == "rng":
         rng()
+    elif args.what == "order":
+        order(args.rows, args.draws)
     elif args.what == "codec":
         codec(args.values)
     else:

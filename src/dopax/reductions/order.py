@@ -7,11 +7,13 @@ Everything here runs under ``jit``. Two ways to order draws:
   patterns of the draws (float32 mapped to unsigned integers in the same
   order), counting the draws at or below the midpoint, 32 counts in all,
   over tiles of rows small enough to stay in cache; the next rank up is one
-  more count. The result is the draw itself, bit for bit. On CPUs this is
-  about half the time of a ``top_k`` selection per tail, and it does not
-  grow with the rank (a median costs what a 3% quantile does). Elsewhere
-  (GPUs), and for dtypes other than float32, it reads the ranks from
-  :func:`tails`.
+  more count. The result is the draw itself, bit for bit. On a 2-core CPU
+  this takes about 0.6 of the wall time of ``top_k`` tails (XLA spreads the
+  counts over the cores; the CPU time is about the same:
+  ``benchmarks/micro.py order``), and its cost does not grow with the rank
+  (a median costs what a 3% quantile does, where a tail would hold half the
+  draws). Elsewhere (GPUs), and for dtypes other than float32, it reads the
+  ranks from :func:`tails`.
 - :func:`tails` orders the ``low`` smallest and ``high`` largest values of
   every row (last axis), taken with :func:`jax.lax.top_k` (a selection,
   cheaper than sorting every draw), or one sort when the tails cover every
