@@ -17,10 +17,16 @@ Cases (each in its own process):
 
 ``--rss-sizes`` adds untimed-reference memory runs of ``summarize`` and ``loo``
 at each size (one timed call after the warm-up, as every case) for the
-peak-RSS ratio of the largest to the smallest.
+peak-RSS ratio of the largest to the smallest. With ``--inputs zarr`` the dopax
+cases read ``X`` and ``y`` from Zarr arrays (100,000 rows a chunk, written under
+``--workdir`` before the clock starts) block by block, as a job over stored
+rows does, so neither is held by the process (at 10M rows ``X`` alone is
+0.4 GB).
 
 Usage:
     python benchmarks/w10_answers.py --n 1000000 --reps 3 --rss-sizes 100000,10000000
+    python benchmarks/w10_answers.py --cases summarize,loo --rss-sizes 100000,10000000 \
+        --inputs zarr --workdir /data/w10   # the memory runs only, rows from storage
     python benchmarks/w10_answers.py --quick   # a few minutes: 100k rows, RSS at 20k/200k
     python benchmarks/w10_answers.py --gpu      # on a GPU: 1M rows against Predictive on
                                                 # the device, loo against log_likelihood
@@ -69,13 +75,35 @@ def _setup(params: dict[str, Any]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return post, common.make_X(int(params["n"]), w1_linear.NUM_FEATURES)
 
 
+def _stored_rows(n: int, workdir: str) -> tuple[Any, Any]:
+    """``X`` and its observed ``y`` as Zarr arrays under ``workdir`` (written 100k rows at once)."""
+    import zarr
+
+    folder = Path(workdir) / f"w10-rows-{n}"
+    if not (folder / "y.zarr").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        X = w1_linear.make_X_zarr(n, w1_linear.NUM_FEATURES, str(folder))
+        y = zarr.create_array(folder / "y.tmp.zarr", shape=(n,), chunks=(100_000,), dtype="float32")
+        for start in range(0, n, 100_000):
+            y[start : start + 100_000] = observed(X[start : start + 100_000])
+        (folder / "y.tmp.zarr").rename(folder / "y.zarr")
+    return (
+        zarr.open_array(folder / "X.zarr", mode="r"),
+        zarr.open_array(folder / "y.zarr", mode="r"),
+    )
+
+
 def _dopax_case(params: dict[str, Any], method: str) -> common.Case:
     """Time one persisted dopax call (``summarize``, ``log_likelihood`` or ``loo``)."""
     import jax
 
     common.import_impact_model("dopax")
-    post, X = _setup(params)
-    y = observed(X)
+    if params.get("inputs") == "zarr":
+        post = w1_linear.posterior(int(params.get("draws", 1000)))
+        X, y = _stored_rows(int(params["n"]), params.get("workdir") or ".")
+    else:
+        post, X = _setup(params)
+        y = observed(X)
     model = common.new_impact_model("dopax", w1_linear.kernel, post)
     key = jax.random.key(2)
     kwargs: dict[str, Any] = {"progress": False, "rng_key": key, **common.batch_kwargs(params)}
@@ -108,7 +136,7 @@ def _dopax_case(params: dict[str, Any], method: str) -> common.Case:
         workdir=params.get("workdir"),
         prefix="w10-bench-",
         model=model,
-        info={"input_bytes": int(X.nbytes)},
+        info={"input_bytes": int(X.nbytes), "inputs": params.get("inputs", "memory")},
     )
 
 
@@ -190,7 +218,7 @@ def run_workload(args: argparse.Namespace) -> dict[str, Any]:
     if args.gpu:
         args.n, args.cases = 1_000_000, ["predictive", "summarize", "log_likelihood", "loo"]
         args.workdir = args.workdir or "/tmp/dopax-bench"
-    params = common.pick(args, "n", "reps", "draws", "workdir", "batch_size")
+    params = common.pick(args, "n", "reps", "draws", "workdir", "batch_size", "inputs")
     payload = common.cases_payload(
         NAME, args.cases, params, rounds=args.rounds, timeout=args.timeout
     )
@@ -272,6 +300,12 @@ def arg_parser() -> argparse.ArgumentParser:
         batch_size=None,
         rss_sizes=[],
         rounds=1,
+    )
+    parser.add_argument(
+        "--inputs",
+        choices=["memory", "zarr"],
+        default="memory",
+        help="where the dopax cases read X and y from (zarr: arrays under --workdir)",
     )
     parser.add_argument(
         "--quick", action="store_true",

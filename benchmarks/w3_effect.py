@@ -11,6 +11,8 @@ Cases (each in its own process):
     two_call       reference: ``predict(X, t=1)`` and ``predict(X, t=0)`` (same
                    ``rng_key``, site ``y``, persisted), ``estimate_effect``, then
                    the mean over rows per draw.
+    predict        one persisted ``predict(X, t=1)`` of ``y`` with the same key: the
+                   draws the single pass reduces, for its "x one predict" ratio.
     single_pass    ``ImpactModel.compare_scenarios`` with scenarios ``treated``
                    (``t=1``) and ``control`` (``t=0``, the baseline), same
                    ``rng_key`` (and ``output_dir`` when the method takes one);
@@ -43,8 +45,9 @@ except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.pat
     from w1_linear import FIT_STEPS, NUM_FEATURES, TRAIN_ROWS  # type: ignore[no-redef]
 
 NAME = "w3_effect"
-CASES = ("two_call", "single_pass", "aimz_two_call")
-TARGET_SINGLE_VS_TWO = 0.25
+CASES = ("two_call", "predict", "single_pass", "aimz_two_call")
+TARGET_SINGLE_VS_TWO = 0.15
+TARGET_SINGLE_VS_PREDICT = 3.0
 DRAW_BLOCK = 50  # draws per block when reducing a persisted effect over rows
 
 
@@ -174,6 +177,29 @@ def build_two_call(package: str, params: dict[str, Any]) -> common.Case:
     return _effect_case(model, route, post, X, params.get("workdir"))
 
 
+def build_predict(params: dict[str, Any]) -> common.Case:
+    import jax
+
+    model, _post, X = _setup("dopax", params)
+    ones = np.ones(len(X), dtype=np.float32)
+    kwargs = {"rng_key": jax.random.key(2), "progress": False, **common.batch_kwargs(params)}
+
+    def produce(out_dir: Path) -> Any:
+        return model.predict(X, t=ones, return_sites=("y",), output_dir=str(out_dir), **kwargs)
+
+    def check(result: Any, _folder: Path) -> dict[str, Any]:
+        return common.check_persisted(result, "y", (len(X),))
+
+    return common.folder_case(
+        produce,
+        check,
+        workdir=params.get("workdir"),
+        prefix="w3-bench-",
+        model=model,
+        info={"input_bytes": int(X.nbytes)},
+    )
+
+
 def named_parameters(fn: Any) -> set[str]:
     """Names of the explicit parameters of ``fn`` (``**kwargs`` excluded)."""
     return {
@@ -218,6 +244,7 @@ def build_single_pass(params: dict[str, Any]) -> common.Case:
 
 BUILDERS = {
     "two_call": lambda params: build_two_call("dopax", params),
+    "predict": build_predict,
     "single_pass": build_single_pass,
     "aimz_two_call": lambda params: build_two_call("aimz", params),
 }
@@ -240,7 +267,10 @@ def report(payload: dict[str, Any]) -> str:
     params = payload["params"]
     single = results.get("single_pass", {})
     two = results.get("two_call", {})
-    targets = [common.time_target(results, "single_pass", "two_call", TARGET_SINGLE_VS_TWO)]
+    targets = [
+        common.time_target(results, "single_pass", "two_call", TARGET_SINGLE_VS_TWO),
+        common.time_target(results, "single_pass", "predict", TARGET_SINGLE_VS_PREDICT),
+    ]
     if single.get("status") == "ok" and two.get("status") == "ok":
         diff = abs(single["extra"]["ate_mean"] - two["extra"]["ate_mean"])
         mcse = two["extra"]["ate_mcse"]
@@ -255,7 +285,10 @@ def report(payload: dict[str, Any]) -> str:
         f"### W3 effect: n = {params['n']:,} rows, {params['draws']:,} draws, t=1 vs t=0",
         common.timing_table(
             results,
-            [common.versus(results, "two_call", "x two-call")],
+            [
+                common.versus(results, "two_call", "x two-call"),
+                common.versus(results, "predict", "x predict"),
+            ],
             cpu=False,
             extra=[
                 common.extra_column("ate_mean", "ATE mean"),
