@@ -13,12 +13,13 @@ bytes as 32 MB files through the page cache and with ``O_DIRECT``
 ``ExecutionConfig.compressor`` offers, through the encoders the writer threads
 use, and reports nanoseconds per value and the stored fraction of the raw bytes.
 
-``python benchmarks/micro.py order [--rows 5592] [--draws 1000]`` times, on one
-block of draws (``summarize``'s automatic block for W1 by default), what a
-per-row summary costs beside drawing the block: the draws themselves (dopax's
-fused Threefry normals), their mean and sd, the four order statistics of a 94%
-equal-tailed interval counted (:func:`dopax.reductions.order.order_statistics`)
-and read from ``top_k`` tails, and NumPy's ``partition`` of the same ranks.
+``python benchmarks/micro.py order [--rows 5592] [--draws 1000] [--probs 0.03,0.97]``
+times, on one block of draws (``summarize``'s automatic block for W1 by
+default), what a per-row summary costs beside drawing the block: the draws
+themselves (dopax's fused Threefry normals), their mean and sd, the order
+statistics of the quantiles ``--probs`` (a 94% equal-tailed interval by
+default) counted (:func:`dopax.reductions.order.order_statistics`) and read
+from ``top_k`` tails, and NumPy's ``partition`` of the same ranks.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def rng() -> None:
     print(common.markdown_table(["case", "median s", "CPU s"], rows))
 
 
-def order(rows: int, draws: int) -> None:
+def order(rows: int, draws: int, probs: Sequence[float]) -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -123,7 +124,7 @@ def order(rows: int, draws: int) -> None:
 
     u32 = jnp.uint32
     ranks = []
-    for p in (0.03, 0.97):
+    for p in probs:
         plan = quantile_plan(draws, p)
         ranks += [plan.below, plan.above]
 
@@ -233,11 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     o = sub.add_parser("order", help="a block's draws against its per-row order statistics")
     o.add_argument("--rows", type=int, default=5592)
     o.add_argument("--draws", type=int, default=1000)
+    o.add_argument("--probs", type=lambda v: [float(p) for p in v.split(",")], default=[0.03, 0.97])
     args = parser.parse_args(argv)
     if args.what == "rng":
         rng()
     elif args.what == "order":
-        order(args.rows, args.draws)
+        order(args.rows, args.draws, args.probs)
     elif args.what == "codec":
         codec(args.values)
     else:
