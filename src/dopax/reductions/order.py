@@ -8,7 +8,7 @@ Everything here runs under ``jit``. Two ways to order draws:
   order), counting the draws at or below the midpoint, 32 counts in all,
   over tiles of rows small enough to stay in cache; the next rank up is one
   more count. The result is the draw itself, bit for bit. On a 2-core CPU
-  this takes about 0.6 of the wall time of ``top_k`` tails (XLA spreads the
+  this takes 0.6 to 0.7 of the wall time of ``top_k`` tails (XLA spreads the
   counts over the cores; the CPU time is about the same:
   ``benchmarks/micro.py order``), and its cost does not grow with the rank
   (a median costs what a 3% quantile does, where a tail would hold half the
