@@ -165,7 +165,11 @@ class GuardedLocalStore(LocalStore):
 
     async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
         self.guard.check()
-        await super()._set(key, value, exclusive=exclusive)
+        try:
+            await super()._set(key, value, exclusive=exclusive)
+        except FileNotFoundError:
+            self.guard.check()  # deleted between the check and the write: say so
+            raise
 
 
 async def clear_store(store: Store) -> None:
