@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import zarr
+import zarr.storage
 
+from dopax.inference import posterior
 from dopax.inference.posterior import ChainMajorDraws, Posterior
 
 BY_CHAIN = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)
@@ -42,3 +46,40 @@ def test_shape_reading_and_by_chain() -> None:
     assert posterior.by_chain()["w"] is stored  # handed on unread
     np.testing.assert_array_equal(posterior.by_chain()["s"], BY_CHAIN[:, :, 0])
     np.testing.assert_array_equal(posterior.in_memory()["w"], FLAT)
+
+
+@pytest.mark.parametrize("piece_bytes", [1, 24, 1 << 20])  # a chunk, two chunks, everything
+def test_reads_in_pieces_match_the_flat_array(
+    piece_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(posterior, "READ_PIECE_BYTES", piece_bytes)
+    stored = zarr.create_array(store={}, shape=BY_CHAIN.shape, chunks=(1, 2, 3), dtype="f4")
+    stored[:] = BY_CHAIN
+    draws = ChainMajorDraws(stored)
+    for key in (slice(0, 10), slice(1, 9), slice(4, 6), (slice(3, 8), 2)):
+        np.testing.assert_array_equal(draws[key], FLAT[key])
+    np.testing.assert_array_equal(draws.block(1, 9, 1, slice(1, 3), 0), FLAT[1:9, 1:3])
+
+
+def test_a_block_of_draws_costs_the_block_and_a_few_pieces(tmp_path: Path) -> None:
+    chains, per_chain, width = 2, 400, 10_000  # 32 MB in 400 KB chunks
+    stored = zarr.create_array(
+        store=zarr.storage.LocalStore(tmp_path / "w"),
+        shape=(chains, per_chain, width),
+        chunks=(1, 10, width),
+        dtype="f4",
+    )
+    values = np.random.default_rng(0).normal(size=(chains, per_chain, width)).astype(np.float32)
+    stored[:] = values
+    draws = ChainMajorDraws(zarr.open_array(tmp_path / "w", mode="r"))
+    tracemalloc.start()
+    try:
+        block = draws[100:700]  # 24 MB across both chains
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(block, values.reshape(-1, width)[100:700])
+    # Zarr holds a read's chunks as stored and decoded: read whole, the block
+    # would cost three to four times its size; in pieces, the block and two
+    # pieces (and a megabyte of Zarr's own).
+    assert peak < block.nbytes + 2 * posterior.READ_PIECE_BYTES + (1 << 20), (peak, block.nbytes)

@@ -13,12 +13,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import zarr
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from dopax.sampling.row_latent import COUPLED, DELTA, NORMAL, RowGuide
 from dopax.sampling.window import ReadWindow
 
-__all__ = ["ChainMajorDraws", "Posterior", "stored_bytes_per_draw"]
+__all__ = ["READ_PIECE_BYTES", "ChainMajorDraws", "Posterior", "stored_bytes_per_draw"]
+
+#: Most bytes of stored draws read in one Zarr call (:meth:`ChainMajorDraws._fill`).
+READ_PIECE_BYTES = 4 << 20
 
 
 class ChainMajorDraws:
@@ -92,15 +97,39 @@ class ChainMajorDraws:
         return self._read_present(start, stop)
 
     def _read_present(self, start: int, stop: int) -> np.ndarray:
-        pieces = []
+        out = np.empty((max(0, stop - start), *self.shape[1:]), self.dtype)
+        self._fill(out, start, stop, ())
+        return out
+
+    def _fill(self, out: np.ndarray, start: int, stop: int, tail: tuple[Any, ...]) -> None:
+        """Read flat draws ``start:stop`` (at ``tail`` on the draw's own axes) into ``out``.
+
+        Zarr holds every chunk of one read at once, as stored and decoded, so
+        the draws are read in chunk-aligned pieces of about
+        :data:`READ_PIECE_BYTES`, each decoded straight into its place in
+        ``out``: a block of draws costs the block plus two pieces, whatever
+        the block's size.
+        """
         per = self.per_chain
-        for chain in range(start // per if per else 0, -(-stop // per) if per else 0):
-            lo, hi = max(start, chain * per), min(stop, (chain + 1) * per)
-            if lo < hi:
-                pieces.append(np.asarray(self.array[chain, lo - chain * per : hi - chain * per]))
-        if not pieces:
-            return np.empty((0, *self.shape[1:]), self.dtype)
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        if not per or stop <= start:
+            return
+        step = self._row_chunk(0)
+        per_draw = out[:1].nbytes or 1
+        piece = step * max(1, READ_PIECE_BYTES // (step * per_draw))
+        for chain in range(start // per, -(-stop // per)):
+            a, b = max(start, chain * per), min(stop, (chain + 1) * per)
+            while a < b:
+                first = a - chain * per
+                c = min(b, chain * per + (first // piece + 1) * piece)
+                where = (chain, slice(first, c - chain * per), *tail)
+                if isinstance(self.array, zarr.Array):
+                    into = default_buffer_prototype().nd_buffer.from_numpy_array(
+                        out[a - start : c - start]
+                    )
+                    self.array.get_basic_selection(where, out=into)
+                else:
+                    out[a - start : c - start] = self.array[where]
+                a = c
 
     def _take(self, flat: np.ndarray) -> np.ndarray:
         self._check_present()  # once for the whole selection
@@ -165,19 +194,7 @@ class ChainMajorDraws:
         shape = list(self.shape)
         shape[0], shape[axis] = max(0, stop - start), max(0, hi - lo)
         out = np.empty(shape, self.dtype)
-        per = self.per_chain
-        lead = (slice(None),) * (axis - 1)
-        # one chunk of draws at a time: Zarr holds every chunk of a read at once
-        # (compressed, decoded and assembled), so bigger reads cost a multiple
-        step = self._row_chunk(0)
-        for chain in range(start // per if per else 0, -(-stop // per) if per else 0):
-            a, b = max(start, chain * per), min(stop, (chain + 1) * per)
-            first = a - chain * per
-            while a < b:
-                c = min(b, chain * per + (first // step + 1) * step)
-                where = (chain, slice(a - chain * per, c - chain * per), *lead, slice(lo, hi))
-                out[a - start : c - start] = self.array[where]
-                a, first = c, c - chain * per
+        self._fill(out, start, stop, (*(slice(None),) * (axis - 1), slice(lo, hi)))
         return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
