@@ -24,6 +24,7 @@ from numpyro.optim import Adam
 
 import dopax
 import dopax.exceptions
+import dopax.streaming.sinks.zarr_io as zarr_io
 import dopax.streaming.sinks.zarr_sink as zarr_sink
 from dopax import ImpactModel
 
@@ -131,6 +132,27 @@ def test_folder_deleted_under_the_writers_is_not_recreated(tmp_path: Path) -> No
     assert deleted, "the fault was not injected"
     time.sleep(0.2)
     assert _empty(tmp_path)
+
+
+def test_a_chunk_folder_whose_root_goes_while_it_is_made_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race of the test above, made certain: the result folder is deleted
+    # after the guard's check and before a chunk's sub-folder is created.
+    root = tmp_path / "result.zarr"
+    root.mkdir()
+    guard = zarr_io.FolderGuard(root)
+    (root / "y").mkdir()
+    real_mkdir = os.mkdir
+
+    def mkdir_after_the_delete(path: Any, *args: Any, **kwargs: Any) -> None:
+        shutil.rmtree(root, ignore_errors=True)
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(zarr_io.os, "mkdir", mkdir_after_the_delete)
+    with pytest.raises(FileNotFoundError, match="was deleted while the result was being written"):
+        guard.makedirs(root / "y" / "c" / "0")
+    assert not root.exists()
 
 
 def test_ctrl_c_while_the_store_is_created_leaves_no_skeleton(

@@ -135,10 +135,14 @@ class FolderGuard:
         self.check()
         parts = folder.relative_to(self.root).parts
         current = self.root
-        for part in parts:
-            current = current / part
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(current)
+        try:
+            for part in parts:
+                current = current / part
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(current)
+        except FileNotFoundError:
+            self.check()  # a folder above was deleted meanwhile, the root with it: say so
+            raise
         self.check()
 
 
