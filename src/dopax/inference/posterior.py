@@ -116,17 +116,19 @@ class ChainMajorDraws:
         step = self._row_chunk(0)
         per_draw = out[:1].nbytes or 1
         piece = step * max(1, READ_PIECE_BYTES // (step * per_draw))
+        wrap = (
+            default_buffer_prototype().nd_buffer.from_numpy_array
+            if isinstance(self.array, zarr.Array)
+            else None
+        )
         for chain in range(start // per, -(-stop // per)):
             a, b = max(start, chain * per), min(stop, (chain + 1) * per)
             while a < b:
                 first = a - chain * per
                 c = min(b, chain * per + (first // piece + 1) * piece)
                 where = (chain, slice(first, c - chain * per), *tail)
-                if isinstance(self.array, zarr.Array):
-                    into = default_buffer_prototype().nd_buffer.from_numpy_array(
-                        out[a - start : c - start]
-                    )
-                    self.array.get_basic_selection(where, out=into)
+                if wrap is not None:  # decoded into place
+                    self.array.get_basic_selection(where, out=wrap(out[a - start : c - start]))
                 else:
                     out[a - start : c - start] = self.array[where]
                 a = c

@@ -81,10 +81,7 @@ def write_whole_chunk(
     path = folder / key
     guard.makedirs(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-    try:
+    with guard.explaining_loss():
         files.write(tmp, *encoded)
         os.replace(tmp, path)
-    except FileNotFoundError:
-        guard.check()  # the result folder itself was deleted: say so
-        raise
     return True

@@ -12,7 +12,7 @@ import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -126,6 +126,20 @@ class FolderGuard:
                 "written; the call is abandoned.",
             )
 
+    @contextlib.contextmanager
+    def explaining_loss(self) -> Iterator[None]:
+        """Run a write; if it meets ENOENT because the folder went meanwhile, say so.
+
+        A folder deleted between :meth:`check` and the write surfaces as
+        Zarr's or the OS's bare ``[Errno 2]`` on some file below it; this
+        turns it into :meth:`check`'s message.
+        """
+        try:
+            yield
+        except FileNotFoundError:
+            self.check()
+            raise
+
     def makedirs(self, folder: Path) -> None:
         """Create ``folder`` and its parents below the root (never the root itself).
 
@@ -135,14 +149,11 @@ class FolderGuard:
         self.check()
         parts = folder.relative_to(self.root).parts
         current = self.root
-        try:
+        with self.explaining_loss():
             for part in parts:
                 current = current / part
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(current)
-        except FileNotFoundError:
-            self.check()  # a folder above was deleted meanwhile, the root with it: say so
-            raise
         self.check()
 
 
@@ -169,11 +180,8 @@ class GuardedLocalStore(LocalStore):
 
     async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
         self.guard.check()
-        try:
+        with self.guard.explaining_loss():
             await super()._set(key, value, exclusive=exclusive)
-        except FileNotFoundError:
-            self.guard.check()  # deleted between the check and the write: say so
-            raise
 
 
 async def clear_store(store: Store) -> None:
