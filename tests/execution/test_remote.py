@@ -281,6 +281,42 @@ def test_cluster_results_equal_the_single_process_run(
     assert_identical(draws(eff.tree, "scenario_draws"), draws(eff_ref.tree, "scenario_draws"))
 
 
+def test_answers_on_the_cluster_equal_the_local_ones(tmp_path: Path, client: Any) -> None:
+    model = make_model()
+    X, t, y = make_inputs()
+    key = jax.random.key(KEY)
+    common = {"t": t, "rng_key": key, "batch_size": 64, "progress": False}
+    ref = model.summarize(X, y, quantiles=(0.5,), output_dir=tmp_path / "a", **common)
+    got = model.summarize(
+        X, y, quantiles=(0.5,), output_dir=tmp_path / "b", client=client, **common
+    )
+    assert got.attrs["dopax_devices"] == 2
+    assert set(draws(got, "summary")) >= {"y_mean", "y_lower", "y_q0.5", "y_pit", "mu_sd"}
+    assert_identical(draws(got, "summary"), draws(ref, "summary"))
+    # the coverage is gathered from the tasks' blocks, in block order
+    assert 0.5 < got.attrs["coverage"] < 1.0
+    assert got.attrs["coverage"] == ref.attrs["coverage"]
+    with config_context(client=client):
+        settings = model.summarize(X, y, quantiles=(0.5,), output_dir=tmp_path / "c", **common)
+    assert settings.attrs["dopax_devices"] == 2
+    assert_identical(draws(settings, "summary"), draws(ref, "summary"))
+
+    # the posterior is not fitted to these rows: most Pareto k are high, and
+    # the warning counts them from the tasks' blocks as from the local ones
+    with pytest.warns(UserWarning, match="Pareto k") as here:
+        loo_ref = model.loo(X, y, t=t, batch_size=64, output_dir=tmp_path / "d", progress=False)
+    with pytest.warns(UserWarning, match="Pareto k") as there:
+        loo = model.loo(
+            X, y, t=t, batch_size=64, output_dir=tmp_path / "e", client=client, progress=False
+        )
+    assert [str(w.message) for w in there] == [str(w.message) for w in here]
+    for field in ("elpd_loo", "se", "p_loo", "n_data_points", "warning"):
+        assert loo[field] == loo_ref[field], field
+    np.testing.assert_array_equal(loo.loo_i.values, loo_ref.loo_i.values)
+    np.testing.assert_array_equal(loo.pareto_k.values, loo_ref.pareto_k.values)
+    assert loo.n_data_points == N_ROWS
+
+
 def test_a_lost_worker_is_recomputed_and_the_result_is_identical(
     tmp_path: Path, client: Any
 ) -> None:

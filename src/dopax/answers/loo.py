@@ -26,8 +26,10 @@ from dopax.reductions.psis import psis_loo
 
 __all__ = [
     "LOO_GROUP",
+    "BlockTotals",
     "LooProgram",
     "LooTotals",
+    "block_totals",
     "elpd_data",
     "good_k",
     "relative_ess",
@@ -113,12 +115,58 @@ class LooProgram(DrawReduction):
         return {"loo_i": loo_i, "pareto_k": pareto_k, "lppd_i": lppd_i}
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockTotals:
+    """One block's share of a ``loo`` call's totals.
+
+    Attributes:
+        count: Its rows (observations).
+        mean: The mean of their ``loo_i``.
+        m2: The sum of squared deviations of their ``loo_i`` from ``mean``.
+        lppd: The sum of their ``lppd_i``.
+        above: Rows whose Pareto ``k`` exceeds the threshold.
+        above_07: Rows whose Pareto ``k`` exceeds 0.7.
+    """
+
+    count: int
+    mean: float
+    m2: float
+    lppd: float
+    above: int
+    above_07: int
+
+
+def block_totals(loo_i: Any, pareto_k: Any, lppd_i: Any, threshold: float) -> BlockTotals:
+    """Return one block's share of the totals, from its pointwise values.
+
+    Args:
+        loo_i: The block's pointwise ``loo_i``.
+        pareto_k: Their Pareto ``k``.
+        lppd_i: Their log pointwise predictive densities.
+        threshold: Pareto ``k`` above which a row counts as unreliable.
+    """
+    values = np.asarray(loo_i, np.float64).ravel()
+    k = np.asarray(pareto_k, np.float64).ravel()
+    if values.size == 0:
+        return BlockTotals(0, 0.0, 0.0, 0.0, 0, 0)
+    b_mean = float(values.mean())
+    return BlockTotals(
+        count=int(values.size),
+        mean=b_mean,
+        m2=float(np.square(values - b_mean).sum()),
+        lppd=float(np.asarray(lppd_i, np.float64).sum()),
+        above=int(np.sum(k > threshold)),
+        above_07=int(np.sum(k > 0.7)),
+    )
+
+
 class LooTotals:
     """Sums over rows of a ``loo`` call's blocks, in float64.
 
-    ``loo_i`` is summed with its spread (Chan's pairwise update of the mean
-    and the sum of squared deviations), so the standard error does not
-    cancel however many rows.
+    Each block's :func:`block_totals` (computed where the block ran) is
+    merged in row order. ``loo_i`` is summed with its spread (Chan's pairwise
+    update of the mean and the sum of squared deviations), so the standard
+    error does not cancel however many rows.
 
     Args:
         threshold: Pareto ``k`` above which a row counts as unreliable.
@@ -133,22 +181,18 @@ class LooTotals:
         self.above = 0
         self.above_07 = 0
 
-    def add(self, loo_i: Any, pareto_k: Any, lppd_i: Any) -> None:
-        """Take one block's pointwise values."""
-        values = np.asarray(loo_i, np.float64).ravel()
-        k = np.asarray(pareto_k, np.float64).ravel()
-        if values.size == 0:
+    def merge(self, block: BlockTotals) -> None:
+        """Add one block's sums (blocks in row order give the same totals everywhere)."""
+        if block.count == 0:
             return
-        b_mean = float(values.mean())
-        b_m2 = float(np.square(values - b_mean).sum())
-        total = self.count + values.size
-        delta = b_mean - self.mean
-        self.m2 += b_m2 + delta * delta * self.count * values.size / total
-        self.mean += delta * values.size / total
+        total = self.count + block.count
+        delta = block.mean - self.mean
+        self.m2 += block.m2 + delta * delta * self.count * block.count / total
+        self.mean += delta * block.count / total
         self.count = total
-        self.lppd += float(np.asarray(lppd_i, np.float64).sum())
-        self.above += int(np.sum(k > self.threshold))
-        self.above_07 += int(np.sum(k > 0.7))
+        self.lppd += block.lppd
+        self.above += block.above
+        self.above_07 += block.above_07
 
     @property
     def elpd(self) -> float:

@@ -23,9 +23,8 @@ class EffectAccumulator:
 
     Per draw, the sum of each scenario's outcome (and per group) in float64;
     per row, the posterior mean and central interval of each contrast, as
-    the block program computed them. Blocks are collected one behind the
-    runner, so the device computes the next block while the host reads the
-    last.
+    the block program computed them (each block's :func:`block_summary`, in
+    block order).
 
     Args:
         n_scenarios: Number of scenarios.
@@ -45,32 +44,15 @@ class EffectAccumulator:
         self.mean = np.empty((n_c, n_rows), np.float32)
         self.lower = np.empty((n_c, n_rows), np.float32)
         self.upper = np.empty((n_c, n_rows), np.float32)
-        self._pending: list[tuple[int, int, dict[str, Any]]] = []
 
     def add_summaries(self, blocks: list[tuple[int, int, dict[str, np.ndarray]]]) -> None:
-        """Take blocks already reduced elsewhere (:func:`block_summary`), in block order."""
+        """Take blocks' ``(r0, r1, block_summary(...))`` records, in block order."""
         for r0, r1, summary in blocks:
             self.sums += np.asarray(summary["sums"], np.float64)
             self.group_sums += np.asarray(summary["group_sums"], np.float64)
             self.mean[:, r0:r1] = summary["mean"]
             self.lower[:, r0:r1] = summary["lower"]
             self.upper[:, r0:r1] = summary["upper"]
-
-    def add(self, r0: int, r1: int, out: dict[str, Any]) -> None:
-        """Take one block's outputs (rows ``r0:r1``)."""
-        self._pending.append((r0, r1, out))
-        if len(self._pending) > 1:
-            r0, r1, ready = self._pending.pop(0)
-            self.add_summaries([(r0, r1, block_summary(ready))])
-
-    def finish(self) -> None:
-        """Collect the blocks still pending."""
-        pending, self._pending = self._pending, []
-        self.add_summaries([(r0, r1, block_summary(out)) for r0, r1, out in pending])
-
-    def abort(self) -> None:
-        """Drop what is pending."""
-        self._pending = []
 
 
 def block_summary(outputs: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -4,9 +4,12 @@ A reduction is a block job like any forward pass: the forward request is
 planned as :func:`~dopax.execution.job.forward_job` plans it, its program is
 wrapped in a reducing block program (:class:`~dopax.answers.summary.SummaryProgram`
 or :class:`~dopax.answers.loo.LooProgram`), blocks hold every draw of their
-rows and are sized by the same policy, and the same runner runs them on every
-local device. Only per-row results reach the host; they are written row-chunked
-into a result with a ``summary`` (or ``loo``) group.
+rows and are sized by the same policy, and the executor runs them on every
+local device or as tasks on the call's Dask cluster. Only per-row results
+leave a block; they are written row-chunked into a result with a ``summary``
+(or ``loo``) group, and the driver keeps a few numbers per block (the
+coverage count, the ``loo`` totals), taken in block order wherever the block
+ran.
 """
 
 from __future__ import annotations
@@ -20,14 +23,22 @@ import numpy as np
 import xarray as xr
 
 from dopax._warn import warn
-from dopax.answers.loo import LOO_GROUP, LooProgram, LooTotals, elpd_data, good_k
+from dopax.answers.loo import (
+    LOO_GROUP,
+    BlockTotals,
+    LooProgram,
+    LooTotals,
+    block_totals,
+    elpd_data,
+    good_k,
+)
 from dopax.answers.summary import COVERED, SiteSummary, SummaryProgram
 from dopax.execution.context import ModelContext
 from dopax.execution.delivery import Delivery
-from dopax.execution.executor import execute, result_attrs
+from dopax.execution.executor import cluster_of, execute, result_attrs
 from dopax.execution.job import ForwardJob, forward_job
 from dopax.execution.request import LooRequest, PredictiveRequest, SummaryRequest
-from dopax.execution.runner import Block, BlockJob, Consume, row_latent_bytes, splits_rows
+from dopax.execution.runner import Block, BlockJob, row_latent_bytes, splits_rows
 from dopax.execution.sizing import Footprint, size_blocks
 from dopax.output import schema
 from dopax.output.schema import SiteLayout
@@ -134,77 +145,110 @@ def _layout(
     )
 
 
-class _OneBehind:
-    """Hands each block's small outputs to ``take`` one block behind the runner.
+@dataclasses.dataclass(frozen=True)
+class RowResults:
+    """A reduction's blocks: their per-row results written, a small record kept.
 
-    Reading a block's outputs waits for it to finish; one block behind, the
-    next block is already dispatched, so the device never waits for the host.
+    The block reduction (:class:`~dopax.execution.delivery.BlockReduction`)
+    of ``summarize`` and ``loo``, for blocks run here or in a cluster's
+    tasks. Subclasses say what the driver keeps of a block.
+
+    Attributes:
+        group: The result group.
+        written: The stored outputs, as ``(name, ndim, row_axis)``.
     """
 
-    def __init__(self, take: Callable[[dict[str, Any]], None]) -> None:
-        self.take = take
-        self.pending: list[dict[str, Any]] = []
+    group: str
+    written: tuple[tuple[str, int, int | None], ...]
 
-    def add(self, outputs: dict[str, Any]) -> None:
-        self.pending.append(outputs)
-        if len(self.pending) > 1:
-            self.take(self.pending.pop(0))
+    def write(self, block: Block, outputs: dict[str, Any], submit: Submit) -> None:
+        """Hand the block's per-row results to ``submit``."""
+        for name, ndim, axis in self.written:
+            index = _index(axis, ndim, block)
+            if index is not None:
+                submit(self.group, name, index, outputs[name])
 
-    def finish(self) -> None:
-        while self.pending:
-            self.take(self.pending.pop(0))
+    def record(self, block: Block, outputs: dict[str, Any]) -> Any:
+        """Return what the driver keeps of the block."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class SummaryBlocks(RowResults):
+    """A ``summarize`` call's blocks: the driver keeps how many observed values each covers."""
+
+    def record(self, block: Block, outputs: dict[str, Any]) -> int:
+        """Return the block's observed values inside their intervals (0 without ``y``)."""
+        return int(np.asarray(outputs[COVERED])) if COVERED in outputs else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LooBlocks(RowResults):
+    """A ``loo`` call's blocks: the driver keeps each block's share of the totals.
+
+    Attributes:
+        threshold: Pareto ``k`` above which a row counts as unreliable.
+    """
+
+    threshold: float = 0.7
+
+    def record(self, block: Block, outputs: dict[str, Any]) -> BlockTotals:
+        """Return the block's :func:`~dopax.answers.loo.block_totals`."""
+        return block_totals(
+            outputs["loo_i"], outputs["pareto_k"], outputs["lppd_i"], self.threshold
+        )
 
 
 def _stream(
     ctx: ModelContext,
     request: PredictiveRequest,
     plan: _Reduction,
-    group: str,
-    written: Mapping[str, tuple[str, tuple[int, ...], int | None]],
-    kept: Callable[[dict[str, Any]], None],
+    reduction: RowResults,
+    layouts: list[SiteLayout],
+    collect: Callable[[list[Any]], None],
     attrs: dict[str, Any],
     late_attrs: Callable[[], Mapping[str, Any]],
     progress: Progress,
     label: str,
 ) -> xr.DataTree:
-    """Run the blocks, write the outputs named in ``written``, hand them all to ``kept``."""
+    """Run the blocks here or on the call's cluster; write and keep what ``reduction`` says."""
     out = request.output
     job, blocks = plan.job, plan.blocks
-    layouts = [
-        _layout(group, name, site, shape, axis, blocks.row_block)
-        for name, (site, shape, axis) in written.items()
-    ]
-    behind = _OneBehind(kept)
-
-    def consumer(submit: Submit | None) -> Consume:
-        assert submit is not None
-
-        def consume(block: Block, outputs: dict[str, Any]) -> None:
-            for name, (_, shape, axis) in written.items():
-                index = _index(axis, len(shape), block)
-                if index is not None:
-                    submit(group, name, index, outputs[name])
-            behind.add(outputs)
-
-        return consume
-
+    client = cluster_of(out)
     delivery = Delivery(
         output=out,
         temp_folder=ctx.temp_folder,
         label=label,
         folder=label,
-        group=group,
+        group=reduction.group,
         layouts=layouts,
         static=None,
-        attrs=result_attrs(job, attrs),
+        attrs=result_attrs(job, attrs, client),
         total=job.n_rows,
         progress_of=lambda rows, draws: rows,
-        consumer=consumer,
-        done=behind.finish,
+        reduction=reduction,
+        collect=collect,
         late_attrs=late_attrs,
     )
-    # the answer methods take no ``client``: their blocks run here
-    return execute(job, blocks, delivery, client=None, progress=progress)  # type: ignore[no-any-return]
+    return execute(job, blocks, delivery, client=client, progress=progress)  # type: ignore[no-any-return]
+
+
+def _written(
+    group: str, written: Mapping[str, tuple[str, tuple[int, ...], int | None]], rows: int
+) -> tuple[tuple[tuple[str, int, int | None], ...], list[SiteLayout]]:
+    """Return a reduction's stored outputs and their layouts.
+
+    Args:
+        group: The result group.
+        written: Each stored output's site, shape and row axis, by name.
+        rows: Rows per block (the chunk along the row axis).
+    """
+    stored = tuple((name, len(shape), axis) for name, (_, shape, axis) in written.items())
+    layouts = [
+        _layout(group, name, site, shape, axis, rows)
+        for name, (site, shape, axis) in written.items()
+    ]
+    return stored, layouts
 
 
 def _call_attrs(request: PredictiveRequest, plan: _Reduction, method: str) -> dict[str, Any]:
@@ -293,9 +337,8 @@ def run_summary(ctx: ModelContext, request: SummaryRequest) -> xr.DataTree:
                 site_of[name] = site.name
         covered = [0]
 
-        def kept(outputs: dict[str, Any]) -> None:
-            if COVERED in outputs:
-                covered[0] += int(np.asarray(outputs[COVERED]))
+        def collect(records: list[Any]) -> None:
+            covered[0] += sum(records)
 
         def late() -> dict[str, Any]:
             if program.observed is None:
@@ -318,8 +361,10 @@ def run_summary(ctx: ModelContext, request: SummaryRequest) -> xr.DataTree:
         }
         if program.observed is not None:
             attrs["observed"] = program.observed
+        stored, layouts = _written(schema.SUMMARY, written, plan.blocks.row_block)
+        reduction = SummaryBlocks(schema.SUMMARY, stored)
         return _stream(
-            ctx, fwd, plan, schema.SUMMARY, written, kept, attrs, late, progress, "summarize"
+            ctx, fwd, plan, reduction, layouts, collect, attrs, late, progress, "summarize"
         )
     finally:
         progress.close()
@@ -358,17 +403,19 @@ def run_loo(ctx: ModelContext, request: LooRequest) -> Any:
         written = {v: (name, shape, info.row_axis) for v in ("loo_i", "pareto_k")}
         totals = LooTotals(good_k(plan.job.n_draws))
 
-        def kept(outputs: dict[str, Any]) -> None:
-            totals.add(outputs["loo_i"], outputs["pareto_k"], outputs["lppd_i"])
+        def collect(records: list[Any]) -> None:
+            for record in records:
+                totals.merge(record)
 
         attrs = {**_call_attrs(fwd, plan, "loo"), "site": name, "reff": reff}
+        stored, layouts = _written(LOO_GROUP, written, plan.blocks.row_block)
         tree = _stream(
             ctx,
             fwd,
             plan,
-            LOO_GROUP,
-            written,
-            kept,
+            LooBlocks(LOO_GROUP, stored, totals.threshold),
+            layouts,
+            collect,
             attrs,
             lambda: totals.attrs(plan.job.n_draws),
             progress,

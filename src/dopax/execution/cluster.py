@@ -25,7 +25,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from dopax.config import ExecutionConfig
-from dopax.execution.delivery import Delivery
+from dopax.execution.delivery import BlockReduction, Delivery
 from dopax.execution.runner import Block, BlockJob, forward_consumer, run_blocks
 from dopax.output.location import Location
 from dopax.output.schema import SiteLayout
@@ -55,6 +55,7 @@ class Payload:
         layouts: The streamed variables' layouts.
         where: The store's location, or ``None`` when nothing is stored.
         config: Execution settings of the call.
+        reduction: A reducing job's blocks (``None`` for a forward pass).
     """
 
     job: BlockJob
@@ -64,6 +65,7 @@ class Payload:
     layouts: Sequence[SiteLayout]
     where: Location | None
     config: ExecutionConfig
+    reduction: BlockReduction | None = None
 
 
 _attached: dict[int, tuple[Payload, BlockJob, ZarrSink | None]] = {}
@@ -109,43 +111,42 @@ def compute_blocks(payload: Payload, select: Sequence[tuple[int, int, int, int]]
     return int(sum((d1 - d0) * (r1 - r0) for d0, d1, r0, r1 in select))
 
 
-def compute_scenario_blocks(
+def compute_reduced_blocks(
     payload: Payload, select: Sequence[tuple[int, int, int, int]]
-) -> list[tuple[int, int, dict[str, np.ndarray]]]:
-    """Compute ``select`` blocks of a scenario comparison; reduce each on the worker.
+) -> list[Any]:
+    """Compute ``select`` blocks of a reducing job; return what the driver keeps of each.
 
-    Kept draws (if any) are written into the store; each block returns its
-    row span, its per-draw sums and its per-row contrast summaries (computed
-    exactly as the local accumulator does), for the driver to add in block
-    order.
+    Runs on a worker. Each block writes what its reduction writes (into the
+    store, when the call stores anything) and gives the record the driver
+    keeps, as the same reduction does for blocks run locally.
 
     Args:
-        payload: The call's payload.
+        payload: The call's payload (with its ``reduction``).
         select: The blocks, as ``(d0, d1, r0, r1)``.
     """
     import contextlib
 
     import dask
 
-    from dopax.effects.reduce import block_summary
-
     job, sink = _prepare(payload)
-    out: list[tuple[int, int, dict[str, np.ndarray]]] = []
+    reduction = payload.reduction
+    assert reduction is not None
+    records: list[Any] = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(dask.config.set(scheduler="synchronous"))
-        pool = None
+        submit = None
         if sink is not None:
-            pool = stack.enter_context(writer_pool(sink, 1, payload.config))
+            submit = stack.enter_context(
+                writer_pool(sink, max(1, len(payload.layouts)), payload.config)
+            ).submit
 
         def consume(block: Block, outputs: dict[str, Any]) -> None:
-            if pool is not None:
-                layout = payload.layouts[0]
-                index = (slice(block.d0, block.d1), slice(None), slice(block.r0, block.r1))
-                pool.submit(layout.group, layout.name, index, outputs.pop("draws"))
-            out.append((block.r0, block.r1, block_summary(outputs)))
+            if submit is not None:
+                reduction.write(block, outputs, submit)
+            records.append(reduction.record(block, outputs))
 
         run_blocks(job, payload.blocks, consume, select=select)
-    return out
+    return records
 
 
 def run_on_cluster(
@@ -159,9 +160,10 @@ def run_on_cluster(
 ) -> xr.DataTree | None:
     """Run a job's blocks as tasks on ``client``'s cluster, writing into the store at ``where``.
 
-    A forward job's tasks write their outputs; a scenario comparison's tasks
-    (``delivery.collect`` given) return per-block reductions, which
-    ``collect`` receives in block order once every task has finished. On any
+    A forward job's tasks write their outputs; a reducing job's tasks
+    (``delivery.reduction`` given) write what its reduction writes and return
+    each block's record, which ``delivery.collect`` receives in block order
+    once every task has finished (then the late attributes are written). On any
     failure (a task's error, Ctrl-C) the remaining tasks are cancelled, the
     store is removed so nothing reads as complete, and the error propagates.
 
@@ -183,7 +185,7 @@ def run_on_cluster(
     from distributed import as_completed
 
     layouts = delivery.layouts if delivery.stored else []
-    collect, driver_writes, desc = delivery.collect, delivery.driver_writes, delivery.label
+    reduction, driver_writes, desc = delivery.reduction, delivery.driver_writes, delivery.label
 
     if where is not None and where.path is None and where.url is None:
         raise ValueError(
@@ -194,7 +196,7 @@ def run_on_cluster(
     if sink is not None:
         sink.open(layouts, static=delivery.static, attrs=delivery.attrs)
     futures: list[Any] = []
-    task = compute_blocks if collect is None else compute_scenario_blocks
+    task = compute_blocks if reduction is None else compute_reduced_blocks
     try:
         for layout, index, values in driver_writes:
             assert sink is not None
@@ -211,6 +213,7 @@ def run_on_cluster(
             [layout for layout in layouts if all(layout is not w[0] for w in driver_writes)],
             where,
             dataclasses.replace(delivery.output.config, client=None),
+            reduction,
         )
         [remote] = client.scatter([payload], broadcast=True, hash=False)
         all_blocks = blocks.blocks()
@@ -222,23 +225,28 @@ def run_on_cluster(
             )
         results: dict[int, Any] = {}
         order = {future.key: n for n, future in enumerate(futures)}
-        total = job.n_rows * (job.n_draws if collect is None else 1)
+        units = [
+            sum(
+                delivery.progress_of(r1 - r0, d1 - d0)
+                for d0, d1, r0, r1 in all_blocks[i : i + _BLOCKS_PER_TASK]
+            )
+            for i in range(0, len(all_blocks), _BLOCKS_PER_TASK)
+        ]
         with tqdm(
-            total=total,
+            total=delivery.total,
             desc=desc,
             unit_scale=True,
             disable=not delivery.output.progress,
             leave=False,
         ) as bar:
             for future in as_completed(futures):
-                result = future.result()
-                if collect is None:
-                    bar.update(result)
-                else:
-                    results[order[future.key]] = result
-                    bar.update(sum(r1 - r0 for r0, r1, _ in result))
-        if collect is not None:
-            collect([item for n in range(len(futures)) for item in results[n]])
+                n = order[future.key]
+                results[n] = future.result()
+                bar.update(units[n])
+        if reduction is not None and delivery.collect is not None:
+            delivery.collect([record for n in range(len(futures)) for record in results[n]])
+        if sink is not None and delivery.late_attrs is not None:
+            sink.add_attrs(delivery.late_attrs())
     except BaseException:
         for future in futures:
             future.cancel()

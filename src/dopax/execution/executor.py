@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from dopax.execution.cluster import run_on_cluster
-from dopax.execution.delivery import Delivery
+from dopax.execution.delivery import BlockReduction, Delivery
 from dopax.execution.request import Output
-from dopax.execution.runner import BlockJob, run_blocks, sharding_of
+from dopax.execution.runner import Block, BlockJob, Consume, run_blocks, sharding_of
 from dopax.output import schema
 from dopax.parallel.batching import BlockPlan
 from dopax.streaming.sinks import MemorySink, Sink
@@ -63,6 +63,44 @@ def result_attrs(job: BlockJob, extra: dict[str, Any], client: Any = None) -> di
     )
 
 
+class _Behind:
+    """Hands a reduction's records to the delivery's ``collect``, one block behind the runner.
+
+    Reading a block's outputs waits for the block to finish; one block
+    behind, the next block is already dispatched, so the device does not
+    wait for the host.
+    """
+
+    def __init__(self, delivery: Delivery) -> None:
+        self.collect = delivery.collect
+        self.pending: list[tuple[Block, dict[str, Any]]] = []
+        self.reduction: BlockReduction | None = None
+
+    def consumer(self, reduction: BlockReduction, submit: Submit | None) -> Consume:
+        self.reduction = reduction
+
+        def consume(block: Block, outputs: dict[str, Any]) -> None:
+            if submit is not None:
+                reduction.write(block, outputs, submit)
+            self.pending.append((block, outputs))
+            if len(self.pending) > 1:
+                self._take(1)
+
+        return consume
+
+    def _take(self, n: int) -> None:
+        taken, self.pending = self.pending[:n], self.pending[n:]
+        assert self.reduction is not None
+        records = [self.reduction.record(block, outputs) for block, outputs in taken]
+        if self.collect is not None and records:
+            self.collect(records)
+
+    def flush(self) -> None:
+        """Take every block still held (once every block has run)."""
+        if self.reduction is not None:
+            self._take(len(self.pending))
+
+
 def execute(
     job: BlockJob, blocks: BlockPlan, delivery: Delivery, *, client: Any, progress: Progress
 ) -> Any:
@@ -105,20 +143,19 @@ def execute(
         )
 
     def run(submit: Submit | None, advance: Callable[[int], None]) -> None:
-        consume = delivery.consumer(submit)
-        try:
-            run_blocks(
-                job,
-                blocks,
-                consume,
-                on_block=lambda rows, draws: advance(delivery.progress_of(rows, draws)),
-            )
-            if delivery.done is not None:
-                delivery.done()
-        except BaseException:
-            if delivery.abort is not None:
-                delivery.abort()
-            raise
+        held = _Behind(delivery)
+        if delivery.reduction is None:
+            assert delivery.consumer is not None and submit is not None
+            consume = delivery.consumer(submit)
+        else:
+            consume = held.consumer(delivery.reduction, submit)
+        run_blocks(
+            job,
+            blocks,
+            consume,
+            on_block=lambda rows, draws: advance(delivery.progress_of(rows, draws)),
+        )
+        held.flush()
 
     if sink is None:
         progress.start(delivery.total)

@@ -18,7 +18,7 @@ import xarray as xr
 
 from dopax._warn import warn
 from dopax.data.finite import check_finite
-from dopax.effects.reduce import EffectAccumulator
+from dopax.effects.reduce import EffectAccumulator, block_summary
 from dopax.effects.result import EffectResult
 from dopax.effects.scenarios import ScenarioProgram, group_codes
 from dopax.effects.tree import effect_tree
@@ -30,7 +30,6 @@ from dopax.execution.job import PassInputs, PlannedPass, build_job, row_latent_p
 from dopax.execution.request import ScenarioRequest
 from dopax.execution.runner import (
     Block,
-    Consume,
     JobInputs,
     lower_block,
     row_latent_bytes,
@@ -319,15 +318,6 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
         "scenarios": list(names),
     }
 
-    def consumer(submit: Submit | None) -> Consume:
-        def consume(block: Block, outputs: dict[str, Any]) -> None:
-            if submit is not None:
-                index = (slice(block.d0, block.d1), slice(None), slice(block.r0, block.r1))
-                submit(schema.PREDICTIONS, site, index, outputs.pop("draws"))
-            acc.add(block.r0, block.r1, outputs)
-
-        return consume
-
     def result(kept: xr.DataTree | None) -> EffectResult:
         tree = effect_tree(
             acc,
@@ -368,11 +358,9 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
         attrs=kept_attrs,
         total=n_rows,
         progress_of=lambda rows, draws: rows,
-        consumer=consumer,
-        done=acc.finish,
-        abort=acc.abort,
-        finish=result,  # a failure here removes the kept draws too
+        reduction=ScenarioBlocks(schema.PREDICTIONS, site),
         collect=acc.add_summaries,
+        finish=result,  # a failure here removes the kept draws too
         stored=request.keep_draws,
     )
     if cfg.trim_memory:
@@ -392,6 +380,32 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
     finally:
         if cfg.trim_memory:
             release_free_memory()
+
+
+@dataclasses.dataclass(frozen=True)
+class ScenarioBlocks:
+    """A comparison's blocks: their kept draws are written, their reductions kept.
+
+    Its block reduction (:class:`~dopax.execution.delivery.BlockReduction`),
+    for blocks run here or in a cluster's tasks.
+
+    Attributes:
+        group: The result group of the kept draws.
+        site: The outcome site (the kept draws' variable).
+    """
+
+    group: str
+    site: str
+
+    def write(self, block: Block, outputs: dict[str, Any], submit: Submit) -> None:
+        """Hand the block's draws of every scenario (``(D, S, R, ...)``) to ``submit``."""
+        index = (slice(block.d0, block.d1), slice(None), slice(block.r0, block.r1))
+        submit(self.group, self.site, index, outputs.pop("draws"))
+
+    def record(self, block: Block, outputs: dict[str, Any]) -> tuple[int, int, dict[str, Any]]:
+        """Return the block's rows and its reductions, as host arrays."""
+        outputs.pop("draws", None)
+        return block.r0, block.r1, block_summary(outputs)
 
 
 def _warn_discrete(ctx: ModelContext, site: str, dtype: str) -> None:

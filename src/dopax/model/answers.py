@@ -29,14 +29,21 @@ _STORES = {"zarr": "persistent", "persistent": "persistent", "memory": "memory"}
 
 
 def _output(
-    store: Any, output_dir: Any, batch_size: Any, progress: bool, storage_options: Any
+    store: Any,
+    output_dir: Any,
+    batch_size: Any,
+    progress: bool,
+    storage_options: Any,
+    client: Any,
 ) -> Output:
     if store not in _STORES:
         raise ValueError(
             f"`store` must be 'zarr' (a chunked Zarr store, the default) or 'memory'; got "
             f"{store!r}."
         )
-    return streamed_output(batch_size, _STORES[store], output_dir, progress, storage_options)
+    return streamed_output(
+        batch_size, _STORES[store], output_dir, progress, storage_options, client
+    )
 
 
 def _probability(value: Any, name: str, *, closed: bool = False) -> float:
@@ -87,6 +94,7 @@ class AnswerMethods:
         store: str = "zarr",
         progress: bool = True,
         storage_options: Mapping[str, Any] | None = None,
+        client: Any = None,
         **kwargs: Any,
     ) -> xr.DataTree:
         """Summarise the posterior predictive distribution of every row, without keeping draws.
@@ -119,6 +127,9 @@ class AnswerMethods:
             store: ``"zarr"`` (chunked Zarr, ``"persistent"`` too) or ``"memory"``.
             progress: Whether to show a progress bar.
             storage_options: fsspec options for a URL ``output_dir``.
+            client: A ``dask.distributed.Client`` to run the blocks on (each
+                task writes its blocks' results; the driver keeps a few
+                numbers per block).
             **kwargs: Further kernel arguments (arrays with one entry per row
                 are batched with ``X``).
 
@@ -136,7 +147,7 @@ class AnswerMethods:
         if interval not in INTERVALS:
             raise ValueError(f"`interval` must be one of {INTERVALS}; got {interval!r}.")
         probs = _quantiles(quantiles)
-        output = _output(store, output_dir, batch_size, progress, storage_options)
+        output = _output(store, output_dir, batch_size, progress, storage_options, client)
         forward = self._state.request(
             PREDICT,
             "summarize",
@@ -163,6 +174,7 @@ class AnswerMethods:
         store: str = "zarr",
         progress: bool = True,
         storage_options: Mapping[str, Any] | None = None,
+        client: Any = None,
         **kwargs: Any,
     ) -> Any:
         """Pareto-smoothed importance-sampling leave-one-out cross-validation, block by block.
@@ -185,6 +197,9 @@ class AnswerMethods:
             store: ``"zarr"`` (chunked Zarr, ``"persistent"`` too) or ``"memory"``.
             progress: Whether to show a progress bar.
             storage_options: fsspec options for a URL ``output_dir``.
+            client: A ``dask.distributed.Client`` to run the blocks on (each
+                task writes its blocks' results; the driver keeps a few
+                numbers per block).
             **kwargs: Further kernel arguments.
 
         Returns:
@@ -201,7 +216,7 @@ class AnswerMethods:
         from dopax.answers.loo import relative_ess, require_arviz
 
         require_arviz()
-        output = _output(store, output_dir, batch_size, progress, storage_options)
+        output = _output(store, output_dir, batch_size, progress, storage_options, client)
         posterior = require_posterior(self._state.posterior, "loo")
         if reff is None:
             reff = relative_ess(posterior)
