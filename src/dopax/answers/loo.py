@@ -53,12 +53,19 @@ def require_arviz() -> Any:
     return arviz
 
 
+#: Stored values of one variable a relative effective sample size reads at once.
+ESS_PIECE_BYTES = 8 << 20
+
+
 def relative_ess(posterior: Any) -> float:
     """Return the relative effective sample size ``arviz.loo`` would use for ``posterior``.
 
     1 for one chain; for several, the mean over every posterior element of
     its effective sample size (``arviz.ess``, ``method="mean"``), over the
-    number of draws.
+    number of draws. The effective sample size is elementwise, so each
+    variable is read and measured in pieces of its elements of about
+    :data:`ESS_PIECE_BYTES`: a per-row latent site of a trace (draws x rows)
+    is never held whole.
 
     Args:
         posterior: A :class:`~dopax.inference.posterior.Posterior`.
@@ -66,14 +73,26 @@ def relative_ess(posterior: Any) -> float:
     if posterior.num_chains <= 1:
         return 1.0
     az = require_arviz()
-    data = {}
+    total, count = 0.0, 0
     for name, value in posterior.by_chain().items():
-        array = np.asarray(value)
-        dims = ("chain", "draw", *(f"{name}_dim_{i}" for i in range(array.ndim - 2)))
-        data[name] = (dims, array)
-    ess = az.ess(xr.Dataset(data), method="mean")
-    values = np.hstack([np.asarray(ess[v]).ravel() for v in ess.data_vars])
-    return float(values.mean() / posterior.num_draws)
+        shape = tuple(int(n) for n in value.shape)
+        cells = shape[0] * shape[1] * np.dtype(value.dtype).itemsize
+        if len(shape) == 2:
+            pieces: list[tuple[slice, ...]] = [()]
+        else:
+            inner = cells * int(np.prod(shape[3:], dtype=np.int64))
+            step = max(1, ESS_PIECE_BYTES // max(inner, 1))
+            chunks = getattr(value, "chunks", None)  # a stored array: whole chunks
+            if chunks is not None and len(chunks) == len(shape):
+                step = max(1, step // chunks[2]) * chunks[2]
+            pieces = [(slice(a, a + step),) for a in range(0, shape[2], step)]
+        for piece in pieces:
+            array = np.asarray(value[(slice(None), slice(None), *piece)])
+            dims = ("chain", "draw", *(f"{name}_dim_{i}" for i in range(array.ndim - 2)))
+            ess = np.asarray(az.ess(xr.Dataset({name: (dims, array)}), method="mean")[name])
+            total += float(ess.sum(dtype=np.float64))
+            count += ess.size
+    return total / max(count, 1) / posterior.num_draws
 
 
 def good_k(num_draws: int) -> float:
