@@ -134,13 +134,26 @@ class ChainMajorDraws:
                 a = c
 
     def _take(self, flat: np.ndarray) -> np.ndarray:
+        """Read the flat draws ``flat`` (any order, repeats allowed), a stored chunk at a time.
+
+        Each chunk holding a chosen draw is read once, and only those: the
+        selection costs the draws chosen plus one chunk, however far apart
+        they lie.
+        """
         self._check_present()  # once for the whole selection
         out = np.empty((len(flat), *self.shape[1:]), self.dtype)
-        chains = flat // self.per_chain
-        for chain in np.unique(chains):
-            where = np.flatnonzero(chains == chain)
-            lo, hi = int(flat[where].min()), int(flat[where].max()) + 1
-            out[where] = self._read_present(lo, hi)[flat[where] - lo]
+        if not len(flat):
+            return out
+        per, step = self.per_chain, self._row_chunk(0)
+        chunk_ids = (flat // per) * -(-per // step) + (flat % per) // step
+        order = np.argsort(chunk_ids, kind="stable")
+        starts = np.flatnonzero(np.diff(chunk_ids[order], prepend=-1))
+        for first, last in zip(starts, [*starts[1:], len(order)], strict=True):
+            chosen = order[first:last]
+            draw = int(flat[chosen[0]])
+            lo = (draw // per) * per + ((draw % per) // step) * step
+            hi = min((draw // per + 1) * per, lo + step)
+            out[chosen] = self._read_present(lo, hi)[flat[chosen] - lo]
         return out
 
     def block(self, start: int, stop: int, axis: int, rows: Any, window_bytes: int) -> np.ndarray:
