@@ -1,4 +1,4 @@
-"""Micro-measurements behind engine choices: Threefry, direct I/O, codecs, order statistics.
+"""Micro-measurements behind engine choices: Threefry, I/O, codecs, order statistics, copies.
 
 ``python benchmarks/micro.py rng`` times 2**24 random words and normal draws
 from JAX's ``threefry2x32`` primitive / ``jax.random.normal`` against dopax's
@@ -20,6 +20,15 @@ themselves (dopax's fused Threefry normals), their mean and sd, the order
 statistics of the quantiles ``--probs`` (a 94% equal-tailed interval by
 default) counted (:func:`dopax.reductions.order.order_statistics`) and read
 from ``top_k`` tails, and NumPy's ``partition`` of the same ranks.
+
+``python benchmarks/micro.py copy [--rows 400000] [--draws 200] [--chunks 16,64]``
+measures what copying a large posterior into a result costs in memory: a
+``predict`` of a kernel with a per-row latent site (its posterior draws x
+rows, 320 MB by default, copied into the result's ``posterior`` group by a
+background thread beside the blocks), for each ``static_chunk_bytes`` in MiB,
+each in a process of its own. It reports the peak resident memory above the
+process's before the call (sampled every 5 ms), against the call's memory
+budget.
 """
 
 from __future__ import annotations
@@ -222,6 +231,86 @@ def codec(values: int) -> None:
     print(common.markdown_table(["draws", "codec", "ns per value", "stored / raw"], rows))
 
 
+def copy(rows: int, draws: int, chunks: Sequence[int]) -> None:
+    import subprocess
+    import sys
+
+    from dopax.config import ExecutionConfig
+
+    out = []
+    for mib in chunks:
+        done = subprocess.run(
+            [sys.executable, __file__, "copy-one", str(rows), str(draws), str(mib)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out.append((mib, *(float(v) for v in done.stdout.split()[-2:])))
+    budget = ExecutionConfig().budget_bytes() / 2**20
+    print(f"{rows:,} rows x {draws} draws of a per-row latent site; budget {budget:.0f} MiB")
+    print(common.markdown_table(["static_chunk_bytes (MiB)", "peak above before (MiB)", "s"], out))
+
+
+def _copy_one(rows: int, draws: int, mib: int) -> None:
+    import threading
+
+    import jax
+    import numpy as np
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoNormal
+    from numpyro.optim import Adam
+
+    from dopax import ImpactModel
+    from dopax.config import config_context
+
+    def kernel(X: Any, y: Any = None) -> None:
+        a = numpyro.sample("a", dist.Normal(0.0, 1.0))
+        with numpyro.plate("obs", X.shape[0]):
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+            numpyro.sample("y", dist.Normal(a + X[:, 0] + z, 1.0), obs=y)
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(rows, 1)).astype(np.float32)
+    model = ImpactModel(
+        kernel, jax.random.key(0), SVI(kernel, AutoNormal(kernel), Adam(0.01), Trace_ELBO())
+    )
+    model.set_posterior_sample(
+        {
+            "a": rng.normal(size=draws).astype(np.float32),
+            "z": rng.normal(size=(draws, rows)).astype(np.float32),
+        }
+    )
+
+    def resident() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    peak, running = [0], [True]
+
+    def watch() -> None:
+        while running[0]:
+            peak[0] = max(peak[0], resident())
+            time.sleep(0.005)
+
+    with config_context(static_chunk_bytes=mib * 2**20):
+        base = tempfile.mkdtemp(prefix="dopax-copy-")
+        try:
+            model.predict(X, progress=False, output_dir=base)  # compiles; memory settles
+            before = resident()
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            start = time.perf_counter()
+            model.predict(X, progress=False, output_dir=base)
+            wall = time.perf_counter() - start
+            running[0] = False
+            watcher.join()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+    print((peak[0] - before) / 2**20, wall)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -235,6 +324,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     o.add_argument("--rows", type=int, default=5592)
     o.add_argument("--draws", type=int, default=1000)
     o.add_argument("--probs", type=lambda v: [float(p) for p in v.split(",")], default=[0.03, 0.97])
+    k = sub.add_parser("copy", help="memory of copying a large posterior into a result")
+    k.add_argument("--rows", type=int, default=400_000)
+    k.add_argument("--draws", type=int, default=200)
+    k.add_argument("--chunks", type=lambda v: [int(c) for c in v.split(",")], default=[16, 64])
+    one = sub.add_parser("copy-one")  # one measurement of ``copy``, in its own process
+    for name in ("rows", "draws", "mib"):
+        one.add_argument(name, type=int)
     args = parser.parse_args(argv)
     if args.what == "rng":
         rng()
@@ -242,6 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         order(args.rows, args.draws, args.probs)
     elif args.what == "codec":
         codec(args.values)
+    elif args.what == "copy":
+        copy(args.rows, args.draws, args.chunks)
+    elif args.what == "copy-one":
+        _copy_one(args.rows, args.draws, args.mib)
     else:
         write(args.gib, args.folder)
     return 0

@@ -83,7 +83,12 @@ class ExecutionConfig:
             summaries inside the block program); accepted so that settings
             naming it still apply.
         static_chunk_bytes: Largest chunk of a variable written whole at open
-            (the posterior); chunks split the draws.
+            (the posterior); chunks split the draws. The copy runs beside the
+            blocks, outside ``memory_budget_bytes``, a chunk and its encoded
+            bytes at a time: 16 MiB keeps a ``predict`` whose posterior holds
+            a per-row latent site within about 4% of its default budget,
+            where 64 MiB chunks took it 46% over
+            (``benchmarks/micro.py copy``).
         coord_chunk: Elements per chunk of a stored dimension coordinate.
         lock_stripes: Locks that serialise partial-chunk writes of
             concurrent writers (chunks hash onto them).
@@ -128,7 +133,7 @@ class ExecutionConfig:
     min_draw_blocks: int = 2
     row_multiple: int = 8
     host_threads: int = 2
-    static_chunk_bytes: int = 64 * 2**20
+    static_chunk_bytes: int = 16 * 2**20
     coord_chunk: int = 1 << 20
     lock_stripes: int = 64
     trim_every_bytes: int = 1 << 30
