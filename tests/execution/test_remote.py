@@ -310,6 +310,7 @@ def test_answers_on_the_cluster_equal_the_local_ones(tmp_path: Path, client: Any
             X, y, t=t, batch_size=64, output_dir=tmp_path / "e", client=client, progress=False
         )
     assert [str(w.message) for w in there] == [str(w.message) for w in here]
+    assert open_result(loo.attrs["artifact_path"]).attrs["dopax_devices"] == 2
     for field in ("elpd_loo", "se", "p_loo", "n_data_points", "warning"):
         assert loo[field] == loo_ref[field], field
     np.testing.assert_array_equal(loo.loo_i.values, loo_ref.loo_i.values)

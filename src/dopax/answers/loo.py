@@ -75,24 +75,44 @@ def relative_ess(posterior: Any) -> float:
     az = require_arviz()
     total, count = 0.0, 0
     for name, value in posterior.by_chain().items():
-        shape = tuple(int(n) for n in value.shape)
-        cells = shape[0] * shape[1] * np.dtype(value.dtype).itemsize
-        if len(shape) == 2:
-            pieces: list[tuple[slice, ...]] = [()]
-        else:
-            inner = cells * int(np.prod(shape[3:], dtype=np.int64))
-            step = max(1, ESS_PIECE_BYTES // max(inner, 1))
-            chunks = getattr(value, "chunks", None)  # a stored array: whole chunks
-            if chunks is not None and len(chunks) == len(shape):
-                step = max(1, step // chunks[2]) * chunks[2]
-            pieces = [(slice(a, a + step),) for a in range(0, shape[2], step)]
-        for piece in pieces:
+        for piece in _element_pieces(value, ESS_PIECE_BYTES):
             array = np.asarray(value[(slice(None), slice(None), *piece)])
             dims = ("chain", "draw", *(f"{name}_dim_{i}" for i in range(array.ndim - 2)))
             ess = np.asarray(az.ess(xr.Dataset({name: (dims, array)}), method="mean")[name])
             total += float(ess.sum(dtype=np.float64))
             count += ess.size
-    return total / max(count, 1) / posterior.num_draws
+    if not count:  # no latent element to measure: the draws are taken as independent
+        return 1.0
+    return total / count / posterior.num_draws
+
+
+def _element_pieces(value: Any, limit: int) -> list[tuple[slice, ...]]:
+    """Cut the element axes of ``value`` (``(chain, draw, ...)``) into pieces of ``limit`` bytes.
+
+    The first element axis whose trailing axes fit ``limit`` is split (in
+    whole stored chunks where they fit), every axis before it is taken one
+    index at a time, so any axis may hold the rows. A piece holds at least
+    one element (all its chains and draws), so it exceeds ``limit`` only
+    when one element does.
+    """
+    shape = tuple(int(n) for n in value.shape)
+    rest = shape[2:]
+    if not rest:
+        return [()]
+    line = shape[0] * shape[1] * np.dtype(value.dtype).itemsize
+    fits = [line * int(np.prod(rest[i + 1 :], dtype=np.int64)) <= limit for i in range(len(rest))]
+    axis = fits.index(True) if True in fits else len(rest) - 1
+    inner = line * int(np.prod(rest[axis + 1 :], dtype=np.int64))
+    step = max(1, limit // max(inner, 1))
+    chunks = getattr(value, "chunks", None)  # a stored array: whole chunks where they fit
+    if chunks is not None and len(chunks) == len(shape) and step >= chunks[2 + axis]:
+        step = step // chunks[2 + axis] * chunks[2 + axis]
+    splits = [slice(a, a + step) for a in range(0, rest[axis], step)]
+    pieces: list[tuple[slice, ...]] = []
+    for lead in np.ndindex(*rest[:axis]):
+        head = tuple(slice(i, i + 1) for i in lead)
+        pieces.extend((*head, split) for split in splits)
+    return pieces
 
 
 def good_k(num_draws: int) -> float:

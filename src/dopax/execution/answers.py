@@ -190,7 +190,7 @@ class LooBlocks(RowResults):
         threshold: Pareto ``k`` above which a row counts as unreliable.
     """
 
-    threshold: float = 0.7
+    threshold: float
 
     def record(self, block: Block, outputs: dict[str, Any]) -> BlockTotals:
         """Return the block's :func:`~dopax.answers.loo.block_totals`."""

@@ -40,7 +40,7 @@ class BlockReduction(Protocol):
         """Hand the block's stored outputs to ``submit(group, name, index, value)``."""
 
     def record(self, block: Block, outputs: dict[str, Any]) -> Any:
-        """Return what the driver keeps of the block (small, host values)."""
+        """Return what the driver keeps of the block, as host values (no draws x rows)."""
 
 
 @dataclasses.dataclass
@@ -75,7 +75,7 @@ class Delivery:
         driver_writes: On a cluster, small variables the driver writes
             itself, as ``(layout, index, values)``.
         stored: Whether there is a result to store; without one the blocks
-            only feed the consumer.
+            only feed the consumer, or the reduction's records.
     """
 
     output: Output

@@ -64,24 +64,30 @@ def result_attrs(job: BlockJob, extra: dict[str, Any], client: Any = None) -> di
 
 
 class _Behind:
-    """Hands a reduction's records to the delivery's ``collect``, one block behind the runner.
+    """Feeds a reduction's blocks to it, and its records to ``collect`` one block behind.
 
     Reading a block's outputs waits for the block to finish; one block
     behind, the next block is already dispatched, so the device does not
     wait for the host.
+
+    Args:
+        reduction: What each block writes and what the driver keeps of it.
+        collect: Receives the records in block order.
     """
 
-    def __init__(self, delivery: Delivery) -> None:
-        self.collect = delivery.collect
-        self.pending: list[tuple[Block, dict[str, Any]]] = []
-        self.reduction: BlockReduction | None = None
-
-    def consumer(self, reduction: BlockReduction, submit: Submit | None) -> Consume:
+    def __init__(
+        self, reduction: BlockReduction, collect: Callable[[list[Any]], None] | None
+    ) -> None:
         self.reduction = reduction
+        self.collect = collect
+        self.pending: list[tuple[Block, dict[str, Any]]] = []
+
+    def consumer(self, submit: Submit | None) -> Consume:
+        """Return the blocks' consumer (``submit``: the writers'; ``None``: nothing stored)."""
 
         def consume(block: Block, outputs: dict[str, Any]) -> None:
             if submit is not None:
-                reduction.write(block, outputs, submit)
+                self.reduction.write(block, outputs, submit)
             self.pending.append((block, outputs))
             if len(self.pending) > 1:
                 self._take(1)
@@ -90,15 +96,13 @@ class _Behind:
 
     def _take(self, n: int) -> None:
         taken, self.pending = self.pending[:n], self.pending[n:]
-        assert self.reduction is not None
         records = [self.reduction.record(block, outputs) for block, outputs in taken]
         if self.collect is not None and records:
             self.collect(records)
 
     def flush(self) -> None:
         """Take every block still held (once every block has run)."""
-        if self.reduction is not None:
-            self._take(len(self.pending))
+        self._take(len(self.pending))
 
 
 def execute(
@@ -143,19 +147,21 @@ def execute(
         )
 
     def run(submit: Submit | None, advance: Callable[[int], None]) -> None:
-        held = _Behind(delivery)
+        held = None
         if delivery.reduction is None:
             assert delivery.consumer is not None and submit is not None
             consume = delivery.consumer(submit)
         else:
-            consume = held.consumer(delivery.reduction, submit)
+            held = _Behind(delivery.reduction, delivery.collect)
+            consume = held.consumer(submit)
         run_blocks(
             job,
             blocks,
             consume,
             on_block=lambda rows, draws: advance(delivery.progress_of(rows, draws)),
         )
-        held.flush()
+        if held is not None:
+            held.flush()
 
     if sink is None:
         progress.start(delivery.total)

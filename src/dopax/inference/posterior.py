@@ -134,26 +134,39 @@ class ChainMajorDraws:
                 a = c
 
     def _take(self, flat: np.ndarray) -> np.ndarray:
-        """Read the flat draws ``flat`` (any order, repeats allowed), a stored chunk at a time.
+        """Read the flat draws ``flat`` (any order, repeats allowed), by runs of stored chunks.
 
-        Each chunk holding a chosen draw is read once, and only those: the
-        selection costs the draws chosen plus one chunk, however far apart
-        they lie.
+        Only chunks holding a chosen draw are read, each once; neighbouring
+        ones of a chain are read together up to :data:`READ_PIECE_BYTES`.
+        Each read spans the chosen draws of its chunks, so the selection
+        costs its output and at most a piece (or one chunk) besides,
+        however far apart the draws lie.
         """
         self._check_present()  # once for the whole selection
         out = np.empty((len(flat), *self.shape[1:]), self.dtype)
         if not len(flat):
             return out
         per, step = self.per_chain, self._row_chunk(0)
-        chunk_ids = (flat // per) * -(-per // step) + (flat % per) // step
+        per_chain_chunks = -(-per // step)
+        chunk_ids = (flat // per) * per_chain_chunks + (flat % per) // step
         order = np.argsort(chunk_ids, kind="stable")
-        starts = np.flatnonzero(np.diff(chunk_ids[order], prepend=-1))
-        for first, last in zip(starts, [*starts[1:], len(order)], strict=True):
-            chosen = order[first:last]
-            draw = int(flat[chosen[0]])
-            lo = (draw // per) * per + ((draw % per) // step) * step
-            hi = min((draw // per + 1) * per, lo + step)
-            out[chosen] = self._read_present(lo, hi)[flat[chosen] - lo]
+        ids, firsts = np.unique(chunk_ids[order], return_index=True)
+        ends = [*firsts[1:], len(order)]
+        most = max(1, READ_PIECE_BYTES // max(1, step * (out[:1].nbytes or 1)))
+        start = 0
+        for j in range(1, len(ids) + 1):
+            if (
+                j < len(ids)
+                and ids[j] == ids[j - 1] + 1
+                and ids[j] // per_chain_chunks == ids[start] // per_chain_chunks
+                and j - start < most
+            ):
+                continue
+            chosen = order[firsts[start] : ends[j - 1]]
+            picked = flat[chosen]
+            lo, hi = int(picked.min()), int(picked.max()) + 1
+            out[chosen] = self._read_present(lo, hi)[picked - lo]
+            start = j
         return out
 
     def block(self, start: int, stop: int, axis: int, rows: Any, window_bytes: int) -> np.ndarray:

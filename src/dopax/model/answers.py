@@ -127,9 +127,10 @@ class AnswerMethods:
             store: ``"zarr"`` (chunked Zarr, ``"persistent"`` too) or ``"memory"``.
             progress: Whether to show a progress bar.
             storage_options: fsspec options for a URL ``output_dir``.
-            client: A ``dask.distributed.Client`` to run the blocks on (each
-                task writes its blocks' results; the driver keeps a few
-                numbers per block).
+            client: A ``dask.distributed.Client`` to run the blocks on: each
+                task writes its blocks' results into the Zarr result, so
+                ``output_dir`` must be a folder the workers share or a URL;
+                the driver keeps a few numbers per block.
             **kwargs: Further kernel arguments (arrays with one entry per row
                 are batched with ``X``).
 
@@ -197,9 +198,10 @@ class AnswerMethods:
             store: ``"zarr"`` (chunked Zarr, ``"persistent"`` too) or ``"memory"``.
             progress: Whether to show a progress bar.
             storage_options: fsspec options for a URL ``output_dir``.
-            client: A ``dask.distributed.Client`` to run the blocks on (each
-                task writes its blocks' results; the driver keeps a few
-                numbers per block).
+            client: A ``dask.distributed.Client`` to run the blocks on: each
+                task writes its blocks' results into the Zarr result, so
+                ``output_dir`` must be a folder the workers share or a URL;
+                the driver keeps a few numbers per block.
             **kwargs: Further kernel arguments.
 
         Returns:
