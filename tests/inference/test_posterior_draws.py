@@ -108,6 +108,6 @@ def test_chosen_draws_cost_their_chunks_not_the_span_between_them(tmp_path: Path
     finally:
         tracemalloc.stop()
     np.testing.assert_array_equal(picked, values.reshape(-1, width)[index])
-    # a 400 KB chunk at a time (read as stored and decoded; 1.4 MB measured),
+    # a 400 KB chunk at a time (read as stored and decoded; 1.2 MB measured),
     # not the 16 MB from the first to the last draw of each chain (24 MB)
     assert peak < picked.nbytes + 6 * stored.nbytes // (chains * per_chain // 10), peak
