@@ -302,12 +302,14 @@ def test_answers_on_the_cluster_equal_the_local_ones(tmp_path: Path, client: Any
     assert_identical(draws(settings, "summary"), draws(ref, "summary"))
 
     # the posterior is not fitted to these rows: most Pareto k are high, and
-    # the warning counts them from the tasks' blocks as from the local ones
+    # the warning counts them from the tasks' blocks as from the local ones;
+    # 19 blocks in 5 tasks, whose totals (merged in block order, whatever order
+    # the tasks finish in) equal the local ones bit for bit
     with pytest.warns(UserWarning, match="Pareto k") as here:
-        loo_ref = model.loo(X, y, t=t, batch_size=64, output_dir=tmp_path / "d", progress=False)
+        loo_ref = model.loo(X, y, t=t, batch_size=16, output_dir=tmp_path / "d", progress=False)
     with pytest.warns(UserWarning, match="Pareto k") as there:
         loo = model.loo(
-            X, y, t=t, batch_size=64, output_dir=tmp_path / "e", client=client, progress=False
+            X, y, t=t, batch_size=16, output_dir=tmp_path / "e", client=client, progress=False
         )
     assert [str(w.message) for w in there] == [str(w.message) for w in here]
     assert open_result(loo.attrs["artifact_path"]).attrs["dopax_devices"] == 2

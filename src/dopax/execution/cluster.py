@@ -163,7 +163,7 @@ def run_on_cluster(
     A forward job's tasks write their outputs; a reducing job's tasks
     (``delivery.reduction`` given) write what its reduction writes and return
     each block's record, which ``delivery.collect`` receives in block order
-    once every task has finished (then the late attributes are written). On any
+    as the tasks finish (then the late attributes are written). On any
     failure (a task's error, Ctrl-C) the remaining tasks are cancelled, the
     store is removed so nothing reads as complete, and the error propagates.
 
@@ -239,12 +239,18 @@ def run_on_cluster(
             disable=not delivery.output.progress,
             leave=False,
         ) as bar:
+            taken = 0
             for future in as_completed(futures):
                 n = order[future.key]
                 results[n] = future.result()
                 bar.update(units[n])
-        if reduction is not None and delivery.collect is not None:
-            delivery.collect([record for n in range(len(futures)) for record in results[n]])
+                # records go to ``collect`` in block order, each task's as soon
+                # as every task before it is in, so the driver holds no more
+                while taken in results:
+                    records = results.pop(taken)
+                    if reduction is not None and delivery.collect is not None:
+                        delivery.collect(records)
+                    taken += 1
         if sink is not None and delivery.late_attrs is not None:
             sink.add_attrs(delivery.late_attrs())
     except BaseException:

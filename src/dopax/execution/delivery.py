@@ -66,8 +66,8 @@ class Delivery:
             driver keeps of it (``None`` for a forward pass).
         collect: Receives the records of the ``reduction``, in block order:
             one block behind the runner here (so the device computes the
-            next block while the host reads the last), all at once on a
-            cluster when every task has finished.
+            next block while the host reads the last), a task's blocks at
+            a time on a cluster, once every task before it has finished.
         finish: Turns the finished result (``None`` when nothing is stored)
             into the call's return value; if it fails, the result is removed.
         late_attrs: Returns root attributes that depend on every block
