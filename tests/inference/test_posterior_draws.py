@@ -65,24 +65,31 @@ def test_reads_in_pieces_match_the_flat_array(
     np.testing.assert_array_equal(draws.block(1, 9, 1, slice(1, 3), 0), FLAT[1:9, 1:3])
 
 
-def test_a_block_of_draws_costs_the_block_and_a_few_pieces(tmp_path: Path) -> None:
-    chains, per_chain, width = 2, 400, 10_000  # 32 MB in 400 KB chunks
+def _stored(folder: Path, seed: int) -> tuple[ChainMajorDraws, np.ndarray]:
+    """Draws of 2 chains x 400 x 10,000 values (32 MB) stored in 400 KB chunks, and their values."""
+    shape = (2, 400, 10_000)
     stored = zarr.create_array(
-        store=zarr.storage.LocalStore(tmp_path / "w"),
-        shape=(chains, per_chain, width),
-        chunks=(1, 10, width),
-        dtype="f4",
+        store=zarr.storage.LocalStore(folder), shape=shape, chunks=(1, 10, 10_000), dtype="f4"
     )
-    values = np.random.default_rng(0).normal(size=(chains, per_chain, width)).astype(np.float32)
+    values = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
     stored[:] = values
-    draws = ChainMajorDraws(zarr.open_array(tmp_path / "w", mode="r"))
+    return ChainMajorDraws(zarr.open_array(folder, mode="r")), values.reshape(-1, shape[2])
+
+
+def _peak(read: Any) -> tuple[np.ndarray, int]:
+    """Return what ``read()`` returns and the peak of memory allocated meanwhile."""
     tracemalloc.start()
     try:
-        block = draws[100:700]  # 24 MB across both chains
-        peak = tracemalloc.get_traced_memory()[1]
+        out = read()
+        return out, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    np.testing.assert_array_equal(block, values.reshape(-1, width)[100:700])
+
+
+def test_a_block_of_draws_costs_the_block_and_a_few_pieces(tmp_path: Path) -> None:
+    draws, flat = _stored(tmp_path / "w", seed=0)
+    block, peak = _peak(lambda: draws[100:700])  # 24 MB across both chains
+    np.testing.assert_array_equal(block, flat[100:700])
     # Zarr holds a read's chunks as stored and decoded: read whole, the block
     # would cost three to four times its size; in pieces, the block and two
     # pieces (and a megabyte of Zarr's own).
@@ -90,24 +97,11 @@ def test_a_block_of_draws_costs_the_block_and_a_few_pieces(tmp_path: Path) -> No
 
 
 def test_chosen_draws_cost_their_chunks_not_the_span_between_them(tmp_path: Path) -> None:
-    chains, per_chain, width = 2, 400, 10_000  # 32 MB in 400 KB chunks
-    stored = zarr.create_array(
-        store=zarr.storage.LocalStore(tmp_path / "w"),
-        shape=(chains, per_chain, width),
-        chunks=(1, 10, width),
-        dtype="f4",
-    )
-    values = np.random.default_rng(1).normal(size=(chains, per_chain, width)).astype(np.float32)
-    stored[:] = values
-    draws = ChainMajorDraws(zarr.open_array(tmp_path / "w", mode="r"))
+    draws, flat = _stored(tmp_path / "w", seed=1)
     index = np.array([395, 3, 399, 3, 405, 799])  # both ends of both chains, a repeat
-    tracemalloc.start()
-    try:
-        picked = draws[index]
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    np.testing.assert_array_equal(picked, values.reshape(-1, width)[index])
+    picked, peak = _peak(lambda: draws[index])
+    np.testing.assert_array_equal(picked, flat[index])
     # a 400 KB chunk at a time (read as stored and decoded; 1.2 MB measured),
     # not the 16 MB from the first to the last draw of each chain (24 MB)
-    assert peak < picked.nbytes + 6 * stored.nbytes // (chains * per_chain // 10), peak
+    chunk = 10 * 10_000 * 4
+    assert peak < picked.nbytes + 6 * chunk, peak

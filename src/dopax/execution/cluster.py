@@ -30,8 +30,9 @@ from dopax.execution.runner import Block, BlockJob, forward_consumer, run_blocks
 from dopax.output.location import Location
 from dopax.output.schema import SiteLayout
 from dopax.parallel.batching import BlockPlan
+from dopax.parallel.sharded import OutputAxes
 from dopax.streaming.sinks import ZarrSink
-from dopax.streaming.stream import writer_pool
+from dopax.streaming.stream import Submit, writer_pool
 from dopax.streaming.targets import sink_at
 
 __all__ = ["Payload", "run_on_cluster"]
@@ -55,7 +56,8 @@ class Payload:
         layouts: The streamed variables' layouts.
         where: The store's location, or ``None`` when nothing is stored.
         config: Execution settings of the call.
-        reduction: A reducing job's blocks (``None`` for a forward pass).
+        reduction: What each block writes and what the driver keeps of it
+            (:class:`ForwardBlocks` for a forward pass).
     """
 
     job: BlockJob
@@ -65,7 +67,7 @@ class Payload:
     layouts: Sequence[SiteLayout]
     where: Location | None
     config: ExecutionConfig
-    reduction: BlockReduction | None = None
+    reduction: BlockReduction
 
 
 _attached: dict[int, tuple[Payload, BlockJob, ZarrSink | None]] = {}
@@ -89,39 +91,35 @@ def _prepare(payload: Payload) -> tuple[BlockJob, ZarrSink | None]:
     return job, sink
 
 
-def compute_blocks(payload: Payload, select: Sequence[tuple[int, int, int, int]]) -> int:
-    """Compute ``select`` blocks of the payload's job and write them into its store.
+@dataclasses.dataclass(frozen=True)
+class ForwardBlocks:
+    """A forward pass's blocks in a cluster task: every output written, nothing kept.
 
-    Runs on a worker. Returns the number of draw-row cells written.
+    Attributes:
+        axes: The block program's outputs.
+        group: The result group they go to.
+    """
+
+    axes: tuple[OutputAxes, ...]
+    group: str
+
+    def write(self, block: Block, outputs: dict[str, Any], submit: Submit) -> None:
+        """Hand every output of the block to ``submit``."""
+        forward_consumer(self.axes, self.group, submit)(block, outputs)
+
+    def record(self, block: Block, outputs: dict[str, Any]) -> None:
+        """Keep nothing: the outputs are in the store."""
+
+
+def compute_blocks(payload: Payload, select: Sequence[tuple[int, int, int, int]]) -> list[Any]:
+    """Compute ``select`` blocks of the payload's job; return what the driver keeps of each.
+
+    Runs on a worker. Each block writes what the payload's reduction writes
+    (into the store, when the call stores anything) and gives the record the
+    driver keeps, as the same reduction does for blocks run locally.
 
     Args:
         payload: The call's payload.
-        select: The blocks, as ``(d0, d1, r0, r1)``.
-    """
-    import dask
-
-    job, sink = _prepare(payload)
-    assert sink is not None
-    with (
-        dask.config.set(scheduler="synchronous"),
-        writer_pool(sink, len(payload.layouts), payload.config) as pool,
-    ):
-        consume = forward_consumer(job.program.outputs, payload.group, pool.submit)
-        run_blocks(job, payload.blocks, consume, select=select)
-    return int(sum((d1 - d0) * (r1 - r0) for d0, d1, r0, r1 in select))
-
-
-def compute_reduced_blocks(
-    payload: Payload, select: Sequence[tuple[int, int, int, int]]
-) -> list[Any]:
-    """Compute ``select`` blocks of a reducing job; return what the driver keeps of each.
-
-    Runs on a worker. Each block writes what its reduction writes (into the
-    store, when the call stores anything) and gives the record the driver
-    keeps, as the same reduction does for blocks run locally.
-
-    Args:
-        payload: The call's payload (with its ``reduction``).
         select: The blocks, as ``(d0, d1, r0, r1)``.
     """
     import contextlib
@@ -130,7 +128,6 @@ def compute_reduced_blocks(
 
     job, sink = _prepare(payload)
     reduction = payload.reduction
-    assert reduction is not None
     records: list[Any] = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(dask.config.set(scheduler="synchronous"))
@@ -196,7 +193,6 @@ def run_on_cluster(
     if sink is not None:
         sink.open(layouts, static=delivery.static, attrs=delivery.attrs)
     futures: list[Any] = []
-    task = compute_blocks if reduction is None else compute_reduced_blocks
     try:
         for layout, index, values in driver_writes:
             assert sink is not None
@@ -213,7 +209,7 @@ def run_on_cluster(
             [layout for layout in layouts if all(layout is not w[0] for w in driver_writes)],
             where,
             dataclasses.replace(delivery.output.config, client=None),
-            reduction,
+            reduction or ForwardBlocks(tuple(job.program.outputs), delivery.group),
         )
         [remote] = client.scatter([payload], broadcast=True, hash=False)
         all_blocks = blocks.blocks()
@@ -221,7 +217,9 @@ def run_on_cluster(
         for i in range(0, len(all_blocks), _BLOCKS_PER_TASK):
             select = all_blocks[i : i + _BLOCKS_PER_TASK]
             futures.append(
-                client.submit(task, remote, select, key=f"dopax-{desc}-{call}-{i}", retries=1)
+                client.submit(
+                    compute_blocks, remote, select, key=f"dopax-{desc}-{call}-{i}", retries=1
+                )
             )
         results: dict[int, Any] = {}
         order = {future.key: n for n, future in enumerate(futures)}
@@ -248,7 +246,7 @@ def run_on_cluster(
                 # as every task before it is in, so the driver holds no more
                 while taken in results:
                     records = results.pop(taken)
-                    if reduction is not None and delivery.collect is not None:
+                    if delivery.collect is not None:
                         delivery.collect(records)
                     taken += 1
         if sink is not None and delivery.late_attrs is not None:
