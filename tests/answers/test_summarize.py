@@ -294,6 +294,33 @@ def test_ties_zeros_infinities_and_subnormals() -> None:
             np.testing.assert_array_equal(got[r], want[r])
 
 
+def _awkward_draws(rng: np.random.Generator, n: int, rows: int) -> dict[str, np.ndarray]:
+    """Draws far from the normal guess the search starts from."""
+    two_modes = np.where(rng.random((n, rows)) < 0.9, 0.0, 50.0) + rng.standard_normal((n, rows))
+    return {
+        "cauchy": rng.standard_cauchy((n, rows)),
+        "lognormal": np.exp(3.0 * rng.standard_normal((n, rows))),
+        "two modes": two_modes,
+        "counts": rng.poisson(2.0, (n, rows)).astype(float),
+        "two values": rng.choice([-1.0, 1e30], size=(n, rows)),
+        "constant rows": np.broadcast_to(rng.standard_normal(rows), (n, rows)),
+        "huge": rng.choice([3.4e38, -3.4e38, 1e-40, 0.0], size=(n, rows)) * rng.random((n, rows)),
+        "infinite": np.where(rng.random((n, rows)) < 0.01, np.inf, rng.standard_normal((n, rows))),
+        "not a number": np.where(rng.random((n, rows)) < 0.01, np.nan, rng.random((n, rows))),
+    }
+
+
+@pytest.mark.parametrize("n", [1000, 3])
+def test_search_finds_ranks_of_awkward_distributions(n: int) -> None:
+    rng = np.random.default_rng(5)
+    ranks = sorted({0, 1, n * 3 // 100, n * 3 // 100 + 1, n // 2, n - 2, n - 1})
+    for name, x in _awkward_draws(rng, n, 150).items():
+        x = x.astype(np.float32)
+        got, want = _selected(x, ranks), _sorted_at(x, ranks)
+        for r in ranks:
+            np.testing.assert_array_equal(got[r], want[r], err_msg=f"{name}, rank {r}")
+
+
 def test_counting_agrees_with_the_ordered_tails() -> None:
     x = jax.random.gamma(jax.random.key(3), 2.0, (1000, 700)).astype(jnp.float32)
     n = 1000

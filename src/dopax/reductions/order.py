@@ -3,16 +3,16 @@
 Everything here runs under ``jit``. Two ways to order draws:
 
 - :func:`order_statistics` finds a few chosen ranks (a quantile needs two)
-  without ordering anything on CPUs: for each rank it bisects the bit
+  without ordering anything on CPUs: for each rank it searches the bit
   patterns of the draws (float32 mapped to unsigned integers in the same
-  order), counting the draws at or below the midpoint, 32 counts in all,
-  over tiles of rows small enough to stay in cache; the next rank up is one
-  more count. The result is the draw itself, bit for bit. On a 2-core CPU
-  this takes 0.6 to 0.7 of the wall time of ``top_k`` tails (XLA spreads the
-  counts over the cores; the CPU time is about the same:
-  ``benchmarks/micro.py order``), and its cost does not grow with the rank
+  order), counting the draws at or below a probe interpolated between
+  values known to lie below and above the rank (about ten counts for a
+  smooth distribution, a bounded number for any), over tiles of rows small
+  enough to stay in cache; the next rank up is one more count. The result
+  is the draw itself, bit for bit, and its cost hardly depends on the rank
   (a median costs what a 3% quantile does, where a tail would hold half the
-  draws). Elsewhere (GPUs), and for dtypes other than float32, it reads the
+  draws); ``benchmarks/micro.py order`` measures it against ``top_k``
+  tails. Elsewhere (GPUs), and for dtypes other than float32, it reads the
   ranks from :func:`tails`.
 - :func:`tails` orders the ``low`` smallest and ``high`` largest values of
   every row (last axis), taken with :func:`jax.lax.top_k` (a selection,
@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -51,10 +52,11 @@ __all__ = [
 ]
 
 #: Rows a counting selection works on at once: a tile of 1,000 float32 draws
-#: of 128 rows (500 KiB) stays in a CPU core's cache through its 32 counts.
+#: of 128 rows (500 KiB) stays in a CPU core's cache through its counts.
 TILE_ROWS = 128
 _SIGN = np.uint32(0x80000000)
 _ALL = np.uint32(0xFFFFFFFF)
+_NORMAL = statistics.NormalDist()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,28 +281,14 @@ def _values(keys: jax.Array) -> jax.Array:
 def _count_ranks(x: jax.Array, ranks: tuple[int, ...]) -> jax.Array:
     """Order statistics of ``ranks`` (sorted) of each column of ``x`` (draws, rows).
 
-    The first rank of each run of consecutive ranks is bisected: the answer
-    is the smallest key with at least ``rank + 1`` keys at or below it, and
-    32 halvings of the rows' key range (every uint32) reach it. A rank one
-    above a found one is that value again if enough draws tie with it,
-    otherwise the smallest key above it: one count and one minimum.
+    The first rank of each run of consecutive ranks is searched for
+    (:func:`_search`). A rank one above a found one is that value again if
+    enough draws tie with it, otherwise the smallest key above it: one count
+    and one minimum.
     """
     keys = _keys(x)
     heads = [r for r in ranks if r - 1 not in ranks]
-    need = jnp.asarray([r + 1 for r in heads], jnp.int32)[:, None]
-    shape = (len(heads), keys.shape[1])
-    lo = jnp.broadcast_to(jnp.min(keys, axis=0), shape)
-    hi = jnp.broadcast_to(jnp.max(keys, axis=0), shape)
-
-    def halve(_: int, bounds: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        lo, hi = bounds
-        mid = lo + (hi - lo) // 2
-        count = jnp.sum((keys[None] <= mid[:, None]).astype(jnp.int32), axis=1)
-        enough = count >= need
-        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
-
-    _, found = jax.lax.fori_loop(0, 32, halve, (lo, hi))
-    out = dict(zip(heads, found, strict=True))
+    out = dict(zip(heads, _search(x, keys, [r + 1 for r in heads]), strict=True))
     for r in ranks:
         if r in out:
             continue
@@ -309,3 +297,106 @@ def _count_ranks(x: jax.Array, ranks: tuple[int, ...]) -> jax.Array:
         above = jnp.min(jnp.where(keys > below, keys, _ALL), axis=0)
         out[r] = jnp.where(count >= r + 1, below, above)
     return _values(jnp.stack([out[r] for r in ranks]))
+
+
+def _first_probes(x: jax.Array, needs: list[int]) -> tuple[jax.Array, jax.Array]:
+    """Two values per count in ``needs`` likely to straddle it, each ``(counts, columns)``.
+
+    The normal distribution with the draws' mean and standard deviation puts
+    the needed count between them with a margin of three binomial standard
+    deviations. Only the number of steps depends on them.
+    """
+    n = int(x.shape[0])
+    mean = jnp.mean(x, axis=0)
+    sd = jnp.sqrt(jnp.maximum(jnp.mean(jnp.square(x - mean), axis=0), 0.0))
+    z_low, z_high = [], []
+    for need in needs:
+        p = (need - 0.5) / n
+        margin = 3.0 * math.sqrt(p * (1.0 - p) / n)
+        z_low.append(_NORMAL.inv_cdf(max(p - margin, 0.5 / n)))
+        z_high.append(_NORMAL.inv_cdf(min(p + margin, 1.0 - 0.5 / n)))
+    low = mean + jnp.asarray(z_low, jnp.float32)[:, None] * sd
+    high = mean + jnp.asarray(z_high, jnp.float32)[:, None] * sd
+    return low, high
+
+
+def _search(x: jax.Array, keys: jax.Array, needs: list[int]) -> jax.Array:
+    """For each count in ``needs``, the smallest key of each column with that many at or below it.
+
+    Each column keeps a range ``[lo, hi]`` that holds the answer, with
+    ``below`` keys under ``lo`` (fewer than needed) and ``upto`` keys at or
+    below ``hi`` (enough); it starts as the column's smallest and largest
+    keys, narrowed by a first count at two probes around where a normal
+    distribution of the same mean and spread puts the answer
+    (:func:`_first_probes`). A step counts the keys at or below one probe
+    per column and keeps the side that holds the answer. The probe is where
+    the needed count falls when the draws are spread evenly in value between
+    ``lo`` and ``hi``, which a smooth distribution nearly is, so a few steps
+    narrow a thousand draws to the answer; after a step that did not halve the
+    number of draws in the range (and for ranges with an infinite end) the
+    next probe halves the range of keys instead. So of any two steps one
+    halves the draws in the range (at most ``log2(draws)`` times) or the keys
+    (at most 32 times), and ``2 * (draws.bit_length() + 32) + 2`` steps end
+    every column. A column is done when its range is one key, or when
+    ``below`` is one short of the count (the answer is the smallest key from
+    ``lo``), or ``upto`` is the count (the largest key to ``hi``); one last
+    pass reads those. The steps stop when every column is done.
+
+    Args:
+        x: The draws, ``(draws, columns)``.
+        keys: Their keys.
+        needs: Counts, each in ``[1, draws]``.
+
+    Returns:
+        ``(len(needs), columns)`` keys, each one of the column's keys.
+    """
+    need = jnp.asarray(needs, jnp.int32)[:, None]
+    shape = (len(needs), keys.shape[1])
+    max_steps = 2 * (int(keys.shape[0]).bit_length() + 32) + 2
+    lo = jnp.broadcast_to(jnp.min(keys, axis=0), shape)
+    hi = jnp.broadcast_to(jnp.max(keys, axis=0), shape)
+    below = jnp.zeros(shape, jnp.int32)
+    upto = jnp.full(shape, keys.shape[0], jnp.int32)
+    low, high = (jnp.clip(_keys(v), lo, hi - 1) for v in _first_probes(x, needs))
+    high = jnp.maximum(low, high)  # a mean or spread that is not finite guesses anything
+    both = jnp.concatenate([low, high])
+    counts = jnp.sum((keys[None] <= both[:, None]).astype(jnp.int32), axis=1)
+    c_low, c_high = counts[: len(needs)], counts[len(needs) :]
+    unsplit = lo == hi
+    # low <= high: the answer is at or below low, between them, or above high
+    at_low, at_high = (c_low >= need) & ~unsplit, (c_high >= need) & ~unsplit
+    lo = jnp.where(at_low | unsplit, lo, jnp.where(at_high, low + 1, high + 1))
+    below = jnp.where(at_low | unsplit, below, jnp.where(at_high, c_low, c_high))
+    hi = jnp.where(at_low, low, jnp.where(at_high, high, hi))
+    upto = jnp.where(at_low, c_low, jnp.where(at_high, c_high, upto))
+
+    def done(lo: jax.Array, hi: jax.Array, below: jax.Array, upto: jax.Array) -> jax.Array:
+        return (lo == hi) | (below == need - 1) | (upto == need)
+
+    State = tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]
+
+    def going(state: State) -> jax.Array:
+        step, lo, hi, below, upto, _ = state
+        return (step < max_steps) & jnp.any(~done(lo, hi, below, upto))
+
+    def narrow(state: State) -> State:
+        step, lo, hi, below, upto, halve = state
+        v_lo, v_hi = _values(lo), _values(hi)
+        share = (need.astype(jnp.float32) - 0.5 - below) / (upto - below).astype(jnp.float32)
+        width = v_hi - v_lo
+        guess = jnp.clip(_keys(v_lo + share * width), lo, hi - 1)
+        mid = jnp.where(jnp.isfinite(width) & ~halve, guess, lo + (hi - lo) // 2)
+        count = jnp.sum((keys[None] <= mid[:, None]).astype(jnp.int32), axis=1)
+        enough = count >= need
+        keep = done(lo, hi, below, upto)
+        lo2 = jnp.where(keep | enough, lo, mid + 1)
+        hi2 = jnp.where(keep | ~enough, hi, mid)
+        below2 = jnp.where(keep | enough, below, count)
+        upto2 = jnp.where(keep | ~enough, upto, count)
+        return step + 1, lo2, hi2, below2, upto2, 2 * (upto2 - below2) > upto - below
+
+    start: State = (jnp.asarray(0, jnp.int32), lo, hi, below, upto, jnp.zeros(shape, bool))
+    _, lo, hi, below, upto, _ = jax.lax.while_loop(going, narrow, start)
+    first = jnp.min(jnp.where(keys[None] >= lo[:, None], keys[None], _ALL), axis=1)
+    last = jnp.max(jnp.where(keys[None] <= hi[:, None], keys[None], 0), axis=1)
+    return jnp.where(lo == hi, lo, jnp.where(below == need - 1, first, last))
