@@ -98,8 +98,9 @@ class ScenarioProgram:
         others = [s for s in range(n_s) if s != baseline]
 
         def one(draw_index: jax.Array, per_draw: Any) -> dict[str, jax.Array]:
-            # Every scenario of one draw in one place: their random numbers are
-            # the same computation, which XLA evaluates once. Each scenario's
+            # Every scenario of one draw in one place, with the same keys, so
+            # they draw the same random numbers (on CPU XLA computes them once
+            # per scenario, each fused into its own values). Each scenario's
             # values are reduced on their own: stacking them first would make
             # XLA's CPU code compute the kernel inside a concatenation, about
             # half as fast.
