@@ -307,6 +307,10 @@ def _awkward_draws(rng: np.random.Generator, n: int, rows: int) -> dict[str, np.
         "huge": rng.choice([3.4e38, -3.4e38, 1e-40, 0.0], size=(n, rows)) * rng.random((n, rows)),
         "infinite": np.where(rng.random((n, rows)) < 0.01, np.inf, rng.standard_normal((n, rows))),
         "not a number": np.where(rng.random((n, rows)) < 0.01, np.nan, rng.random((n, rows))),
+        # NaNs as a CPU computes them (log(-1), inf - inf) carry the sign bit
+        "signed not a number": np.where(
+            rng.random((n, rows)) < 0.3, -np.nan, rng.random((n, rows))
+        ),
     }
 
 

@@ -6,8 +6,8 @@ Everything here runs under ``jit``. Two ways to order draws:
   without ordering anything on CPUs: for each rank it searches the bit
   patterns of the draws (float32 mapped to unsigned integers in the same
   order), counting the draws at or below a probe interpolated between
-  values known to lie below and above the rank (about ten counts for a
-  smooth distribution, a bounded number for any), over tiles of rows small
+  values known to lie below and above the rank (ten to twenty counts for a
+  tile of a smooth distribution, a bounded number for any), over tiles of rows small
   enough to stay in cache; the next rank up is one more count. The result
   is the draw itself, bit for bit, and its cost hardly depends on the rank
   (a median costs what a 3% quantile does, where a tail would hold half the
@@ -57,6 +57,7 @@ TILE_ROWS = 128
 _SIGN = np.uint32(0x80000000)
 _ALL = np.uint32(0xFFFFFFFF)
 _NORMAL = statistics.NormalDist()
+_NAN_KEY = np.uint32(0x7FC00000) ^ _SIGN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,9 +268,15 @@ def order_statistics(values: jax.Array, ranks: Sequence[int]) -> Ordered:
 
 
 def _keys(x: jax.Array) -> jax.Array:
-    """Map float32 values to uint32 in the same order (negatives flipped, positives offset)."""
+    """Map float32 values to uint32 in the same order (negatives flipped, positives offset).
+
+    Every NaN, whatever its sign bit (a NaN computed on a CPU usually has
+    it set), maps to the key of the positive quiet NaN, above infinity: NaNs
+    order last, as NumPy sorts them, and come back as that NaN.
+    """
     bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    return bits ^ jnp.where((bits >> 31) == 1, _ALL, _SIGN)
+    keys = bits ^ jnp.where((bits >> 31) == 1, _ALL, _SIGN)
+    return jnp.where(jnp.isnan(x), _NAN_KEY, keys)
 
 
 def _values(keys: jax.Array) -> jax.Array:
@@ -332,15 +339,17 @@ def _search(x: jax.Array, keys: jax.Array, needs: list[int]) -> jax.Array:
     per column and keeps the side that holds the answer. The probe is where
     the needed count falls when the draws are spread evenly in value between
     ``lo`` and ``hi``, which a smooth distribution nearly is, so a few steps
-    narrow a thousand draws to the answer; after a step that did not halve the
-    number of draws in the range (and for ranges with an infinite end) the
-    next probe halves the range of keys instead. So of any two steps one
-    halves the draws in the range (at most ``log2(draws)`` times) or the keys
-    (at most 32 times), and ``2 * (draws.bit_length() + 32) + 2`` steps end
-    every column. A column is done when its range is one key, or when
-    ``below`` is one short of the count (the answer is the smallest key from
-    ``lo``), or ``upto`` is the count (the largest key to ``hi``); one last
-    pass reads those. The steps stop when every column is done.
+    narrow a thousand draws to the answer. After a step that did not halve the
+    number of draws in the range, the next probe halves the range of keys
+    instead, and so does any probe between values whose difference is not
+    finite (an infinite or NaN end, or one that overflows). So of any two
+    consecutive steps one halves the draws in the range (at most
+    ``log2(draws)`` times) or the keys (at most 32 times), and
+    ``2 * (draws.bit_length() + 32) + 2`` steps end every column. A column
+    is done when its range is one key, or when ``below`` is one short of the
+    count (the answer is the smallest key from ``lo``), or ``upto`` is the
+    count (the largest key to ``hi``); one last pass reads those. The steps
+    stop when every column is done.
 
     Args:
         x: The draws, ``(draws, columns)``.
