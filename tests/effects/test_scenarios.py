@@ -240,3 +240,47 @@ def test_automatic_blocks_hold_a_multiple_of_eight_rows(setup: Any, tmp_path: An
     path = res.tree["scenario_draws"].attrs["artifact_path"]
     chunks = zarr.open_array(path, path="predictions/y", mode="r").chunks
     assert chunks[3] == 16
+
+
+def test_steps_of_many_draws_give_the_effects_of_one_draw_steps(
+    setup: Any, monkeypatch: Any
+) -> None:
+    # a light kernel whose block compiled with wide steps fits its reserve runs
+    # them; counting every kernel as dominated by matrix products forces one
+    # draw per step; both give the same effects
+    import dopax.effects.scenarios as program
+    from dopax.config import config_context
+
+    model, _, _, _ = setup
+    # rows enough that a step of one draw is a step of one draw (``min_cells_per_step``);
+    # shapes of this test only, so every program here is traced afresh
+    n = 4_200
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(n, 3)).astype(np.float32)
+    t = (rng.random(n) < 0.5).astype(np.float32)
+    steps: list[int] = []
+    real = program.map_draws
+
+    def spy(one: Any, draws: Any, latent: Any, n_rows: int, cells: int) -> Any:
+        steps.append(cells // n_rows)
+        return real(one, draws, latent, n_rows, cells)
+
+    monkeypatch.setattr(program, "map_draws", spy)
+    plan = {"treated": {"t": np.ones(n, np.float32)}, "control": {"t": np.zeros(n, np.float32)}}
+
+    def run() -> EffectResult:
+        return model.compare_scenarios(
+            X, plan, baseline="control", t=t, progress=False, rng_key=jax.random.key(5)
+        )
+
+    wide = run()
+    assert steps and min(steps) >= D  # every draw in one step
+    steps.clear()
+    with config_context(matmul_flops_per_cell=1e-9):
+        narrow = run()
+    assert steps and max(steps) == 1
+    for group in wide.tree.children:
+        for name, var in wide.tree[group].data_vars.items():
+            np.testing.assert_allclose(
+                var.values, narrow.tree[group][name].values, rtol=2e-6, atol=1e-6
+            )
