@@ -27,8 +27,9 @@ Every call describes what its blocks hold with a :class:`Footprint`, and
   kernel's probes, or else XLA's cost analysis of the lowered block) run one
   draw per step: XLA's CPU batched matrix products cost more than one plain
   product per draw. Such blocks keep whole rows and split the draws.
-  Scenario comparisons run one draw per step: their step temporaries are
-  not measured, and one draw per step bounds them for any kernel.
+  Scenario comparisons are sized with one draw per step, which bounds the
+  kernel's temporaries for any kernel; they then take wider steps where the
+  compiled block shows room (``execution/scenarios.py``).
 * Automatic row blocks are cut into equal blocks (no block of padding); a
   reduction over every draw (scenarios) rounds them up to a multiple of
   ``row_multiple`` rows, on which XLA's CPU code runs faster.
