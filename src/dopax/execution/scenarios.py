@@ -13,12 +13,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import numpy as np
 import xarray as xr
 
 from dopax._warn import warn
-from dopax.config import ExecutionConfig
 from dopax.data.finite import check_finite
 from dopax.effects.reduce import EffectAccumulator, block_summary
 from dopax.effects.result import EffectResult
@@ -32,15 +30,12 @@ from dopax.execution.job import PassInputs, PlannedPass, build_job, row_latent_p
 from dopax.execution.request import ScenarioRequest
 from dopax.execution.runner import (
     Block,
-    BlockJob,
     JobInputs,
-    compiled_temp_bytes,
     lower_block,
-    lowered_flops,
     row_latent_bytes,
     splits_rows,
 )
-from dopax.execution.sizing import Footprint, size_blocks
+from dopax.execution.sizing import Footprint, size_blocks, widen_steps
 from dopax.kernel.signature import kernel_parameters
 from dopax.output import schema
 from dopax.output.build import tree_from_nodes
@@ -95,55 +90,6 @@ def _bind_scenario(
                 f"one value per row ({n_rows}) like the base call."
             )
     return bound, spec.get(_INTERVENTION)
-
-
-#: Draw-by-row cells of a scenario block's step, where its compiled temporaries allow:
-#: a step's float32 values then take 2 MiB, near a CPU core's cache.
-WIDE_STEP_CELLS = 1 << 19
-
-
-def _wider_steps(
-    job: BlockJob,
-    program: ScenarioProgram,
-    blocks: BlockPlan,
-    footprint: Footprint,
-    cfg: ExecutionConfig,
-    cache: dict[Any, Any],
-) -> BlockPlan:
-    """Steps of many draws when the block compiled with them holds no more than was reserved.
-
-    Blocks are sized with one draw per step, which bounds the kernel's own
-    temporaries whatever the kernel. A step of many draws runs faster (the
-    kernel's work vectorises over them), so the program is compiled with
-    steps of about :data:`WIDE_STEP_CELLS` cells and kept when XLA's memory
-    analysis of it stays within what the sizing reserved for a block
-    (``footprint.per_row`` bytes per draw and row); the run then uses that
-    very program. Kernels dominated by matrix products keep one draw per
-    step on CPU, as forward passes do.
-    """
-    rows, draws = blocks.row_block, blocks.draw_block
-    per_step = min(draws, WIDE_STEP_CELLS // max(rows, 1))
-    if per_step * rows <= blocks.step_cells:
-        return blocks
-    wide = dataclasses.replace(blocks, step_cells=per_step * rows)
-    candidate = dataclasses.replace(program, cells_per_step=wide.step_cells)
-    shapes = jax.tree.map(
-        lambda v: (tuple(getattr(v, "shape", ())), str(getattr(v, "dtype", ""))),
-        (job.inputs.rows, job.inputs.shared, job.latent),
-    )
-    key = ("wide steps", candidate, job.split_rows, rows, draws, cfg, str(shapes))
-    fits = cache.get(key)
-    if fits is None:
-        lowered = lower_block(job, candidate, draws, rows, rows)
-        flops = job.matmul_flops_per_cell
-        if flops is None:  # one step's matrix products, per cell
-            flops = lowered_flops(lowered) / wide.step_cells
-        heavy = jax.default_backend() == "cpu" and flops >= cfg.matmul_flops_per_cell
-        fits = not heavy and compiled_temp_bytes(lowered) <= draws * rows * footprint.per_row
-        if len(cache) > 256:
-            cache.clear()
-        cache[key] = fits
-    return wide if fits else blocks
 
 
 def _per_row(value: Any, base: Any, n_rows: int) -> Any:
@@ -361,7 +307,7 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
         if not planned.shared.split_rows:
             job.split_rows = False
             blocks = sized()
-    blocks = _wider_steps(job, program, blocks, footprint, cfg, ctx.sizes)
+    blocks = widen_steps(job, blocks, footprint, cfg, ctx.sizes)
     job.program = dataclasses.replace(program, cells_per_step=blocks.step_cells)
     acc = EffectAccumulator(len(names), posterior.num_draws, len(labels), n_rows, request.interval)
     client = cluster_of(out)

@@ -29,7 +29,7 @@ Every call describes what its blocks hold with a :class:`Footprint`, and
   product per draw. Such blocks keep whole rows and split the draws.
   Scenario comparisons are sized with one draw per step, which bounds the
   kernel's temporaries for any kernel; they then take wider steps where the
-  compiled block shows room (``execution/scenarios.py``).
+  compiled block shows room (:func:`widen_steps`).
 * Automatic row blocks are cut into equal blocks (no block of padding); a
   reduction over every draw (scenarios) rounds them up to a multiple of
   ``row_multiple`` rows, on which XLA's CPU code runs faster.
@@ -47,7 +47,7 @@ from dopax.config import ExecutionConfig
 from dopax.execution.runner import BlockJob, compiled_temp_bytes, lower_block, lowered_flops
 from dopax.parallel.batching import BlockPlan, ceil_to, largest_divisor_at_most, plan_blocks
 
-__all__ = ["Footprint", "size_blocks"]
+__all__ = ["WIDE_STEP_CELLS", "Footprint", "size_blocks", "widen_steps"]
 
 #: Called with a line saying what is being prepared (e.g. before a compilation).
 Announce = Callable[[str], None]
@@ -127,10 +127,6 @@ def size_blocks(
     one_draw = footprint.one_draw_steps
     if not footprint.probe:
         return _plan(job, footprint, chains, batch_size, config, 0.0, bool(one_draw))
-    shapes = jax.tree.map(
-        lambda v: (tuple(getattr(v, "shape", ())), str(getattr(v, "dtype", ""))),
-        (job.inputs.rows, job.inputs.shared, job.latent),
-    )
     key = (
         job.program,
         job.split_rows,
@@ -140,8 +136,7 @@ def size_blocks(
         batch_size,
         footprint,
         config,
-        tuple(jax.tree.leaves(shapes)),
-        str(jax.tree.structure(shapes)),
+        *_input_shapes(job),
     )
     cached = cache.get(key)
     if cached is not None:
@@ -167,10 +162,71 @@ def size_blocks(
     if not _fits(plan, footprint, temp, config):
         temp_cell = temp / max(min(plan.step_cells, plan.draw_block * plan.row_block), 1)
         plan = _plan(job, footprint, chains, batch_size, config, temp_cell, one_draw)
+    _remember(cache, key, plan)
+    return plan
+
+
+def _input_shapes(job: BlockJob) -> tuple[Any, str]:
+    """The shapes and dtypes of the job's inputs, as part of a cache key."""
+    shapes = jax.tree.map(
+        lambda v: (tuple(getattr(v, "shape", ())), str(getattr(v, "dtype", ""))),
+        (job.inputs.rows, job.inputs.shared, job.latent),
+    )
+    return tuple(jax.tree.leaves(shapes)), str(jax.tree.structure(shapes))
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
     if len(cache) > 256:
         cache.clear()
-    cache[key] = plan
-    return plan
+    cache[key] = value
+
+
+#: Draw-by-row cells of a whole-draw block's step, where its compiled temporaries allow:
+#: a step's float32 values then take 2 MiB, near a CPU core's cache.
+WIDE_STEP_CELLS = 1 << 19
+
+
+def widen_steps(
+    job: BlockJob,
+    blocks: BlockPlan,
+    footprint: Footprint,
+    config: ExecutionConfig,
+    cache: dict[Any, Any],
+) -> BlockPlan:
+    """Steps of many draws when the block compiled with them holds no more than was reserved.
+
+    Blocks of every draw sized with one draw per step (scenario
+    comparisons) bound the kernel's own temporaries whatever the kernel. A
+    step of many draws runs faster (the kernel's work vectorises over them),
+    so the program is compiled with steps of about :data:`WIDE_STEP_CELLS`
+    cells and kept when XLA's memory analysis of it stays within what the
+    sizing reserved for a block (``footprint.per_row`` bytes per draw and
+    row); the run then uses that very program. Kernels dominated by matrix
+    products keep one draw per step on CPU, as forward passes do.
+
+    Args:
+        job: The job (its program as sized).
+        blocks: The plan sized with one draw per step.
+        footprint: What its blocks hold.
+        config: Execution settings.
+        cache: Per-model cache of sizing results.
+    """
+    rows, draws = blocks.row_block, blocks.draw_block
+    per_step = min(draws, WIDE_STEP_CELLS // max(rows, 1))
+    if per_step * rows <= blocks.step_cells:
+        return blocks
+    wide = dataclasses.replace(blocks, step_cells=per_step * rows)
+    key = ("wide steps", job.program, job.split_rows, wide, footprint, config, *_input_shapes(job))
+    fits = cache.get(key)
+    if fits is None:
+        lowered = _lower(job, wide)
+        flops = job.matmul_flops_per_cell
+        if flops is None:  # one step's matrix products, per cell
+            flops = lowered_flops(lowered) / wide.step_cells
+        heavy = jax.default_backend() == "cpu" and flops >= config.matmul_flops_per_cell
+        fits = not heavy and compiled_temp_bytes(lowered) <= draws * rows * footprint.per_row
+        _remember(cache, key, fits)
+    return wide if fits else blocks
 
 
 def _plan(
