@@ -1,6 +1,7 @@
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -284,3 +285,58 @@ def test_steps_of_many_draws_give_the_effects_of_one_draw_steps(
             np.testing.assert_allclose(
                 var.values, narrow.tree[group][name].values, rtol=2e-6, atol=1e-6
             )
+
+
+def _wide_temporaries(X: Any, t: Any, y: Any = None) -> None:
+    # 256 sorted values per row and draw: a step of many draws would hold far
+    # more than a scenario block reserves per draw and row
+    alpha = numpyro.sample("alpha", dist.Normal(0.0, 1.0))
+    tau = numpyro.sample("tau", dist.Normal(0.0, 1.0))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    with numpyro.plate("rows", X.shape[0]):
+        grid = X[:, :1] + jnp.linspace(-1.0, 1.0, 256, dtype=X.dtype)
+        top = jnp.sort(jnp.sin(alpha * grid), axis=-1)[:, -1]
+        mu = numpyro.deterministic("mu", top + tau * t)
+        numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+
+def test_a_kernel_whose_wide_steps_exceed_the_reserve_keeps_one_draw_steps(
+    monkeypatch: Any,
+) -> None:
+    # the block compiled with wide steps holds more than its reserve, so the
+    # comparison runs one draw per step, and its effects are still exact
+    import dopax.effects.scenarios as program
+
+    n = 4_200
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(n, 2)).astype(np.float32)
+    t = (rng.random(n) < 0.5).astype(np.float32)
+    post = {
+        "alpha": rng.normal(size=D).astype(np.float32),
+        "tau": (1.0 + 0.1 * rng.normal(size=D)).astype(np.float32),
+        "sigma": (0.5 + rng.random(D)).astype(np.float32),
+    }
+    guide = AutoNormal(_wide_temporaries)
+    model = ImpactModel(
+        _wide_temporaries,
+        jax.random.key(0),
+        SVI(_wide_temporaries, guide, Adam(0.01), Trace_ELBO()),
+    )
+    model.set_posterior_sample(post)
+    steps: list[int] = []
+    real = program.map_draws
+
+    def spy(one: Any, draws: Any, latent: Any, n_rows: int, cells: int) -> Any:
+        steps.append(cells // n_rows)
+        return real(one, draws, latent, n_rows, cells)
+
+    monkeypatch.setattr(program, "map_draws", spy)
+    plan = {"treated": {"t": np.ones(n, np.float32)}, "control": {"t": np.zeros(n, np.float32)}}
+    # the kernel holds no matrix product, so the memory analysis decides
+    res = model.compare_scenarios(X, plan, baseline="control", t=t, progress=False)
+    # the program with every draw in one step was traced (to be measured), and
+    # the run's program takes one draw per step
+    assert steps[0] == D and steps[-1] == 1
+    # the sorted term does not depend on t, so each draw's effect is its tau
+    ate = res.tree["draws"]["ate"].values.reshape(-1)
+    np.testing.assert_allclose(ate, post["tau"], rtol=1e-5, atol=1e-5)

@@ -263,6 +263,10 @@ def _run(ctx: ModelContext, request: ScenarioRequest, progress: Progress) -> Eff
         planned=planned.shared,
         n_draws=posterior.num_draws,
         n_rows=n_rows,
+        # the kernel's matrix products per row, as its probes counted them
+        # (XLA's count of the whole program would take sorting and
+        # transcendentals for matrix products)
+        matmul_flops_per_cell=max(p.matmul_flops_per_row for p in plans),
     )
     if request.site is None and np.dtype(info.dtype).kind in "biu":
         _warn_discrete(ctx, site, info.dtype)
