@@ -71,10 +71,12 @@ class ExecutionConfig:
             bytes are not counted against ``memory_budget_bytes`` (buffers
             of a fixed size, such as one step's latent values); beyond it
             they are, and blocks shrink to make room.
-        matmul_flops_per_cell: XLA-estimated flops per draw-row cell above
-            which a kernel counts as dominated by matrix products and runs one
-            draw per step on CPU (a linear predictor with noise: tens of flops;
-            a small neural network: tens of thousands).
+        matmul_flops_per_cell: Flops of a kernel's matrix products per
+            draw-row cell (counted in its traced program; XLA's estimate of
+            the whole block program where no count is known) above which the
+            kernel counts as dominated by matrix products and runs one draw
+            per step on CPU (a linear predictor with noise: tens of flops; a
+            small neural network: tens of thousands).
         min_draw_blocks: Fewest blocks the draws are split into when blocks
             keep whole rows (one-draw steps), so writers overlap compute.
         row_multiple: Automatic scenario blocks hold a multiple of this many
