@@ -243,13 +243,27 @@ def test_automatic_blocks_hold_a_multiple_of_eight_rows(setup: Any, tmp_path: An
     assert chunks[3] == 16
 
 
+def _draws_per_step(monkeypatch: Any) -> list[int]:
+    """Record the draws per step of every scenario program traced from here on."""
+    import dopax.effects.scenarios as program
+
+    steps: list[int] = []
+    real = program.map_draws
+
+    def spy(one: Any, draws: Any, latent: Any, n_rows: int, cells: int) -> Any:
+        steps.append(cells // n_rows)
+        return real(one, draws, latent, n_rows, cells)
+
+    monkeypatch.setattr(program, "map_draws", spy)
+    return steps
+
+
 def test_steps_of_many_draws_give_the_effects_of_one_draw_steps(
     setup: Any, monkeypatch: Any
 ) -> None:
     # a light kernel whose block compiled with wide steps fits its reserve runs
     # them; counting every kernel as dominated by matrix products forces one
     # draw per step; both give the same effects
-    import dopax.effects.scenarios as program
     from dopax.config import config_context
 
     model, _, _, _ = setup
@@ -259,14 +273,7 @@ def test_steps_of_many_draws_give_the_effects_of_one_draw_steps(
     rng = np.random.default_rng(7)
     X = rng.normal(size=(n, 3)).astype(np.float32)
     t = (rng.random(n) < 0.5).astype(np.float32)
-    steps: list[int] = []
-    real = program.map_draws
-
-    def spy(one: Any, draws: Any, latent: Any, n_rows: int, cells: int) -> Any:
-        steps.append(cells // n_rows)
-        return real(one, draws, latent, n_rows, cells)
-
-    monkeypatch.setattr(program, "map_draws", spy)
+    steps = _draws_per_step(monkeypatch)
     plan = {"treated": {"t": np.ones(n, np.float32)}, "control": {"t": np.zeros(n, np.float32)}}
 
     def run() -> EffectResult:
@@ -305,8 +312,6 @@ def test_a_kernel_whose_wide_steps_exceed_the_reserve_keeps_one_draw_steps(
 ) -> None:
     # the block compiled with wide steps holds more than its reserve, so the
     # comparison runs one draw per step, and its effects are still exact
-    import dopax.effects.scenarios as program
-
     n = 4_200
     rng = np.random.default_rng(11)
     X = rng.normal(size=(n, 2)).astype(np.float32)
@@ -323,14 +328,7 @@ def test_a_kernel_whose_wide_steps_exceed_the_reserve_keeps_one_draw_steps(
         SVI(_wide_temporaries, guide, Adam(0.01), Trace_ELBO()),
     )
     model.set_posterior_sample(post)
-    steps: list[int] = []
-    real = program.map_draws
-
-    def spy(one: Any, draws: Any, latent: Any, n_rows: int, cells: int) -> Any:
-        steps.append(cells // n_rows)
-        return real(one, draws, latent, n_rows, cells)
-
-    monkeypatch.setattr(program, "map_draws", spy)
+    steps = _draws_per_step(monkeypatch)
     plan = {"treated": {"t": np.ones(n, np.float32)}, "control": {"t": np.zeros(n, np.float32)}}
     # the kernel holds no matrix product, so the memory analysis decides
     res = model.compare_scenarios(X, plan, baseline="control", t=t, progress=False)
