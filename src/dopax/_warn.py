@@ -12,14 +12,21 @@ from collections.abc import Iterator
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def find_stack_level() -> int:
-    """Return the stack level of the first frame outside the dopax package."""
+def find_stack_level(skip_files: tuple[str, ...] = ()) -> int:
+    """Return the stack level of the first frame outside the dopax package.
+
+    Args:
+        skip_files: Further files whose frames are passed over too (e.g. the
+            standard library's ``dataclasses``, and ``"<string>"``, the file
+            of the ``__init__`` it writes).
+    """
     frame = inspect.currentframe()
     level = 0
     try:
         while frame is not None:
-            filename = os.path.abspath(frame.f_code.co_filename)
-            if not filename.startswith(_PACKAGE_DIR):
+            name = frame.f_code.co_filename
+            filename = os.path.abspath(name)
+            if not filename.startswith(_PACKAGE_DIR) and name not in skip_files:
                 return level
             frame = frame.f_back
             level += 1
@@ -28,9 +35,17 @@ def find_stack_level() -> int:
     return level
 
 
-def warn(message: str, category: type[Warning] = UserWarning) -> None:
-    """Emit ``message`` so that it points at the user's calling line."""
-    warnings.warn(message, category, stacklevel=find_stack_level())
+def warn(
+    message: str, category: type[Warning] = UserWarning, skip_files: tuple[str, ...] = ()
+) -> None:
+    """Emit ``message`` so that it points at the user's calling line.
+
+    Args:
+        message: The warning's text.
+        category: The warning's class.
+        skip_files: See :func:`find_stack_level`.
+    """
+    warnings.warn(message, category, stacklevel=find_stack_level(skip_files))
 
 
 #: Serialises dopax's changes to the process-wide warning filters: Python's

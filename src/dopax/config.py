@@ -7,10 +7,13 @@ settings in force when it starts and keeps them to its end.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from dopax._warn import warn
 
 __all__ = ["ExecutionConfig", "get_config", "set_config", "config_context"]
 
@@ -81,9 +84,10 @@ class ExecutionConfig:
             keep whole rows (one-draw steps), so writers overlap compute.
         row_multiple: Automatic scenario blocks hold a multiple of this many
             rows: XLA's CPU code can run at half speed on an odd row count.
-        host_threads: Unused (``compare_scenarios`` takes its per-row
-            summaries inside the block program); accepted so that settings
-            naming it still apply.
+        host_threads: Deprecated, with no effect (``compare_scenarios``
+            takes its per-row summaries inside the block program): setting
+            it warns (``FutureWarning``), so that settings naming it still
+            apply while they are updated.
         static_chunk_bytes: Largest chunk of a variable written whole at open
             (the posterior); chunks split the draws. The copy runs beside the
             blocks, outside ``memory_budget_bytes``, a chunk and its encoded
@@ -134,7 +138,7 @@ class ExecutionConfig:
     matmul_flops_per_cell: float = 2_000.0
     min_draw_blocks: int = 2
     row_multiple: int = 8
-    host_threads: int = 2
+    host_threads: int | None = None
     static_chunk_bytes: int = 16 * 2**20
     coord_chunk: int = 1 << 20
     lock_stripes: int = 64
@@ -163,7 +167,6 @@ class ExecutionConfig:
             "free_temp_bytes",
             "min_draw_blocks",
             "row_multiple",
-            "host_threads",
             "static_chunk_bytes",
             "coord_chunk",
             "lock_stripes",
@@ -172,7 +175,18 @@ class ExecutionConfig:
             "input_window_bytes",
             "svi_steps_per_chunk",
         )
-        optional = ("memory_budget_bytes",)  # None: a default per kind of call
+        if self.host_threads is not None:
+            warn(
+                "`host_threads` has no effect (scenario comparisons summarise their "
+                "rows inside the compiled block program) and will be removed; "
+                "drop it from your settings.",
+                FutureWarning,
+                # the line that made the settings: past dataclasses.replace
+                # and the __init__ that dataclasses writes (file "<string>")
+                skip_files=(dataclasses.__file__, contextlib.__file__, "<string>"),
+            )
+        # None: `memory_budget_bytes` takes a default per kind of call, `host_threads` is unset
+        optional = ("memory_budget_bytes", "host_threads")
         for name in optional + positive:
             value = getattr(self, name)
             if value is None and name in optional:

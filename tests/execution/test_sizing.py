@@ -117,6 +117,15 @@ def test_default_budget_depends_on_the_kind_of_call() -> None:
     for bad in (0, -1, 1.5, True, "1GB"):
         with pytest.raises(ValueError, match="memory_budget_bytes"):
             ExecutionConfig(memory_budget_bytes=bad)
+    # a setting without effect is accepted, loudly, and still checked
+    assert default.host_threads is None
+    with pytest.warns(FutureWarning, match="`host_threads` has no effect") as record:
+        assert ExecutionConfig(host_threads=4).host_threads == 4
+        with config_context(host_threads=4):
+            pass
+    assert [w.filename for w in record] == [__file__, __file__]  # the lines that set it
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="host_threads"):
+        ExecutionConfig(host_threads=0)
 
     job = SimpleNamespace(n_draws=1000, n_rows=10_000_000, split_rows=True)
     # a forward pass: four blocks of y (float32) within 128 MiB
