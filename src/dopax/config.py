@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from dopax._warn import warn
@@ -236,7 +235,7 @@ def set_config(**changes: Any) -> ExecutionConfig:
     return _CONFIG
 
 
-@contextmanager
+@contextlib.contextmanager
 def config_context(**changes: Any) -> Iterator[ExecutionConfig]:
     """Change settings inside a ``with`` block only.
 

@@ -144,13 +144,13 @@ def size_blocks(
     plan = _plan(job, footprint, chains, batch_size, config, 0.0, bool(one_draw))
     lowered = None
     if one_draw is None:
-        one_draw = False
-        if jax.default_backend() == "cpu":
-            flops = job.matmul_flops_per_cell
-            if flops is None:  # the vectorised program at this shape: its flops per cell
-                lowered = _lower(job, plan)
-                flops = lowered_flops(lowered) / max(plan.draw_block * plan.row_block, 1)
-            one_draw = flops >= config.matmul_flops_per_cell
+
+        def vectorised_flops() -> float:  # the vectorised program at this shape, per cell
+            nonlocal lowered
+            lowered = _lower(job, plan)
+            return lowered_flops(lowered) / max(plan.draw_block * plan.row_block, 1)
+
+        one_draw = _matmul_dominated(job, config, vectorised_flops)
         if one_draw:
             plan = _plan(job, footprint, chains, batch_size, config, 0.0, True)
             lowered = None
@@ -164,6 +164,22 @@ def size_blocks(
         plan = _plan(job, footprint, chains, batch_size, config, temp_cell, one_draw)
     _remember(cache, key, plan)
     return plan
+
+
+def _matmul_dominated(
+    job: BlockJob, config: ExecutionConfig, xla_flops_per_cell: Callable[[], float]
+) -> bool:
+    """Whether the kernel counts as dominated by matrix products, so runs one draw per step.
+
+    Only on CPU. The count is the job's (from the kernel's probes), else
+    ``xla_flops_per_cell()``: XLA's estimate for the lowered block program.
+    """
+    if jax.default_backend() != "cpu":
+        return False
+    flops = job.matmul_flops_per_cell
+    if flops is None:
+        flops = xla_flops_per_cell()
+    return flops >= config.matmul_flops_per_cell
 
 
 def _input_shapes(job: BlockJob) -> tuple[Any, str]:
@@ -220,10 +236,7 @@ def widen_steps(
     fits = cache.get(key)
     if fits is None:
         lowered = _lower(job, wide)
-        flops = job.matmul_flops_per_cell
-        if flops is None:  # one step's matrix products, per cell
-            flops = lowered_flops(lowered) / wide.step_cells
-        heavy = jax.default_backend() == "cpu" and flops >= config.matmul_flops_per_cell
+        heavy = _matmul_dominated(job, config, lambda: lowered_flops(lowered) / wide.step_cells)
         fits = not heavy and compiled_temp_bytes(lowered) <= draws * rows * footprint.per_row
         _remember(cache, key, fits)
     return wide if fits else blocks
